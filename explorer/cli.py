@@ -1,0 +1,40 @@
+"""The ``bitscape`` command: subcommands registered by the modules in explorer.commands.
+
+User errors print one clear line on stderr and exit with code 2 (no traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Each module in explorer.commands exposes register(subparsers); order sets the help listing.
+COMMAND_MODULES = ["plan", "finetune", "baseline"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bitscape", description="Explore low-precision, wide and sparse networks.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"explorer.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from engine.errors import USER_ERRORS
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as e:
+        print(f"bitscape: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bitscape: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
