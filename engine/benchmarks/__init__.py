@@ -1,0 +1,10 @@
+"""Benchmarks that print figures (ratios measured side by side in one run, medians).
+
+Each module exposes ``add_arguments(parser)`` and ``run(args) -> int`` and is listed in
+``BENCHMARKS``; ``bitscape bench NAME`` and the scripts under bench/ call them.
+"""
+BENCHMARKS = {
+    "finetune": "engine.benchmarks.finetune",
+    "kernels": "engine.benchmarks.kernels",
+    "cost": "engine.benchmarks.cost",
+}
