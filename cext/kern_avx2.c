@@ -1,0 +1,343 @@
+/* AVX2 kernels, compiled with function-level target attributes so the module builds with
+ * default flags; module.c calls them only when __builtin_cpu_supports("avx2") says so.
+ * Each kernel computes an MR x NR output tile; tails reuse the last valid row (results dropped). */
+#include "bitpack.h"
+
+#ifdef BP_X86
+#include <immintrin.h>
+
+#define TGT __attribute__((target("avx2,popcnt")))
+#define TILE static inline __attribute__((always_inline)) TGT
+
+static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+
+TILE int64_t hsum_epi32(__m256i v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+TILE uint64_t hsum_epi64(__m256i v)
+{
+    __m128i s = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    return (uint64_t)_mm_cvtsi128_si64(s) + (uint64_t)_mm_extract_epi64(s, 1);
+}
+
+/* ---- packing: bit j of 32 bytes -> one movemask ---- */
+
+TGT void pack_avx2(const uint8_t *codes, int64_t R, int64_t K, int bits, uint64_t *planes, int64_t kw)
+{
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t k = 0; k < K; k += 32) {
+            __m256i v;
+            if (k + 32 <= K) {
+                v = _mm256_loadu_si256((const __m256i *)(codes + r * K + k));
+            } else {
+                uint8_t tail[32] = {0};
+                for (int64_t i = k; i < K; i++)
+                    tail[i - k] = codes[r * K + i];
+                v = _mm256_loadu_si256((const __m256i *)tail);
+            }
+            uint64_t *dst = planes + r * bits * kw + k / 64;
+            const int sh = (int)(k % 64);
+            switch (bits) {  /* shift counts must be immediates */
+#define PLANE(j) dst[(j) * kw] |= (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_slli_epi16(v, 7 - (j))) << sh
+            case 8: PLANE(7); /* fall through */
+            case 7: PLANE(6); /* fall through */
+            case 6: PLANE(5); /* fall through */
+            case 5: PLANE(4); /* fall through */
+            case 4: PLANE(3); /* fall through */
+            case 3: PLANE(2); /* fall through */
+            case 2: PLANE(1); /* fall through */
+            default: PLANE(0);
+#undef PLANE
+            }
+        }
+}
+
+/* ---- bit-serial: AND + nibble-LUT popcount, byte counters flushed by vpsadbw every 31 steps ---- */
+
+TILE void bs_tile(const uint64_t *const *ar, const uint64_t *const *wr, int64_t nv,
+                  uint64_t cnt[2][4], const int MR, const int NR)
+{
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i m4 = _mm256_set1_epi8(15), zero = _mm256_setzero_si256();
+    for (int64_t v0 = 0; v0 < nv; v0 += 31) {
+        const int64_t v1 = imin(nv, v0 + 31);
+        __m256i acc[2][4];
+        for (int r = 0; r < MR; r++)
+            for (int c = 0; c < NR; c++)
+                acc[r][c] = zero;
+        for (int64_t v = v0; v < v1; v++) {
+            __m256i a[2];
+            for (int r = 0; r < MR; r++)
+                a[r] = _mm256_loadu_si256((const __m256i *)(ar[r] + 4 * v));
+            for (int c = 0; c < NR; c++) {
+                const __m256i w = _mm256_loadu_si256((const __m256i *)(wr[c] + 4 * v));
+                for (int r = 0; r < MR; r++) {
+                    const __m256i x = _mm256_and_si256(a[r], w);
+                    const __m256i lo = _mm256_and_si256(x, m4);
+                    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+                    acc[r][c] = _mm256_add_epi8(acc[r][c], _mm256_shuffle_epi8(lut, lo));
+                    acc[r][c] = _mm256_add_epi8(acc[r][c], _mm256_shuffle_epi8(lut, hi));
+                }
+            }
+        }
+        for (int r = 0; r < MR; r++)
+            for (int c = 0; c < NR; c++)
+                cnt[r][c] += hsum_epi64(_mm256_sad_epu8(acc[r][c], zero));
+    }
+}
+
+TILE void bs_block(const bs_args *p, int64_t m, int64_t n, int64_t n1, const int MR)
+{
+    const int NR = 4;
+    int64_t tot[2][4] = {{0}};
+    for (int i = 0; i < p->ba; i++)
+        for (int j = 0; j < p->bw; j++) {
+            const uint64_t *ar[2], *wr[4];
+            uint64_t cnt[2][4] = {{0}};
+            for (int r = 0; r < MR; r++)
+                ar[r] = p->a + (imin(m + r, p->M - 1) * p->ba + i) * p->kw;
+            for (int c = 0; c < NR; c++)
+                wr[c] = p->w + (imin(n + c, n1 - 1) * p->bw + j) * p->kw;
+            bs_tile(ar, wr, p->kw / 4, cnt, MR, NR);
+            for (int r = 0; r < MR; r++)
+                for (int c = 0; c < NR; c++)
+                    tot[r][c] += p->sa[i] * p->sw[j] * (int64_t)cnt[r][c];
+        }
+    for (int r = 0; r < MR && m + r < p->M; r++)
+        for (int c = 0; c < NR && n + c < n1; c++)
+            bp_put(&p->out, m + r, n + c, tot[r][c]);
+}
+
+TGT void bs_avx2(const bs_args *p, int64_t n0, int64_t n1)
+{
+    for (int64_t n = n0; n < n1; n += 4) {
+        int64_t m = 0;
+        for (; m + 1 < p->M; m += 2)
+            bs_block(p, m, n, n1, 2);
+        if (m < p->M)
+            bs_block(p, m, n, n1, 1);
+    }
+}
+
+/* ---- int8-dot: nibble digits (u8, <= 15) x int8 activations; pair sums <= 2*15*128, two
+ *      vpmaddubsw results added in int16 (<= 7680), so nothing saturates ---- */
+
+TILE void i8_tile(const int8_t *const *ar, const uint8_t *const *wr, int64_t kb,
+                  int64_t s[4][4], const int MR, const int NR)
+{
+    const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    __m256i acc[4][4];
+    for (int r = 0; r < MR; r++)
+        for (int c = 0; c < NR; c++)
+            acc[r][c] = _mm256_setzero_si256();
+    for (int64_t b = 0; b < kb; b++) {
+        __m256i wl[4], wh[4];
+        for (int c = 0; c < NR; c++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(wr[c] + 32 * b));
+            wl[c] = _mm256_and_si256(v, m4);
+            wh[c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        }
+        for (int r = 0; r < MR; r++) {
+            const __m256i al = _mm256_loadu_si256((const __m256i *)(ar[r] + 64 * b));
+            const __m256i ah = _mm256_loadu_si256((const __m256i *)(ar[r] + 64 * b + 32));
+            for (int c = 0; c < NR; c++) {
+                const __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(wl[c], al),
+                                                   _mm256_maddubs_epi16(wh[c], ah));
+                acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(t, ones));
+            }
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int c = 0; c < NR; c++)
+            s[r][c] = hsum_epi32(acc[r][c]);
+}
+
+TILE void i8_block(const i8_args *p, int64_t m, int64_t n, int64_t n1, const int MR, const int NR)
+{
+    int64_t tot[4][4] = {{0}};
+    const int8_t *ar[4];
+    for (int r = 0; r < MR; r++)
+        ar[r] = p->a + imin(m + r, p->M - 1) * p->kb * 64;
+    for (int d = 0; d < p->D; d++) {
+        const uint8_t *wr[4];
+        int64_t s[4][4];
+        for (int c = 0; c < NR; c++)
+            wr[c] = p->w + (imin(n + c, n1 - 1) * p->D + d) * p->kb * 32;
+        i8_tile(ar, wr, p->kb, s, MR, NR);
+        for (int r = 0; r < MR; r++)
+            for (int c = 0; c < NR; c++)
+                tot[r][c] += s[r][c] * ((int64_t)1 << (4 * d));
+    }
+    for (int r = 0; r < MR && m + r < p->M; r++)
+        for (int c = 0; c < NR && n + c < n1; c++)
+            bp_put(&p->out, m + r, n + c,
+                   tot[r][c] + p->oa * p->usum[n + c] - p->ow * p->asum[m + r] - p->K * p->ow * p->oa);
+}
+
+TGT void i8_avx2(const i8_args *p, int64_t n0, int64_t n1)
+{
+    if (p->M == 1) {
+        for (int64_t n = n0; n < n1; n += 4)
+            i8_block(p, 0, n, n1, 1, 4);
+        return;
+    }
+    for (int64_t n = n0; n < n1; n += 2)
+        for (int64_t m = 0; m < p->M; m += 4)
+            i8_block(p, m, n, n1, 4, 2);
+}
+
+/* ---- 2:4 sparse: gather kept activations with two vpshufb + blend, then u8 x s8 madd.
+ *      Pair sums <= 2*255*64 (one digit, |v| <= 64) or 2*255*15 (nibble digits). ---- */
+
+TILE void nm_tile(const uint8_t *const *ar, const int8_t *const *vr, const uint8_t *const *pr,
+                  int64_t kb, int64_t vstride, int64_t s[2][2][2], const int MR, const int NR, const int D)
+{
+    const __m256i base = _mm256_setr_epi8(0, 0, 4, 4, 8, 8, 12, 12, 0, 0, 4, 4, 8, 8, 12, 12,
+                                          0, 0, 4, 4, 8, 8, 12, 12, 0, 0, 4, 4, 8, 8, 12, 12);
+    const __m256i bmask = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1,
+                                           0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i three = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
+    __m256i acc[2][2][2];
+    for (int d = 0; d < D; d++)
+        for (int r = 0; r < MR; r++)
+            for (int c = 0; c < NR; c++)
+                acc[d][r][c] = _mm256_setzero_si256();
+    for (int64_t b = 0; b < kb; b++) {
+        __m256i idx[2];
+        for (int c = 0; c < NR; c++)
+            idx[c] = _mm256_add_epi8(base, _mm256_and_si256(
+                         _mm256_loadu_si256((const __m256i *)(pr[c] + 32 * b)), three));
+        for (int r = 0; r < MR; r++) {
+            const __m256i a0 = _mm256_loadu_si256((const __m256i *)(ar[r] + 64 * b));
+            const __m256i a1 = _mm256_loadu_si256((const __m256i *)(ar[r] + 64 * b + 32));
+            for (int c = 0; c < NR; c++) {
+                const __m256i g = _mm256_blendv_epi8(_mm256_shuffle_epi8(a0, idx[c]),
+                                                     _mm256_shuffle_epi8(a1, idx[c]), bmask);
+                for (int d = 0; d < D; d++) {
+                    const __m256i v = _mm256_loadu_si256((const __m256i *)(vr[c] + d * vstride + 32 * b));
+                    acc[d][r][c] = _mm256_add_epi32(acc[d][r][c],
+                                                    _mm256_madd_epi16(_mm256_maddubs_epi16(g, v), ones));
+                }
+            }
+        }
+    }
+    for (int d = 0; d < D; d++)
+        for (int r = 0; r < MR; r++)
+            for (int c = 0; c < NR; c++)
+                s[d][r][c] = hsum_epi32(acc[d][r][c]);
+}
+
+TILE void nm_block(const nm_args *p, int64_t m, int64_t n, int64_t n1, const int MR, const int D)
+{
+    const int NR = 2;
+    const uint8_t *ar[2], *pr[2];
+    const int8_t *vr[2];
+    int64_t s[2][2][2];
+    for (int r = 0; r < MR; r++)
+        ar[r] = p->a + imin(m + r, p->M - 1) * p->kb * 64;
+    for (int c = 0; c < NR; c++) {
+        const int64_t nn = imin(n + c, n1 - 1);
+        vr[c] = p->v + nn * D * p->kb * 32;
+        pr[c] = p->pos + nn * p->kb * 32;
+    }
+    nm_tile(ar, vr, pr, p->kb, p->kb * 32, s, MR, NR, D);
+    for (int r = 0; r < MR && m + r < p->M; r++)
+        for (int c = 0; c < NR && n + c < n1; c++) {
+            int64_t t = s[0][r][c];
+            if (D == 2)
+                t += s[1][r][c] * 16;
+            bp_put(&p->out, m + r, n + c, t - p->oa * p->wsum[n + c]);
+        }
+}
+
+TGT void nm_avx2(const nm_args *p, int64_t n0, int64_t n1)
+{
+    for (int64_t n = n0; n < n1; n += 2) {
+        int64_t m = 0;
+        for (; m + 1 < p->M; m += 2) {
+            if (p->D == 1)
+                nm_block(p, m, n, n1, 2, 1);
+            else
+                nm_block(p, m, n, n1, 2, 2);
+        }
+        if (m < p->M) {
+            if (p->D == 1)
+                nm_block(p, m, n, n1, 1, 1);
+            else
+                nm_block(p, m, n, n1, 1, 2);
+        }
+    }
+}
+
+/* ---- float activations x weight planes: vpermps looks up 8 rows' 3-bit patterns in an 8-entry
+ *      table of subset sums; even and odd groups use separate accumulators (same order as portable) ---- */
+
+TILE void fa_block(const fa_args *p, int64_t m, int64_t nb, int64_t nb1, const int MR)
+{
+    const int NR = 2;
+    const int64_t C = p->C;
+    __m256 res[2][2];
+    const float *t[2];
+    const uint32_t *w[2];
+    for (int r = 0; r < MR; r++)
+        t[r] = p->t + imin(m + r, p->M - 1) * C * 80;
+    for (int c = 0; c < NR; c++)
+        w[c] = p->w + imin(nb + c, nb1 - 1) * C * p->bits * 8;
+    for (int r = 0; r < MR; r++)
+        for (int c = 0; c < NR; c++)
+            res[r][c] = _mm256_setzero_ps();
+    for (int j = p->bits - 1; j >= p->bits - p->top; j--) {
+        __m256 ev[2][2], od[2][2];
+        for (int r = 0; r < MR; r++)
+            for (int c = 0; c < NR; c++)
+                ev[r][c] = od[r][c] = _mm256_setzero_ps();
+        for (int64_t k = 0; k < C; k++) {
+            __m256i idx[2];
+            for (int c = 0; c < NR; c++)
+                idx[c] = _mm256_loadu_si256((const __m256i *)(w[c] + (k * p->bits + j) * 8));
+            for (int g = 0; g < 10; g += 2) {
+                for (int r = 0; r < MR; r++) {
+                    const __m256 te = _mm256_loadu_ps(t[r] + (k * 10 + g) * 8);
+                    const __m256 to = _mm256_loadu_ps(t[r] + (k * 10 + g + 1) * 8);
+                    for (int c = 0; c < NR; c++) {
+                        ev[r][c] = _mm256_add_ps(ev[r][c], _mm256_permutevar8x32_ps(te, idx[c]));
+                        od[r][c] = _mm256_add_ps(od[r][c], _mm256_permutevar8x32_ps(
+                                                     to, _mm256_srli_epi32(idx[c], 3)));
+                    }
+                }
+                for (int c = 0; c < NR; c++)
+                    idx[c] = _mm256_srli_epi32(idx[c], 6);
+            }
+        }
+        const __m256 sj = _mm256_set1_ps(p->s[j]);
+        for (int r = 0; r < MR; r++)
+            for (int c = 0; c < NR; c++)
+                res[r][c] = _mm256_add_ps(res[r][c], _mm256_mul_ps(sj, _mm256_add_ps(ev[r][c], od[r][c])));
+    }
+    for (int r = 0; r < MR && m + r < p->M; r++)
+        for (int c = 0; c < NR && nb + c < nb1; c++) {
+            float buf[8];
+            _mm256_storeu_ps(buf, res[r][c]);
+            for (int l = 0; l < 8 && (nb + c) * 8 + l < p->N; l++)
+                p->out[(m + r) * p->N + (nb + c) * 8 + l] = buf[l];
+        }
+}
+
+TGT void fa_avx2(const fa_args *p, int64_t nb0, int64_t nb1)
+{
+    for (int64_t nb = nb0; nb < nb1; nb += 2) {
+        int64_t m = 0;
+        for (; m + 1 < p->M; m += 2)
+            fa_block(p, m, nb, nb1, 2);
+        if (m < p->M)
+            fa_block(p, m, nb, nb1, 1);
+    }
+}
+
+#endif /* BP_X86 */
