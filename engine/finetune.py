@@ -1,0 +1,138 @@
+"""Quick fine-tuning of a planned network (FAQ / ALPS style) and the no-training estimate.
+
+Start from the pretrained FP32 weights with calibrated step sizes, fine-tune for a small
+budget with Adam and a cosine-annealed learning rate, batch-norm statistics frozen during
+the steps and re-estimated at the end. Seeded and deterministic on CPU.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .apply import quant_layers
+from .data import Dataset, batches
+from .distill import kd_loss
+from .evaluation import Settings
+
+Progress = Callable[[float, str], None]
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class Cancelled(RuntimeError):
+    """The caller asked to stop."""
+
+
+@dataclass
+class TrainResult:
+    loss_curve: list[float] = field(default_factory=list)
+    steps: int = 0
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+    was = model.training
+    model.eval()
+    correct = 0
+    for xb, yb in batches(x, y, batch_size):
+        correct += int((model(xb).argmax(1) == yb).sum())
+    model.train(was)
+    return correct / max(len(y), 1)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def _freeze_bn(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, data: Dataset, batch_size: int = 128, num_batches: int = 20, seed: int = 0) -> None:
+    """Recompute batch-norm running statistics under the quantized network."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    gen = torch.Generator().manual_seed(seed)
+    for i, (xb, _) in enumerate(batches(data.x_train, data.y_train, batch_size, gen)):
+        if i >= num_batches:
+            break
+        model(xb)
+    model.eval()
+
+
+def _param_groups(model: nn.Module, s: Settings):
+    steps, rest = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (steps if name.endswith(".step") else rest).append(p)
+    groups = [{"params": rest, "lr": s.lr, "weight_decay": s.weight_decay}]
+    if steps:
+        groups.append({"params": steps, "lr": s.lr_step, "weight_decay": 0.0})
+    return groups
+
+
+def train(model: nn.Module, data: Dataset, s: Settings, teacher: nn.Module | None = None,
+          progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
+          freeze_bn: bool = True) -> TrainResult:
+    """Run ``s.steps`` optimisation steps; with a teacher, the loss is the Apprentice KD loss."""
+    torch.manual_seed(s.seed)
+    gen = torch.Generator().manual_seed(s.seed)
+    opt = torch.optim.Adam(_param_groups(model, s))
+    total = max(s.steps, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total)))
+    if teacher is not None:
+        teacher.eval()
+    result = TrainResult()
+    model.train()
+    if freeze_bn:
+        _freeze_bn(model)
+    ema = None
+    while result.steps < s.steps:
+        for xb, yb in batches(data.x_train, data.y_train, s.batch_size, gen):
+            if result.steps >= s.steps:
+                break
+            if should_stop is not None and should_stop():
+                raise Cancelled("cancelled")
+            out = model(xb)
+            if teacher is not None:
+                with torch.no_grad():
+                    t_out = teacher(xb)
+                loss = kd_loss(out, t_out, yb, s.kd_alpha, s.kd_beta, s.temperature)
+            else:
+                loss = F.cross_entropy(out, yb)
+            if not torch.isfinite(loss):
+                raise Diverged(f"loss became {float(loss.detach())} at step {result.steps}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            result.steps += 1
+            v = float(loss.detach())
+            ema = v if ema is None else 0.9 * ema + 0.1 * v
+            result.loss_curve.append(round(v, 5))
+            if progress is not None and (result.steps % 5 == 0 or result.steps == s.steps):
+                progress(result.steps / s.steps, f"step {result.steps}/{s.steps} loss {ema:.4f}")
+    model.eval()
+    return result
+
+
+def has_quantizers(model: nn.Module) -> bool:
+    return bool(quant_layers(model))

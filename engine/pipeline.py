@@ -1,0 +1,129 @@
+"""Plan -> planned network -> (quick fine-tune) -> Evaluation record."""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .apply import Applied, apply_plan, calibrate
+from .baselines import load_baseline
+from .data import Dataset, batches, load_dataset
+from .errors import USER_ERRORS
+from .evaluation import Evaluation, Settings, provenance
+from .finetune import Cancelled, Progress, accuracy, reestimate_bn, train
+from .plan import Plan
+
+
+@dataclass
+class Run:
+    """An evaluation and the network it produced (kept for saving, deployment and export)."""
+
+    evaluation: Evaluation
+    applied: Applied | None
+
+
+def _calibration_batches(data: Dataset, s: Settings):
+    gen = torch.Generator().manual_seed(s.seed)
+    out = []
+    for i, (xb, _) in enumerate(batches(data.x_train, data.y_train, 256, gen)):
+        if i >= s.calib_batches:
+            break
+        out.append(xb)
+    return out
+
+
+def prepare(model_id: str, dataset_id: str, plan: Plan, settings: Settings, baseline: nn.Module | None = None,
+            data: Dataset | None = None) -> tuple[Applied, nn.Module, Dataset]:
+    """Apply the plan to the pretrained network and calibrate its step sizes."""
+    data = data or load_dataset(dataset_id)
+    teacher = baseline if baseline is not None else load_baseline(model_id, dataset_id, data)
+    torch.manual_seed(settings.seed)
+    applied = apply_plan(teacher, plan, data.input_shape, seed=settings.seed)
+    calibrate(applied.model, _calibration_batches(data, settings), init=settings.init)
+    return applied, teacher, data
+
+
+def evaluate_plan(model_id: str, dataset_id: str, plan: Plan, settings: Settings | None = None,
+                  progress: Progress | None = None, should_stop=None, baseline: nn.Module | None = None,
+                  data: Dataset | None = None) -> Run:
+    """Evaluate one plan; ``settings.steps == 0`` gives the no-training estimate.
+
+    Failures inside the work (divergence, bad plan for this network) come back as a
+    ``failed`` Evaluation with the reason rather than an exception; cancellation raises.
+    """
+    s = settings or Settings()
+    t0 = time.perf_counter()
+    ev = Evaluation(plan=plan.to_dict(), model=model_id, dataset=dataset_id, settings=s.to_dict(),
+                    provenance=provenance(plan.digest(), s.seed, model_id, dataset_id))
+    applied = None
+    try:
+        say = progress or (lambda f, m: None)
+        say(0.0, "applying plan")
+        applied, teacher, data = prepare(model_id, dataset_id, plan, s, baseline, data)
+        ev.baseline_val_accuracy = accuracy(teacher, data.x_val, data.y_val)
+        ev.baseline_test_accuracy = accuracy(teacher, data.x_test, data.y_test)
+        ev.estimate_val_accuracy = accuracy(applied.model, data.x_val, data.y_val)
+        if s.steps > 0:
+            tuned = train(applied.model, data, s, teacher=teacher if s.distill else None,
+                          progress=lambda f, m: say(0.05 + 0.9 * f, m), should_stop=should_stop)
+            if s.bn_reestimate:
+                reestimate_bn(applied.model, data, seed=s.seed)
+            ev.loss_curve, ev.steps, ev.status = tuned.loss_curve, tuned.steps, "fine-tuned"
+        ev.val_accuracy = accuracy(applied.model, data.x_val, data.y_val)
+        ev.test_accuracy = accuracy(applied.model, data.x_test, data.y_test)
+        say(1.0, "done")
+    except Cancelled:
+        raise
+    except USER_ERRORS as e:
+        ev.status, ev.reason = "failed", str(e)
+    except RuntimeError as e:  # divergence and numeric failures are results, not crashes
+        ev.status, ev.reason = "failed", f"{type(e).__name__}: {e}"
+    ev.wall_s = round(time.perf_counter() - t0, 3)
+    return Run(ev, applied)
+
+
+def checkpoint_meta(run: Run) -> dict:
+    ev = run.evaluation
+    return {"kind": "planned-model", "plan": ev.plan, "model": ev.model, "dataset": ev.dataset,
+            "settings": ev.settings, "evaluation": ev.to_dict()}
+
+
+def save_planned(run: Run, path) -> None:
+    """Save the fine-tuned network's tensors with its plan embedded (safetensors)."""
+    from .checkpoint import save_state
+    if run.applied is None:
+        raise ValueError("this run produced no network to save")
+    save_state(path, run.applied.model.state_dict(), checkpoint_meta(run))
+
+
+def load_planned(path, data: Dataset | None = None) -> tuple[Applied, dict]:
+    """Rebuild a network saved by ``save_planned``: same plan, same shapes, saved weights."""
+    from .checkpoint import load_state
+    from .errors import UserError
+    from .zoo import build_model
+    state, meta = load_state(path)
+    if meta.get("kind") != "planned-model":
+        raise UserError(f"checkpoint {str(path)!r} was not written by `bitscape finetune --save`")
+    plan = Plan.from_dict(meta["plan"])
+    data = data or load_dataset(meta["dataset"])
+    base = build_model(meta["model"], data.input_shape, data.num_classes).eval()
+    settings = Settings.from_dict(meta.get("settings", {}))
+    applied = apply_plan(base, plan, data.input_shape, seed=settings.seed)
+    # masks are recomputed from random weights above; the saved tensors replace them
+    mods = dict(applied.model.named_modules())
+    for key, t in state.items():
+        owner, _, attr = key.rpartition(".")
+        mod = mods.get(owner)
+        if mod is not None and attr.startswith("mask") and getattr(mod, attr, None) is None:
+            setattr(mod, attr, torch.zeros_like(t))
+    try:
+        applied.model.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {str(path)!r} does not match its plan: {str(e).splitlines()[0]}") from None
+    applied.model.eval()
+    return applied, meta
+
+

@@ -1,0 +1,89 @@
+import math
+
+import pytest
+import torch
+
+from engine.data import load_dataset
+from engine.distill import kd_loss
+from engine.evaluation import Evaluation, Settings
+from engine.finetune import accuracy, predict_logits
+from engine.pipeline import evaluate_plan, load_planned, save_planned
+from engine.plan import LayerConfig, Plan
+
+
+def test_quick_finetune_improves_on_the_no_training_estimate():
+    plan = Plan.uniform(2, 2)
+    est = evaluate_plan("lenet5", "digits", plan, Settings(steps=0)).evaluation
+    tuned = evaluate_plan("lenet5", "digits", plan, Settings(steps=120)).evaluation
+    assert est.status == "estimated" and tuned.status == "fine-tuned"
+    assert tuned.val_accuracy > est.val_accuracy + 0.03
+    assert tuned.estimate_val_accuracy == est.val_accuracy
+    assert len(tuned.loss_curve) == tuned.steps == 120
+    assert 0.0 <= tuned.test_accuracy <= 1.0
+
+
+def test_runs_are_deterministic_for_a_seed():
+    plan = Plan.uniform(4, 4)
+    a = evaluate_plan("mlp", "digits", plan, Settings(steps=30, seed=3)).evaluation
+    b = evaluate_plan("mlp", "digits", plan, Settings(steps=30, seed=3)).evaluation
+    assert a.loss_curve == b.loss_curve and a.test_accuracy == b.test_accuracy
+    assert a.key == b.key
+    c = evaluate_plan("mlp", "digits", plan, Settings(steps=30, seed=4)).evaluation
+    assert c.key != a.key
+
+
+def test_distillation_and_lstm_and_wide_sparse_plans_run():
+    ev = evaluate_plan("lstm", "digits", Plan.uniform(4, 4), Settings(steps=20, distill=True)).evaluation
+    assert ev.status == "fine-tuned" and ev.test_accuracy > 0.5
+    plan = Plan(default=LayerConfig(4, 4, widen=2.0, sparsity="2:4"),
+                layers={"conv1": {"sparsity": "none"}, "fc3": {"widen": 1.0}})
+    ev = evaluate_plan("lenet5", "digits", plan, Settings(steps=20)).evaluation
+    assert ev.status == "fine-tuned", ev.reason
+
+
+def test_divergence_is_a_failed_record_not_a_crash():
+    from tests.engine.fixtures import tiny_model
+    data = load_dataset("tests.engine.fixtures:nan_dataset")
+    model = tiny_model((1, 4, 4), data.num_classes)
+    ev = evaluate_plan("tiny", "nan", Plan.uniform(32, 32), Settings(steps=5), baseline=model, data=data).evaluation
+    assert ev.status == "failed" and "loss became nan at step 0" in ev.reason
+
+
+def test_bad_plan_for_the_network_is_a_failed_record_with_reason():
+    ev = evaluate_plan("lenet5", "digits", Plan(layers={"conv9": {"w_bits": 4}}), Settings(steps=0)).evaluation
+    assert ev.status == "failed" and "unknown layer 'conv9'" in ev.reason
+
+
+def test_saved_checkpoint_reproduces_predictions(tmp_path):
+    plan = Plan(default=LayerConfig(4, 4, sparsity="2:4"),
+                layers={"conv1": {"sparsity": "none", "widen": 2.0}, "conv2": {"w_bits": 2}})
+    run = evaluate_plan("lenet5", "digits", plan, Settings(steps=20))
+    path = tmp_path / "m.safetensors"
+    save_planned(run, path)
+    applied, meta = load_planned(path)
+    data = load_dataset("digits")
+    a, b = predict_logits(run.applied.model, data.x_test), predict_logits(applied.model, data.x_test)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert meta["plan"] == plan.to_dict()
+    assert accuracy(applied.model, data.x_test, data.y_test) == run.evaluation.test_accuracy
+
+
+def test_kd_loss_hand_computed():
+    s = torch.tensor([[2.0, 0.0]])
+    t = torch.tensor([[0.0, 2.0]])
+    y = torch.tensor([0])
+    temp = 2.0
+    ce = -torch.log_softmax(s, 1)[0, 0]
+    ps, pt = torch.softmax(s / temp, 1), torch.softmax(t / temp, 1)
+    kl = (pt * (pt.log() - ps.log())).sum()
+    expected = 0.5 * ce + 0.25 * temp ** 2 * kl
+    assert float(kd_loss(s, t, y, 0.5, 0.25, temp)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_evaluation_round_trip():
+    ev = evaluate_plan("mlp", "digits", Plan.uniform(8, 8), Settings(steps=0)).evaluation
+    again = Evaluation.from_dict(ev.to_dict())
+    assert again.to_dict() == ev.to_dict()
+    for k in ("plan_hash", "seed", "code_version", "model", "dataset"):
+        assert k in ev.provenance
+    assert math.isfinite(ev.wall_s)
