@@ -188,8 +188,8 @@ TGT void i8_avx2(const i8_args *p, int64_t n0, int64_t n1)
         return;
     }
     for (int64_t n = n0; n < n1; n += 2)
-        for (int64_t m = 0; m < p->M; m += 4)
-            i8_block(p, m, n, n1, 4, 2);
+        for (int64_t m = 0; m < p->M; m += 2)
+            i8_block(p, m, n, n1, 2, 2);
 }
 
 /* ---- 2:4 sparse: gather kept activations with two vpshufb + blend, then u8 x s8 madd.
