@@ -1,0 +1,78 @@
+"""Layer shapes as the cost model needs them, from LayerInfo objects or their dicts (no torch).
+
+The formulas mirror engine.graph.LayerInfo's properties so a dict from ``Topology.to_dict()``
+costs exactly like the object it came from.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Geom(NamedTuple):
+    """One (already widened) layer: GEMM view plus activation counts, per sample."""
+
+    name: str
+    kind: str
+    cin: int
+    cout: int
+    kh: int
+    kw: int
+    groups: int
+    positions: int       # GEMM M per sample
+    gemm_n: int
+    cin_g: int           # reduction length per kernel position (K tiling)
+    reduction: int       # GEMM K
+    weights: int
+    macs: int            # per sample
+    act_in: int
+    act_out: int
+    bias: bool
+    nm_dims: tuple
+
+
+def _get(layer, key, default=None):
+    if isinstance(layer, dict):
+        return layer.get(key, default)
+    return getattr(layer, key, default)
+
+
+def geometry(layer) -> Geom:
+    """Geom of a LayerInfo (or its ``to_dict()``); widening must already be applied."""
+    if isinstance(layer, dict):
+        kind = layer.get("kind")
+        cin, cout = int(layer["in_channels"]), int(layer["out_channels"])
+        kh, kw = layer.get("kernel", (1, 1))
+        g = int(layer.get("groups", 1) or 1)
+        oh, ow = layer.get("out_hw", (1, 1))
+        ih, iw = layer.get("in_hw", (1, 1))
+        steps = int(layer.get("steps", 1))
+        name, bias = layer.get("name"), layer.get("bias", True)
+    else:
+        kind, cin, cout = layer.kind, layer.in_channels, layer.out_channels
+        kh, kw = layer.kernel
+        g = layer.groups or 1
+        oh, ow = layer.out_hw
+        ih, iw = layer.in_hw
+        steps, name, bias = layer.steps, layer.name, layer.bias
+    positions = oh * ow * steps
+    if kind == "conv2d":
+        reduction = cin // g * kh * kw
+        cin_g = cin // g
+        act_in, act_out = cin * ih * iw, cout * oh * ow
+        nm_dims = (cin // g,)
+    elif kind == "lstm":
+        reduction = cin + cout
+        cin_g, kh, kw, g = reduction, 1, 1, 1
+        act_in, act_out = cin * steps, cout * steps
+        nm_dims = (cin, cout)
+    elif kind == "linear":
+        reduction = cin
+        cin_g, kh, kw, g = cin, 1, 1, 1
+        act_in, act_out = cin * steps, cout * steps
+        nm_dims = (cin,)
+    else:
+        raise ValueError(f"layer {name!r}: unknown kind {kind!r}")
+    gemm_n = 4 * cout if kind == "lstm" else cout
+    weights = gemm_n * reduction
+    return Geom(str(name), kind, cin, cout, kh, kw, g, positions, gemm_n, cin_g, reduction,
+                weights, weights * positions, act_in, act_out, bool(bias), nm_dims)

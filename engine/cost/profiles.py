@@ -1,0 +1,467 @@
+"""Accelerator profiles: JSON data files (data/profiles/*.json), validated, compiled into tables.
+
+A profile names its compute class (fixed-width units, bit-serial, Bit Fusion, or a measured
+lookup table), its sparsity support, memory system, per-layer overhead and energy terms, and
+cites its source. ``load_profile`` checks the file and compiles 9x9 tables indexed by
+(weight bits, activation bits) -- bits 1..8 at index 0..7, float at index 8 -- so a plan costs
+a handful of lookups per layer (the HAQ lookup-table structure, costmodel.md 2.9).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from ..errors import UserError
+from .formulas import FLOAT, bitfusion_perf_factor, mac_energy_pj, round_up_to
+
+BITS = tuple(range(1, 9)) + (FLOAT,)       # plan bit choices, in table order
+NB = len(BITS)
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "data" / "profiles"
+ENV_PATH = "BITSCAPE_PROFILE_PATH"
+CLASSES = ("fixed", "bitserial", "fusion", "lut")
+
+
+class ProfileError(UserError):
+    """A profile file is missing or malformed; the message names the file and the field."""
+
+
+def bit_index(bits: int) -> int:
+    """Table index of a plan bit-width (1..8 -> 0..7, 32 -> 8)."""
+    return 8 if bits == FLOAT else bits - 1
+
+
+_pos = {"type": "number", "exclusiveMinimum": 0}
+_nonneg = {"type": "number", "minimum": 0}
+_frac = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
+_width_map = {"type": "object", "patternProperties": {"^([0-9]+|default)$": _pos}, "additionalProperties": False,
+              "minProperties": 1}
+_eff = {"oneOf": [_frac, {"type": "object", "patternProperties": {"^([0-9]+|default)$": _frac},
+                          "additionalProperties": False, "minProperties": 1}]}
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "title", "source", "status", "compute"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]*$"},
+        "title": {"type": "string", "minLength": 1},
+        "source": {"type": "string", "minLength": 10},
+        "status": {"enum": ["verified", "derived", "assumed", "fitted"]},
+        "target": {"enum": ["agnostic", "asic", "fpga", "gpu", "cpu"]},
+        "notes": {"type": "string"},
+        "provenance": {"type": "object", "additionalProperties": {"type": "string"}},
+        "batch": {"type": "integer", "minimum": 1},
+        "combine": {"enum": ["max", "sum"]},
+        "fit": {"type": "object"},
+        "compute": {
+            "type": "object",
+            "required": ["class", "float_bits"],
+            "additionalProperties": False,
+            "properties": {
+                "class": {"enum": list(CLASSES)},
+                "float_bits": {"type": "integer", "minimum": 8, "maximum": 32},
+                "rates": _width_map,
+                "binary_macs_per_s": _pos,
+                "serial": {"type": "array", "items": {"enum": ["w", "a"]}, "uniqueItems": True},
+                "macs_per_s_8bit": _pos,
+                "table": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "required": ["w", "a", "macs_per_s"], "additionalProperties": False,
+                    "properties": {"w": {"type": "integer", "minimum": 1, "maximum": 8},
+                                   "a": {"type": "integer", "minimum": 1, "maximum": 8},
+                                   "macs_per_s": _pos, "overhead_s": _nonneg, "kernel": {"type": "string"}}}},
+                "float_macs_per_s": _pos,
+                "float_overhead_s": _nonneg,
+                "efficiency": _eff,
+                "overhead_s": _nonneg,
+                "tile": {"type": "object", "additionalProperties": False, "properties": {
+                    "m": {"type": "integer", "minimum": 1}, "n": {"type": "integer", "minimum": 1},
+                    "k": {"oneOf": [{"type": "integer", "minimum": 1}, _width_map]},
+                    "k_mode": {"enum": ["reduction", "cin"]}}},
+                "storage_widths": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 32},
+                                   "minItems": 1},
+            },
+        },
+        "sparsity": {
+            "type": "object", "additionalProperties": False,
+            "properties": {
+                "nm": {"type": "object", "additionalProperties": False,
+                       "required": ["patterns", "speedup"],
+                       "properties": {"patterns": {"type": "array", "items": {"type": "string",
+                                                                               "pattern": "^[0-9]+:[0-9]+$"}},
+                                      "speedup": {"type": "number", "minimum": 1},
+                                      "efficiency": _frac,
+                                      "widths": {"type": "array", "items": {"type": "integer"}},
+                                      "min_channels": {"type": "integer", "minimum": 1},
+                                      "channel_multiple": {"type": "integer", "minimum": 1}}},
+                "skip": {"type": "object", "additionalProperties": False,
+                         "properties": {"weights": {"type": "boolean"}, "activations": {"type": "boolean"},
+                                        "efficiency": _frac, "index_overhead": {"type": "number", "minimum": 0,
+                                                                                "maximum": 1},
+                                        "activation_density": _frac}},
+                "formats": {"type": "array", "items": {"enum": ["dense", "bitmap", "nm"]}},
+            },
+        },
+        "memory": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"bytes_per_s": {"oneOf": [_pos, {"type": "null"}]},
+                           "efficiency": _frac,
+                           "weight_buffer_bytes": {"oneOf": [_pos, {"type": "null"}]},
+                           "act_buffer_bytes": {"oneOf": [_pos, {"type": "null"}]},
+                           "double_buffered": {"type": "boolean"},
+                           "traffic_factor": {"type": "number", "minimum": 1}},
+        },
+        "energy": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"mac": {"enum": ["horowitz", "none"]},
+                           "mac_scale": _pos,
+                           "dram_pj_per_bit": _nonneg, "sram_pj_per_bit": _nonneg,
+                           "compute_w": _nonneg, "static_w": _nonneg},
+        },
+    },
+}
+
+
+@dataclass
+class Tables:
+    """Per (w, a) lookup tables (lists of lists, NB x NB) plus per-width storage bits."""
+
+    rate: list            # peak dense MAC/s
+    eff: list             # kernel efficiency (fraction of peak reached)
+    tile_k: list          # reduction tile in elements
+    overhead: list        # per-layer fixed time, s
+    w_exec: list          # executed widths (energy, notes)
+    a_exec: list
+    emac: list            # pJ per MAC without the log2 K term
+    nm_ok: list           # the sparse math path supports this width pair
+    w_store: list         # per weight-bit index: stored bits
+    a_store: list         # per activation-bit index: stored bits
+    label: list = None    # what the target runs, e.g. 'INT4', 'W2A2'
+
+
+@dataclass
+class Profile:
+    """A validated accelerator profile and its compiled tables."""
+
+    data: dict
+    path: str = "<memory>"
+    tables: Tables = field(init=False, repr=False)
+
+    def __post_init__(self):
+        validate(self.data, self.path)
+        self.tables = compile_tables(self.data)
+        self.memo: dict = {}
+        d = self.data
+        fixed = d["compute"]["class"] == "fixed"
+        fb = d["compute"]["float_bits"]
+        self.tables.label = [[(("FP" if FLOAT in (wb, ab) else "INT") + str(self.tables.w_exec[i][j])) if fixed
+                              else f"W{self.tables.w_exec[i][j]}A{self.tables.a_exec[i][j]}"
+                              for j, ab in enumerate(BITS)] for i, wb in enumerate(BITS)]
+        del fb
+        c, sp, mem, en = d["compute"], d.get("sparsity", {}), d.get("memory", {}), d.get("energy", {})
+        self.name: str = d["name"]
+        self.batch: int = d.get("batch", 1)
+        self.combine: str = d.get("combine", "max")
+        self.klass: str = c["class"]
+        self.min_width: int = min((int(k) for k in c.get("rates", {}) if k != "default"), default=1)
+        self.float_bits: int = c["float_bits"]
+        tile = c.get("tile", {})
+        self.tile_m: int = tile.get("m", 1)
+        self.tile_n: int = tile.get("n", 1)
+        self.k_mode: str = tile.get("k_mode", "reduction")
+        nm = sp.get("nm")
+        self.nm_patterns: tuple = tuple(nm["patterns"]) if nm else ()
+        self.nm_speedup: float = nm["speedup"] if nm else 1.0
+        self.nm_eff: float = nm.get("efficiency", 1.0) if nm else 1.0
+        self.nm_min_ch: int = nm.get("min_channels", 1) if nm else 1
+        self.nm_mult: int = nm.get("channel_multiple", 1) if nm else 1
+        skip = sp.get("skip", {})
+        self.skip_w: bool = skip.get("weights", False)
+        self.skip_a: bool = skip.get("activations", False)
+        self.skip_eff: float = skip.get("efficiency", 1.0)
+        self.skip_idx: float = skip.get("index_overhead", 0.0)
+        self.act_density: float = skip.get("activation_density", 1.0) if self.skip_a else 1.0
+        self.formats: tuple = tuple(sp.get("formats", ["dense"]))
+        self.bw: float | None = mem.get("bytes_per_s")
+        self.mem_eff: float = mem.get("efficiency", 1.0)
+        half = 0.5 if mem.get("double_buffered") else 1.0
+        wb, ab = mem.get("weight_buffer_bytes"), mem.get("act_buffer_bytes")
+        self.w_buf: float | None = wb * half if wb else None
+        self.a_buf: float | None = ab * half if ab else None
+        self.traffic_factor: float = mem.get("traffic_factor", 1.0)
+        self.dram_pj: float = en.get("dram_pj_per_bit", 0.0)
+        self.sram_pj: float = en.get("sram_pj_per_bit", 0.0)
+        self.compute_w: float = en.get("compute_w", 0.0)
+        self.static_w: float = en.get("static_w", 0.0)
+        self.mac_on: bool = en.get("mac", "none") == "horowitz"
+        self.mac_scale: float = en.get("mac_scale", 1.0)
+
+    @property
+    def title(self) -> str:
+        return self.data["title"]
+
+    @property
+    def source(self) -> str:
+        return self.data["source"]
+
+    @property
+    def status(self) -> str:
+        return self.data["status"]
+
+    def to_dict(self) -> dict:
+        return copy.deepcopy(self.data)
+
+    def with_changes(self, changes: dict[str, Any]) -> "Profile":
+        """A copy with dotted-path fields replaced, e.g. {'compute.overhead_s': 2e-6}."""
+        d = copy.deepcopy(self.data)
+        for path, value in changes.items():
+            set_path(d, path, value)
+        return Profile(d, self.path)
+
+    def exec_label(self, w: int, a: int) -> str:
+        """How the target runs a W{w}A{a} layer, e.g. 'INT4' or 'W3A3'."""
+        return self.tables.label[bit_index(w)][bit_index(a)]
+
+
+def get_path(d: dict, path: str):
+    cur = d
+    for part in path.split("."):
+        cur = cur[part]
+    return cur
+
+
+def set_path(d: dict, path: str, value) -> None:
+    parts = path.split(".")
+    cur = d
+    for part in parts[:-1]:
+        cur = cur.setdefault(part, {})
+    cur[parts[-1]] = value
+
+
+def _fmt_path(parts) -> str:
+    return ".".join(str(p) for p in parts) or "(top level)"
+
+
+def validate(d: Any, where: str = "<memory>") -> None:
+    """Raise ProfileError naming the file and the offending field."""
+    if not isinstance(d, dict):
+        raise ProfileError(f"profile {where}: expected a JSON object, got {type(d).__name__}")
+    v = jsonschema.Draft202012Validator(SCHEMA)
+    errors = sorted(v.iter_errors(d), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        e = errors[0]
+        field_ = _fmt_path(e.absolute_path)
+        msg = e.message
+        if e.validator == "additionalProperties":
+            msg = msg.replace("Additional properties are not allowed", "unknown field(s)")
+        elif e.validator == "oneOf":
+            msg = f"{e.instance!r} is not valid here"
+        raise ProfileError(f"profile {where}: field {field_!r}: {msg}")
+    c = d["compute"]
+    klass = c["class"]
+    need = {"fixed": ["rates"], "bitserial": ["binary_macs_per_s"], "fusion": ["macs_per_s_8bit"],
+            "lut": ["table", "float_macs_per_s"]}[klass]
+    for key in need:
+        if key not in c:
+            raise ProfileError(f"profile {where}: field 'compute.{key}' is required for class {klass!r}")
+    if klass == "fixed":
+        widths = [int(k) for k in c["rates"] if k != "default"]
+        if c["float_bits"] not in widths:
+            raise ProfileError(f"profile {where}: field 'compute.rates' has no rate for float_bits="
+                               f"{c['float_bits']} (the width float layers run at)")
+    for key in ("efficiency",):
+        eff = c.get(key)
+        if isinstance(eff, dict) and "default" not in eff and klass == "fixed":
+            missing = [w for w in c["rates"] if w not in eff]
+            if missing:
+                raise ProfileError(f"profile {where}: field 'compute.efficiency' has no entry for width "
+                                   f"{missing[0]} (add it or a 'default')")
+    nm = d.get("sparsity", {}).get("nm")
+    if nm:
+        for p in nm["patterns"]:
+            n, m = map(int, p.split(":"))
+            if not 1 <= n < m:
+                raise ProfileError(f"profile {where}: field 'sparsity.nm.patterns': {p!r} needs 1 <= N < M")
+
+
+def _width_value(mapping, width: int, what: str, default=None):
+    if not isinstance(mapping, dict):
+        return mapping if mapping is not None else default
+    if str(width) in mapping:
+        return mapping[str(width)]
+    if "default" in mapping:
+        return mapping["default"]
+    if default is not None:
+        return default
+    raise ProfileError(f"no {what} for width {width}")
+
+
+def compile_tables(d: dict) -> Tables:
+    """Evaluate the compute class for every (w, a) pair the plan format allows."""
+    c = d["compute"]
+    klass, fb = c["class"], c["float_bits"]
+    en = d.get("energy", {})
+    mac_on = en.get("mac", "none") == "horowitz"
+    scale = en.get("mac_scale", 1.0)
+    nm = d.get("sparsity", {}).get("nm")
+    nm_widths = set(nm.get("widths", [])) if nm else set()
+    eff_spec = c.get("efficiency", 1.0)
+    tile_k_spec = c.get("tile", {}).get("k", 1)
+    ovh = c.get("overhead_s", 0.0)
+    storage = c.get("storage_widths")
+    if storage is None and klass == "fixed":
+        storage = sorted(int(k) for k in c["rates"] if k != "default")
+    if storage is None and klass == "fusion":
+        storage = [2, 4, 8, 16]
+
+    def z():
+        return [[0.0] * NB for _ in range(NB)]
+
+    rate, eff, tk, oh, we_t, ae_t, emac, nm_ok = z(), z(), z(), z(), z(), z(), z(), z()
+    lut = {}
+    if klass == "lut":
+        for row in c["table"]:
+            lut[(row["w"], row["a"])] = row
+    for wi, wb in enumerate(BITS):
+        for ai, ab in enumerate(BITS):
+            w = fb if wb == FLOAT else wb
+            a = fb if ab == FLOAT else ab
+            overhead = ovh
+            if klass == "fixed":
+                widths = sorted(int(k) for k in c["rates"] if k != "default")
+                p = fb if FLOAT in (wb, ab) else round_up_to(max(w, a), widths)
+                r, we, ae = c["rates"][str(p)], p, p
+                e = _width_value(eff_spec, p, "efficiency")
+                k = _width_value(tile_k_spec, p, "tile k")
+                ok = nm is not None and (not nm_widths or p in nm_widths)
+            elif klass == "bitserial":
+                ser = c.get("serial", ["w", "a"])
+                r = c["binary_macs_per_s"] / ((w if "w" in ser else 1) * (a if "a" in ser else 1))
+                we, ae, ok = w, a, nm is not None
+                e = _width_value(eff_spec, max(w, a), "efficiency")
+                k = _width_value(tile_k_spec, max(w, a), "tile k")
+            elif klass == "fusion":
+                pf = bitfusion_perf_factor(a, w)
+                r = c["macs_per_s_8bit"] * pf
+                we, ae = round_up_to(max(w, 2), [2, 4, 8, 16]), round_up_to(max(a, 2), [2, 4, 8, 16])
+                e = _width_value(eff_spec, max(w, a), "efficiency")
+                k = _width_value(tile_k_spec, 8, "tile k") * (int(pf) if pf >= 1 else 1)
+                ok = nm is not None
+            else:  # lut: the fastest measured kernel that handles operands at least this wide
+                if FLOAT in (wb, ab):
+                    r, overhead, we, ae = c["float_macs_per_s"], c.get("float_overhead_s", ovh), fb, fb
+                else:
+                    cands = [row for (tw, ta), row in lut.items() if tw >= w and ta >= a]
+                    if cands:
+                        best = max(cands, key=lambda row: row["macs_per_s"])
+                        r, overhead = best["macs_per_s"], best.get("overhead_s", ovh)
+                        we, ae = w, a
+                    else:
+                        r, overhead, we, ae = c["float_macs_per_s"], c.get("float_overhead_s", ovh), fb, fb
+                e = _width_value(eff_spec, max(w, a), "efficiency")
+                k = _width_value(tile_k_spec, max(w, a), "tile k")
+                ok = nm is not None
+            rate[wi][ai], eff[wi][ai], tk[wi][ai], oh[wi][ai] = float(r), float(e), int(k), float(overhead)
+            we_t[wi][ai], ae_t[wi][ai], nm_ok[wi][ai] = we, ae, bool(ok)
+            emac[wi][ai] = mac_energy_pj(we, ae, 1, scale) if mac_on else 0.0
+    w_store, a_store = [], []
+    for b in BITS:
+        x = fb if b == FLOAT else b
+        s = round_up_to(x, storage) if storage else x
+        w_store.append(s)
+        a_store.append(s)
+    return Tables(rate, eff, tk, oh, we_t, ae_t, emac, nm_ok, w_store, a_store)
+
+
+# ---- discovery --------------------------------------------------------------------------------
+def profile_dirs() -> list[Path]:
+    """Where profiles are looked up: $BITSCAPE_PROFILE_PATH entries first, then the shipped ones."""
+    dirs = [Path(p) for p in os.environ.get(ENV_PATH, "").split(os.pathsep) if p]
+    return dirs + [SHIPPED_DIR]
+
+
+def _read(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProfileError(f"profile {str(path)!r}: cannot read it ({e})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ProfileError(f"profile {str(path)!r}: not valid JSON: {e.msg} at line {e.lineno}, "
+                           f"column {e.colno}") from None
+
+
+def profile_paths() -> dict[str, Path]:
+    """Profile name (file stem) -> file; earlier directories shadow later ones."""
+    out: dict[str, Path] = {}
+    for d in profile_dirs():
+        if d.is_dir():
+            for p in sorted(d.glob("*.json")):
+                out.setdefault(p.stem, p)
+    return out
+
+
+_CACHE: dict[tuple[str, float], Profile] = {}
+_NAMES: dict[str, tuple] = {}
+ENV_PATH_VALUE = [""]
+
+
+def load_profile(name_or_path: str | Path | Profile | dict) -> Profile:
+    """A profile by name (``a100``), by path to a JSON file, or from a dict; errors name file and field."""
+    if isinstance(name_or_path, Profile):
+        return name_or_path
+    if isinstance(name_or_path, dict):
+        return Profile(copy.deepcopy(name_or_path))
+    s = str(name_or_path)
+    p = Path(s)
+    if s.endswith(".json") or os.sep in s:
+        if not p.is_file():
+            raise ProfileError(f"profile file {s!r} does not exist")
+    else:
+        hit = _NAMES.get(s)
+        if hit is not None:
+            path, mtime, prof = hit
+            try:
+                if path.stat().st_mtime == mtime and ENV_PATH_VALUE[0] == os.environ.get(ENV_PATH, ""):
+                    return prof
+            except OSError:
+                pass
+        paths = profile_paths()
+        if s not in paths:
+            raise ProfileError(f"unknown profile {s!r}; profiles are {', '.join(sorted(paths)) or '(none)'} "
+                               f"(or give a path to a profile .json file)")
+        p = paths[s]
+    key = (str(p.resolve()), p.stat().st_mtime)
+    if key not in _CACHE:
+        data = _read(p)
+        prof = Profile(data, str(p))
+        if prof.name != p.stem and p.parent in profile_dirs():
+            raise ProfileError(f"profile {str(p)!r}: field 'name' is {prof.name!r} but the file is "
+                               f"{p.name!r}; they must match")
+        _CACHE[key] = prof
+    if not (s.endswith(".json") or os.sep in s):
+        _NAMES[s] = (p, key[1], _CACHE[key])
+        ENV_PATH_VALUE[0] = os.environ.get(ENV_PATH, "")
+    return _CACHE[key]
+
+
+def list_profiles() -> list[dict]:
+    """One row per profile found: name, title, status, target, source, path (or error for a bad file)."""
+    rows = []
+    for name, p in sorted(profile_paths().items()):
+        try:
+            prof = load_profile(p)
+            rows.append({"name": name, "title": prof.title, "status": prof.status,
+                         "target": prof.data.get("target", ""), "source": prof.source, "path": str(p)})
+        except ProfileError as e:
+            rows.append({"name": name, "title": "", "status": "invalid", "target": "", "source": "",
+                         "path": str(p), "error": str(e)})
+    return rows
+
