@@ -9,7 +9,7 @@ import importlib
 import sys
 
 # Each module in explorer.commands exposes register(subparsers); order sets the help listing.
-COMMAND_MODULES = ["plan", "finetune", "baseline", "bench"]
+COMMAND_MODULES = ["plan", "finetune", "baseline", "bench", "cost"]
 
 
 def build_parser() -> argparse.ArgumentParser:
