@@ -3,6 +3,7 @@ and clear Python exceptions for every bad input (engine/kernels.py and the C che
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -22,6 +23,14 @@ def path(request):
     with K.portable(request.param == "portable"):
         assert K.simd_path() == request.param
         yield request.param
+
+
+def test_extension_under_test():
+    """cext/sanitize.sh sets BITSCAPE_EXPECT_BITPACK_DIR so its run proves the sanitized build is tested."""
+    expect = os.environ.get("BITSCAPE_EXPECT_BITPACK_DIR")
+    if expect:
+        assert _bitpack.__file__.startswith(expect), _bitpack.__file__
+    assert K.simd_path() in ("avx2", "portable")
 
 
 def ref(a, w):
