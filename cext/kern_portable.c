@@ -45,7 +45,7 @@ void i8_portable(const i8_args *p, int64_t n0, int64_t n1)
                         uint8_t v = w[b * 32 + i];
                         s += (int64_t)(v & 15) * a[b * 64 + i] + (int64_t)(v >> 4) * a[b * 64 + 32 + i];
                     }
-                total += s << (4 * d);
+                total += s * ((int64_t)1 << (4 * d));
             }
             total += p->oa * p->usum[n] - p->ow * p->asum[m] - p->K * p->ow * p->oa;
             bp_put(&p->out, m, n, total);
