@@ -119,10 +119,11 @@ def _numbers(g: Geom, wi: int, ai: int, nm, density: float, ni: int, prof: Profi
 
     # sparsity: does the sparse math path run; what density the datapath sees
     nm_used = bool(nm) and _nm_ok(g, nm, prof, wi, ai)
-    d_exec = density if (prof.skip_w and density < 1.0 and not nm_used) else 1.0
+    d = density if (prof.skip_w and density < 1.0 and not nm_used) else 1.0
     if prof.skip_a:
-        d_exec *= prof.act_density
-    skip = min(1.0, d_exec / prof.skip_eff + prof.skip_idx) if d_exec < 1.0 else 1.0
+        d *= prof.act_density
+    skip = min(1.0, d / prof.skip_eff + prof.skip_idx) if d < 1.0 else 1.0
+    d_exec = d if skip < 1.0 else 1.0      # skipping engages only where it pays
 
     # compute: padded GEMM on the array at the executed precision
     tm, tn = prof.tile_m, prof.tile_n
@@ -137,8 +138,8 @@ def _numbers(g: Geom, wi: int, ai: int, nm, density: float, ni: int, prof: Profi
     wbits = t.w_store[wi]
     if nm_used and "nm" in prof.formats:
         wbits_el = nm_bits_per_weight(wbits, *nm)
-    elif density < 1.0 and "bitmap" in prof.formats:
-        wbits_el = min(wbits, 1.0 + density * wbits)
+    elif density < 1.0 and skip < 1.0 and prof.skip_w and not nm_used and "bitmap" in prof.formats:
+        wbits_el = min(wbits, 1.0 + density * wbits)   # compressed only where the skipping path reads it
     else:
         wbits_el = wbits
     weight_bytes = g.weights * wbits_el / 8.0
@@ -201,15 +202,16 @@ def _note(g: Geom, cfg, prof: Profile, wi: int, ai: int, nums: tuple, bound: str
     if nm:
         if nm_used:
             msgs.append(f"{cfg.sparsity} sparse math (x{prof.nm_speedup:g} peak)")
-        elif not prof.skip_w:
+        elif prof.skip_w and skip < 1.0:
+            msgs.append(f"{cfg.sparsity} skipped as unstructured zeros")
+        else:
             msgs.append(_nm_eligibility(g, cfg, prof, wi, ai)[1])
-    if d_exec < 1.0:
-        if skip < 1.0:
-            msgs.append(f"zero-skipping: {d_exec:.0%} of MACs effectual, time x{skip:.2f}")
-        elif density < 1.0:
-            msgs.append(f"sparsity not exploited: density {density:.0%} too high for skipping "
-                        f"(needs < {prof.skip_eff * (1 - prof.skip_idx):.0%})")
-    elif density < 1.0 and not nm_used and not nm:
+    if skip < 1.0:
+        msgs.append(f"zero-skipping: {d_exec:.0%} of MACs effectual, time x{skip:.2f}")
+    elif density < 1.0 and not nm_used and prof.skip_w:
+        msgs.append(f"sparsity not exploited: density {density:.0%} too high for skipping "
+                    f"(needs < {prof.skip_eff * (1 - prof.skip_idx):.0%})")
+    elif density < 1.0 and not nm:
         msgs.append(f"unstructured sparsity not exploited: {prof.name} runs it dense")
     msgs.append(f"{bound}-bound")
     return "; ".join(msgs)

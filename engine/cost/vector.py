@@ -232,10 +232,11 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
     dims_ok = ((dim1 >= prof.nm_min_ch) & (dim1 % prof.nm_mult == 0)
                & (dim2 >= prof.nm_min_ch) & (dim2 % prof.nm_mult == 0))
     nm_used = has_nm & supported & T["nm_ok"][wi, ai] & dims_ok
-    d_exec = np.where(prof.skip_w & (density < 1.0) & ~nm_used, density, 1.0)
+    d = np.where(prof.skip_w & (density < 1.0) & ~nm_used, density, 1.0)
     if prof.skip_a:
-        d_exec = d_exec * prof.act_density
-    skip = np.where(d_exec < 1.0, np.minimum(1.0, d_exec / prof.skip_eff + prof.skip_idx), 1.0)
+        d = d * prof.act_density
+    skip = np.where(d < 1.0, np.minimum(1.0, d / prof.skip_eff + prof.skip_idx), 1.0)
+    d_exec = np.where(skip < 1.0, d, 1.0)
 
     rate, eff, tk, ovh = T["rate"][wi, ai], T["eff"][wi, ai], T["tile_k"][wi, ai], T["overhead"][wi, ai]
     ng = gemm_n // g
@@ -250,13 +251,10 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
 
     wbits = T["w_store"][wi]
     nm_bits = np.where(has_nm, nm_n / np.maximum(nm_m, 1) * (wbits + np.ceil(np.log2(np.maximum(nm_m, 1)))), wbits)
+    bitmap = (density < 1.0) & (skip < 1.0) & prof.skip_w & ~nm_used & ("bitmap" in prof.formats)
+    wbits_el = np.where(bitmap, np.minimum(wbits, 1.0 + density * wbits), wbits)
     if "nm" in prof.formats:
-        wbits_el = np.where(nm_used, nm_bits,
-                            np.where((density < 1.0) & ("bitmap" in prof.formats),
-                                     np.minimum(wbits, 1.0 + density * wbits), wbits))
-    else:
-        wbits_el = np.where((density < 1.0) & ("bitmap" in prof.formats), np.minimum(wbits, 1.0 + density * wbits),
-                            wbits)
+        wbits_el = np.where(nm_used, nm_bits, wbits_el)
     weight_bytes = weights * wbits_el / 8.0
     param_bytes = np.where(table.bias, 4.0 * gemm_n, 0.0)
     w_all = weight_bytes + param_bytes
