@@ -86,9 +86,15 @@ TILE void bs_tile(const uint64_t *const *ar, const uint64_t *const *wr, int64_t 
                 }
             }
         }
-        for (int r = 0; r < MR; r++)
+        /* each vpsadbw lane is <= 31*8*8, so four outputs share one 64-bit lane as 16-bit fields */
+        for (int r = 0; r < MR; r++) {
+            __m256i t = _mm256_sad_epu8(acc[r][0], zero);
+            for (int c = 1; c < NR; c++)
+                t = _mm256_add_epi64(t, _mm256_slli_epi64(_mm256_sad_epu8(acc[r][c], zero), 16 * c));
+            const uint64_t h = hsum_epi64(t);
             for (int c = 0; c < NR; c++)
-                cnt[r][c] += hsum_epi64(_mm256_sad_epu8(acc[r][c], zero));
+                cnt[r][c] += (h >> (16 * c)) & 0xffff;
+        }
     }
 }
 
@@ -125,8 +131,8 @@ TGT void bs_avx2(const bs_args *p, int64_t n0, int64_t n1)
     }
 }
 
-/* ---- int8-dot: nibble digits (u8, <= 15) x int8 activations; pair sums <= 2*15*128, two
- *      vpmaddubsw results added in int16 (<= 7680), so nothing saturates ---- */
+/* ---- int8-dot: nibble digits (u8, <= 15) x int8 activations; vpmaddubsw pair sums are
+ *      <= 2*15*128 and int16 partial sums <= 30720, so nothing saturates ---- */
 
 TILE void i8_tile(const int8_t *const *ar, const uint8_t *const *wr, int64_t kb,
                   int64_t s[4][4], const int MR, const int NR)
@@ -136,22 +142,32 @@ TILE void i8_tile(const int8_t *const *ar, const uint8_t *const *wr, int64_t kb,
     for (int r = 0; r < MR; r++)
         for (int c = 0; c < NR; c++)
             acc[r][c] = _mm256_setzero_si256();
-    for (int64_t b = 0; b < kb; b++) {
-        __m256i wl[4], wh[4];
-        for (int c = 0; c < NR; c++) {
-            const __m256i v = _mm256_loadu_si256((const __m256i *)(wr[c] + 32 * b));
-            wl[c] = _mm256_and_si256(v, m4);
-            wh[c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-        }
-        for (int r = 0; r < MR; r++) {
-            const __m256i al = _mm256_loadu_si256((const __m256i *)(ar[r] + 64 * b));
-            const __m256i ah = _mm256_loadu_si256((const __m256i *)(ar[r] + 64 * b + 32));
+    /* int16 partial sums over up to 4 blocks: |sum| <= 4 * 2 * 2*15*128 = 30720 < 32768 */
+    for (int64_t b0 = 0; b0 < kb; b0 += 4) {
+        const int64_t b1 = imin(kb, b0 + 4);
+        __m256i acc16[4][4];
+        for (int r = 0; r < MR; r++)
+            for (int c = 0; c < NR; c++)
+                acc16[r][c] = _mm256_setzero_si256();
+        for (int64_t b = b0; b < b1; b++) {
+            __m256i wl[4], wh[4];
             for (int c = 0; c < NR; c++) {
-                const __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(wl[c], al),
-                                                   _mm256_maddubs_epi16(wh[c], ah));
-                acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(t, ones));
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(wr[c] + 32 * b));
+                wl[c] = _mm256_and_si256(v, m4);
+                wh[c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            }
+            for (int r = 0; r < MR; r++) {
+                const __m256i al = _mm256_loadu_si256((const __m256i *)(ar[r] + 64 * b));
+                const __m256i ah = _mm256_loadu_si256((const __m256i *)(ar[r] + 64 * b + 32));
+                for (int c = 0; c < NR; c++) {
+                    acc16[r][c] = _mm256_add_epi16(acc16[r][c], _mm256_maddubs_epi16(wl[c], al));
+                    acc16[r][c] = _mm256_add_epi16(acc16[r][c], _mm256_maddubs_epi16(wh[c], ah));
+                }
             }
         }
+        for (int r = 0; r < MR; r++)
+            for (int c = 0; c < NR; c++)
+                acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(acc16[r][c], ones));
     }
     for (int r = 0; r < MR; r++)
         for (int c = 0; c < NR; c++)
