@@ -108,8 +108,8 @@ def pareto(points, x: str = "throughput", y: str = "accuracy", z: str | None = N
     The original index is kept so a row maps back to its point.
     """
     cols = [x, y] + ([z] if z else [])
-    dirs = _directions(cols, maximize)
     df = eligible(points, cols, status_col, only_finetuned)
+    dirs = _directions(cols, maximize)
     mask = pareto_mask(df[cols].to_numpy(dtype=float), dirs)
     return df[mask].sort_values([x, y], kind="mergesort")
 

@@ -162,7 +162,8 @@ def fit_profile(profile, measurements: Sequence, params: Sequence[str] | None = 
         return np.log(np.array([predict_layer(m, pr) for m in ms]) / meas)
 
     before_pred = np.array([predict_layer(m, prof) for m in ms])
-    sol = optimize.least_squares(resid, np.clip(x0, lo, hi), bounds=(lo, hi), method="trf", x_scale="jac")
+    start = np.clip(x0, lo + 1e-3 * (hi - lo), hi - 1e-3 * (hi - lo))   # strictly inside the bounds
+    sol = optimize.least_squares(resid, start, bounds=(lo, hi), method="trf", x_scale="jac")
     fitted = build(sol.x)
     after_pred = np.array([predict_layer(m, fitted) for m in ms])
     values = {p: float(math.exp(v)) for p, v in zip(params, sol.x)}

@@ -1,0 +1,98 @@
+"""The vectorised sweep path gives the scalar path's numbers, plan for plan."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.cost import LayerTable, PlanArrays, cost_batch, cost_plan, encode_plans
+from engine.cost.speed import configs_from_arrays, random_arrays, synthetic_layers
+from engine.plan import BIT_CHOICES, LayerConfig, Plan, PlanError
+
+PROFILES = ["bops", "bismo", "bitfusion", "a100", "h100", "t4", "dlac", "cpu"]
+KEYS = ("throughput", "latency_s", "batch_time_s", "energy_j", "size_bytes", "bops", "macs")
+
+
+@pytest.fixture(scope="module")
+def topos():
+    from engine.graph import analyze
+    from engine.zoo import build_model
+    out = {}
+    for m, shape in (("resnet20", (3, 32, 32)), ("lstm", (1, 8, 8)), ("cnn", (1, 28, 28)), ("mlp", (1, 8, 8))):
+        out[m] = analyze(build_model(m, shape, 10), shape)
+    return out
+
+
+def _random_configs(topo, rng):
+    ks = {sid: (1.0 if sp.fixed else float(rng.choice([1.0, 1.25, 1.5, 2.0]))) for sid, sp in topo.spaces.items()}
+    cfgs = {}
+    for layer in topo.layers:
+        w, a = (int(rng.choice(BIT_CHOICES)) for _ in range(2))
+        mode = rng.integers(0, 4)
+        kw = dict(widen=ks[layer.out_space])
+        if mode == 1:
+            kw["sparsity"] = "2:4"
+        elif mode == 2:
+            kw.update(sparsity="unstructured", sparsity_fraction=float(rng.choice([0.5, 0.9, 0.97])))
+        elif mode == 3:
+            kw["sparsity"] = "1:4"
+        cfgs[layer.name] = LayerConfig(w, a, **kw)
+    return cfgs
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1), profile=st.sampled_from(PROFILES), batch=st.sampled_from([1, 3, 16]),
+       model=st.sampled_from(["resnet20", "lstm", "cnn", "mlp"]))
+def test_vectorised_equals_scalar(topos, seed, profile, batch, model):
+    topo = topos[model]
+    rng = np.random.default_rng(seed)
+    plans = [_random_configs(topo, rng) for _ in range(4)]
+    table = LayerTable.from_topology(topo)
+    bc = cost_batch(table, encode_plans(table, plans), profile, batch, keep_layers=True)
+    assert bc.valid.all()
+    for i, cfgs in enumerate(plans):
+        rep = cost_plan(topo.widened(cfgs), cfgs, profile, batch)
+        for k in KEYS:
+            assert getattr(bc, k)[i] == pytest.approx(getattr(rep, k), rel=1e-9), k
+        assert bc.layer_time_s[i] == pytest.approx([x.time_s for x in rep.layers], rel=1e-9)
+
+
+def test_table_from_dict_topology_matches_object(topos):
+    topo = topos["resnet20"]
+    arr = random_arrays(50, len(topo.layers), seed=1)
+    a = cost_batch(LayerTable.from_topology(topo), arr, "a100", 8)
+    b = cost_batch(LayerTable.from_topology(topo.to_dict()), arr, "a100", 8)
+    for k in KEYS:
+        assert np.array_equal(getattr(a, k), getattr(b, k))
+
+
+def test_invalid_widening_is_flagged_not_costed(topos):
+    topo = topos["resnet20"]
+    table = LayerTable.from_topology(topo)
+    arr = PlanArrays.uniform(3, table.n, 8, 8)
+    arr.widen[1, table.names.index("fc")] = 2.0           # the output layer cannot widen
+    arr.widen[2, table.names.index("layer1.0.conv2")] = 2.0   # residual channels disagree
+    with pytest.raises(PlanError):
+        topo.space_factors({n: LayerConfig(8, 8, widen=float(arr.widen[2, j])) for j, n in enumerate(table.names)})
+    bc = cost_batch(table, arr, "a100")
+    assert bc.valid.tolist() == [True, False, False]
+    assert np.isfinite(bc.throughput[0]) and np.isnan(bc.throughput[1:]).all()
+
+
+def test_synthetic_sweep_path_matches_scalar_on_50_layers():
+    layers = synthetic_layers(50)
+    names = [x["name"] for x in layers]
+    arr = random_arrays(20, 50, seed=5)
+    bc = cost_batch(LayerTable.from_layers(layers), arr, "bitfusion")
+    for i in range(20):
+        rep = cost_plan(layers, configs_from_arrays(arr, names, i), "bitfusion")
+        assert bc.throughput[i] == pytest.approx(rep.throughput, rel=1e-9)
+
+
+def test_encode_plans_accepts_plan_objects(topos):
+    topo = topos["mlp"]
+    table = LayerTable.from_topology(topo)
+    plan = Plan.uniform(4, 4, keep={"fc3": LayerConfig(8, 8)})
+    arr = encode_plans(table, [plan])
+    assert arr.w_bits[0].tolist() == [4, 4, 8]
+    with pytest.raises(ValueError, match="channel spaces"):
+        LayerTable.from_layers(topo.layers).widened(np.full((1, 3), 2.0))
