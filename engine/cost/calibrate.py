@@ -183,28 +183,60 @@ def fit_profile(profile, measurements: Sequence, params: Sequence[str] | None = 
 
 # ---- the cpu profile from kernel benchmarks ---------------------------------------------------
 _WA = re.compile(r"w(\d+)a(\d+)", re.I)
-_FLOATY = ("fp32", "float", "f32", "torch")
+_NM = re.compile(r"(\d+):(\d+)")
 
 
 def kernel_bits(row: Mapping) -> tuple[int, int] | None:
-    """(w, a) of a kernel benchmark row: explicit w_bits/a_bits, or parsed from its kernel name
-    ('w2a2...', 'int8', 'binary'/'xnor' = 1x1); (32, 32) for float kernels; None if unknown."""
+    """(w, a) of a dense GEMM kernel benchmark row, or None for rows that are not one.
+
+    Explicit w_bits/a_bits win; else the kernel name: 'W2A2' -> (2, 2), 'int8' -> (8, 8),
+    'torch-fp32'/'float' -> (32, 32), 'binary'/'xnor' -> (1, 1). Packing-only rows ('... pack'),
+    N:M sparse kernels ('2:4 W4A8'), float-activation kernels ('W2-float') and torch's own int8
+    path are not dense bitscape GEMMs and give None.
+    """
     if "w_bits" in row and "a_bits" in row:
         return int(row["w_bits"]), int(row["a_bits"])
     name = str(row.get("kernel", "")).lower()
+    if "pack" in name or _NM.search(name) or re.search(r"w\d+-float", name):
+        return None
     m = _WA.search(name)
     if m:
         return int(m.group(1)), int(m.group(2))
-    if any(f in name for f in _FLOATY):
-        return FLOAT, FLOAT
     if "int8" in name or "i8" in name:
-        return 8, 8
+        return None if "torch" in name else (8, 8)
+    if "fp32" in name or "float" in name or "f32" in name:
+        return FLOAT, FLOAT
     if "binary" in name or "xnor" in name or "1bit" in name:
         return 1, 1
     return None
 
 
-def fit_cpu_profile(rows: Sequence[Mapping], base="cpu", threads: int = 1) -> tuple[Profile, dict]:
+def _nm_speedup(rows: Sequence[Mapping], threads: int) -> dict | None:
+    """Median time ratio of dense 'WxAy' to '2:4 WxAy' rows at the same shape, if both were measured."""
+    dense, sparse = {}, {}
+    for r in rows:
+        if int(r.get("threads", 1)) != threads or not float(r.get("gops", 0)) > 0:
+            continue
+        name = str(r.get("kernel", ""))
+        m = _WA.search(name)
+        if not m:
+            continue
+        key = (m.group(0).upper(), int(r["m"]), int(r["k"]), int(r["n"]))
+        nm = _NM.search(name)
+        if nm and "pack" not in name.lower():
+            sparse[key] = (float(r["gops"]), nm.group(0))
+        elif not nm and "pack" not in name.lower():
+            dense[key] = float(r["gops"])
+    ratios = [sparse[k][0] / dense[k] for k in sparse if k in dense]
+    if not ratios:
+        return None
+    pattern = next(iter(sparse.values()))[1]
+    m_ = int(pattern.split(":")[1])
+    return {"patterns": [pattern], "speedup": max(1.0, float(np.median(ratios))), "efficiency": 1.0,
+            "min_channels": m_, "channel_multiple": m_}
+
+
+def fit_cpu_profile(rows, base="cpu", threads: int = 1) -> tuple[Profile, dict]:
     """Fit ``t = t0 + MACs / R`` per (kernel, w, a) from benchmark rows {kernel, m, k, n, threads, gops}
     (GOPS = 2*m*k*n / s) and write the cpu profile's kernel table; returns (profile, report).
 
@@ -212,6 +244,8 @@ def fit_cpu_profile(rows: Sequence[Mapping], base="cpu", threads: int = 1) -> tu
     rows whose bit-widths cannot be told are skipped and listed in the report.
     """
     prof = load_profile(base)
+    if isinstance(rows, Mapping):          # the whole 'bitscape bench kernels --json' object
+        rows = rows.get("rows", [])
     groups: dict[tuple, list] = {}
     skipped = []
     for r in rows:
@@ -254,6 +288,12 @@ def fit_cpu_profile(rows: Sequence[Mapping], base="cpu", threads: int = 1) -> tu
     if float_fit:
         c["float_macs_per_s"] = float_fit["macs_per_s"]
         c["float_overhead_s"] = float_fit["overhead_s"]
+    nm = _nm_speedup(rows, threads)
+    if nm:
+        d.setdefault("sparsity", {})["nm"] = nm
+        d["sparsity"].setdefault("formats", ["dense", "nm"])
+        if "nm" not in d["sparsity"]["formats"]:
+            d["sparsity"]["formats"].append("nm")
     d["status"] = "fitted"
     d["source"] = (f"Fitted by engine.cost.calibrate.fit_cpu_profile from {sum(f['rows'] for f in fits)} "
                    f"'bitscape bench kernels' rows at {threads} thread(s) (t = t0 + MACs / R per kernel).")

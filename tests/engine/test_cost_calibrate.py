@@ -72,6 +72,10 @@ def test_kernel_bits_parsing():
     assert kernel_bits({"kernel": "int8"}) == (8, 8)
     assert kernel_bits({"kernel": "fp32_torch"}) == (32, 32)
     assert kernel_bits({"kernel": "xnor_popcount"}) == (1, 1)
+    # the names 'bitscape bench kernels' uses
+    assert kernel_bits({"kernel": "W4A8"}) == (4, 8) and kernel_bits({"kernel": "torch-fp32"}) == (32, 32)
+    for name in ("W1A1 pack", "2:4 W4A8", "W2-float", "W2-float t=1", "torch-int8-dynamic"):
+        assert kernel_bits({"kernel": name}) is None, name
     assert kernel_bits({"kernel": "x", "w_bits": 4, "a_bits": 8}) == (4, 8)
     assert kernel_bits({"kernel": "lut"}) is None
     with pytest.raises(ValueError, match="no usable kernel rows"):
@@ -93,3 +97,18 @@ def test_compare_and_fit_from_measured_plan_latencies():
     assert fit.after["rms_log"] <= fit.before["rms_log"] + 1e-12
     with pytest.raises(ValueError, match="no measured layer"):
         compare_measured(layers, cfgs, "cpu", {"nope": 1.0})
+
+
+def test_cpu_fit_from_bench_kernels_json_object():
+    """The whole JSON object of 'bitscape bench kernels --json'; 2:4 rows set the sparse speedup."""
+    shapes = [(1, 1024, 1024), (256, 1024, 1024), (16, 4096, 4096)]
+    rows = _rows([("W1A1", (1, 1), 2e11), ("W2A2", (2, 2), 5e10), ("W4A8", (4, 8), 5e10), ("W8A8", (8, 8), 5.5e10),
+                  ("torch-fp32", (32, 32), 3e10), ("2:4 W4A8", (4, 8), 8e10), ("W1A1 pack", (1, 1), 1e12),
+                  ("torch-int8-dynamic", (8, 8), 5e10)], 2e-6, shapes)
+    prof, report = fit_cpu_profile({"rows": rows, "targets": [], "machine": {}})
+    assert {(e["w"], e["a"]) for e in prof.data["compute"]["table"]} == {(1, 1), (2, 2), (4, 8), (8, 8)}
+    assert prof.data["sparsity"]["nm"]["speedup"] == pytest.approx(1.6, rel=0.05)
+    big = {"name": "fc", "kind": "linear", "in_channels": 1024, "out_channels": 1024, "steps": 256, "bias": False}
+    dense = cost_plan([big], [LayerConfig(4, 8)], prof).layers[0]
+    sparse = cost_plan([big], [LayerConfig(4, 8, sparsity="2:4")], prof).layers[0]
+    assert sparse.compute_s < dense.compute_s and "2:4 sparse math" in sparse.note
