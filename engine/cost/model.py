@@ -16,9 +16,9 @@ from .geometry import Geom, geometry
 from .profiles import Profile, bit_index, load_profile
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LayerCost:
-    """One layer's cost (read-only: reports share these objects through the per-profile memo)."""
+    """One layer's cost. Treat as read-only: reports share these objects through the per-profile memo."""
 
     name: str
     kind: str
