@@ -1,8 +1,8 @@
 """Plan -> planned network -> (quick fine-tune) -> Evaluation record."""
 from __future__ import annotations
 
-import copy
 import time
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +23,18 @@ class Run:
 
     evaluation: Evaluation
     applied: Applied | None
+
+
+_BASELINE_ACCURACY: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def baseline_accuracy(teacher: nn.Module, data: Dataset) -> tuple[float, float]:
+    """FP32 (val, test) accuracy, computed once per baseline module and dataset."""
+    memo = _BASELINE_ACCURACY.setdefault(teacher, {})
+    key = (data.name, id(data))
+    if key not in memo:
+        memo[key] = (accuracy(teacher, data.x_val, data.y_val), accuracy(teacher, data.x_test, data.y_test))
+    return memo[key]
 
 
 def _calibration_batches(data: Dataset, s: Settings):
@@ -63,8 +75,7 @@ def evaluate_plan(model_id: str, dataset_id: str, plan: Plan, settings: Settings
         say = progress or (lambda f, m: None)
         say(0.0, "applying plan")
         applied, teacher, data = prepare(model_id, dataset_id, plan, s, baseline, data)
-        ev.baseline_val_accuracy = accuracy(teacher, data.x_val, data.y_val)
-        ev.baseline_test_accuracy = accuracy(teacher, data.x_test, data.y_test)
+        ev.baseline_val_accuracy, ev.baseline_test_accuracy = baseline_accuracy(teacher, data)
         ev.estimate_val_accuracy = accuracy(applied.model, data.x_val, data.y_val)
         if s.steps > 0:
             tuned = train(applied.model, data, s, teacher=teacher if s.distill else None,

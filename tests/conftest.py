@@ -10,3 +10,26 @@ torch.set_num_threads(int(os.environ.get("BITSCAPE_TEST_THREADS", "2")))
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Trained baselines and stores go to a per-session temp dir, never the user's."""
     monkeypatch.setenv("BITSCAPE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+# Tests that need Debian's chromium or dataset-fashion-mnist skip, with the reason, where
+# those are absent; CI (BITSCAPE_STRICT=1, set by .ci/run) installs both and turns any such
+# skip into a failure.
+CHROMIUM = "/usr/bin/chromium"
+FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+
+
+def _missing(item):
+    if item.get_closest_marker("ui") and not os.path.exists(CHROMIUM):
+        return f"needs Debian's chromium at {CHROMIUM} (apt-get install chromium)"
+    if item.get_closest_marker("fashion") and not (os.path.exists(FASHION) or os.environ.get("BITSCAPE_FASHION_MNIST")):
+        return "needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)"
+    return None
+
+
+def pytest_runtest_setup(item):
+    why = _missing(item)
+    if why:
+        if os.environ.get("BITSCAPE_STRICT") == "1":
+            pytest.fail(f"required resource missing under BITSCAPE_STRICT=1: {why}", pytrace=False)
+        pytest.skip(why)
