@@ -106,9 +106,7 @@ class LayerConfig:
 
     def label(self) -> str:
         """Short human label, e.g. 'W4A8 x2 2:4'."""
-        w = "32" if self.w_bits == FLOAT_BITS else str(self.w_bits)
-        a = "32" if self.a_bits == FLOAT_BITS else str(self.a_bits)
-        s = f"W{w}A{a}"
+        s = "FP32" if self.is_float else f"W{self.w_bits}A{self.a_bits}"
         if self.widen != 1:
             s += f" x{self.widen:g}"
         if self.nm:

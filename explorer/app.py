@@ -1,0 +1,56 @@
+"""The bitscape dashboard: an app factory (importing this module starts nothing)."""
+from __future__ import annotations
+
+import panel as pn
+
+from explorer.state.workspace import Workspace
+from explorer.views.cost_view import CostView
+from explorer.views.frontier_view import FrontierView
+from explorer.views.jobs_view import JobsView
+from explorer.views.plan_editor import PlanEditor
+from explorer.views.session_view import SessionView
+
+POLL_MS = 500
+
+
+def build_layout(ws: Workspace) -> pn.viewable.Viewable:
+    """The dashboard for one workspace (used by the server and by tests)."""
+    pn.extension("tabulator", notifications=False)
+    pickers = pn.Column(
+        pn.widgets.Select.from_param(ws.param.model, name="model"),
+        pn.widgets.Select.from_param(ws.param.dataset, name="dataset"),
+        pn.widgets.Select.from_param(ws.param.profile, name="accelerator profile"),
+        pn.widgets.IntInput.from_param(ws.param.batch, name="batch size"),
+        sizing_mode="stretch_width")
+    jobs = JobsView(workspace=ws)
+    banner = pn.pane.Alert("", alert_type="warning", visible=False, name="readonly-banner")
+
+    def _banner(*_):
+        banner.object = (f"Read-only view of session **{ws.session_name}**. Use *Save a copy* under Session to edit."
+                         if ws.read_only else "")
+        banner.visible = ws.read_only
+
+    ws.param.watch(_banner, ["read_only", "session_name"])
+    _banner()
+    plan_tab = pn.Column(PlanEditor(workspace=ws), CostView(workspace=ws), sizing_mode="stretch_width")
+    tabs = pn.Tabs(("Plan & cost", plan_tab), ("Frontier", FrontierView(workspace=ws)),
+                   ("Session & export", SessionView(workspace=ws)), dynamic=True, sizing_mode="stretch_width")
+    return pn.template.FastListTemplate(
+        title="bitscape: low-precision, wide and sparse network explorer",
+        sidebar=[pickers, pn.pane.Markdown("### Jobs"), jobs], main=[pn.Column(banner, tabs, sizing_mode="stretch_width")],
+        sidebar_width=330, font_url="", header_background="#24445c", theme_toggle=False)
+
+
+def create_app(store=None, runner=None) -> pn.viewable.Viewable:
+    """One fresh workspace per browser session; ``?session=<id>`` opens a shared session read-only."""
+    ws = Workspace(store=store, runner=runner)
+    query = pn.state.location.query_params if pn.state.location else {}
+    sid = query.get("session")
+    if sid:
+        ws.open_session(str(sid), read_only=True)
+    layout = build_layout(ws)
+    if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+        cb = pn.state.add_periodic_callback(ws.poll, period=POLL_MS)
+        pn.state.on_session_destroyed(lambda ctx: cb.stop())
+    layout.workspace = ws  # for tests
+    return layout

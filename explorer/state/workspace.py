@@ -1,0 +1,408 @@
+"""The analyst's workspace: the plan being edited, its live cost, jobs, points and session.
+
+A param.Parameterized class with no Panel import: the dashboard's views bind to it and
+tests drive it directly. Every number comes from engine functions.
+"""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import param
+
+from engine.cost import cost_topology, list_profiles, load_profile
+from engine.data import SPECS, dataset_spec
+from engine.errors import USER_ERRORS, UserError
+from engine.evaluation import Evaluation, Settings
+from engine.graph import analyze
+from engine.plan import LayerConfig, Plan, PlanError
+from engine.presets import PRESETS, preset_plan
+from engine.zoo import ZOO, build_model
+
+from .plan_table import EDITABLE, coerce, configs_from_rows, plan_rows, summary
+
+X_AXES = {"throughput": "throughput (inferences/s)", "latency_s": "latency (s)", "energy_j": "energy (J/inference)",
+          "size_bytes": "model size (bytes)"}
+Y_AXES = {"test_accuracy": "test accuracy", "val_accuracy": "validation accuracy"}
+POINT_COLUMNS = ["key", "label", "status", "reason", "test_accuracy", "val_accuracy", "estimate_val_accuracy",
+                 "throughput", "latency_s", "energy_j", "size_bytes", "steps", "distill", "wall_s", "summary"]
+JOB_COLUMNS = ["id", "label", "state", "progress", "message", "error"]
+
+
+def _empty(columns) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="float64" if c in ("progress",) else "object") for c in columns})
+
+
+class Workspace(param.Parameterized):
+    """One browser session's state."""
+
+    model = param.Selector(default="lenet5", objects=list(ZOO))
+    dataset = param.Selector(default="digits", objects=[d for d in SPECS if d != "synthetic"])
+    profile = param.Selector(default="cpu", objects=["cpu"])
+    batch = param.Integer(default=1, bounds=(1, 4096))
+    preset = param.Selector(default="w4a4", objects=list(PRESETS))
+
+    rows = param.DataFrame(doc="the plan being edited, one row per layer, with shapes and live cost")
+    totals = param.Dict(default={}, doc="live cost totals of the plan being edited")
+    edit_error = param.String(default="", doc="why the last edit was refused")
+    message = param.String(default="", doc="the last thing the workspace wants to tell the analyst")
+
+    steps = param.Integer(default=400, bounds=(0, 100_000), doc="fine-tuning steps (0 = no-training estimate)")
+    distill = param.Boolean(default=False, doc="distil from the FP32 teacher (Apprentice)")
+    seed = param.Integer(default=0, bounds=(0, None))
+    jobs = param.DataFrame(doc="this session's jobs")
+
+    points = param.DataFrame(doc="every evaluated point of this model and dataset, costed on the profile")
+    selected = param.String(default="", doc="key of the selected point")
+    x_axis = param.Selector(default="throughput", objects=list(X_AXES))
+    y_axis = param.Selector(default="test_accuracy", objects=list(Y_AXES))
+    only_finetuned = param.Boolean(default=False, doc="draw the frontier from fine-tuned points only")
+    compare_a = param.String(default="")
+    compare_b = param.String(default="")
+
+    session_id = param.String(default="")
+    session_name = param.String(default="")
+    read_only = param.Boolean(default=False)
+
+    def __init__(self, store=None, runner=None, **params):
+        self._store, self._runner = store, runner
+        self._evals: dict[str, Evaluation] = {}
+        self._job_ids: list[str] = []
+        self._cost_memo: dict[tuple, dict] = {}
+        self._profiles: dict[str, object] = {}
+        self._topo = None
+        self._configs: dict[str, LayerConfig] = {}
+        names = [p["name"] for p in list_profiles()]
+        self.param.profile.objects = names
+        super().__init__(**params)
+        self._load_model()
+
+    # ---- services (injected in tests, shared per process when served) ----------------------
+    @property
+    def store(self):
+        if self._store is None:
+            from .services import get_store
+            self._store = get_store()
+        return self._store
+
+    @property
+    def runner(self):
+        if self._runner is None:
+            from .services import get_runner
+            self._runner = get_runner()
+        return self._runner
+
+    # ---- model and plan -------------------------------------------------------------------
+    @param.depends("model", watch=True)
+    def _model_changed(self):
+        default = ZOO[self.model].datasets[0] if self.model in ZOO else self.dataset
+        if default != self.dataset:
+            self.dataset = default  # triggers _load_model
+        else:
+            self._load_model()
+
+    @param.depends("dataset", watch=True)
+    def _dataset_changed(self):
+        self._load_model()
+
+    def _load_model(self) -> None:
+        spec = dataset_spec(self.dataset)
+        net = build_model(self.model, spec.input_shape, spec.num_classes)
+        self._topo = analyze(net, spec.input_shape)
+        self._set_configs({n: LayerConfig() for n in self._topo.names})
+        self.edit_error = ""
+        self._refresh_points()
+        from engine.baselines import baseline_path
+        if baseline_path(self.model, self.dataset) is None:
+            self.message = (f"No FP32 baseline for {self.model} on {self.dataset}: costs work, fine-tuning needs "
+                            f"`bitscape train-baseline --model {self.model} --dataset {self.dataset}`.")
+
+    @property
+    def topology(self):
+        return self._topo
+
+    @property
+    def configs(self) -> dict[str, LayerConfig]:
+        return dict(self._configs)
+
+    def _set_configs(self, configs: dict[str, LayerConfig]) -> None:
+        self._topo.check(configs)
+        self._configs = dict(configs)
+        rows = plan_rows(self._topo, configs)
+        self._fill_cost(rows)
+        self.rows = rows
+
+    def _profile(self):
+        if self.profile not in self._profiles:
+            self._profiles[self.profile] = load_profile(self.profile)
+        return self._profiles[self.profile]
+
+    def _fill_cost(self, rows: pd.DataFrame) -> None:
+        rep = cost_topology(self._topo, self._configs, self._profile(), self.batch)
+        rows["time_us"] = [round(x.time_s * 1e6, 3) for x in rep.layers]
+        rows["share"] = [round(100 * s, 1) for s in rep.shares]
+        rows["runs_as"] = [x.exec for x in rep.layers]
+        rows["note"] = [x.note for x in rep.layers]
+        self.totals = {"throughput": rep.throughput, "latency_s": rep.latency_s, "energy_j": rep.energy_j,
+                       "size_bytes": rep.size_bytes, "bops": rep.bops, "macs": rep.macs, "profile": rep.profile,
+                       "batch": rep.batch, "title": rep.title}
+
+    @param.depends("profile", "batch", watch=True)
+    def recost(self) -> None:
+        rows = self.rows.copy()
+        self._fill_cost(rows)
+        self.rows = rows
+        self._refresh_points()
+
+    def _refuse(self, why: str) -> bool:
+        self.edit_error = why
+        self.param.trigger("rows")  # views re-render the unchanged table, undoing the edit
+        return False
+
+    def set_cell(self, row: int, column: str, value) -> bool:
+        """Apply one edit; an invalid one is refused with the reason in ``edit_error``."""
+        return self.bulk_edit([row], column, value)
+
+    def bulk_edit(self, rows: list[int], column: str, value) -> bool:
+        """Set ``column`` to ``value`` on every listed row, all or nothing."""
+        if self.read_only:
+            return self._refuse("this session is read-only; save a copy to edit it")
+        if not rows:
+            return self._refuse("select one or more layers first")
+        try:
+            v = coerce(column, value)
+            df = self.rows.copy()
+            for r in rows:
+                if not 0 <= int(r) < len(df):
+                    raise PlanError(f"row {r} does not exist")
+                df.at[int(r), column] = v
+                if column == "sparsity" and v != "unstructured":
+                    df.at[int(r), "sparsity_fraction"] = 0.0
+                if column == "sparsity_fraction" and v > 0 and df.at[int(r), "sparsity"] == "none":
+                    df.at[int(r), "sparsity"] = "unstructured"
+                if column == "quantizer" and v == "binary":
+                    df.at[int(r), "w_bits"] = 1
+                if column == "quantizer" and v == "ternary":
+                    df.at[int(r), "w_bits"] = 2
+            configs = configs_from_rows(df)
+            self._set_configs(configs)
+        except PlanError as e:
+            return self._refuse(str(e))
+        self.edit_error = ""
+        return True
+
+    def apply_preset(self, name: str | None = None) -> None:
+        if self.read_only:
+            self._refuse("this session is read-only; save a copy to edit it")
+            return
+        plan = preset_plan(name or self.preset, self._topo, self.model)
+        self._set_configs(plan.resolve(self._topo.names))
+        self.edit_error = ""
+
+    def load_plan(self, plan: Plan) -> None:
+        """Put a plan into the editor (e.g. from a tapped point or an uploaded file)."""
+        self._set_configs(plan.resolve(self._topo.names))
+        self.edit_error = ""
+
+    def load_plan_json(self, text: str | bytes) -> bool:
+        try:
+            self.load_plan(Plan.from_json(text.decode() if isinstance(text, bytes) else text))
+        except (PlanError, UnicodeDecodeError) as e:
+            return self._refuse(f"plan not loaded: {e}")
+        return True
+
+    def current_plan(self, name: str | None = None) -> Plan:
+        return Plan.explicit(self._configs, model=self.model, name=name)
+
+    # ---- jobs -----------------------------------------------------------------------------
+    def submit(self, steps: int | None = None, label: str | None = None) -> str | None:
+        """Queue an evaluation of the current plan (fine-tune, or estimate with steps=0)."""
+        if self.read_only:
+            self.message = "this session is read-only; save a copy to run jobs"
+            return None
+        s = Settings(steps=self.steps if steps is None else steps, distill=self.distill, seed=self.seed)
+        plan = self.current_plan(name=label or summary(self._configs))
+        sid = self.ensure_session()
+        jid = self.runner.submit(self.model, self.dataset, plan, s, session=sid,
+                                 label=(label or summary(self._configs)) + (" (estimate)" if s.steps == 0 else ""))
+        self._job_ids.append(jid)
+        self.poll()
+        return jid
+
+    def cancel(self, job_id: str) -> bool:
+        ok = self.runner.cancel(job_id)
+        self.poll()
+        return ok
+
+    def poll(self) -> None:
+        """Refresh job states; finished evaluations become points."""
+        rows, changed = [], False
+        for jid in self._job_ids:
+            info = self.runner.status(jid)
+            rows.append({"id": info.id, "label": info.label, "state": info.state,
+                         "progress": float(info.progress), "message": info.message, "error": info.error or ""})
+            ev = info.result
+            if ev is not None and ev.key not in self._evals:
+                self._evals[ev.key] = ev
+                changed = True
+        df = pd.DataFrame(rows, columns=JOB_COLUMNS) if rows else _empty(JOB_COLUMNS)
+        if self.jobs is None or not df.equals(self.jobs):
+            self.jobs = df
+        if changed:
+            self._refresh_points()
+
+    @property
+    def busy(self) -> bool:
+        return self.jobs is not None and bool((self.jobs["state"].isin(["queued", "running"])).any())
+
+    # ---- points ---------------------------------------------------------------------------
+    def add_evaluation(self, ev: Evaluation) -> None:
+        self._evals[ev.key] = ev
+        self._refresh_points()
+
+    def evaluations(self) -> list[Evaluation]:
+        return [e for e in self._evals.values() if e.model == self.model and e.dataset == self.dataset]
+
+    def _point_cost(self, ev: Evaluation) -> dict:
+        key = (ev.key, self.profile, self.batch)
+        if key not in self._cost_memo:
+            try:
+                configs = Plan.from_dict(ev.plan).resolve(self._topo.names)
+                rep = cost_topology(self._topo, configs, self._profile(), self.batch)
+                self._cost_memo[key] = {"throughput": rep.throughput, "latency_s": rep.latency_s,
+                                        "energy_j": rep.energy_j, "size_bytes": rep.size_bytes,
+                                        "summary": summary(configs)}
+            except PlanError as e:
+                self._cost_memo[key] = {"summary": f"(plan does not fit: {e})"}
+        return self._cost_memo[key]
+
+    def _refresh_points(self) -> None:
+        rows = []
+        for ev in self.evaluations():
+            c = self._point_cost(ev)
+            rows.append({"key": ev.key, "label": ev.plan.get("name") or c.get("summary", ""), "status": ev.status,
+                         "reason": ev.reason or "", "test_accuracy": ev.test_accuracy, "val_accuracy": ev.val_accuracy,
+                         "estimate_val_accuracy": ev.estimate_val_accuracy,
+                         "throughput": c.get("throughput"), "latency_s": c.get("latency_s"),
+                         "energy_j": c.get("energy_j"), "size_bytes": c.get("size_bytes"), "steps": ev.steps,
+                         "distill": bool(ev.settings.get("distill")), "wall_s": ev.wall_s,
+                         "summary": c.get("summary", "")})
+        df = pd.DataFrame(rows, columns=POINT_COLUMNS) if rows else _empty(POINT_COLUMNS)
+        for col in ("test_accuracy", "val_accuracy", "estimate_val_accuracy", "throughput", "latency_s",
+                    "energy_j", "size_bytes", "wall_s"):
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+        self.points = df
+
+    def frontier(self) -> pd.DataFrame:
+        """The Pareto points on the current axes (accuracy up; throughput up, the others down)."""
+        from engine.frontier import pareto
+        df = self.points
+        if df is None or df.empty:
+            return df
+        maximize = [self.x_axis == "throughput", True]
+        return pareto(df, x=self.x_axis, y=self.y_axis, maximize=maximize, only_finetuned=self.only_finetuned)
+
+    def select(self, key: str, load: bool = True) -> None:
+        """Select a point; its plan goes into the editor (unless read-only)."""
+        ev = self._evals.get(key)
+        if ev is None:
+            self.message = f"no point {key!r} in this session"
+            return
+        self.selected = key
+        if load:
+            try:
+                self.load_plan(Plan.from_dict(ev.plan))
+                self.message = f"loaded the plan of {ev.plan.get('name') or key}"
+            except PlanError as e:
+                self.message = f"that point's plan does not fit {self.model}: {e}"
+
+    def compare(self) -> pd.DataFrame:
+        """Two points' plans side by side, layer by layer, with their accuracy and cost."""
+        cols = ["layer"] + [f"{f}_{s}" for s in ("a", "b") for f in ("w_bits", "a_bits", "widen", "sparsity")] + ["differs"]
+        a, b = self._evals.get(self.compare_a), self._evals.get(self.compare_b)
+        if a is None or b is None:
+            return pd.DataFrame(columns=cols)
+        ca = Plan.from_dict(a.plan).resolve(self._topo.names)
+        cb = Plan.from_dict(b.plan).resolve(self._topo.names)
+        rows = []
+        for n in self._topo.names:
+            x, y = ca[n], cb[n]
+            rows.append({"layer": n, "w_bits_a": x.w_bits, "a_bits_a": x.a_bits, "widen_a": x.widen,
+                         "sparsity_a": x.sparsity, "w_bits_b": y.w_bits, "a_bits_b": y.a_bits, "widen_b": y.widen,
+                         "sparsity_b": y.sparsity, "differs": x != y})
+        return pd.DataFrame(rows, columns=cols)
+
+    # ---- sessions -------------------------------------------------------------------------
+    def ensure_session(self) -> str:
+        if not self.session_id:
+            self.session_id = self.store.create_session("unsaved", self.model, self.dataset, self.profile,
+                                                        meta={"saved": False})
+        return self.session_id
+
+    def save_session(self, name: str) -> str:
+        """Save every point of this model and dataset, and the plan in the editor, as a named session."""
+        name = (name or "").strip()
+        if not name:
+            raise UserError("give the session a name")
+        sid = self.store.create_session(name, self.model, self.dataset, self.profile,
+                                        meta={"saved": True, "plan": self.current_plan().to_dict()})
+        for ev in self.evaluations():
+            self.store.put(ev, session=sid)
+        self.session_id, self.session_name, self.read_only = sid, name, False
+        self.message = f"saved session {name!r}"
+        return sid
+
+    def saved_sessions(self) -> list[dict]:
+        return [s for s in self.store.sessions() if (s.get("meta") or {}).get("saved")]
+
+    def open_session(self, sid: str, read_only: bool = False) -> bool:
+        s = self.store.session(sid)
+        if s is None:
+            self.message = "no such session (the link may be wrong or the session deleted)"
+            return False
+        evals = self.store.evaluations(session=sid)
+        with param.parameterized.batch_call_watchers(self):
+            self._evals = {e.key: e for e in evals}
+            if s["model"] in self.param.model.objects:
+                self.model = s["model"]
+            self.dataset = s["dataset"]
+            if s["profile"] in self.param.profile.objects:
+                self.profile = s["profile"]
+        self._load_model()
+        plan = (s.get("meta") or {}).get("plan")
+        if plan:
+            try:
+                self.load_plan(Plan.from_dict(plan))
+            except PlanError:
+                pass
+        self.session_id, self.session_name, self.read_only = sid, s["name"], read_only
+        self._job_ids = []
+        self.jobs = _empty(JOB_COLUMNS)
+        self.message = f"opened session {s['name']!r}" + (" (read-only)" if read_only else "")
+        return True
+
+    def share_link(self, base: str = "") -> str:
+        return f"{base}?session={self.session_id}" if self.session_id else ""
+
+    def export_session_file(self) -> str:
+        sid = self.ensure_session()
+        for ev in self.evaluations():
+            self.store.put(ev, session=sid)
+        return json.dumps(self.store.export_session(sid), indent=1)
+
+    def import_session_file(self, data: bytes | str) -> bool:
+        """Open a session file from someone else; a bad or tampered file changes nothing."""
+        try:
+            sid = self.store.import_session(data)
+        except USER_ERRORS as e:
+            self.message = f"session file refused: {e}"
+            return False
+        return self.open_session(sid)
+
+    # ---- exports --------------------------------------------------------------------------
+    def plan_json(self) -> str:
+        return self.current_plan().to_json() + "\n"
+
+    def results_csv(self) -> str:
+        return self.points.to_csv(index=False)
+

@@ -1,0 +1,1 @@
+"""Thin Panel views over explorer.state.Workspace."""
