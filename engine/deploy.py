@@ -290,8 +290,9 @@ class Layer:
         weights = sum(g.n * g.k for g in gs)
         packed = sum(g.packed_bytes for g in gs)
         meta = sum(g.meta_bytes for g in gs) + bias_b
+        ideal = sum(math.ceil(g.n * g.k * min(g.w_bits, FLOAT) / 8) for g in gs)
         return {"name": self.name, "type": self.kind, "kernel": "+".join(sorted({g.kernel for g in gs})),
-                "config": self.config, "weights": weights,
+                "config": self.config, "weights": weights, "ideal_bytes": ideal,
                 "bits_per_weight": round(8.0 * packed / weights, 3),
                 "packed_bytes": packed, "meta_bytes": meta, "bytes": packed + meta,
                 "fp32_bytes": 4 * weights + bias_b,
@@ -381,7 +382,8 @@ class PackedNetwork:
         packed = sum(r["bytes"] for r in rows)
         fp32 = sum(r["fp32_bytes"] for r in rows)
         norm_b = sum(a.nbytes + b.nbytes for a, b in self.norms.values())
-        return {"layers": rows, "total_packed_bytes": packed + norm_b, "packed_weight_bytes": sum(r["packed_bytes"] for r in rows),
+        return {"layers": rows, "total_packed_bytes": packed + norm_b,
+                "ideal_weight_bytes": sum(r["ideal_bytes"] for r in rows), "packed_weight_bytes": sum(r["packed_bytes"] for r in rows),
                 "meta_bytes": sum(r["meta_bytes"] for r in rows) + norm_b, "fp32_bytes": fp32 + norm_b,
                 "compression": round((fp32 + norm_b) / max(packed + norm_b, 1), 3)}
 
@@ -747,7 +749,8 @@ def _make_gemm(name, cfg, w_float, wq, act, k_order=None, threads=1) -> Gemm:
     perm = (lambda t: t.permute(*k_order)) if k_order else (lambda t: t)
     if wq is None or not wq.active:
         wf = perm(w_float.detach().float()).reshape(n, -1).contiguous().numpy().astype(np.float32)
-        return Gemm(name, "float", n, wf.shape[1], act, w_float=wf, threads=threads)
+        note = f"{cfg.sparsity} zeros stored dense in float" if cfg.sparsity != "none" else ""
+        return Gemm(name, "float", n, wf.shape[1], act, w_float=wf, note=note, threads=threads)
     codes, scale = _weight_codes(w_float, wq, f"layer {name!r}")
     codes = perm(torch.from_numpy(codes)).reshape(n, -1).contiguous().numpy()
     kk = codes.shape[1]
@@ -763,6 +766,8 @@ def _make_gemm(name, cfg, w_float, wq, act, k_order=None, threads=1) -> Gemm:
     note = ""
     if act is None:
         kernel = "float-act"
+        if cfg.sparsity != "none":
+            note = f"{cfg.sparsity} zeros stored dense: the float-activation kernel has no sparse path"
     else:
         nm = cfg.nm
         kernel = None
