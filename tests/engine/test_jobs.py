@@ -1,0 +1,98 @@
+import os
+import signal
+import time
+
+import pytest
+
+from engine.evaluation import Evaluation, Settings
+from engine.jobs import JobInfo, JobRunner
+from engine.plan import Plan
+from engine.store import Store
+
+
+def _wait_running(runner, jid, timeout=60):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        info = runner.status(jid)
+        if info.state == "running" and info.progress > 0.05:
+            return info
+        time.sleep(0.05)
+    raise AssertionError(f"job never ran: {runner.status(jid)}")
+
+
+def test_local_pool_failures_do_not_stop_other_jobs(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    sid = store.create_session("t", "mlp", "digits", "bismo")
+    with JobRunner(workers=2, store=store, profiles=["bismo"]) as runner:
+        long = runner.submit("lenet5", "digits", Plan.uniform(4, 4), Settings(steps=5000), session=sid, label="long")
+        bad = runner.submit("nosuchmodel", "digits", Plan.uniform(4, 4), Settings(steps=0), session=sid)
+        info = _wait_running(runner, long)
+        assert info.worker.startswith("pid ") and 0 < info.progress < 1 and "step" in info.message
+        ok = runner.submit("mlp", "digits", Plan.uniform(4, 4), Settings(steps=10), session=sid, label="ok")
+        os.kill(int(info.worker.split()[1]), signal.SIGKILL)
+        killed = runner.wait(long, 60)
+        assert killed.state == "failed" and "worker process died" in killed.error
+        bad_info = runner.wait(bad, 60)
+        assert bad_info.state == "failed" and "nosuchmodel" in bad_info.error and bad_info.result is None
+        done = runner.wait(ok, 60)
+        assert done.state == "done", done
+        ev = done.result
+        assert isinstance(ev, Evaluation) and ev.status == "fine-tuned" and ev.key == done.key
+        assert set(ev.costs["bismo"]) >= {"throughput", "latency_s", "energy_j", "size_bytes"}
+        # a job after the crash runs on a replacement worker
+        again = runner.wait(runner.submit("mlp", "digits", Plan.uniform(8, 8), Settings(steps=0), session=sid), 60)
+        assert again.state == "done" and again.result.status == "estimated"
+        assert {j.label for j in runner.jobs()} >= {"long", "ok"}
+    assert [e.key for e in store.evaluations(session=sid)] == [ev.key, again.result.key]
+
+
+def test_cancel_queued_and_running_jobs():
+    with JobRunner(workers=1) as runner:
+        a = runner.submit("lenet5", "digits", Plan.uniform(2, 2), Settings(steps=5000))
+        b = runner.submit("mlp", "digits", Plan.uniform(2, 2), Settings(steps=10))
+        assert runner.status(b).state == "queued"
+        assert runner.cancel(b)
+        assert runner.status(b).state == "cancelled"
+        _wait_running(runner, a)
+        t0 = time.monotonic()
+        assert runner.cancel(a)
+        info = runner.wait(a, 30)
+        assert info.state == "cancelled" and time.monotonic() - t0 < 10
+        assert not runner.cancel(a)
+        # the worker survived the cooperative cancel and takes the next job
+        c = runner.wait(runner.submit("mlp", "digits", Plan.uniform(2, 2), Settings(steps=0)), 60)
+        assert c.state == "done"
+        assert runner.status(b).state == "cancelled" and runner.status(b).started is None
+
+
+def test_diverged_evaluation_marks_the_job_failed_and_is_stored():
+    store = Store(":memory:")
+    runner = JobRunner(workers=1, store=store)
+    info = JobInfo(id="x", label=None, model="m", dataset="d")
+    runner._jobs["x"] = info
+    ev = Evaluation(plan=Plan.uniform(4, 4).to_dict(), model="m", dataset="d", settings=Settings().to_dict(),
+                    status="failed", reason="Diverged: loss became nan at step 3")
+    runner._finish(info, "done", result=ev.to_dict())
+    got = runner.status("x")
+    assert got.state == "failed" and "nan" in got.error and store.has(ev.key)
+    runner.shutdown()
+
+
+def test_dask_cluster_runs_jobs_with_progress_and_cancel():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp",
+                                  host="127.0.0.1", dashboard_address=None) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        store = Store(":memory:")
+        with JobRunner(scheduler=cluster.scheduler_address, store=store) as runner:
+            assert runner.kind == "dask"
+            long = runner.submit("lenet5", "digits", Plan.uniform(4, 4), Settings(steps=5000))
+            ok = runner.submit("mlp", "digits", Plan.uniform(4, 4), Settings(steps=10))
+            bad = runner.submit("nosuchmodel", "digits", Plan.uniform(4, 4), Settings(steps=0))
+            info = _wait_running(runner, long)
+            assert info.worker.startswith("tcp://") and "step" in info.message
+            assert runner.wait(ok, 60).state == "done"
+            assert runner.wait(bad, 60).state == "failed"
+            runner.cancel(long)
+            assert runner.wait(long, 30).state == "cancelled"
+            assert [e.model for e in store.evaluations()] == ["mlp"]
