@@ -78,11 +78,15 @@ class ActSpec:
         s = np.float32(self.step)
         if self.method == "wrpn":
             c = np.round(np.clip(x / s, np.float32(self.lo), np.float32(1.0)) * np.float32(self.n))
-        elif self.binary:
-            v = np.clip(x / s, np.float32(-1.0), np.float32(1.0))
-            c = np.where(v >= 0, 1.0, -1.0)
+        elif self.binary:   # sign(clamp(x / s)) with sign(0) = +1, i.e. x >= 0 (s > 0)
+            if self.p == 2:
+                return (x >= 0).view(np.uint8)
+            return np.where(x >= 0, np.int8(1), np.int8(-1))
         else:
-            c = np.round(np.clip(x / s, np.float32(-self.qn), np.float32(self.qp)))
+            c = x / s
+            np.maximum(c, np.float32(-self.qn), out=c)
+            np.minimum(c, np.float32(self.qp), out=c)
+            np.rint(c, out=c)
         if self.p != 1 or self.q != 0:
             c = (c - self.q) / self.p
         return c.astype(np.int8 if self.u_signed else np.uint8)
@@ -136,6 +140,8 @@ class Gemm:
     w_bits: int = FLOAT
     note: str = ""
     threads: int = 1
+    _exact: bool | None = field(default=None, repr=False)
+    _comb: np.ndarray | None = field(default=None, repr=False)
 
     # ---- inference -------------------------------------------------------------------
     def quantize(self, x: np.ndarray) -> np.ndarray:
@@ -160,6 +166,8 @@ class Gemm:
             acc = K.gemm_int8(w, u, a.bits, a.u_signed, threads=self.threads)
         else:
             acc = K.gemm_nm(w, u, a.bits, a.u_signed, threads=self.threads)
+        if self.w_p == 1 and a.p == 1 and self._f32_exact():
+            return acc.astype(np.float32) * self._comb_scale()
         acc = acc.astype(np.float64)
         pp = a.p * self.w_p
         if pp != 1:
@@ -171,6 +179,17 @@ class Gemm:
             if a.q:
                 acc += float(self.k * self.w_q * a.q)
         return (acc * (np.float64(np.float32(a.scale)) * self.w_scale.astype(np.float64))).astype(np.float32)
+
+    def _f32_exact(self) -> bool:
+        """Every possible integer accumulator is exact in float32 (|acc| <= 2^24)."""
+        if self._exact is None:
+            self._exact = self.k * (1 << self.act.bits) * (1 << self.packed.bits) <= 1 << 24
+        return self._exact
+
+    def _comb_scale(self) -> np.ndarray:
+        if self._comb is None:
+            self._comb = (np.float64(np.float32(self.act.scale)) * self.w_scale.astype(np.float64)).astype(np.float32)
+        return self._comb
 
     def __call__(self, x2d: np.ndarray) -> np.ndarray:
         return self.matmul_codes(self.quantize(x2d))
@@ -275,11 +294,11 @@ class Layer:
         h = np.zeros((b, hs), np.float32)
         c = np.zeros((b, hs), np.float32)
         outs = np.empty((b, t, hs), np.float32)
-        for s in range(t):
+        for s in range(t):   # gate rows were reordered to (i, f, o, g) at deployment
             gates = xs[:, s] + gh(h)
-            i, f, gg, o = (gates[:, j * hs:(j + 1) * hs] for j in range(4))
-            c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(gg)
-            h = _sigmoid(o) * np.tanh(c)
+            sg = _sigmoid(gates[:, :3 * hs])
+            c = sg[:, hs:2 * hs] * c + sg[:, :hs] * np.tanh(gates[:, 3 * hs:])
+            h = sg[:, 2 * hs:] * np.tanh(c)
             outs[:, s] = h
         return outs, (h[None], c[None])
 
@@ -300,7 +319,15 @@ class Layer:
 
 
 def _sigmoid(x):
-    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+    e = np.exp(-x)
+    e += np.float32(1.0)
+    return np.reciprocal(e, out=e)
+
+
+def _ifog(hidden: int) -> np.ndarray:
+    """Row order (i, f, o, g) from torch's (i, f, g, o): the three sigmoid gates side by side."""
+    h = np.arange(hidden)
+    return np.concatenate([h, h + hidden, h + 3 * hidden, h + 2 * hidden])
 
 
 def im2col_nhwc(x: np.ndarray, kernel_size, stride, padding) -> tuple[np.ndarray, int, int]:
@@ -309,12 +336,20 @@ def im2col_nhwc(x: np.ndarray, kernel_size, stride, padding) -> tuple[np.ndarray
     kh, kw = kernel_size
     sh, sw = stride
     ph, pw = padding
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
-    if xp.shape[2] < kh or xp.shape[3] < kw:
-        raise DeployError(f"kernel {kh}x{kw} is larger than the padded input {xp.shape[2]}x{xp.shape[3]}")
-    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
-    b, ch, ho, wo = win.shape[:4]
-    cols = np.ascontiguousarray(win.transpose(0, 2, 3, 4, 5, 1)).reshape(b * ho * wo, kh * kw * ch)
+    b, ch, h, w = x.shape
+    if ph or pw:
+        xp = np.zeros((b, ch, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+        xp[:, :, ph:ph + h, pw:pw + w] = x
+    else:
+        xp = np.ascontiguousarray(x)
+    hp, wp = xp.shape[2], xp.shape[3]
+    if hp < kh or wp < kw:
+        raise DeployError(f"kernel {kh}x{kw} is larger than the padded input {hp}x{wp}")
+    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    s0, s1, s2, s3 = xp.strides
+    win = np.ndarray((b, ho, wo, kh, kw, ch), dtype=xp.dtype, buffer=xp,
+                     strides=(s0, s2 * sh, s3 * sw, s2, s3, s1))   # a read-only view, copied below
+    cols = win.reshape(b * ho * wo, kh * kw * ch)
     return cols, ho, wo
 
 
@@ -420,6 +455,9 @@ def _pair(v):
 
 def _max_pool2d(x, kernel_size, stride=None, padding=0):
     kh, kw, sh, sw, ph, pw = _pool_geom(x, kernel_size, stride, padding)
+    b, c, h, w = x.shape
+    if (kh, kw) == (sh, sw) and not (ph or pw) and h % kh == 0 and w % kw == 0:
+        return x.reshape(b, c, h // kh, kh, w // kw, kw).max(axis=(3, 5))
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf) if ph or pw else x
     win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
     return np.ascontiguousarray(win.max(axis=(4, 5)))
@@ -741,18 +779,22 @@ def _weight_codes(w, wq, where: str):
     return codes.to(torch.int64).reshape(wqv.shape).numpy(), scale.numpy().astype(np.float32)
 
 
-def _make_gemm(name, cfg, w_float, wq, act, k_order=None, threads=1) -> Gemm:
+def _make_gemm(name, cfg, w_float, wq, act, k_order=None, threads=1, rows=None) -> Gemm:
     """One Gemm from a (N, K...) torch weight (mask applied) and its quantizer; ``k_order`` permutes
-    a conv weight to (N, kh, kw, C) before flattening K."""
+    a conv weight to (N, kh, kw, C) before flattening K; ``rows`` reorders the output rows."""
     import torch
     n = w_float.shape[0]
     perm = (lambda t: t.permute(*k_order)) if k_order else (lambda t: t)
     if wq is None or not wq.active:
         wf = perm(w_float.detach().float()).reshape(n, -1).contiguous().numpy().astype(np.float32)
+        if rows is not None:
+            wf = np.ascontiguousarray(wf[rows])
         note = f"{cfg.sparsity} zeros stored dense in float" if cfg.sparsity != "none" else ""
         return Gemm(name, "float", n, wf.shape[1], act, w_float=wf, note=note, threads=threads)
     codes, scale = _weight_codes(w_float, wq, f"layer {name!r}")
     codes = perm(torch.from_numpy(codes)).reshape(n, -1).contiguous().numpy()
+    if rows is not None:
+        codes, scale = np.ascontiguousarray(codes[rows]), np.ascontiguousarray(scale[rows])
     kk = codes.shape[1]
     lo, hi = int(codes.min()), int(codes.max())
     w_p, w_q = 1, 0
@@ -824,16 +866,18 @@ def _deploy_layer(name, mod, cfg, per, threads) -> Layer:
     if isinstance(mod, QuantLSTM):
         a_x = _act_spec(mod.aq, per.get(f"{name}.aq"), where, affine_ok=True)
         a_h = _act_spec(mod.aq_h, per.get(f"{name}.aq_h"), where, affine_ok=True)
-        gi = _make_gemm(f"{name}.ih", cfg, mod.masked("ih"), mod.wq_ih, a_x, threads=threads)
-        gh = _make_gemm(f"{name}.hh", cfg, mod.masked("hh"), mod.wq_hh, a_h, threads=threads)
-        bias = (mod.bias_ih + mod.bias_hh).detach().float().numpy().copy() if mod.bias_ih is not None else None
+        rows = _ifog(mod.hidden_size)
+        gi = _make_gemm(f"{name}.ih", cfg, mod.masked("ih"), mod.wq_ih, a_x, threads=threads, rows=rows)
+        gh = _make_gemm(f"{name}.hh", cfg, mod.masked("hh"), mod.wq_hh, a_h, threads=threads, rows=rows)
+        bias = (mod.bias_ih + mod.bias_hh).detach().float().numpy()[rows].copy() if mod.bias_ih is not None else None
         return Layer(name, "lstm", {"ih": gi, "hh": gh}, bias, cd, hidden=mod.hidden_size)
     if isinstance(mod, nn.LSTM):
         if mod.num_layers != 1 or mod.bidirectional or not mod.batch_first or mod.proj_size:
             raise DeployError(f"{where}: only single-layer, unidirectional, batch_first LSTMs are supported")
-        gi = _make_gemm(f"{name}.ih", cfg, mod.weight_ih_l0, None, None, threads=threads)
-        gh = _make_gemm(f"{name}.hh", cfg, mod.weight_hh_l0, None, None, threads=threads)
-        bias = (mod.bias_ih_l0 + mod.bias_hh_l0).detach().float().numpy().copy() if mod.bias else None
+        rows = _ifog(mod.hidden_size)
+        gi = _make_gemm(f"{name}.ih", cfg, mod.weight_ih_l0, None, None, threads=threads, rows=rows)
+        gh = _make_gemm(f"{name}.hh", cfg, mod.weight_hh_l0, None, None, threads=threads, rows=rows)
+        bias = (mod.bias_ih_l0 + mod.bias_hh_l0).detach().float().numpy()[rows].copy() if mod.bias else None
         return Layer(name, "lstm", {"ih": gi, "hh": gh}, bias, cd, hidden=mod.hidden_size)
     raise DeployError(f"{where}: {type(mod).__name__} is not supported by the packed deployment")
 
