@@ -1,0 +1,86 @@
+"""bench cost: plans, the predicted-vs-measured bookkeeping and the re-fit (no wall-clock checks)."""
+import json
+
+import numpy as np
+import pytest
+
+from engine.benchmarks import cost as B
+from engine.cost import load_profile
+from engine.cost.profiles import Profile
+
+
+@pytest.fixture(scope="module")
+def records():
+    # one tiny real measurement run: digits MLP, every plan, batch 1 and 2, one repeat
+    return B.measure(repeats=1, models=(("mlp", "digits"),), batches=(1, 2))
+
+
+def test_plans_fit_every_model():
+    from engine.baselines import load_baseline
+    from engine.data import load_dataset
+    from engine.graph import analyze
+    data = load_dataset("digits")
+    for model in ("mlp", "lenet5", "lstm"):
+        topo = analyze(load_baseline(model, "digits", data), data.input_shape)
+        plans = B.plans_for(model, topo)
+        assert tuple(plans) == B.PLAN_NAMES
+        for plan in plans.values():
+            topo.check(plan.resolve(topo.names))   # no PlanError
+
+
+def test_measure_records_every_layer_and_network(records):
+    assert {r["plan"] for r in records} == set(B.PLAN_NAMES)
+    for r in records:
+        names = [l["name"] for l in r["layers"]]
+        assert names == ["fc1", "fc2", "fc3"] and set(r["measured_layers_s"]) == set(names)
+        assert r["measured_net_s"] > 0 and all(v > 0 for v in r["measured_layers_s"].values())
+    kernels = {r["plan"]: r["kernels"] for r in records}
+    assert kernels["W1A1"]["fc2"] == "bitserial" and kernels["2:4"]["fc2"] == "nm"
+    widened = next(r for r in records if r["plan"] == "widened")
+    assert widened["layers"][1]["in_channels"] == 256   # fc2 reads the widened fc1
+
+
+def test_compare_and_errors_math(records):
+    cmp = B.compare(records, "cpu")
+    assert len(cmp["net_rows"]) == len(records)
+    assert len(cmp["layer_rows"]) == 3 * len(records)
+    e = B.errors([{"predicted_s": 2.0, "measured_s": 1.0}, {"predicted_s": 1.0, "measured_s": 2.0},
+                  {"predicted_s": 3.0, "measured_s": 3.0}])
+    assert e["mape"] == pytest.approx((1.0 + 0.5 + 0.0) / 3) and e["spearman"] == pytest.approx(0.5)
+    s = B.summarize(cmp, B.HELD_OUT)
+    assert s["layers"]["n"] == 3 * sum(r["plan"] in B.HELD_OUT for r in records)
+    assert set(s["per_model"]) == {"mlp"}
+
+
+def test_fit_uses_only_the_fit_plans_and_gives_a_valid_profile(records):
+    res = B.fit(records, "cpu")
+    assert set(res.params) == set(B.FIT_PARAMS)
+    assert len(res.rows) == 3 * sum(r["plan"] in B.FIT_PLANS for r in records)
+    d = res.profile.to_dict()
+    assert d["status"] == "fitted" and "bench cost" in d["source"] and "held-out" in d["source"]
+    Profile(json.loads(json.dumps(d)))          # round-trips through JSON and validates
+    # the fit does not make the fit set worse than the starting coefficients
+    assert res.after["rms_log"] <= res.before["rms_log"] + 1e-9
+
+
+def test_shipped_cpu_profile_is_valid_and_says_where_it_came_from():
+    prof = load_profile("cpu")
+    assert prof.status in ("derived", "fitted")
+    if prof.status == "fitted":
+        assert "bench cost" in prof.source or "bench kernels" in prof.source
+        assert "fit" in prof.to_dict()
+
+
+def test_cli_quick_json(monkeypatch, capsys):
+    from explorer.cli import main
+    small = [r for r in B.measure(repeats=1, models=(("mlp", "digits"),), batches=(1,))]
+    monkeypatch.setattr(B, "measure", lambda **kw: small)
+    assert main(["bench", "cost", "--quick", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    for key in ("shipped", "fitted", "targets", "rows"):
+        assert key in d
+    assert d["fitted"]["held_out_plans"] == list(B.HELD_OUT)
+    assert set(d["fitted"]["met_held_out"]) == {"layer_mape_met", "layer_spearman_met", "net_mape_met",
+                                                "net_spearman_met"}
+    assert main(["bench", "cost", "--repeats", "0"]) == 2
+    assert np.isfinite(d["fitted"]["held_out"]["layers"]["mape"])
