@@ -211,7 +211,7 @@ def _base_profile(name, combine=None):
     return Profile(d, prof.path)
 
 
-def fit(records: list[dict], profile="cpu", plans=FIT_PLANS):
+def fit(records: list[dict], profile="cpu", plans=FIT_PLANS, extra_note: str = ""):
     """Fit the profile's free coefficients to the per-layer measurements of ``plans``, with the
     roofline combined as max(compute, memory) and as compute + memory (the host runs the numpy
     quantize/rescale work and the kernel one after the other); the better fit (on ``plans`` only)
@@ -234,7 +234,10 @@ def fit(records: list[dict], profile="cpu", plans=FIT_PLANS):
             f"least squares on log time) to {len(ms)} per-layer latencies of the packed deployment "
             f"(engine.deploy: activation quantization + kernel + rescale, 1 thread, medians) of plans "
             f"{', '.join(plans)} on {', '.join(sorted({r['model'] for r in records if 'plan' in r}))}; "
-            f"held-out plans {', '.join(p for p in PLAN_NAMES if p not in plans)} are reported separately.")
+            f"held-out plans {', '.join(p for p in PLAN_NAMES if p not in plans)} are reported separately. "
+            f"The efficiencies scale the table's kernel rates down to what the deployment path reaches on these "
+            f"small layers (Python face, numpy quantize/im2col/rescale); overhead_s is the per-layer call cost."
+            + (f" {extra_note}" if extra_note else ""))
     fits = [fit_profile(_base_profile(profile, comb), ms, params=list(FIT_PARAMS),
                         source_note=note + f" Roofline combine '{comb}' (chosen on the fit plans).")
             for comb in ("max", "sum")]
@@ -269,7 +272,10 @@ def run(args) -> int:
     say = (lambda m: print(m, file=sys.stderr)) if not args.json and sys.stderr.isatty() else None
     records = measure(quick=args.quick, repeats=args.repeats, progress=say)
     shipped = compare(records, prof)
-    fitted = fit(records, args.profile)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    fitted = fit(records, args.profile, extra_note=(
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, load average "
+        f"{', '.join(f'{v:.1f}' for v in load) if load else 'unknown'} (a shared machine: figures are noisy)."))
     refit = compare(records, fitted.profile)
     result = {
         "profile": prof.name, "profile_status": prof.status,
@@ -287,7 +293,12 @@ def run(args) -> int:
     result["fitted"]["met_held_out"] = _targets(result["fitted"]["held_out"])
     if args.write_profile:
         from engine.fileio import atomic_write_text
-        atomic_write_text(args.write_profile, json.dumps(_finite(fitted.profile.to_dict()), indent=2) + "\n")
+        d = fitted.profile.to_dict()
+        prov = d.setdefault("provenance", {})
+        for k in FIT_PARAMS:
+            prov[k] = "fitted: 'bitscape bench cost' per-layer latencies of the packed deployment (see source)"
+        prov["combine"] = "chosen by the fit (lower log error on the fit plans)"
+        atomic_write_text(args.write_profile, json.dumps(_finite(d), indent=2) + "\n")
         result["wrote_profile"] = args.write_profile
     if args.json:
         print(json.dumps(_finite(result)))
