@@ -330,13 +330,24 @@ class _Slot:
         self.cancel_at: float | None = None
 
 
+def _context():
+    """forkserver (the server imports torch and the engine once; each worker forks from it) where
+    available, else spawn. Never plain fork: the parent may hold threads and torch state."""
+    try:
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["engine.pipeline"])
+        return ctx
+    except ValueError:
+        return mp.get_context("spawn")
+
+
 class _LocalBackend:
     kind = "local"
 
     def __init__(self, runner: JobRunner, workers: int):
         self.r = runner
         self.n = workers
-        self.ctx = mp.get_context("spawn")
+        self.ctx = _context()
         self.events = None
         self.slots: list[_Slot] = []
         self.pending: list[str] = []
