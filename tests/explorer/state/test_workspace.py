@@ -1,0 +1,161 @@
+import json
+
+import pytest
+
+from engine.plan import Plan
+from explorer.state.workspace import Workspace
+from tests.explorer.conftest import wait_jobs
+
+
+def test_edit_recosts_and_refuses_invalid_edits_in_place(workspace):
+    ws = workspace
+    before = ws.totals["throughput"]
+    bytes_before = ws.totals["size_bytes"]
+    assert ws.set_cell(1, "w_bits", 4) and ws.edit_error == ""
+    assert ws.rows.loc[1, "w_bits"] == 4
+    assert ws.totals["size_bytes"] < bytes_before
+    rows_before = ws.rows.copy()
+    assert not ws.set_cell(0, "sparsity", "2:4")
+    assert "layer 'conv1': sparsity='2:4' needs the input dimension to be divisible by 4, but it is 1" in ws.edit_error
+    assert ws.rows.equals(rows_before)
+    assert not ws.set_cell(0, "w_bits", 0) and "w_bits=0 is outside 1..8 or 32" in ws.edit_error
+    assert not ws.set_cell(4, "widen", 2) and "carries the network output" in ws.edit_error
+    assert not ws.set_cell(0, "w_bits", "four") and "not a number" in ws.edit_error
+    assert ws.rows.equals(rows_before)
+    assert ws.set_cell(0, "w_bits", 8) and ws.edit_error == ""
+    assert ws.totals["throughput"] != before or ws.totals["size_bytes"] != bytes_before
+
+
+def test_widening_updates_shapes_downstream(workspace):
+    ws = workspace
+    macs = ws.rows.set_index("layer")["macs"].to_dict()
+    assert ws.set_cell(0, "widen", 2.0)
+    after = ws.rows.set_index("layer")
+    assert after.loc["conv1", "macs"] == 2 * macs["conv1"]
+    assert after.loc["conv2", "macs"] == 2 * macs["conv2"]
+    assert after.loc["conv1", "shape"].startswith("1→12")
+
+
+def test_bulk_edit_is_all_or_nothing_and_presets_apply(workspace):
+    ws = workspace
+    assert ws.bulk_edit([1, 2, 3], "a_bits", 4)
+    assert list(ws.rows["a_bits"]) == [32, 4, 4, 4, 32]
+    before = ws.rows.copy()
+    assert not ws.bulk_edit([0, 1], "sparsity", "2:4")  # conv1 cannot take 2:4: nothing changes
+    assert ws.rows.equals(before)
+    ws.apply_preset("2:4-w8a8")
+    assert list(ws.rows["sparsity"]) == ["none", "none", "2:4", "2:4", "2:4"]
+    ws.apply_preset("2x-w2a2")
+    assert list(ws.rows["widen"]) == [2.0, 2.0, 2.0, 2.0, 1.0]
+
+
+def test_profile_and_batch_recost(workspace):
+    ws = workspace
+    ws.apply_preset("w4a4")
+    cpu = ws.totals["throughput"]
+    ws.profile = "bitfusion"
+    assert ws.totals["profile"] == "bitfusion" and ws.totals["throughput"] != cpu
+    notes = " ".join(ws.rows["note"])
+    ws.profile = "a100"
+    assert "INT4" in " ".join(ws.rows["runs_as"]) or "INT4" in notes or "INT8" in " ".join(ws.rows["runs_as"])
+    ws.batch = 64
+    assert ws.totals["batch"] == 64
+
+
+def test_jobs_make_points_and_a_frontier(workspace):
+    ws = workspace
+    ws.apply_preset("w4a4")
+    ws.steps = 30
+    ws.submit(steps=0)
+    ws.submit()
+    ws.apply_preset("w2a2")
+    ws.submit(steps=0)
+    wait_jobs(ws)
+    assert set(ws.jobs["state"]) == {"done"}
+    pts = ws.points
+    assert len(pts) == 3
+    assert sorted(pts["status"]) == ["estimated", "estimated", "fine-tuned"]
+    assert pts["throughput"].notna().all() and pts["test_accuracy"].between(0, 1).all()
+    front = ws.frontier()
+    assert 1 <= len(front) <= 3
+    ws.only_finetuned = True
+    assert list(ws.frontier()["status"]) == ["fine-tuned"]
+    # tapping a point loads its plan
+    w2 = pts[pts["label"].str.contains("W2A2")].iloc[0]["key"]
+    ws.select(w2)
+    assert ws.selected == w2 and set(ws.rows["w_bits"]) == {2}
+    ws.compare_a, ws.compare_b = pts.iloc[0]["key"], w2
+    cmp = ws.compare()
+    assert len(cmp) == 5 and cmp["differs"].all()
+
+
+def test_failed_job_shows_its_reason(workspace):
+    ws = workspace
+    ws.model = "resnet20"  # no baseline shipped for CIFAR-10
+    assert "No FP32 baseline" in ws.message
+    ws.submit(steps=0)
+    wait_jobs(ws)
+    row = ws.jobs.iloc[0]
+    assert row["state"] == "failed" and "cifar10" in row["error"] and "Traceback" not in row["error"]
+
+
+def test_sessions_save_share_read_only_and_isolation(services):
+    store, runner = services
+    a = Workspace(store=store, runner=runner)
+    b = Workspace(store=store, runner=runner)
+    a.steps = 0
+    a.submit()
+    wait_jobs(a)
+    a.set_cell(1, "w_bits", 3)
+    assert b.rows.loc[1, "w_bits"] == 32  # another browser session does not see unsaved edits
+    sid = a.save_session("my study")
+    assert a.share_link("http://h/") == f"http://h/?session={sid}"
+    assert len(sid) >= 20
+    c = Workspace(store=store, runner=runner)
+    assert c.open_session(sid, read_only=True)
+    assert c.read_only and len(c.points) == len(a.points) == 1
+    assert c.rows.loc[1, "w_bits"] == 3
+    assert not c.set_cell(0, "w_bits", 4) and "read-only" in c.edit_error
+    assert c.submit() is None
+    assert not c.open_session("not-a-session") and "no such session" in c.message
+    assert [s["name"] for s in c.saved_sessions()] == ["my study"]
+
+
+def test_session_file_round_trip_and_tampered_file_refused(services):
+    store, runner = services
+    a = Workspace(store=store, runner=runner)
+    a.submit(steps=0)
+    wait_jobs(a)
+    a.save_session("to share")
+    doc = a.export_session_file()
+    b = Workspace(store=store, runner=runner)
+    assert b.import_session_file(doc.encode())
+    assert list(b.points["key"]) == list(a.points["key"])
+    c = Workspace(store=store, runner=runner)
+    rows, points = c.rows.copy(), c.points.copy()
+    bad = json.loads(doc)
+    bad["evaluations"][0]["test_accuracy"] = 0.999
+    assert not c.import_session_file(json.dumps(bad))
+    assert "refused" in c.message
+    assert not c.import_session_file(b"\x00not json")
+    assert c.rows.equals(rows) and c.points.equals(points) and c.session_id == ""
+
+
+def test_plan_json_round_trip_and_bad_upload(workspace):
+    ws = workspace
+    ws.apply_preset("2:4-w4a4")
+    text = ws.plan_json()
+    plan = Plan.from_json(text)
+    assert plan.resolve(ws.topology.names) == ws.configs
+    ws.apply_preset("fp32")
+    assert ws.load_plan_json(text.encode()) and ws.configs == plan.resolve(ws.topology.names)
+    assert not ws.load_plan_json(b'{"version": 1, "layers": {"conv9": {}}}')
+    assert "unknown layer 'conv9'" in ws.edit_error
+
+
+def test_model_change_resets_dataset_and_plan(workspace):
+    ws = workspace
+    ws.model = "cnn"
+    assert ws.dataset == "fashion-mnist" and len(ws.rows) == 6
+    ws.model = "lstm"
+    assert ws.dataset == "digits" and list(ws.rows["layer"]) == ["lstm", "fc"]
