@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import importlib
 
-from engine.benchmarks import BENCHMARKS
+from engine.benchmarks import BENCHMARKS as ENGINE_BENCHMARKS
+from explorer.benchmarks import BENCHMARKS as EXPLORER_BENCHMARKS
+
+BENCHMARKS = {**ENGINE_BENCHMARKS, **EXPLORER_BENCHMARKS}
 
 
 def register(sub) -> None:
