@@ -7,4 +7,5 @@ BENCHMARKS = {
     "finetune": "engine.benchmarks.finetune",
     "kernels": "engine.benchmarks.kernels",
     "cost": "engine.benchmarks.cost",
+    "search": "engine.benchmarks.search",
 }

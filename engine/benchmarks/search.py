@@ -1,0 +1,150 @@
+"""Mixed-precision search vs uniform precision and random search, sensitivity agreement, speed.
+
+On Fashion-MNIST's CNN with the bit-serial profile (bismo) and a fixed budget: hypervolume
+(test accuracy x throughput, reference accuracy = FP32 test accuracy - 10 points, throughput 0)
+of the frontier found by NSGA-II, against the uniform-precision frontier (W8A8, W4A4, W2A2 and
+their 2x-wide variants, fine-tuned with the same steps) and against random search at the same
+budget; Spearman rank correlation of the EAGL, ALPS and Hessian layer orders; rank correlation
+of estimated vs fine-tuned accuracy over the fine-tuned points; points per minute.
+``--quick``: LeNet-5 on digits with a small budget (a couple of minutes).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+TARGETS = (("hypervolume found / uniform", ">=", 1.05), ("hypervolume found / random", ">", 1.0))
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--quick", action="store_true", help="LeNet-5 on digits, small budget (smoke run)")
+    p.add_argument("--budget", type=int, default=None, help="candidates scored by the estimate, per search")
+    p.add_argument("--finetune", type=int, default=None, help="fine-tuned points per search")
+    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps per point")
+    p.add_argument("--profile", default="bismo")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+
+
+def _spearman(a, b) -> float:
+    from engine.sensitivity import rank_correlation
+    keys = list(range(len(a)))
+    return rank_correlation(dict(zip(keys, a)), dict(zip(keys, b)))
+
+
+def measure(quick=False, budget=None, finetune=None, steps=None, profile="bismo", workers=None, seed=0, log=None):
+    from engine.baselines import load_baseline
+    from engine.data import load_dataset
+    from engine.evaluation import Settings
+    from engine.graph import analyze
+    from engine.jobs import JobRunner
+    from engine.plan import Plan
+    from engine.presets import preset_plan
+    from engine.sensitivity import alps, correlations, eagl, hessian
+    from engine.store import Store
+    from engine.sweep import Sweep, frontier_of, hypervolume_of, run_sweep
+
+    log = log or (lambda m: None)
+    model, dataset = ("lenet5", "digits") if quick else ("cnn", "fashion-mnist")
+    budget = budget or (16 if quick else 28)
+    finetune = finetune or (6 if quick else 8)
+    steps = steps or (100 if quick else 150)
+    data = load_dataset(dataset)
+    base = load_baseline(model, dataset, data)
+    topo = analyze(base, data.input_shape)
+    store = Store(":memory:")
+    out = {"model": model, "dataset": dataset, "profile": profile, "budget": budget, "finetune": finetune,
+           "steps": steps}
+    with JobRunner(workers=workers, store=store) as runner:
+        # uniform-precision frontier
+        t = time.perf_counter()
+        sw = Sweep(model, dataset, profile, runner=runner, store=store, baseline=base, data=data)
+        names = ["w8a8", "w4a4", "w2a2", "2x-w8a8", "2x-w4a4", "2x-w2a2"]
+        plans = []
+        for n in names:
+            if n == "2x-w8a8":
+                p = preset_plan("2x-w4a4", topo, model)
+                p.default = p.default.replace(w_bits=8, a_bits=8)
+                p.name = n
+            else:
+                p = preset_plan(n, topo, model)
+            plans.append(p)
+        sw.evaluate(plans, Settings(steps=steps, seed=seed), names)
+        uni = frontier_of(sw.frame())
+        log(f"uniform: {len(plans)} fine-tuned in {time.perf_counter() - t:.0f} s")
+        runs = {}
+        for method in ("nsga2", "random"):
+            t = time.perf_counter()
+            runs[method] = run_sweep(model, dataset, profile, budget, finetune=finetune, steps=steps, method=method,
+                                     seed=seed, store=store, runner=runner, baseline=base, data=data)
+            log(f"{method}: {len(runs[method].points)} points in {time.perf_counter() - t:.0f} s")
+        base_acc = float(sw.records[0][2].baseline_test_accuracy)
+        ref = (base_acc - 0.10, 0.0)
+        hv_uni = hypervolume_of(uni, ref)
+        hv = {m: hypervolume_of(r.frontier, ref) for m, r in runs.items()}
+        found = runs["nsga2"]
+        pts = found.points
+        tuned = pts[pts.status == "fine-tuned"]
+        out.update({
+            "fp32_test_accuracy": base_acc, "ref": list(ref),
+            "hv_uniform": hv_uni, "hv_nsga2": hv["nsga2"], "hv_random": hv["random"],
+            "hv found / uniform": hv["nsga2"] / hv_uni if hv_uni else float("inf"),
+            "hv found / random": hv["nsga2"] / hv["random"] if hv["random"] else float("inf"),
+            "estimate_vs_finetuned_spearman": _spearman(tuned.estimate_val_accuracy.tolist(),
+                                                        tuned.val_accuracy.tolist()) if len(tuned) > 1 else None,
+            "points_per_minute": 60 * len(pts) / found.wall_s,
+            "nsga2_seconds": found.wall_s,
+            "frontier_nsga2": found.frontier[["val_accuracy", "test_accuracy", "throughput", "label"]].to_dict("records"),
+            "frontier_uniform": uni[["val_accuracy", "test_accuracy", "throughput", "label"]].to_dict("records"),
+        })
+        t = time.perf_counter()
+        sens = [eagl(model, dataset, baseline=base, data=data), hessian(model, dataset, baseline=base, data=data),
+                alps(model, dataset, steps=steps, runner=runner, store=store, baseline=base, data=data)]
+        log(f"sensitivity in {time.perf_counter() - t:.0f} s")
+        out["sensitivity_orders"] = {s.method: s.order(most_sensitive_first=True) for s in sens}
+        out["sensitivity_spearman"] = {f"{c['a']} vs {c['b']}": c["spearman"] for c in correlations(sens)}
+    return out
+
+
+def check(out: dict) -> list[tuple[str, float, str, float, bool]]:
+    rows = []
+    for name, op, target in TARGETS:
+        v = out[name]
+        ok = v >= target if op == ">=" else v > target
+        rows.append((name, v, op, target, ok))
+    return rows
+
+
+def run(args) -> int:
+    t0 = time.perf_counter()
+    out = measure(args.quick, args.budget, args.finetune, args.steps, args.profile, args.workers, args.seed,
+                  log=lambda m: print(m, file=sys.stderr, flush=True))
+    out["total_seconds"] = time.perf_counter() - t0
+    checks = check(out)
+    if args.json:
+        print(json.dumps({**out, "targets": [dict(zip(("name", "value", "op", "target", "met"), c)) for c in checks]},
+                         default=float))
+        return 0
+    print(f"search benchmark: {out['model']} on {out['dataset']}, profile {out['profile']}, budget {out['budget']} "
+          f"estimates + {out['finetune']} fine-tunes x {out['steps']} steps per search")
+    print(f"FP32 test accuracy {100 * out['fp32_test_accuracy']:.2f}%; HV reference: accuracy "
+          f"{100 * out['ref'][0]:.2f}%, throughput 0")
+    print(f"hypervolume  uniform {out['hv_uniform']:.6g}   NSGA-II {out['hv_nsga2']:.6g}   random {out['hv_random']:.6g}")
+    for name, v, op, target, ok in checks:
+        print(f"{name}: {v:.3f} (target {op} {target}) {'MET' if ok else 'NOT MET'}")
+    for k, v in out["sensitivity_spearman"].items():
+        print(f"rank correlation {k}: {v:+.3f}")
+    print("sensitivity orders (most sensitive first): "
+          + "; ".join(f"{m}: {' > '.join(o)}" for m, o in out["sensitivity_orders"].items()))
+    e = out["estimate_vs_finetuned_spearman"]
+    print(f"rank correlation estimated vs fine-tuned val accuracy: {'n/a' if e is None else f'{e:+.3f}'}")
+    print(f"points per minute (NSGA-II sweep): {out['points_per_minute']:.1f}; total {out['total_seconds']:.0f} s")
+    print("NSGA-II frontier (val-selected, test-reported):")
+    for r in out["frontier_nsga2"]:
+        print(f"  val {100 * r['val_accuracy']:.2f}%  test {100 * r['test_accuracy']:.2f}%  {r['throughput']:10.1f}/s  {r['label']}")
+    print("uniform frontier:")
+    for r in out["frontier_uniform"]:
+        print(f"  val {100 * r['val_accuracy']:.2f}%  test {100 * r['test_accuracy']:.2f}%  {r['throughput']:10.1f}/s  {r['label']}")
+    return 0
