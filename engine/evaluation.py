@@ -124,4 +124,5 @@ def provenance(plan_digest: str, seed: int, model: str, dataset: str) -> dict:
     import torch
     return {"plan_hash": plan_digest, "seed": seed, "model": model, "dataset": dataset,
             "code_version": code_version(), "torch": torch.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

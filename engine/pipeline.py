@@ -138,3 +138,54 @@ def load_planned(path, data: Dataset | None = None) -> tuple[Applied, dict]:
     return applied, meta
 
 
+
+
+def rebuild(ev: Evaluation, data: Dataset | None = None) -> Run:
+    """Re-run an Evaluation's plan and settings to get its network back (runs are seeded).
+
+    Float sums depend on the thread count, so this uses the recorded run's. The reproduced
+    accuracy is in the returned record: compare it with ``ev`` before trusting it.
+    """
+    from .errors import UserError
+    if ev.status == "failed":
+        raise UserError(f"this point failed ({ev.reason}); there is no network to export")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(ev.provenance.get("threads", 1)))
+    try:
+        return evaluate_plan(ev.model, ev.dataset, Plan.from_dict(ev.plan), Settings.from_dict(ev.settings),
+                             data=data)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def export_network(ev: Evaluation, kind: str) -> tuple[str, bytes, str]:
+    """(file name, bytes, note) of a point's network as ONNX (``onnx``) or a packed file (``packed``)."""
+    import os
+    import tempfile
+
+    from .data import load_dataset
+    data = load_dataset(ev.dataset)
+    run = rebuild(ev, data)
+    again = run.evaluation
+    note = (f"rebuilt: test accuracy {again.test_accuracy:.4f}"
+            + ("" if again.test_accuracy == ev.test_accuracy else f" (recorded {ev.test_accuracy:.4f})"))
+    stem = f"{ev.model}-{ev.dataset}-{ev.provenance.get('plan_hash', 'plan')}"
+    if kind == "onnx":
+        from .export import onnx_model_bytes
+        blob = onnx_model_bytes(run.applied, data.input_shape, ev.plan, ev.model, ev.dataset,
+                                check_inputs=data.x_val[:64],
+                                extra_metadata={"status": again.status, "test_accuracy": again.test_accuracy,
+                                                "settings": ev.settings})
+        return f"{stem}.onnx", blob, note
+    if kind == "packed":
+        from .deploy import deploy, save_packed
+        net = deploy(run.applied, meta={"plan": ev.plan, "model": ev.model, "dataset": ev.dataset})
+        fd, tmp = tempfile.mkstemp(suffix=".safetensors")
+        os.close(fd)
+        try:
+            save_packed(net, tmp)
+            with open(tmp, "rb") as f:
+                return f"{stem}.packed.safetensors", f.read(), note
+        finally:
+            os.unlink(tmp)
+    raise ValueError(f"unknown export kind {kind!r}")

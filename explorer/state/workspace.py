@@ -406,3 +406,25 @@ class Workspace(param.Parameterized):
     def results_csv(self) -> str:
         return self.points.to_csv(index=False)
 
+    def export_selected(self, kind: str) -> bytes | None:
+        """The selected point's network as ONNX (``onnx``) or a packed file (``packed``).
+
+        The network is rebuilt by re-running the point's seeded plan and settings; the message
+        says the reproduced accuracy. Returns None, with the reason in ``message``, on failure.
+        """
+        from engine.pipeline import export_network
+        ev = self._evals.get(self.selected)
+        if ev is None:
+            self.message = "select a point on the frontier first"
+            return None
+        try:
+            name, blob, note = export_network(ev, kind)
+        except USER_ERRORS as e:
+            self.message = f"export refused: {e}"
+            return None
+        except RuntimeError as e:  # ExportError / DeployError name the layer that cannot run
+            self.message = f"export refused: {e}"
+            return None
+        self.message = f"exported {name}: {note}"
+        return blob
+

@@ -37,6 +37,11 @@ class SessionView(pn.viewable.Viewer):
                                            width=140)
         self.html = pn.widgets.FileDownload(callback=self._html, filename="frontier.html",
                                             label="Frontier (HTML)", width=140)
+        self.onnx = pn.widgets.FileDownload(callback=lambda: self._network("onnx"), filename="bitscape-model.onnx",
+                                            label="Selected point: ONNX", width=180)
+        self.packed = pn.widgets.FileDownload(callback=lambda: self._network("packed"),
+                                              filename="bitscape-model.packed.safetensors",
+                                              label="Selected point: packed model", width=210)
         ws.param.watch(self._sync, ["session_id", "message", "read_only"])
         self._sync()
         self.refresh_sessions()
@@ -60,6 +65,10 @@ class SessionView(pn.viewable.Viewer):
         if event.new:
             self.workspace.import_session_file(event.new)
             self.refresh_sessions()
+
+    def _network(self, kind: str):
+        blob = self.workspace.export_selected(kind)
+        return io.BytesIO(blob if blob is not None else b"")
 
     def _png(self):
         ws = self.workspace
@@ -86,4 +95,5 @@ class SessionView(pn.viewable.Viewer):
                          pn.Row(self.sessions, self.open, align="end"), self.link,
                          pn.Row(self.export_file, self.import_file),
                          pn.pane.Markdown("**Downloads**"), pn.Row(self.csv, self.png, self.html),
+                         pn.Row(self.onnx, self.packed),
                          sizing_mode="stretch_width")

@@ -159,3 +159,23 @@ def test_model_change_resets_dataset_and_plan(workspace):
     assert ws.dataset == "fashion-mnist" and len(ws.rows) == 6
     ws.model = "lstm"
     assert ws.dataset == "digits" and list(ws.rows["layer"]) == ["lstm", "fc"]
+
+
+def test_export_selected_point_as_onnx_and_packed(workspace):
+    import onnx
+
+    ws = workspace
+    assert ws.export_selected("onnx") is None and "select a point" in ws.message
+    ws.apply_preset("w4a4")
+    ws.steps = 10
+    ws.submit()
+    wait_jobs(ws)
+    ws.select(ws.points.iloc[0]["key"])
+    blob = ws.export_selected("onnx")
+    model = onnx.load_from_string(blob)
+    onnx.checker.check_model(model)
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    recorded = ws.points.iloc[0]["test_accuracy"]
+    assert f"test accuracy {recorded:.4f}" in ws.message and "recorded" not in ws.message
+    packed = ws.export_selected("packed")
+    assert packed[:8] and len(packed) > 1000
