@@ -9,7 +9,7 @@ import importlib
 import sys
 
 # Each module in explorer.commands exposes register(subparsers); order sets the help listing.
-COMMAND_MODULES = ["serve", "plan", "finetune", "baseline", "bench", "cost", "deploy", "export", "sweep", "sensitivity"]
+COMMAND_MODULES = ["serve", "plan", "finetune", "baseline", "bench", "cost", "deploy", "export", "sweep", "sensitivity", "methods"]
 
 
 def build_parser() -> argparse.ArgumentParser:
