@@ -8,6 +8,7 @@ from explorer.views.cost_view import CostView
 from explorer.views.frontier_view import FrontierView
 from explorer.views.jobs_view import JobsView
 from explorer.views.plan_editor import PlanEditor
+from explorer.views.sensitivity_view import SensitivityView
 from explorer.views.session_view import SessionView
 
 POLL_MS = 500
@@ -32,7 +33,8 @@ def build_layout(ws: Workspace) -> pn.viewable.Viewable:
 
     ws.param.watch(_banner, ["read_only", "session_name"])
     _banner()
-    plan_tab = pn.Column(PlanEditor(workspace=ws), CostView(workspace=ws), sizing_mode="stretch_width")
+    plan_tab = pn.Column(PlanEditor(workspace=ws), CostView(workspace=ws), SensitivityView(workspace=ws),
+                         sizing_mode="stretch_width")
     tabs = pn.Tabs(("Plan & cost", plan_tab), ("Frontier", FrontierView(workspace=ws)),
                    ("Session & export", SessionView(workspace=ws)), dynamic=True, sizing_mode="stretch_width")
     return pn.template.FastListTemplate(

@@ -60,6 +60,11 @@ class Workspace(param.Parameterized):
     compare_a = param.String(default="")
     compare_b = param.String(default="")
 
+    sens_method = param.Selector(default="eagl", objects=["eagl", "hessian", "alps"],
+                                 doc="per-layer sensitivity method (ALPS runs one short fine-tune per layer)")
+    sensitivity = param.DataFrame(doc="per-layer sensitivity scores of the current model (higher = more sensitive)")
+    sens_status = param.String(default="")
+
     session_id = param.String(default="")
     session_name = param.String(default="")
     read_only = param.Boolean(default=False)
@@ -111,6 +116,8 @@ class Workspace(param.Parameterized):
         self._topo = analyze(net, spec.input_shape)
         self._set_configs({n: LayerConfig() for n in self._topo.names})
         self.edit_error = ""
+        self.sensitivity = pd.DataFrame(columns=["layer", "score", "rank"])
+        self.sens_status = ""
         self._refresh_points()
         from engine.baselines import baseline_path
         if baseline_path(self.model, self.dataset) is None:
@@ -254,6 +261,56 @@ class Workspace(param.Parameterized):
     @property
     def busy(self) -> bool:
         return self.jobs is not None and bool((self.jobs["state"].isin(["queued", "running"])).any())
+
+    # ---- sensitivity ----------------------------------------------------------------------
+    def compute_sensitivity(self, background: bool = True):
+        """Score every layer with ``sens_method``; in the background when served."""
+        import threading
+
+        method, model, dataset = self.sens_method, self.model, self.dataset
+        self.sens_status = f"computing {method} sensitivity..."
+
+        def work():
+            from engine.sensitivity import sensitivity
+            try:
+                kw = {"runner": self.runner, "steps": 60} if method == "alps" else {}
+                res = sensitivity(method, model, dataset, **kw)
+            except USER_ERRORS as e:
+                self.sens_status = f"sensitivity failed: {e}"
+                return
+            if (model, dataset) != (self.model, self.dataset):
+                return
+            ranks = res.ranks()
+            self.sensitivity = pd.DataFrame([{"layer": r.layer, "score": r.score, "rank": ranks[r.layer]}
+                                             for r in res.rows])
+            self.sens_status = f"{method} sensitivity: rank 1 is the most sensitive layer"
+
+        if background:
+            t = threading.Thread(target=work, daemon=True, name="bitscape-sensitivity")
+            t.start()
+            return t
+        work()
+        return None
+
+    def apply_suggestion(self, ladder: tuple[int, ...] = (8, 4, 2)) -> bool:
+        """A mixed plan from the sensitivity ranks: the most sensitive third of the layers gets
+        ladder[0] bits (weights and activations), the middle third ladder[1], the rest ladder[2]."""
+        if self.sensitivity is None or self.sensitivity.empty:
+            return self._refuse("compute a sensitivity first")
+        if self.read_only:
+            return self._refuse("this session is read-only; save a copy to edit it")
+        order = list(self.sensitivity.sort_values("rank")["layer"])
+        n = len(order)
+        configs = dict(self._configs)
+        for i, name in enumerate(order):
+            bits = ladder[min(len(ladder) - 1, i * len(ladder) // n)]
+            configs[name] = configs[name].replace(w_bits=bits, a_bits=bits)
+        try:
+            self._set_configs(configs)
+        except PlanError as e:
+            return self._refuse(str(e))
+        self.edit_error = ""
+        return True
 
     # ---- points ---------------------------------------------------------------------------
     def add_evaluation(self, ev: Evaluation) -> None:

@@ -179,3 +179,19 @@ def test_export_selected_point_as_onnx_and_packed(workspace):
     assert f"test accuracy {recorded:.4f}" in ws.message and "recorded" not in ws.message
     packed = ws.export_selected("packed")
     assert packed[:8] and len(packed) > 1000
+
+
+def test_sensitivity_and_suggestion(workspace):
+    ws = workspace
+    assert not ws.apply_suggestion() and "compute a sensitivity first" in ws.edit_error
+    ws.sens_method = "eagl"
+    ws.compute_sensitivity(background=False)
+    df = ws.sensitivity
+    assert list(df["layer"]) == ws.topology.names and sorted(df["rank"]) == [1, 2, 3, 4, 5]
+    assert ws.apply_suggestion()
+    bits = dict(zip(ws.rows["layer"], ws.rows["w_bits"]))
+    first = df.sort_values("rank").iloc[0]["layer"]
+    last = df.sort_values("rank").iloc[-1]["layer"]
+    assert bits[first] == 8 and bits[last] == 2
+    ws.model = "mlp"
+    assert ws.sensitivity.empty
