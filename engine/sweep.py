@@ -170,8 +170,14 @@ def hypervolume_of(front: pd.DataFrame, ref: tuple[float, float], acc: str = "te
     return hypervolume(front[[acc, "throughput"]].to_numpy(dtype=float), ref=ref, maximize=(True, True))
 
 
+def check_out(path: str | Path) -> None:
+    if Path(path).suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise UserError(f"--out {str(path)!r}: give a .csv or .parquet file")
+
+
 def write_table(df: pd.DataFrame, path: str | Path) -> None:
     p = Path(path)
+    check_out(p)
     if p.suffix.lower() in (".parquet", ".pq"):
         try:
             import pyarrow  # noqa: F401
@@ -206,6 +212,10 @@ def run_sweep(model: str, dataset: str, profile: str, budget: int, finetune: int
         finetune = max(2, budget // 4)
     if finetune < 0:
         raise UserError("--finetune must be 0 or more")
+    if out is not None:
+        check_out(out)
+    from .cost import load_profile
+    profile = load_profile(profile).name      # an unknown profile fails before anything is written
     t0 = time.perf_counter()
     from .jobs import JobRunner
     own_runner = runner is None

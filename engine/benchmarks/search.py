@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-TARGETS = (("hypervolume found / uniform", ">=", 1.05), ("hypervolume found / random", ">", 1.0))
+TARGETS = (("hv found / uniform", ">=", 1.05), ("hv found / random", ">", 1.0))
 
 
 def add_arguments(p) -> None:

@@ -1,0 +1,71 @@
+import math
+
+import numpy as np
+import pytest
+
+from engine.errors import UserError
+from engine.sensitivity import (Sensitivity, LayerScore, alps, alps_plans, correlations, eagl, hessian,
+                                rank_correlation, sensitivity)
+from explorer.cli import main
+
+
+def test_rank_correlation_is_spearman():
+    a = {"x": 1.0, "y": 2.0, "z": 3.0, "w": 4.0}
+    assert rank_correlation(a, {"x": 10, "y": 20, "z": 30, "w": 40}) == pytest.approx(1.0)
+    assert rank_correlation(a, {"x": 4, "y": 3, "z": 2, "w": 1}) == pytest.approx(-1.0)
+    from scipy.stats import spearmanr
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        u, v = rng.normal(size=7), rng.integers(0, 3, size=7).astype(float)
+        got = rank_correlation(dict(enumerate(u)), dict(enumerate(v)))
+        assert got == pytest.approx(spearmanr(u, v).statistic)
+    assert math.isnan(rank_correlation({"x": 1}, {"x": 2}))
+
+
+def test_eagl_and_hessian_give_one_row_per_layer():
+    e = eagl("lenet5", "digits", bits=4)
+    assert [r.layer for r in e.rows] == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    assert all(0 < r.score <= 4 for r in e.rows)
+    # fewer bits -> no more entropy
+    e2 = eagl("lenet5", "digits", bits=2)
+    assert all(a.score <= b.score + 1e-9 for a, b in zip(e2.rows, e.rows))
+    h = hessian("mlp", "digits", bits=4, batches=1, probes=4)
+    assert [r.layer for r in h.rows] == ["fc1", "fc2", "fc3"]
+    assert all(r.detail["trace"] > 0 and r.score > 0 for r in h.rows)
+    assert sorted(h.ranks().values()) == [1, 2, 3]
+    with pytest.raises(UserError, match="unknown sensitivity method"):
+        sensitivity("magic", "mlp", "digits")
+
+
+def test_alps_plans_lower_one_layer_each():
+    from engine.baselines import load_baseline
+    from engine.data import load_dataset
+    from engine.graph import analyze
+    d = load_dataset("digits")
+    topo = analyze(load_baseline("mlp", "digits", d), d.input_shape)
+    plans = alps_plans(topo, bits=2, base_bits=8)
+    assert set(plans) == {None, "fc1", "fc2", "fc3"}
+    cfg = plans["fc2"].resolve(topo.names)
+    assert (cfg["fc2"].w_bits, cfg["fc1"].w_bits, cfg["fc3"].a_bits) == (2, 8, 8)
+
+
+def test_alps_through_jobs_and_cli(capsys):
+    from engine.jobs import JobRunner
+    from engine.store import Store
+    store = Store(":memory:")
+    with JobRunner(workers=2, store=store) as runner:
+        s = alps("mlp", "digits", bits=2, steps=10, runner=runner, store=store)
+    assert [r.layer for r in s.rows] == ["fc1", "fc2", "fc3"]
+    assert all(r.detail["reference_val_accuracy"] - r.detail["val_accuracy"] == pytest.approx(r.score) for r in s.rows)
+    assert len(store.evaluations()) == 4
+    assert len(correlations([s, eagl("mlp", "digits")])) == 1
+    assert main(["sensitivity", "--model", "mlp", "--method", "eagl"]) == 0
+    text = capsys.readouterr().out
+    assert "fc1" in text and "fc3" in text and "rank correlation (Spearman) eagl vs hessian" in text
+    assert main(["sensitivity", "--model", "mlp", "--method", "eagl", "--bits", "12"]) == 2
+
+
+def test_order_and_ranks():
+    s = Sensitivity("x", "m", "d", [LayerScore("a", "linear", 1, 0.5), LayerScore("b", "linear", 1, 0.1),
+                                    LayerScore("c", "linear", 1, 0.9)])
+    assert s.order() == ["b", "a", "c"] and s.ranks() == {"c": 1, "a": 2, "b": 3}

@@ -1,0 +1,75 @@
+import pandas as pd
+import pytest
+
+from engine.errors import UserError
+from engine.jobs import JobRunner
+from engine.store import Store
+from engine.sweep import run_sweep
+from explorer.cli import main
+
+KW = dict(budget=6, finetune=2, steps=10, seed=3, population=3)
+
+
+def test_sweep_writes_store_and_frontier_and_resumes(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    out = tmp_path / "front.csv"
+    with JobRunner(workers=2, store=store) as runner:
+        # interrupt after a few points: what finished is stored
+        seen = []
+
+        def stop_early(done, total, msg):
+            seen.append(done)
+            if done >= 4 and "cached" not in msg:
+                raise KeyboardInterrupt
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep("mlp", "digits", "bismo", store=store, runner=runner, progress=stop_early, **KW)
+        partial = {e.key for e in store.evaluations()}
+        assert len(partial) >= 3
+        res = run_sweep("mlp", "digits", "bismo", store=store, runner=runner, out=out, **KW)
+    assert res.reused >= len(partial) and res.submitted == len(res.points) - res.reused
+    keys = [e.key for e in store.evaluations(session=res.session)]
+    assert set(res.points.key) == set(keys) and len(res.points) == 8
+    assert set(res.points.phase) == {"estimate", "fine-tune"}
+    assert (res.points.status == "fine-tuned").sum() == 2
+    assert all("bismo" in e.costs and e.costs["bismo"]["throughput"] > 0 for e in store.evaluations())
+    front = pd.read_csv(out)
+    assert set(front.status) == {"fine-tuned"} and {"test_accuracy", "throughput", "plan", "key"} <= set(front.columns)
+    assert res.hypervolume > 0
+    # a complete rerun does no work at all
+    with JobRunner(workers=1, store=store) as runner:
+        again = run_sweep("mlp", "digits", "bismo", store=store, runner=runner, **KW)
+    assert again.submitted == 0 and again.reused == 8
+    assert list(again.frontier.key) == list(res.frontier.key)
+
+
+def test_same_sweep_on_dask_local_cluster_matches_local_pool(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    local = Store(":memory:")
+    with JobRunner(workers=2, store=local) as runner:
+        a = run_sweep("mlp", "digits", "bops", store=local, runner=runner, **KW)
+    remote = Store(":memory:")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp",
+                                  host="127.0.0.1", dashboard_address=None) as cluster:
+        with JobRunner(scheduler=cluster.scheduler_address, store=remote) as runner:
+            b = run_sweep("mlp", "digits", "bops", store=remote, runner=runner, **KW)
+    cols = ["key", "status", "val_accuracy", "test_accuracy", "throughput"]
+    pd.testing.assert_frame_equal(a.points[cols].reset_index(drop=True), b.points[cols].reset_index(drop=True))
+    ea = {e.key: e.loss_curve for e in local.evaluations()}
+    eb = {e.key: e.loss_curve for e in remote.evaluations()}
+    assert ea == eb
+
+
+def test_sweep_cli(tmp_path, capsys):
+    db = tmp_path / "cli.sqlite"
+    args = ["sweep", "--model", "mlp", "--profile", "bismo", "--budget", "4", "--finetune", "1", "--steps", "5",
+            "--store", str(db), "--workers", "1", "--out", str(tmp_path / "f.csv")]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "frontier (selected on validation, reported on test)" in text
+    assert (tmp_path / "f.csv").exists()
+    assert main(args + ["--json"]) == 0
+    assert '"submitted": 0' in capsys.readouterr().out
+    assert main(["sweep", "--model", "mlp", "--profile", "bismo", "--budget", "0", "--store", str(db)]) == 2
+    assert main(["sweep", "--model", "mlp", "--profile", "nosuch", "--budget", "2", "--store", str(db)]) == 2
+    assert main(["sweep", "--model", "mlp", "--profile", "bismo", "--budget", "2", "--store", str(db),
+                 "--out", str(tmp_path / "f.txt")]) == 2
