@@ -35,7 +35,7 @@ from ..finetune import accuracy, reestimate_bn
 from ..layers import act_quantizers, weight_quantizers
 from ..plan import Plan
 from ..quant import lsq
-from ..quant.modules import ActQuantizer, WeightQuantizer
+from ..quant.modules import WeightQuantizer
 from . import _loop
 
 WHICH = ("both", "weights", "activations")
@@ -187,8 +187,6 @@ def precision_range_test(model: nn.Module, data: Dataset, s: Settings | None = N
     order = list(range(lowest, upper + 1))
     accs: dict[int, list[float]] = {b: [] for b in order}
     current = {"b": order[0]}
-    base = _loop.default_loss(s, teacher)
-
     def hook(step):
         b = order[min(step // steps_per_bits, len(order) - 1)]
         current["b"] = b
@@ -205,9 +203,7 @@ def precision_range_test(model: nn.Module, data: Dataset, s: Settings | None = N
         from ..distill import kd_loss
         return kd_loss(out, t_out, yb, s.kd_alpha, s.kd_beta, s.temperature)
 
-    del base
-    run_s = copy.copy(s)
-    _loop.run(net, data, run_s, loss, steps=steps_per_bits * len(order), hook=hook, cosine=False)
+    _loop.run(net, data, s, loss, steps=steps_per_bits * len(order), hook=hook, cosine=False)
     mean = {b: (sum(v) / len(v) if v else 0.0) for b, v in accs.items()}
     lower = order[0]
     for prev, b in zip(order, order[1:]):

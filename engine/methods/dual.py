@@ -34,13 +34,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..apply import Applied, apply_plan, calibrate, quant_layers
-from ..data import Dataset, batches
+from ..data import Dataset
 from ..distill import kd_loss
 from ..errors import UserError
 from ..evaluation import Settings
 from ..finetune import accuracy, reestimate_bn
 from ..layers import QuantConv2d, QuantLinear, QuantLSTM
-from ..plan import FLOAT_BITS, LayerConfig, Plan
+from ..plan import FLOAT_BITS, Plan
 from ..quant import lsq
 from ..quant.modules import ActQuantizer, WeightQuantizer
 from ..quant.ste import grad_scale, round_ste
@@ -304,20 +304,19 @@ def _mode_summary(model) -> dict:
 
 
 def _groups(model: nn.Module, s: Settings, lr_step_low: float) -> list[dict]:
-    high = [q.dual_steps["high"] for q in dual_quantizers(model)]
-    low = [q.dual_steps["low"] for q in dual_quantizers(model)]
-    ids = {id(p) for p in high + low}
-    rest = []
-    seen: set[int] = set()
-    for _, p in model.named_parameters():
-        if p.requires_grad and id(p) not in ids and id(p) not in seen:
-            seen.add(id(p))
-            rest.append(p)
-    others = [p for n, p in model.named_parameters() if _loop.is_step_param(n) and id(p) not in ids]
-    rest = [p for p in rest if all(p is not o for o in others)]
-    groups = [{"params": rest, "lr": s.lr, "weight_decay": s.weight_decay},
-              {"params": [p for p in high if p.requires_grad] + others, "lr": s.lr_step, "weight_decay": 0.0},
-              {"params": [p for p in low if p.requires_grad], "lr": lr_step_low, "weight_decay": 0.0}]
+    """Shared weights at ``s.lr``; high-mode steps (and any other step) at ``s.lr_step``;
+    low-mode steps at ``lr_step_low``."""
+    low = {id(q.dual_steps["low"]): q.dual_steps["low"] for q in dual_quantizers(model)}
+    high = {id(q.dual_steps["high"]) for q in dual_quantizers(model)}
+    weights, steps, seen = [], [], set(low)
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (steps if id(p) in high or _loop.is_step_param(name) else weights).append(p)
+    groups = [{"params": weights, "lr": s.lr, "weight_decay": s.weight_decay},
+              {"params": steps, "lr": s.lr_step, "weight_decay": 0.0},
+              {"params": [p for p in low.values() if p.requires_grad], "lr": lr_step_low, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
 
