@@ -14,6 +14,11 @@ def register(sub) -> None:
     p.add_argument("--basic-auth", default=None,
                    help="a password, or a JSON file of {user: password}: Panel's basic auth (needs --cookie-secret)")
     p.add_argument("--cookie-secret", default=None)
+    p.add_argument("--oauth-provider", default=None, help="Panel OAuth provider (github, google, azure, okta, generic...)")
+    p.add_argument("--oauth-key", default=None)
+    p.add_argument("--oauth-secret", default=None)
+    p.add_argument("--oauth-redirect-uri", default=None)
+    p.add_argument("--oauth-encryption-key", default=None)
     p.add_argument("--store", default=None, help="results store (SQLite file); default in the user data dir")
     p.add_argument("--workers", type=int, default=None, help="local worker processes for jobs (default: cores)")
     p.add_argument("--scheduler", default=None, help="run jobs on an existing Dask cluster, tcp://HOST:PORT")
@@ -28,14 +33,20 @@ def run(args) -> int:
     from explorer.app import create_app
     from explorer.state import services
 
-    if args.basic_auth and not args.cookie_secret:
-        raise UserError("--basic-auth needs --cookie-secret")
+    if (args.basic_auth or args.oauth_provider) and not args.cookie_secret:
+        raise UserError("--basic-auth and --oauth-provider need --cookie-secret")
+    if args.basic_auth and args.oauth_provider:
+        raise UserError("choose --basic-auth or --oauth-provider, not both")
     services.configure(store_path=args.store, workers=args.workers, scheduler=args.scheduler)
     origins = [f"{args.address}:{args.port}", f"localhost:{args.port}", f"127.0.0.1:{args.port}",
                *args.allow_websocket_origin]
     kwargs = {}
     if args.basic_auth:
         kwargs.update(basic_auth=args.basic_auth, cookie_secret=args.cookie_secret)
+    if args.oauth_provider:
+        kwargs.update(oauth_provider=args.oauth_provider, oauth_key=args.oauth_key, oauth_secret=args.oauth_secret,
+                      oauth_redirect_uri=args.oauth_redirect_uri, oauth_encryption_key=args.oauth_encryption_key,
+                      cookie_secret=args.cookie_secret)
     print(f"bitscape dashboard on http://{args.address}:{args.port}/  (Ctrl+C to stop)", file=sys.stderr, flush=True)
     try:
         pn.serve({"/": create_app}, port=args.port, address=args.address, websocket_origin=origins,
