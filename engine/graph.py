@@ -203,7 +203,8 @@ _FLATTEN_METHODS = {"view", "reshape", "flatten"}
 
 class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m, qualname):
-        return isinstance(m, QUANTIZABLE + (nn.BatchNorm1d, nn.BatchNorm2d)) or super().is_leaf_module(m, qualname)
+        return (isinstance(m, QUANTIZABLE + (nn.BatchNorm1d, nn.BatchNorm2d, nn.GRU, nn.RNN))
+                or super().is_leaf_module(m, qualname))
 
 
 @dataclass
@@ -291,6 +292,9 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
         if node.op == "call_module":
             mod = modules[node.target]
             name = node.target
+            if isinstance(mod, (nn.GRU, nn.RNN)):
+                raise PlanError(f"layer {name!r}: {type(mod).__name__} layers are not supported yet "
+                                "(Conv2d, Linear and LSTM are)")
             if isinstance(mod, (nn.Conv2d, nn.Linear, nn.LSTM)):
                 in_shape = shape(node.args[0])
                 if isinstance(mod, nn.Conv2d):

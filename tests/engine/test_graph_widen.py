@@ -115,3 +115,19 @@ class Untraceable(nn.Module):
 def test_untraceable_model_gives_clear_error():
     with pytest.raises(PlanError, match="cannot trace this model"):
         analyze(Untraceable(), (1, 2, 2))
+
+
+class WithGRU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(8, 16, batch_first=True)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        out, _ = self.gru(x.flatten(1, 2))
+        return self.fc(out[:, -1])
+
+
+def test_unsupported_recurrent_layers_are_named():
+    with pytest.raises(PlanError, match="layer 'gru': GRU layers are not supported yet"):
+        analyze(WithGRU(), (1, 8, 8))
