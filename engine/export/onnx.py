@@ -470,6 +470,12 @@ def build_onnx(model: nn.Module, input_shape: tuple[int, ...], configs: dict[str
     import onnx
     from onnx import TensorProto, helper
 
+    for name, mod in model.named_modules():
+        if isinstance(mod, QUANT_LAYERS):
+            for aq in ([mod.aq, mod.aq_h] if isinstance(mod, QuantLSTM) else [mod.aq]):
+                if aq.active and not bool(aq.ready):
+                    raise ExportError(f"layer {name!r}: its activation quantizer was never calibrated "
+                                      "(export a model produced by evaluate_plan / `bitscape finetune --save`)")
     was = model.training
     model.eval()
     try:
