@@ -8,11 +8,14 @@ The graph is built directly with ``onnx.helper`` from a torch.fx trace of the pl
   21 types); any other width is quantized to int8/uint8, ``Clip``-ped to the k-bit code range
   and dequantized, which keeps exactly the 2^k levels the engine uses. A 1-bit *signed* LSQ
   activation (codes {-1, +1}, sign(0) = +1) is ``Where(x >= 0, s, -s)``, which is exact.
-* weights -> integer codes stored as an int8 (int4 at 4 bits) initializer followed by
+* weights -> integer codes stored as an int8 initializer (int4 at 4 bits; uint8 with zero
+  point 128 for full-range 8-bit codes, see ``_weight_type``) followed by
   ``DequantizeLinear`` (per-tensor, or per output channel on axis 0), with the sparsity mask
   already applied (pruned weights are code 0) and widened layers at their real size.
   Binary (XNOR) and ternary (TWN) weights are codes {-1, 0, +1} with the per-channel
   alpha as scale; WRPN weights are codes with scale ``max|w| / (2^(k-1) - 1)``.
+* biases stay float, added by a separate ``Add`` after the Gemm/Conv/MatMul (a bias input of a
+  QDQ Gemm/Conv is requantized to int32 by onnxruntime's optimizer; the engine's is float);
 * float layers stay float; batch norm, pooling, ReLU, reshapes and the LSTM (unrolled over
   its fixed number of time steps) are exported as plain ONNX operators.
 
