@@ -10,6 +10,20 @@ from engine.plan import Plan
 from engine.store import Store
 
 
+_SHARED = None
+
+
+def shared_runner(store=None) -> JobRunner:
+    """One warm two-worker local pool for the whole test session (cold workers cost seconds)."""
+    global _SHARED
+    if _SHARED is None:
+        import atexit
+        _SHARED = JobRunner(workers=2)
+        atexit.register(_SHARED.shutdown)
+    _SHARED.store = store
+    return _SHARED
+
+
 def _wait_running(runner, jid, timeout=60):
     end = time.monotonic() + timeout
     while time.monotonic() < end:

@@ -49,10 +49,11 @@ def test_greedy_path_plans_lower_one_layer_at_a_time():
 def test_greedy_search_on_a_tiny_model_gives_a_monotone_frontier():
     from engine.jobs import JobRunner
     from engine.sensitivity import eagl
-    with JobRunner(workers=2) as runner:
-        sw = Sweep("mlp", "digits", "bops", runner=runner)
-        order = eagl("mlp", "digits").order()
-        plans, evs = greedy_search(sw.evaluate, sw.names, order, Settings(steps=0))
+    from tests.engine.test_jobs import shared_runner
+    runner = shared_runner()
+    sw = Sweep("mlp", "digits", "bops", runner=runner)
+    order = eagl("mlp", "digits").order()
+    plans, evs = greedy_search(sw.evaluate, sw.names, order, Settings(steps=0))
     assert len(evs) == 7 and all(ev.status == "estimated" for ev in evs)
     df = sw.frame()
     # every step of the path lowers precision: throughput strictly increases along the path

@@ -53,8 +53,9 @@ def test_alps_through_jobs_and_cli(capsys):
     from engine.jobs import JobRunner
     from engine.store import Store
     store = Store(":memory:")
-    with JobRunner(workers=2, store=store) as runner:
-        s = alps("mlp", "digits", bits=2, steps=10, runner=runner, store=store)
+    from tests.engine.test_jobs import shared_runner
+    runner = shared_runner(store)
+    s = alps("mlp", "digits", bits=2, steps=10, runner=runner, store=store)
     assert [r.layer for r in s.rows] == ["fc1", "fc2", "fc3"]
     assert all(r.detail["reference_val_accuracy"] - r.detail["val_accuracy"] == pytest.approx(r.score) for r in s.rows)
     assert len(store.evaluations()) == 4

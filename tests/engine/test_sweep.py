@@ -6,6 +6,7 @@ from engine.jobs import JobRunner
 from engine.store import Store
 from engine.sweep import run_sweep
 from explorer.cli import main
+from tests.engine.test_jobs import shared_runner
 
 KW = dict(budget=6, finetune=2, steps=10, seed=3, population=3)
 
@@ -13,19 +14,19 @@ KW = dict(budget=6, finetune=2, steps=10, seed=3, population=3)
 def test_sweep_writes_store_and_frontier_and_resumes(tmp_path):
     store = Store(tmp_path / "s.sqlite")
     out = tmp_path / "front.csv"
-    with JobRunner(workers=2, store=store) as runner:
-        # interrupt after a few points: what finished is stored
-        seen = []
+    runner = shared_runner(store)
+    # interrupt after a few points: what finished is stored
+    seen = []
 
-        def stop_early(done, total, msg):
-            seen.append(done)
-            if done >= 4 and "cached" not in msg:
-                raise KeyboardInterrupt
-        with pytest.raises(KeyboardInterrupt):
-            run_sweep("mlp", "digits", "bismo", store=store, runner=runner, progress=stop_early, **KW)
-        partial = {e.key for e in store.evaluations()}
-        assert len(partial) >= 3
-        res = run_sweep("mlp", "digits", "bismo", store=store, runner=runner, out=out, **KW)
+    def stop_early(done, total, msg):
+        seen.append(done)
+        if done >= 4 and "cached" not in msg:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep("mlp", "digits", "bismo", store=store, runner=runner, progress=stop_early, **KW)
+    partial = {e.key for e in store.evaluations()}
+    assert len(partial) >= 3
+    res = run_sweep("mlp", "digits", "bismo", store=store, runner=runner, out=out, **KW)
     assert res.reused >= len(partial) and res.submitted == len(res.points) - res.reused
     keys = [e.key for e in store.evaluations(session=res.session)]
     assert set(res.points.key) == set(keys) and len(res.points) == 8
@@ -36,8 +37,7 @@ def test_sweep_writes_store_and_frontier_and_resumes(tmp_path):
     assert set(front.status) == {"fine-tuned"} and {"test_accuracy", "throughput", "plan", "key"} <= set(front.columns)
     assert res.hypervolume > 0
     # a complete rerun does no work at all
-    with JobRunner(workers=1, store=store) as runner:
-        again = run_sweep("mlp", "digits", "bismo", store=store, runner=runner, **KW)
+    again = run_sweep("mlp", "digits", "bismo", store=store, runner=runner, **KW)
     assert again.submitted == 0 and again.reused == 8
     assert list(again.frontier.key) == list(res.frontier.key)
 
@@ -45,8 +45,8 @@ def test_sweep_writes_store_and_frontier_and_resumes(tmp_path):
 def test_same_sweep_on_dask_local_cluster_matches_local_pool(tmp_path):
     distributed = pytest.importorskip("distributed")
     local = Store(":memory:")
-    with JobRunner(workers=2, store=local) as runner:
-        a = run_sweep("mlp", "digits", "bops", store=local, runner=runner, **KW)
+    runner = shared_runner(local)
+    a = run_sweep("mlp", "digits", "bops", store=local, runner=runner, **KW)
     remote = Store(":memory:")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp",
                                   host="127.0.0.1", dashboard_address=None) as cluster:
