@@ -33,6 +33,11 @@ import numpy as np
 from . import kernels as K
 from .errors import UserError
 
+try:   # the clip ufunc itself (np.clip adds a Python wrapper around it)
+    from numpy._core.umath import clip as _clip
+except ImportError:  # pragma: no cover - older numpy
+    _clip = np.clip
+
 PACKED_KIND = "packed-network"
 PACKED_VERSION = 1
 META_KEY = "bitscape"
@@ -73,23 +78,60 @@ class ActSpec:
     def scale(self) -> float:
         return float(np.float32(self.step)) / self.n if self.method == "wrpn" else float(np.float32(self.step))
 
-    def codes(self, x: np.ndarray) -> np.ndarray:
-        """Integer codes u of float32 activations (same float32 ops as the torch fake-quant)."""
+    def codes(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Integer codes u of float32 activations (same float32 ops as the torch fake-quant).
+
+        ``out`` (optional, any strides, the codes' dtype) receives the codes, e.g. the interior of a
+        zero-padded convolution input, so no extra copy is made."""
+        fn = self.__dict__.get("_fn")
+        if fn is None:
+            fn = self.__dict__["_fn"] = self._compile()
+        return fn(x, out)
+
+    @property
+    def dtype(self):
+        return np.dtype(np.int8 if self.u_signed else np.uint8)
+
+    def _compile(self):
+        """The quantizer as one closure with its float32 constants bound (the deployment's hot path)."""
         s = np.float32(self.step)
-        if self.method == "wrpn":
-            c = np.round(np.clip(x / s, np.float32(self.lo), np.float32(1.0)) * np.float32(self.n))
-        elif self.binary:   # sign(clamp(x / s)) with sign(0) = +1, i.e. x >= 0 (s > 0)
-            if self.p == 2:
-                return (x >= 0).view(np.uint8)
-            return np.where(x >= 0, np.int8(1), np.int8(-1))
-        else:
-            c = x / s
-            np.maximum(c, np.float32(-self.qn), out=c)
-            np.minimum(c, np.float32(self.qp), out=c)
-            np.rint(c, out=c)
-        if self.p != 1 or self.q != 0:
-            c = (c - self.q) / self.p
-        return c.astype(np.int8 if self.u_signed else np.uint8)
+        dt = self.dtype
+        if self.method == "lsq" and not self.binary and self.p == 1 and self.q == 0:
+            lo, hi = np.float32(-self.qn), np.float32(self.qp)
+
+            def lsq_codes(x, out=None):
+                c = np.divide(x, s)
+                _clip(c, lo, hi, out=c)
+                if out is None:
+                    out = np.empty(c.shape, dt)
+                np.rint(c, out=out, casting="unsafe")   # integral values in range: the cast is exact
+                return out
+            return lsq_codes
+
+        def codes(x, out=None):
+            if self.method == "wrpn":
+                c = np.round(np.clip(x / s, np.float32(self.lo), np.float32(1.0)) * np.float32(self.n))
+            elif self.binary:   # sign(clamp(x / s)) with sign(0) = +1, i.e. x >= 0 (s > 0)
+                if self.p == 2:
+                    u = np.greater_equal(x, 0).view(np.uint8)
+                else:
+                    u = np.where(x >= 0, np.int8(1), np.int8(-1))
+                if out is None:
+                    return u
+                out[...] = u
+                return out
+            else:
+                c = x / s
+                np.maximum(c, np.float32(-self.qn), out=c)
+                np.minimum(c, np.float32(self.qp), out=c)
+                np.rint(c, out=c)
+            if self.p != 1 or self.q != 0:
+                c = (c - self.q) / self.p
+            if out is None:
+                return c.astype(dt)
+            out[...] = c
+            return out
+        return codes
 
     def dequant(self, u: np.ndarray) -> np.ndarray:
         """The float32 values the fake-quant forward produces (code * step)."""
@@ -144,8 +186,26 @@ class Gemm:
     _comb: np.ndarray | None = field(default=None, repr=False)
 
     # ---- inference -------------------------------------------------------------------
-    def quantize(self, x: np.ndarray) -> np.ndarray:
-        return self.act.codes(x) if self.act is not None else x
+    def quantize(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        if self.act is None:
+            return x
+        return self.act.codes(x, out)
+
+    def _prepare(self):
+        """Bind the kernel once (weights checked here; per call only the C extension's own checks
+        run) and precompute the rescale constants: the hot path is then a handful of numpy calls."""
+        a = self.act
+        if self.kernel == "float":
+            self._run = None
+            return
+        self._run = K.bind_gemm(self.packed, a.bits if a else None, a.u_signed if a else None, threads=self.threads)
+        if a is None:
+            return
+        self._fast = self.w_p == 1 and a.p == 1 and self._f32_exact()
+        self._comb_scale()
+        self._scale64 = np.float64(np.float32(a.scale)) * self.w_scale.astype(np.float64)
+        rs = self.packed.row_sums.astype(np.int64)
+        self._rowterm = ((self.w_p * a.q) * rs)[None, :] if (a.q and self.w_p) else None
 
     def matmul_codes(self, u: np.ndarray) -> np.ndarray:
         """(M, N) float32 = dequant(u) @ dequant(W).T for activation codes (or floats) u (M, K)."""
@@ -153,32 +213,33 @@ class Gemm:
         if self.kernel == "float":
             xa = a.dequant(u) if a is not None else u
             return np.ascontiguousarray(xa, dtype=np.float32) @ self.w_float.T
-        w = self.packed
+        run = self.__dict__.get("_run")
+        if run is None:
+            self._prepare()
+            run = self._run
         if self.kernel == "float-act":
-            acc = K.gemm_float_act(w, np.ascontiguousarray(u, dtype=np.float32), threads=self.threads)
+            u = np.ascontiguousarray(u, dtype=np.float32)
+            acc = run(u)
             if self.w_p != 1 or self.w_q != 0:
                 acc = self.w_p * acc + self.w_q * u.sum(axis=1, dtype=np.float32)[:, None]
             return acc * self.w_scale
-        u = np.ascontiguousarray(u)
-        if self.kernel == "bitserial":
-            acc = K.gemm_bitserial(w, u, a.bits, a.u_signed, threads=self.threads)
-        elif self.kernel == "int8":
-            acc = K.gemm_int8(w, u, a.bits, a.u_signed, threads=self.threads)
-        else:
-            acc = K.gemm_nm(w, u, a.bits, a.u_signed, threads=self.threads)
-        if self.w_p == 1 and a.p == 1 and self._f32_exact():
-            return acc.astype(np.float32) * self._comb_scale()
-        acc = acc.astype(np.float64)
+        acc = run(np.ascontiguousarray(u))
+        if self._fast:   # every accumulator is exact in float32: one float32 multiply
+            return np.multiply(acc, self._comb, dtype=np.float32)
+        # exact integer corrections (int32 where every value provably fits, else int64), then one
+        # float64 rescale rounded once to float32
+        it = np.int32 if (self._exact and acc.dtype == np.int32) else np.int64
         pp = a.p * self.w_p
-        if pp != 1:
-            acc *= pp
-        if a.q and self.w_p:
-            acc += (self.w_p * a.q) * w.row_sums[None, :].astype(np.float64)
+        tot = np.multiply(acc, pp, dtype=it) if pp != 1 else acc.astype(it)
+        if self._rowterm is not None:
+            tot += self._rowterm
         if self.w_q:
-            acc += (self.w_q * a.p) * u.sum(axis=1, dtype=np.int64)[:, None].astype(np.float64)
+            us = np.add.reduce(u, axis=1, dtype=it)
+            us *= self.w_q * a.p
+            tot += us[:, None]
             if a.q:
-                acc += float(self.k * self.w_q * a.q)
-        return (acc * (np.float64(np.float32(a.scale)) * self.w_scale.astype(np.float64))).astype(np.float32)
+                tot += self.k * self.w_q * a.q
+        return np.multiply(tot, self._scale64, out=np.empty(tot.shape, np.float32), casting="same_kind")
 
     def _f32_exact(self) -> bool:
         """Every possible integer accumulator is exact in float32 (|acc| <= 2^24)."""
@@ -262,24 +323,45 @@ class Layer:
         if x.ndim < 2 or x.shape[-1] != g.k:
             raise DeployError(f"layer {self.name!r} expects (..., {g.k}) input, got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
-        y = g(np.ascontiguousarray(x.reshape(-1, g.k), dtype=np.float32))
+        x2 = x.reshape(-1, g.k)
+        if x2.dtype != np.float32 or not x2.flags.c_contiguous:
+            x2 = np.ascontiguousarray(x2, dtype=np.float32)
+        y = g(x2)
         if self.bias is not None:
-            y += self.bias
-        return y.reshape(*lead, g.n)
+            np.add(y, self.bias, out=y)
+        return y.reshape(*lead, g.n) if len(lead) != 1 else y
 
     def _conv(self, x):
+        """im2col convolution on NHWC codes; returns an NCHW view of NHWC memory (the next
+        convolution then reads channels-last without a transpose copy)."""
         g = self.gemms["w"]
         c = self.conv
         if x.ndim != 4 or x.shape[1] != c["in_channels"]:
             raise DeployError(f"layer {self.name!r} expects (B, {c['in_channels']}, H, W) input, "
                               f"got shape {tuple(x.shape)}")
-        u = g.quantize(np.ascontiguousarray(x, dtype=np.float32))
-        cols, ho, wo = im2col_nhwc(u, c["kernel_size"], c["stride"], c["padding"])
+        if x.dtype != np.float32:
+            x = x.astype(np.float32)
+        b, ch, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw) = c["kernel_size"], c["stride"], c["padding"]
+        xt = x.transpose(0, 2, 3, 1)                       # NHWC view (no copy)
+        if g.act is None:
+            dt = np.float32
+        else:
+            dt = g.act.dtype
+        if ph or pw:
+            xp = np.zeros((b, h + 2 * ph, w + 2 * pw, ch), dtype=dt)
+            inner = xp[:, ph:ph + h, pw:pw + w, :]
+            if g.act is None:
+                inner[...] = xt
+            else:
+                g.quantize(xt, inner)                     # codes written straight into the padded buffer
+        else:
+            xp = np.ascontiguousarray(xt) if g.act is None else g.quantize(xt, np.empty((b, h, w, ch), dt))
+        cols, ho, wo = _im2col_nhwc_padded(xp, kh, kw, sh, sw)
         y = g.matmul_codes(cols)
         if self.bias is not None:
-            y += self.bias
-        b = x.shape[0]
-        return np.ascontiguousarray(y.reshape(b, ho, wo, g.n).transpose(0, 3, 1, 2))
+            np.add(y, self.bias, out=y)
+        return y.reshape(b, ho, wo, g.n).transpose(0, 3, 1, 2)
 
     def _lstm(self, x):
         gi, gh = self.gemms["ih"], self.gemms["hh"]
@@ -289,15 +371,18 @@ class Layer:
         hs = self.hidden
         xs = gi(np.ascontiguousarray(x.reshape(b * t, -1), dtype=np.float32))
         if self.bias is not None:
-            xs += self.bias
+            np.add(xs, self.bias, out=xs)
         xs = xs.reshape(b, t, 4 * hs)
         h = np.zeros((b, hs), np.float32)
         c = np.zeros((b, hs), np.float32)
         outs = np.empty((b, t, hs), np.float32)
+        mm, quant = gh.matmul_codes, gh.quantize
+        h3 = 3 * hs
         for s in range(t):   # gate rows were reordered to (i, f, o, g) at deployment
-            gates = xs[:, s] + gh(h)
-            sg = _sigmoid(gates[:, :3 * hs])
-            c = sg[:, hs:2 * hs] * c + sg[:, :hs] * np.tanh(gates[:, 3 * hs:])
+            gates = mm(quant(h))
+            gates += xs[:, s]
+            sg = _sigmoid(gates[:, :h3])
+            c = sg[:, hs:2 * hs] * c + sg[:, :hs] * np.tanh(gates[:, h3:])
             h = sg[:, 2 * hs:] * np.tanh(c)
             outs[:, s] = h
         return outs, (h[None], c[None])
@@ -328,6 +413,19 @@ def _ifog(hidden: int) -> np.ndarray:
     """Row order (i, f, o, g) from torch's (i, f, g, o): the three sigmoid gates side by side."""
     h = np.arange(hidden)
     return np.concatenate([h, h + hidden, h + 3 * hidden, h + 2 * hidden])
+
+
+def _im2col_nhwc_padded(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int) -> tuple[np.ndarray, int, int]:
+    """(B, Hp, Wp, C) padded channels-last codes -> (B*Ho*Wo, kh*kw*C) patches (one gather copy;
+    no copy at all for a 1x1 stride-1 convolution)."""
+    b, hp, wp, ch = xp.shape
+    if hp < kh or wp < kw:
+        raise DeployError(f"kernel {kh}x{kw} is larger than the padded input {hp}x{wp}")
+    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    s0, s1, s2, s3 = xp.strides
+    win = np.ndarray((b, ho, wo, kh, kw, ch), dtype=xp.dtype, buffer=xp,
+                     strides=(s0, s1 * sh, s2 * sw, s1, s2, s3))   # a read-only view, copied below
+    return win.reshape(b * ho * wo, kh * kw * ch), ho, wo
 
 
 def im2col_nhwc(x: np.ndarray, kernel_size, stride, padding) -> tuple[np.ndarray, int, int]:
@@ -368,45 +466,75 @@ class PackedNetwork:
     def __call__(self, x, timings: dict | None = None) -> np.ndarray:
         return self.forward(x, timings)
 
-    def forward(self, x, timings: dict | None = None) -> np.ndarray:
-        """Logits (B, classes) float32 of a float (B, *input_shape) batch; ``timings`` (a dict)
-        collects seconds per layer name."""
+    def forward(self, x, timings: dict | None = None, spans: dict | None = None) -> np.ndarray:
+        """Logits (B, classes) float32 of a float (B, *input_shape) batch.
+
+        ``timings`` (a dict) collects seconds per layer name spent in the layer call itself;
+        ``spans`` (a dict) collects, per layer, the seconds from its start to the next layer's start:
+        the layer plus the non-GEMM ops after it (ReLU, pooling, flatten, ...; ops before the first
+        layer count with the first), so the spans add up to the whole forward pass."""
+        t_start = time.perf_counter() if spans is not None else 0.0
         x = _input_array(x)
         if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != tuple(self.input_shape):
             raise DeployError(f"the packed network expects input of shape (B, {', '.join(map(str, self.input_shape))}), "
                               f"got {tuple(x.shape)}")
         if x.shape[0] == 0:
             raise DeployError("the input batch is empty")
+        steps = self.__dict__.get("_steps")
+        if steps is None or self.__dict__.get("_steps_key") != (id(self.ops), len(self.ops)):
+            steps = self.__dict__["_steps"] = self._compile()
+            self.__dict__["_steps_key"] = (id(self.ops), len(self.ops))
         env: dict[str, object] = {}
         out = None
-        for op in self.ops:
-            kind = op["op"]
-            if kind == "input":
-                env[op["name"]] = x
+        cur, t_mark = None, t_start
+        perf = time.perf_counter
+        for kind, name, fn, getters, kwargs in steps:
+            if kind == 0:      # input
+                env[name] = x
                 continue
-            args = [_arg(a, env) for a in op.get("args", [])]
-            if kind == "output":
+            args = [g(env) for g in getters]
+            if kind == 1:      # output
                 out = args[0]
                 break
-            if kind == "layer":
-                layer = self.layers[op["layer"]]
+            if kind == 2:      # layer
+                if spans is not None:
+                    now = perf()
+                    if cur is not None:
+                        spans[cur] = spans.get(cur, 0.0) + now - t_mark
+                        t_mark = now
+                    cur = fn.name
                 if timings is not None:
-                    t0 = time.perf_counter()
-                    env[op["name"]] = layer(args[0])
-                    timings[layer.name] = timings.get(layer.name, 0.0) + time.perf_counter() - t0
+                    t0 = perf()
+                    env[name] = fn(args[0])
+                    timings[fn.name] = timings.get(fn.name, 0.0) + perf() - t0
                 else:
-                    env[op["name"]] = layer(args[0])
+                    env[name] = fn(args[0])
                 continue
-            if kind == "batchnorm":
-                scale, shift = self.norms[op["norm"]]
-                v = args[0]
-                shp = (1, -1) + (1,) * (v.ndim - 2)
-                env[op["name"]] = (v * scale.reshape(shp) + shift.reshape(shp)).astype(np.float32)
-                continue
-            env[op["name"]] = _OPS[kind](*args, **op.get("kwargs", {}))
+            env[name] = fn(*args, **kwargs)
+        if spans is not None and cur is not None:
+            spans[cur] = spans.get(cur, 0.0) + perf() - t_mark
         if not isinstance(out, np.ndarray):
             raise DeployError("the packed network's output is not an array")
-        return out
+        return out if out.flags.c_contiguous else np.ascontiguousarray(out)
+
+    def _compile(self) -> list:
+        """The op list as (kind, name, callable, argument getters, kwargs): constants resolved once."""
+        steps = []
+        for op in self.ops:
+            kind = op["op"]
+            getters = [_getter(a) for a in op.get("args", [])]
+            if kind == "input":
+                steps.append((0, op["name"], None, getters, {}))
+            elif kind == "output":
+                steps.append((1, op["name"], None, getters, {}))
+            elif kind == "layer":
+                steps.append((2, op["name"], self.layers[op["layer"]], getters, {}))
+            elif kind == "batchnorm":
+                scale, shift = self.norms[op["norm"]]
+                steps.append((3, op["name"], _bn_fn(scale, shift), getters, {}))
+            else:
+                steps.append((3, op["name"], _OPS[kind], getters, op.get("kwargs", {})))
+        return steps
 
     def predict(self, x, batch_size: int = 512) -> np.ndarray:
         x = _input_array(x)
@@ -537,6 +665,32 @@ def _enc(a, names):
     if a is None or isinstance(a, (bool, int, float, str)):
         return a
     raise DeployError(f"argument {a!r} ({type(a).__name__}) cannot be stored in a packed network")
+
+
+def _has_ref(a) -> bool:
+    if isinstance(a, dict):
+        return "ref" in a or any(_has_ref(v) for k in ("slice", "tuple", "list") for v in a.get(k, []))
+    if isinstance(a, list):
+        return any(_has_ref(v) for v in a)
+    return False
+
+
+def _getter(a):
+    """env -> the argument's value; references are looked up, constants resolved once."""
+    if isinstance(a, dict) and "ref" in a:
+        key = a["ref"]
+        return lambda env: env[key]
+    if _has_ref(a):
+        return lambda env: _arg(a, env)
+    v = _arg(a, {})
+    return lambda env: v
+
+
+def _bn_fn(scale, shift):
+    def bn(v):
+        shp = (1, -1) + (1,) * (v.ndim - 2)
+        return (v * scale.reshape(shp) + shift.reshape(shp)).astype(np.float32)
+    return bn
 
 
 def _arg(a, env):

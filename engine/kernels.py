@@ -22,7 +22,7 @@ from . import _bitpack
 __all__ = [
     "PackedWeights", "pack_weights", "pack_activations", "pack_nm", "unpack",
     "gemm_bitserial", "gemm_int8", "gemm_nm", "gemm_float_act", "conv2d",
-    "has_avx2", "simd_path", "set_portable", "portable",
+    "has_avx2", "simd_path", "set_portable", "portable", "bind_gemm",
 ]
 
 LAYOUTS = ("planes", "int8", "nm", "float")
@@ -459,3 +459,77 @@ def conv2d(x, w: PackedWeights, kernel_size, stride=1, padding=0, a_bits: int = 
         y = gemm_bitserial(w, cols, a_bits, a_signed, threads=threads)
     b = xa.shape[0]
     return np.ascontiguousarray(y.reshape(b, ho, wo, w.shape[0]).transpose(0, 3, 1, 2))
+
+
+# ----------------------------------------------------------------------------- hot-path entry
+
+def bind_gemm(w: PackedWeights, a_bits: int | None = None, a_signed: bool | None = None, threads: int = 1,
+              out_dtype=None):
+    """A cheaper entry point for a hot loop (the packed deployment): checks the weights, bit-widths
+    and threads once and returns ``f(a) -> (M, N)`` for activation codes ``a`` (M, K), C-contiguous
+    int8 (signed) / uint8 (unsigned) -- or float32 x for ``layout='float'``.
+
+    Per call only the K and dtype are checked here (in Python); everything else (buffer format,
+    contiguity, shapes, the code range) is checked by the C extension itself, as for every entry
+    point. The results are those of ``gemm_bitserial`` / ``gemm_int8`` / ``gemm_nm`` /
+    ``gemm_float_act`` with the same arguments.
+    """
+    if not isinstance(w, PackedWeights):
+        raise TypeError(f"bind_gemm: weights must be a PackedWeights, got {type(w).__name__}")
+    threads = _check_threads(threads)
+    n, k = w.shape
+    wb, ws = w.bits, w.signed
+    if w.layout == "float":
+        lanes = w.arrays["lanes"]
+        gemm_float = _bitpack.gemm_float
+
+        def run_float(x):
+            if x.ndim != 2 or x.shape[1] != k or x.dtype != np.float32:
+                raise ValueError(f"bound gemm: x must be float32 (M, {k}), got {x.dtype}{x.shape}")
+            out = np.empty((x.shape[0], n), dtype=np.float32)
+            gemm_float(lanes, wb, ws, wb, n, x, out, threads)
+            return out
+        return run_float
+    if a_bits is None or a_signed is None:
+        raise ValueError("bind_gemm: integer layouts need a_bits and a_signed")
+    ab, as_ = _check_bits(a_bits, "a_bits"), bool(a_signed)
+    adt = np.dtype(np.int8 if as_ else np.uint8)
+
+    def _check(a):
+        if a.ndim != 2 or a.shape[1] != k or a.dtype != adt:
+            raise ValueError(f"bound gemm: activation codes must be {adt} (M, {k}), got {a.dtype}{a.shape}")
+
+    if w.layout == "planes":
+        planes, kw = w.arrays["planes"], (k + 255) // 256 * 4
+        odt = _out_dtype(out_dtype, k + 255 & ~255, wb, ws, ab, as_)
+        pack, gemm = _bitpack.pack_planes, _bitpack.gemm_bitserial
+
+        def run_planes(a):
+            _check(a)
+            m = a.shape[0]
+            ap = np.empty((m, ab, kw), dtype=np.uint64)
+            pack(a, ab, as_, ap)
+            out = np.empty((m, n), dtype=odt)
+            gemm(planes, wb, ws, ap, ab, as_, out, threads)
+            return out
+        return run_planes
+    odt = _out_dtype(out_dtype, k, wb, ws, ab, as_)
+    if w.layout == "int8":
+        digits, usum, gemm8 = w.arrays["digits"], w.arrays["usum"], _bitpack.gemm_int8
+
+        def run_int8(a):
+            _check(a)
+            out = np.empty((a.shape[0], n), dtype=odt)
+            gemm8(digits, usum, wb, ws, a, ab, as_, out, threads)
+            return out
+        return run_int8
+    if w.layout == "nm":
+        vals, pos, wsum, gemmnm = w.arrays["values"], w.arrays["positions"], w.arrays["wsum"], _bitpack.gemm_nm
+
+        def run_nm(a):
+            _check(a)
+            out = np.empty((a.shape[0], n), dtype=odt)
+            gemmnm(vals, pos, wsum, wb, ws, a, ab, as_, out, threads)
+            return out
+        return run_nm
+    raise ValueError(f"bind_gemm: unknown layout {w.layout!r}")
