@@ -195,3 +195,22 @@ def test_sensitivity_and_suggestion(workspace):
     assert bits[first] == 8 and bits[last] == 2
     ws.model = "mlp"
     assert ws.sensitivity.empty
+
+
+def test_cancel_stops_a_long_job_and_others_finish(workspace):
+    import time
+    ws = workspace
+    ws.steps = 100_000
+    long_job = ws.submit()
+    short = ws.submit(steps=0)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        ws.poll()
+        if ws.jobs.set_index("id").loc[long_job, "state"] == "running":
+            break
+        time.sleep(0.2)
+    assert ws.cancel(long_job)
+    wait_jobs(ws)
+    states = ws.jobs.set_index("id")["state"]
+    assert states[long_job] == "cancelled" and states[short] == "done"
+    assert list(ws.points["status"]) == ["estimated"]
