@@ -77,61 +77,107 @@ def reestimate_bn(model: nn.Module, data: Dataset, batch_size: int = 128, num_ba
     model.eval()
 
 
-def _param_groups(model: nn.Module, s: Settings):
+# loss(model, xb, yb, step) -> scalar tensor; hook(step) -> None
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
+Hook = Callable[[int], None]
+
+
+def is_step_param(name: str) -> bool:
+    """Quantizer step sizes (LSQ steps, and the per-mode steps of dual-precision networks)."""
+    last = name.rsplit(".", 1)[-1]
+    return last == "step" or ".dual_steps." in name or name.startswith("dual_steps.")
+
+
+def param_groups(model: nn.Module, s: Settings, extra=()) -> list[dict]:
+    """Weights at ``s.lr`` (with weight decay), step sizes at ``s.lr_step``; shared parameters once;
+    ``extra`` groups take their parameters out of the default ones."""
+    seen: set[int] = set()
     steps, rest = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        if not p.requires_grad or id(p) in seen:
             continue
-        (steps if name.endswith(".step") else rest).append(p)
+        seen.add(id(p))
+        (steps if is_step_param(name) else rest).append(p)
     groups = [{"params": rest, "lr": s.lr, "weight_decay": s.weight_decay}]
     if steps:
         groups.append({"params": steps, "lr": s.lr_step, "weight_decay": 0.0})
-    return groups
+    for g in extra:
+        ids = {id(p) for p in g["params"]}
+        for gr in groups:
+            gr["params"] = [p for p in gr["params"] if id(p) not in ids]
+        groups.append(g)
+    return [g for g in groups if g["params"]]
 
 
-def train(model: nn.Module, data: Dataset, s: Settings, teacher: nn.Module | None = None,
-          progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
-          freeze_bn: bool = True) -> TrainResult:
-    """Run ``s.steps`` optimisation steps; with a teacher, the loss is the Apprentice KD loss."""
-    torch.manual_seed(s.seed)
-    gen = torch.Generator().manual_seed(s.seed)
-    opt = torch.optim.Adam(_param_groups(model, s))
-    total = max(s.steps, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total)))
+def default_loss(s: Settings, teacher: nn.Module | None = None) -> LossFn:
+    """Cross-entropy, or with a teacher the Apprentice KD loss."""
     if teacher is not None:
         teacher.eval()
+
+    def loss(model, xb, yb, step):
+        out = model(xb)
+        if teacher is None:
+            return F.cross_entropy(out, yb)
+        with torch.no_grad():
+            t_out = teacher(xb)
+        return kd_loss(out, t_out, yb, s.kd_alpha, s.kd_beta, s.temperature)
+    return loss
+
+
+def optimise(model: nn.Module, data: Dataset, s: Settings, loss_fn: LossFn, steps: int | None = None,
+             hook: Hook | None = None, after_step: Hook | None = None, groups: list[dict] | None = None,
+             progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
+             freeze_bn: bool = True, cosine: bool = True) -> TrainResult:
+    """``steps`` (default ``s.steps``) seeded Adam steps of ``loss_fn`` with a cosine-annealed rate.
+
+    ``hook(step)`` runs before each step's forward pass (e.g. to change precision),
+    ``after_step(step)`` after the optimiser step (e.g. to clamp or re-quantize).
+    """
+    n = s.steps if steps is None else steps
+    torch.manual_seed(s.seed)
+    gen = torch.Generator().manual_seed(s.seed)
+    opt = torch.optim.Adam(groups if groups is not None else param_groups(model, s))
+    total = max(n, 1)
+    lam = (lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total))) if cosine else (lambda i: 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lam)
     result = TrainResult()
     model.train()
     if freeze_bn:
         _freeze_bn(model)
     ema = None
-    while result.steps < s.steps:
+    while result.steps < n:
         for xb, yb in batches(data.x_train, data.y_train, s.batch_size, gen):
-            if result.steps >= s.steps:
+            if result.steps >= n:
                 break
             if should_stop is not None and should_stop():
                 raise Cancelled("cancelled")
-            out = model(xb)
-            if teacher is not None:
-                with torch.no_grad():
-                    t_out = teacher(xb)
-                loss = kd_loss(out, t_out, yb, s.kd_alpha, s.kd_beta, s.temperature)
-            else:
-                loss = F.cross_entropy(out, yb)
+            if hook is not None:
+                hook(result.steps)
+            loss = loss_fn(model, xb, yb, result.steps)
             if not torch.isfinite(loss):
                 raise Diverged(f"loss became {float(loss.detach())} at step {result.steps}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            if after_step is not None:
+                after_step(result.steps)
             result.steps += 1
             v = float(loss.detach())
             ema = v if ema is None else 0.9 * ema + 0.1 * v
             result.loss_curve.append(round(v, 5))
-            if progress is not None and (result.steps % 5 == 0 or result.steps == s.steps):
-                progress(result.steps / s.steps, f"step {result.steps}/{s.steps} loss {ema:.4f}")
+            if progress is not None and (result.steps % 5 == 0 or result.steps == n):
+                progress(result.steps / max(n, 1), f"step {result.steps}/{n} loss {ema:.4f}")
     model.eval()
     return result
+
+
+def train(model: nn.Module, data: Dataset, s: Settings, teacher: nn.Module | None = None,
+          progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
+          freeze_bn: bool = True) -> TrainResult:
+    """Run ``s.steps`` optimisation steps; with a teacher, the loss is the Apprentice KD loss."""
+    return optimise(model, data, s, default_loss(s, teacher), progress=progress, should_stop=should_stop,
+                    freeze_bn=freeze_bn)
 
 
 def has_quantizers(model: nn.Module) -> bool:

@@ -36,7 +36,7 @@ from ..finetune import accuracy
 from ..layers import QuantLSTM
 from ..plan import FLOAT_BITS, LayerConfig, Plan
 from ..quant.ste import round_ste
-from . import _loop
+from .. import finetune as ft
 
 
 class BitWeight(nn.Module):
@@ -245,7 +245,7 @@ def run_bsq(model: nn.Module, data: Dataset, strength: float, steps: int, max_bi
     from ..pipeline import _calibration_batches
     bm = make_bsq(model, data.input_shape, max_bits, a_bits, _calibration_batches(data, s), s.seed)
     base_val = accuracy(model, data.x_val, data.y_val)
-    task = _loop.default_loss(s, teacher)
+    task = ft.default_loss(s, teacher)
     state = {"alphas": bm.alphas()}
     history: list[dict] = []
 
@@ -262,12 +262,12 @@ def run_bsq(model: nn.Module, data: Dataset, strength: float, steps: int, max_bi
     bit_params = bm.parameters_of_bits()
     ids = {id(p) for p in bit_params} | {id(p) for p in bm.scales()}
     rest = [p for p in bm.model.parameters() if p.requires_grad and id(p) not in ids]
-    steps_q = [p for n, p in bm.model.named_parameters() if id(p) in {id(q) for q in rest} and _loop.is_step_param(n)]
+    steps_q = [p for n, p in bm.model.named_parameters() if id(p) in {id(q) for q in rest} and ft.is_step_param(n)]
     rest = [p for p in rest if all(p is not q for q in steps_q)]
     groups = [{"params": bit_params, "lr": lr_bits, "weight_decay": 0.0},
               {"params": bm.scales() + steps_q, "lr": s.lr_step, "weight_decay": 0.0},
               {"params": rest, "lr": s.lr, "weight_decay": s.weight_decay}]
-    r = _loop.run(bm.model, data, s, loss, steps=steps, after_step=after, groups=[g for g in groups if g["params"]],
+    r = ft.optimise(bm.model, data, s, loss, steps=steps, after_step=after, groups=[g for g in groups if g["params"]],
                   progress=progress, should_stop=should_stop, cosine=False)
     bm.requantize_()
     mag = bm.layer_bits()

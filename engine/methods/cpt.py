@@ -36,7 +36,7 @@ from ..layers import act_quantizers, weight_quantizers
 from ..plan import Plan
 from ..quant import lsq
 from ..quant.modules import WeightQuantizer
-from . import _loop
+from .. import finetune as ft
 
 WHICH = ("both", "weights", "activations")
 RESCALE = ("range", "memory")
@@ -142,7 +142,7 @@ def train_cpt(model: nn.Module, data: Dataset, s: Settings, bits_min: int, cycle
     Returns the loss curve and the precision used at each step."""
     ctl = CPTController(model, s.steps, bits_min, cycles, which, rescale, symmetric)
     try:
-        r = _loop.run(model, data, s, _loop.default_loss(s, teacher), hook=ctl, progress=progress,
+        r = ft.optimise(model, data, s, ft.default_loss(s, teacher), hook=ctl, progress=progress,
                       should_stop=should_stop)
     finally:
         ctl.finish()
@@ -203,7 +203,7 @@ def precision_range_test(model: nn.Module, data: Dataset, s: Settings | None = N
         from ..distill import kd_loss
         return kd_loss(out, t_out, yb, s.kd_alpha, s.kd_beta, s.temperature)
 
-    _loop.run(net, data, s, loss, steps=steps_per_bits * len(order), hook=hook, cosine=False)
+    ft.optimise(net, data, s, loss, steps=steps_per_bits * len(order), hook=hook, cosine=False)
     mean = {b: (sum(v) / len(v) if v else 0.0) for b, v in accs.items()}
     lower = order[0]
     for prev, b in zip(order, order[1:]):

@@ -44,7 +44,7 @@ from ..plan import FLOAT_BITS, Plan
 from ..quant import lsq
 from ..quant.modules import ActQuantizer, WeightQuantizer
 from ..quant.ste import grad_scale, round_ste
-from . import _loop
+from .. import finetune as ft
 
 MODES = ("high", "low")
 LOW_WEIGHTS = ("nested", "independent")
@@ -313,7 +313,7 @@ def _groups(model: nn.Module, s: Settings, lr_step_low: float) -> list[dict]:
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (steps if id(p) in high or _loop.is_step_param(name) else weights).append(p)
+        (steps if id(p) in high or ft.is_step_param(name) else weights).append(p)
     groups = [{"params": weights, "lr": s.lr, "weight_decay": s.weight_decay},
               {"params": steps, "lr": s.lr_step, "weight_decay": 0.0},
               {"params": [p for p in low.values() if p.requires_grad], "lr": lr_step_low, "weight_decay": 0.0}]
@@ -341,11 +341,11 @@ def train_dual(model: nn.Module, data: Dataset, s: Settings, phase1_steps: int, 
     say = progress or (lambda f, m: None)
     total = max(phase1_steps + phase2_steps, 1)
     curves: dict[str, list[float]] = {"phase1": [], "phase2": []}
-    base_loss = _loop.default_loss(s, teacher)
+    base_loss = ft.default_loss(s, teacher)
 
     if phase1_steps:
         set_mode(model, "high")
-        r = _loop.run(model, data, s, base_loss, steps=phase1_steps, groups=_groups(model, s, lr_low),
+        r = ft.optimise(model, data, s, base_loss, steps=phase1_steps, groups=_groups(model, s, lr_low),
                       hook=lambda i: set_mode(model, "high"), should_stop=should_stop,
                       progress=lambda f, m: say(f * phase1_steps / total, "phase 1 (high): " + m))
         curves["phase1"] = r.loss_curve
@@ -376,7 +376,7 @@ def train_dual(model: nn.Module, data: Dataset, s: Settings, phase1_steps: int, 
         return lh + low_weight * ll
 
     if phase2_steps:
-        r = _loop.run(model, data, s, joint, steps=phase2_steps, groups=_groups(model, s, lr_low),
+        r = ft.optimise(model, data, s, joint, steps=phase2_steps, groups=_groups(model, s, lr_low),
                       should_stop=should_stop,
                       progress=lambda f, m: say((phase1_steps + f * phase2_steps) / total, "phase 2 (both): " + m))
         curves["phase2"] = r.loss_curve
