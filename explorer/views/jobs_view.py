@@ -41,7 +41,7 @@ class JobsView(pn.viewable.Viewer):
                 cancel = pn.widgets.Button(name="Cancel", width=70, button_type="light",
                                            visible=r["state"] in ("queued", "running"))
                 cancel.on_click(lambda e, jid=r["id"]: self.workspace.cancel(jid))
-                detail = r["error"] if r["state"] == "failed" else r["message"]
+                detail = {"failed": r["error"], "running": r["message"]}.get(r["state"], "")
                 items.append(pn.Column(
                     pn.pane.HTML(f'<b>{r["label"]}</b><br><span class="job-state">{r["state"]}</span> '
                                  f'<span style="color:#666;font-size:11px">{detail}</span>', width=290, margin=(2, 5)),

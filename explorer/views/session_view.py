@@ -91,8 +91,8 @@ class SessionView(pn.viewable.Viewer):
         self.save.name = "Save a copy" if ws.read_only else "Save session"
 
     def __panel__(self):
-        return pn.Column(self.status, pn.Row(self.name_input, self.save, align="end"),
-                         pn.Row(self.sessions, self.open, align="end"), self.link,
+        return pn.Column(self.status, pn.Row(self.name_input, pn.Column(pn.Spacer(height=18), self.save)),
+                         pn.Row(self.sessions, pn.Column(pn.Spacer(height=18), self.open)), self.link,
                          pn.Row(self.export_file, self.import_file),
                          pn.pane.Markdown("**Downloads**"), pn.Row(self.csv, self.png, self.html),
                          pn.Row(self.onnx, self.packed),
