@@ -205,7 +205,17 @@ class Gemm:
         self._comb_scale()
         self._scale64 = np.float64(np.float32(a.scale)) * self.w_scale.astype(np.float64)
         rs = self.packed.row_sums.astype(np.int64)
-        self._rowterm = ((self.w_p * a.q) * rs)[None, :] if (a.q and self.w_p) else None
+        # bound on |corrected integer total|: decides int32 arithmetic and a float32 rescale
+        lo_w, hi_w = (-(1 << (self.packed.bits - 1)), (1 << (self.packed.bits - 1)) - 1) if self.packed.signed \
+            else (0, (1 << self.packed.bits) - 1)
+        lo_a, hi_a = (-(1 << (a.bits - 1)), (1 << (a.bits - 1)) - 1) if a.u_signed else (0, (1 << a.bits) - 1)
+        mw, ma = max(-lo_w, hi_w), max(-lo_a, hi_a)
+        bound = self.k * (abs(a.p * self.w_p) * mw * ma + abs(self.w_p * a.q) * mw + abs(self.w_q * a.p) * ma
+                          + abs(self.w_q * a.q))
+        self._i32 = bound < 1 << 31
+        self._f32_total = bound <= 1 << 24
+        self._rowterm = ((self.w_p * a.q) * rs)[None, :].astype(np.int32 if self._i32 else np.int64) \
+            if (a.q and self.w_p) else None
 
     def matmul_codes(self, u: np.ndarray) -> np.ndarray:
         """(M, N) float32 = dequant(u) @ dequant(W).T for activation codes (or floats) u (M, K)."""
@@ -226,9 +236,9 @@ class Gemm:
         acc = run(np.ascontiguousarray(u))
         if self._fast:   # every accumulator is exact in float32: one float32 multiply
             return np.multiply(acc, self._comb, dtype=np.float32)
-        # exact integer corrections (int32 where every value provably fits, else int64), then one
-        # float64 rescale rounded once to float32
-        it = np.int32 if (self._exact and acc.dtype == np.int32) else np.int64
+        # exact integer corrections, in int32 when every value provably fits; when the corrected total
+        # is exact in float32 too, one float32 multiply (as above), else one float64 rescale
+        it = np.int32 if self._i32 else np.int64
         pp = a.p * self.w_p
         tot = np.multiply(acc, pp, dtype=it) if pp != 1 else acc.astype(it)
         if self._rowterm is not None:
@@ -236,9 +246,11 @@ class Gemm:
         if self.w_q:
             us = np.add.reduce(u, axis=1, dtype=it)
             us *= self.w_q * a.p
-            tot += us[:, None]
             if a.q:
-                tot += self.k * self.w_q * a.q
+                us += self.k * self.w_q * a.q
+            tot += us[:, None]
+        if self._f32_total:
+            return np.multiply(tot, self._comb, dtype=np.float32)
         return np.multiply(tot, self._scale64, out=np.empty(tot.shape, np.float32), casting="same_kind")
 
     def _f32_exact(self) -> bool:

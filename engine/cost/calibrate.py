@@ -75,21 +75,30 @@ def predict_layer(m: Measurement, prof: Profile) -> float:
 
 
 def default_params(prof: Profile, ms: Sequence[Measurement]) -> list[str]:
-    """Free coefficients: kernel efficiency per executed width seen, per-layer overhead, memory efficiency."""
+    """Free coefficients: kernel efficiency per executed width seen, per-layer overhead (the host terms
+    of the layer kinds seen, when the profile has a 'host' section), memory efficiency."""
     params = []
     if prof.klass == "fixed":
         widths = sorted({prof.tables.w_exec[bit_index(m.config.w_bits)][bit_index(m.config.a_bits)] for m in ms})
         params += [f"compute.efficiency.{w}" for w in widths]
     elif prof.klass != "lut":
         params.append("compute.efficiency")
-    params.append("compute.overhead_s")
+    if prof.host:
+        kinds = {(m.layer if isinstance(m.layer, Geom) else geometry(m.layer)).kind for m in ms}
+        params += [f"host.layer_s.{k}" for k in ("linear", "conv2d", "lstm") if k in kinds]
+        params += ["host.quant_s"] + [f"host.out_s.{k}" for k in ("linear", "conv2d", "lstm") if k in kinds] \
+            + (["host.im2col_s"] if "conv2d" in kinds else []) \
+            + (["host.step_s"] if "lstm" in kinds else []) \
+            + (["host.binary_s", "host.binary_out_s"] if any(m.config.w_bits == 1 for m in ms) else [])
+    else:
+        params.append("compute.overhead_s")
     if prof.bw:
         params.append("memory.efficiency")
     return params
 
 
-_BOUNDS = {"efficiency": (1e-5, 1.0), "overhead_s": (1e-12, 1.0), "traffic_factor": (1.0, 1e4),
-           "speedup": (1.0, 1e3)}
+_BOUNDS = {"host": (1e-13, 1.0), "efficiency": (1e-5, 1.0), "overhead_s": (1e-12, 1.0), "traffic_factor": (1.0, 1e4),
+           "speedup": (1.0, 4.0)}   # N:M: 2:4 halves the MACs; 4x allows 1:4 or a lighter sparse kernel
 
 
 def _bounds(path: str) -> tuple[float, float]:
@@ -125,6 +134,8 @@ def _current(d: dict, path: str) -> float:
         if parts[:2] == ["compute", "efficiency"]:
             eff = d["compute"].get("efficiency", 1.0)
             v = eff.get("default", 1.0) if isinstance(eff, dict) else eff
+        elif parts[0] == "host":   # a starting guess: microseconds per call / step, ns per element
+            v = 1e-6 if "layer_s" in parts or parts[-1] in ("step_s", "binary_s") else 1e-9
         else:
             v = {"overhead_s": 1e-6, "efficiency": 1.0, "traffic_factor": 1.0}.get(parts[-1], 1.0)
     if isinstance(v, dict):

@@ -150,6 +150,7 @@ def _numbers(g: Geom, wi: int, ai: int, nm, density: float, ni: int, prof: Profi
     w_tiles = math.ceil(w_all / prof.w_buf) if prof.w_buf else 1
     bw = prof.bw * prof.mem_eff if prof.bw else 0.0
     a_buf, tf, summed = prof.a_buf, prof.traffic_factor, prof.combine == "sum"
+    h_fixed, h_per = host_terms(g, wi, ai, prof) if prof.host else (0.0, 0.0)
     out = []
     for bb in ((batch, 1) if batch != 1 else (1,)):
         compute = -(-(bb * g.positions) // tm) * tm * per_row
@@ -158,9 +159,10 @@ def _numbers(g: Geom, wi: int, ai: int, nm, density: float, ni: int, prof: Profi
         t_is = a_in + w_all * (math.ceil(a_in / a_buf) if a_buf else 1)
         dram = ((t_ws if t_ws < t_is else t_is) + a_out) * tf
         memory = dram / bw if bw else 0.0
-        time = compute + memory + ovh if summed else (compute if compute > memory else memory) + ovh
-        out.append((compute, memory, time, dram, a_in, a_out))
-    compute_s, memory_s, time_s, dram, a_in, a_out = out[0]
+        ov = ovh + h_fixed + bb * h_per if prof.host else ovh
+        time = compute + memory + ov if summed else (compute if compute > memory else memory) + ov
+        out.append((compute, memory, time, dram, a_in, a_out, ov))
+    compute_s, memory_s, time_s, dram, a_in, a_out, ovh = out[0]
     time1 = out[-1][2]
 
     # energy: MACs actually executed, bits moved, power x time
@@ -173,6 +175,24 @@ def _numbers(g: Geom, wi: int, ai: int, nm, density: float, ni: int, prof: Profi
         + prof.compute_w * compute_s + prof.static_w * time_s
     return (macs, macs_exec, peak, weight_bytes, param_bytes, a_in, a_out, dram, compute_s, memory_s, ovh, time_s,
             energy, time1, nm_used, d_exec, skip)
+
+
+def host_terms(g: Geom, wi: int, ai: int, prof: Profile) -> tuple[float, float]:
+    """(fixed seconds per layer call, seconds per sample) of the profile's host terms: the per-kind
+    call cost plus per-time-step cost (LSTM), and per sample the activation quantization (elements
+    entering the GEMMs; an LSTM re-quantizes h every step), the rescale/epilogue (GEMM output
+    elements, both LSTM GEMMs) and the im2col gather (convolutions); 1-bit weights add the sum
+    correction of their {-1, +1} codes."""
+    lstm = g.kind == "lstm"
+    fixed = prof.host_layer.get(g.kind, 0.0) + (prof.host_step * g.positions if lstm else 0.0)
+    q_el = 0 if ai == 8 else g.act_in + (g.act_out if lstm else 0)
+    o_el = g.gemm_n * g.positions * (2 if lstm else 1)
+    i_el = g.positions * g.reduction if g.kind == "conv2d" else 0
+    per = prof.host_quant * q_el + prof.host_out[g.kind] * o_el + prof.host_im2col * i_el
+    if wi == 0:
+        fixed += prof.host_binary
+        per += prof.host_binary_out * o_el
+    return fixed, per
 
 
 def _nm_ok(g: Geom, nm, prof: Profile, wi: int, ai: int) -> bool:

@@ -45,6 +45,10 @@ _width_map = {"type": "object", "patternProperties": {"^([0-9]+|default)$": _pos
 _eff = {"oneOf": [_frac, {"type": "object", "patternProperties": {"^([0-9]+|default)$": _frac},
                           "additionalProperties": False, "minProperties": 1}]}
 
+_kind_map = {"type": "object", "additionalProperties": False,
+             "properties": {"linear": _nonneg, "conv2d": _nonneg, "lstm": _nonneg}}
+KINDS = ("conv2d", "linear", "lstm")
+
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["name", "title", "source", "status", "compute"],
@@ -116,6 +120,18 @@ SCHEMA: dict[str, Any] = {
                            "act_buffer_bytes": {"oneOf": [_pos, {"type": "null"}]},
                            "double_buffered": {"type": "boolean"},
                            "traffic_factor": {"type": "number", "minimum": 1}},
+        },
+        "host": {
+            "type": "object", "additionalProperties": False,
+            "description": "Host-side work a CPU deployment does around each kernel call (Python, numpy): "
+                           "time = layer_s[kind] + step_s * time steps (LSTM) + batch * (quant_s * activation "
+                           "elements quantized + out_s[kind] * GEMM output elements + im2col_s * im2col "
+                           "elements); out_s is one number or one per layer kind. Layers with 1-bit ({-1, +1}) "
+                           "weights add binary_s per call + batch * binary_out_s per GEMM output element (the "
+                           "sum correction of the popcount result).",
+            "properties": {"layer_s": _kind_map,
+                           "step_s": _nonneg, "quant_s": _nonneg, "out_s": {"oneOf": [_nonneg, _kind_map]},
+                           "im2col_s": _nonneg, "binary_s": _nonneg, "binary_out_s": _nonneg},
         },
         "energy": {
             "type": "object", "additionalProperties": False,
@@ -201,6 +217,18 @@ class Profile:
         self.static_w: float = en.get("static_w", 0.0)
         self.mac_on: bool = en.get("mac", "none") == "horowitz"
         self.mac_scale: float = en.get("mac_scale", 1.0)
+        host = d.get("host") or {}
+        hl = host.get("layer_s", {})
+        # per-layer host terms (0 when the profile has no 'host' section: the cost is then unchanged)
+        self.host: bool = bool(host)
+        self.host_layer: dict = {k: float(hl.get(k, 0.0)) for k in KINDS}
+        ho = host.get("out_s", 0.0)
+        self.host_out: dict = {k: float(ho.get(k, 0.0) if isinstance(ho, dict) else ho) for k in KINDS}
+        self.host_step: float = float(host.get("step_s", 0.0))
+        self.host_quant: float = float(host.get("quant_s", 0.0))
+        self.host_im2col: float = float(host.get("im2col_s", 0.0))
+        self.host_binary: float = float(host.get("binary_s", 0.0))
+        self.host_binary_out: float = float(host.get("binary_out_s", 0.0))
 
     @property
     def title(self) -> str:

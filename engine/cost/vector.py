@@ -260,6 +260,19 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
     w_all = weight_bytes + param_bytes
     a_store_in, a_store_out = T["a_store"][ai], T["a_store"][a_next]
 
+    if prof.host:   # host terms (model.host_terms), per layer call and per sample
+        pos = table.positions
+        h_layer = np.select([conv, lstm], [prof.host_layer["conv2d"], prof.host_layer["lstm"]],
+                            prof.host_layer["linear"])
+        h_fixed = h_layer + np.where(lstm, prof.host_step * pos, 0.0)
+        q_el = np.where(ai == NB - 1, 0.0, act_in + np.where(lstm, act_out, 0.0))
+        o_el = gemm_n * pos * np.where(lstm, 2, 1)
+        i_el = np.where(conv, pos * reduction, 0)
+        h_out = np.select([conv, lstm], [prof.host_out["conv2d"], prof.host_out["lstm"]], prof.host_out["linear"])
+        h_per = prof.host_quant * q_el + h_out * o_el + prof.host_im2col * i_el
+        h_fixed = h_fixed + np.where(wi == 0, prof.host_binary, 0.0)
+        h_per = h_per + np.where(wi == 0, prof.host_binary_out * o_el, 0.0)
+
     def times(bb: int):
         m = bb * table.positions
         mp = (_ceil_div(m, prof.tile_m) * prof.tile_m).astype(float)
@@ -270,10 +283,11 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
         t_is = a_in + w_all * (np.ceil(a_in / prof.a_buf) if prof.a_buf else 1.0)
         dram = (np.minimum(t_ws, t_is) + a_out) * prof.traffic_factor
         memory = dram / (prof.bw * prof.mem_eff) if prof.bw else np.zeros_like(dram)
+        ov = ovh + h_fixed + bb * h_per if prof.host else ovh
         if prof.combine == "sum":
-            t = compute + memory + ovh
+            t = compute + memory + ov
         else:
-            t = np.maximum(compute, memory) + ovh
+            t = np.maximum(compute, memory) + ov
         return compute, t, dram, a_in, a_out
 
     compute, t, dram, a_in, a_out = times(b)
