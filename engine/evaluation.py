@@ -53,9 +53,22 @@ class Settings:
     bn_reestimate: bool = True
     seed: int = 0
     calib_batches: int = 4
+    eval_limit: int | None = None   # score at most this many validation examples (a fixed subset seeded by seed)
+    score_test: bool = True         # False: leave the test split unscored (cheap estimates during a search)
+
+    def __post_init__(self):
+        if self.eval_limit is not None and (isinstance(self.eval_limit, bool) or not isinstance(self.eval_limit, int)
+                                            or self.eval_limit < 1):
+            raise ValueError(f"eval_limit must be a positive integer or None, got {self.eval_limit!r}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        # settings added after records were first written are left out at their defaults, so a
+        # default evaluation keeps the cache key (and stored form) it had before they existed
+        for name, default in _LATER_DEFAULTS.items():
+            if d[name] == default:
+                del d[name]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Settings":
@@ -64,6 +77,9 @@ class Settings:
         if unknown:
             raise ValueError(f"unknown setting {sorted(unknown)[0]!r}")
         return cls(**d)
+
+
+_LATER_DEFAULTS = {"eval_limit": None, "score_test": True}
 
 
 @dataclass

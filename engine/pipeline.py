@@ -58,10 +58,24 @@ def prepare(model_id: str, dataset_id: str, plan: Plan, settings: Settings, base
     return applied, teacher, data
 
 
+def validation_subset(data: Dataset, s: Settings) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation examples a run is scored on: all of them, or ``s.eval_limit`` of them drawn
+    once by a generator seeded with ``s.seed`` (kept in dataset order)."""
+    n = len(data.y_val)
+    if s.eval_limit is None or s.eval_limit >= n:
+        return data.x_val, data.y_val
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(s.seed))[:s.eval_limit].sort().values
+    return data.x_val[idx], data.y_val[idx]
+
+
 def evaluate_plan(model_id: str, dataset_id: str, plan: Plan, settings: Settings | None = None,
                   progress: Progress | None = None, should_stop=None, baseline: nn.Module | None = None,
                   data: Dataset | None = None) -> Run:
     """Evaluate one plan; ``settings.steps == 0`` gives the no-training estimate.
+
+    Validation accuracy is on ``settings.eval_limit`` examples when set (a seeded subset), test
+    accuracy only when ``settings.score_test``; provenance records ``val_examples`` and
+    ``test_examples`` (0 = test not scored).
 
     Failures inside the work (divergence, bad plan for this network) come back as a
     ``failed`` Evaluation with the reason rather than an exception; cancellation raises.
@@ -76,15 +90,21 @@ def evaluate_plan(model_id: str, dataset_id: str, plan: Plan, settings: Settings
         say(0.0, "applying plan")
         applied, teacher, data = prepare(model_id, dataset_id, plan, s, baseline, data)
         ev.baseline_val_accuracy, ev.baseline_test_accuracy = baseline_accuracy(teacher, data)
-        ev.estimate_val_accuracy = accuracy(applied.model, data.x_val, data.y_val)
+        x_val, y_val = validation_subset(data, s)
+        ev.provenance["val_examples"] = len(y_val)
+        ev.provenance["test_examples"] = len(data.y_test) if s.score_test else 0
+        ev.estimate_val_accuracy = accuracy(applied.model, x_val, y_val)
         if s.steps > 0:
             tuned = train(applied.model, data, s, teacher=teacher if s.distill else None,
                           progress=lambda f, m: say(0.05 + 0.9 * f, m), should_stop=should_stop)
             if s.bn_reestimate:
                 reestimate_bn(applied.model, data, seed=s.seed)
             ev.loss_curve, ev.steps, ev.status = tuned.loss_curve, tuned.steps, "fine-tuned"
-        ev.val_accuracy = accuracy(applied.model, data.x_val, data.y_val)
-        ev.test_accuracy = accuracy(applied.model, data.x_test, data.y_test)
+            ev.val_accuracy = accuracy(applied.model, x_val, y_val)
+        else:   # nothing changed the network since the estimate: same examples, same score
+            ev.val_accuracy = ev.estimate_val_accuracy
+        if s.score_test:
+            ev.test_accuracy = accuracy(applied.model, data.x_test, data.y_test)
         say(1.0, "done")
     except Cancelled:
         raise

@@ -87,3 +87,41 @@ def test_evaluation_round_trip():
     for k in ("plan_hash", "seed", "code_version", "model", "dataset"):
         assert k in ev.provenance
     assert math.isfinite(ev.wall_s)
+
+
+def test_eval_limit_scores_a_seeded_validation_subset_and_score_test_can_be_off():
+    from engine.pipeline import validation_subset
+    data = load_dataset("digits")
+    n_val, n_test = len(data.y_val), len(data.y_test)
+    plan = Plan.uniform(4, 4)
+    full = evaluate_plan("mlp", "digits", plan, Settings(steps=0), data=data).evaluation
+    assert full.provenance["val_examples"] == n_val and full.provenance["test_examples"] == n_test
+    assert full.test_accuracy is not None and full.val_accuracy == full.estimate_val_accuracy
+    # defaults are not written: records and cache keys of default settings are as before
+    assert "eval_limit" not in full.settings and "score_test" not in full.settings
+    assert Settings.from_dict(full.settings) == Settings(steps=0)
+
+    run = evaluate_plan("mlp", "digits", plan, Settings(steps=0, eval_limit=50, score_test=False), data=data)
+    cheap = run.evaluation
+    assert cheap.status == "estimated" and cheap.test_accuracy is None
+    assert cheap.provenance["val_examples"] == 50 and cheap.provenance["test_examples"] == 0
+    assert cheap.settings["eval_limit"] == 50 and cheap.settings["score_test"] is False
+    assert Settings.from_dict(cheap.settings) == Settings(steps=0, eval_limit=50, score_test=False)
+    assert cheap.key != full.key
+    # the subset: 50 distinct validation examples drawn by a generator seeded with the settings' seed
+    idx = torch.randperm(n_val, generator=torch.Generator().manual_seed(0))[:50].sort().values
+    x, y = validation_subset(data, Settings(eval_limit=50))
+    assert torch.equal(x, data.x_val[idx]) and torch.equal(y, data.y_val[idx])
+    assert cheap.val_accuracy == accuracy(run.applied.model, data.x_val[idx], data.y_val[idx])
+    assert cheap.val_accuracy == cheap.estimate_val_accuracy and (cheap.val_accuracy * 50) % 1 == 0
+    assert torch.equal(validation_subset(data, Settings(eval_limit=50))[1], y)            # fixed for a seed
+    assert not torch.equal(validation_subset(data, Settings(eval_limit=50, seed=1))[1], y)
+    x_all, _ = validation_subset(data, Settings(eval_limit=n_val + 5))
+    assert x_all is data.x_val
+    # a fine-tune under a limit is scored on the same subset before and after training
+    tuned = evaluate_plan("mlp", "digits", plan, Settings(steps=5, eval_limit=50), data=data).evaluation
+    assert tuned.status == "fine-tuned" and tuned.estimate_val_accuracy == cheap.estimate_val_accuracy
+    assert tuned.test_accuracy is not None and tuned.provenance["val_examples"] == 50
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="eval_limit"):
+            Settings(eval_limit=bad)
