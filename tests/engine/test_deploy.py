@@ -233,3 +233,26 @@ def test_fashion_cnn_w4a4_matches_on_the_whole_test_set():
     got = net.predict(data.x_test.numpy())
     assert len(ref) == len(data.y_test)
     assert_same_predictions(ref, got)
+
+
+def test_forward_spans_cover_the_pass_and_bound_gemms_equal_the_public_kernels(digits):
+    from engine import kernels as K
+    applied = _prepared("lenet5", Plan.uniform(2, 2), digits)
+    net = deploy(applied)
+    x = digits.x_test.numpy()[:3]
+    spans, calls = {}, {}
+    out = net.forward(x, timings=calls, spans=spans)
+    assert list(spans) == list(net.layers) and set(calls) == set(net.layers)
+    assert all(spans[k] >= calls[k] > 0 for k in calls)
+    np.testing.assert_array_equal(out, net.forward(x))
+    rng = np.random.default_rng(0)
+    w = rng.integers(-2, 2, size=(7, 70)).astype(np.int8)
+    a = rng.integers(0, 4, size=(5, 70)).astype(np.uint8)
+    for layout, fn in (("planes", K.gemm_bitserial), ("int8", K.gemm_int8)):
+        pw = K.pack_weights(w, 2, True, layout)
+        np.testing.assert_array_equal(K.bind_gemm(pw, 2, False)(a), fn(pw, a, 2, False))
+    bound = K.bind_gemm(K.pack_weights(w, 2, True, "int8"), 2, False)
+    with pytest.raises(ValueError, match="activation codes"):
+        bound(a[:, :60].copy())
+    with pytest.raises(ValueError, match="outside"):      # the C extension still checks the code range
+        bound(np.full((2, 70), 9, np.uint8))
