@@ -8,4 +8,5 @@ BENCHMARKS = {
     "kernels": "engine.benchmarks.kernels",
     "cost": "engine.benchmarks.cost",
     "search": "engine.benchmarks.search",
+    "seeds": "engine.benchmarks.seeds",
 }

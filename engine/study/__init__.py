@@ -1,0 +1,196 @@
+"""A reproduction study, at small scale, of the claims of the papers bitscape is built on.
+
+Each claim is one module (``engine.study.<id>``): the runs it needs (shared between claims when
+they are the same run), and a report section with the paper's claim in one line, our figure,
+a table, notes and a verdict (held / partly held / did not hold / inconclusive) computed from
+the figures by the rule the section states. ``run_study`` runs every claim's runs on a small
+process pool and writes a Markdown report with PNG plots; ``bitscape bench seeds`` calls it.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from .core import TOL, VERDICTS, Config
+
+CLAIMS = ("wrpn", "apprentice", "lsq", "faq", "mixed", "sparsity", "dlac", "rnn", "pbatch", "dual", "cpt", "bsq")
+
+__all__ = ["CLAIMS", "Config", "VERDICTS", "run_study", "render_markdown"]
+
+
+def modules(claims=CLAIMS):
+    return [importlib.import_module(f"{__name__}.{c}") for c in claims]
+
+
+def main_context(cfg: Config) -> dict:
+    """Topologies (from freshly built networks: no weights needed) and split sizes, in the main process."""
+    from ..data import load_dataset
+    from ..graph import analyze
+    from ..zoo import build_model
+    data = load_dataset(cfg.dataset)
+    topo = {m: analyze(build_model(m, data.input_shape, data.num_classes).eval(), data.input_shape)
+            for m in (cfg.model, cfg.rnn)}
+    return {"topo": topo, "train_size": len(data.y_train), "sizes": data.sizes()}
+
+
+def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIMS, resume: str | Path | None = None) -> dict:
+    """Run the study; write ``out`` (Markdown) and its plots in ``<out without .md>/``; return the results.
+
+    ``resume``: a JSON file of finished runs, read if it exists (those runs are not repeated) and
+    rewritten as runs finish, so an interrupted study continues where it stopped.
+    """
+    import torch
+    torch.set_num_threads(1)
+    from .core import execute
+    log = log or (lambda m: None)
+    t0 = time.perf_counter()
+    load0 = os.getloadavg()
+    mods = modules(claims)
+    ctx = main_context(cfg)
+    prior, save = {}, None
+    if resume:
+        resume = Path(resume)
+        if resume.is_file():
+            saved = json.loads(resume.read_text())
+            norm = lambda d: {k: v for k, v in json.loads(json.dumps(d)).items() if k != "workers"}  # noqa: E731
+            if norm(saved.get("config", {})) != norm(cfg.to_dict()):
+                raise ValueError(f"{resume} was written by a study with another configuration")
+            prior = {k: v for k, v in saved["done"].items() if "error" not in v}
+            log(f"resuming: {len(prior)} finished runs from {resume}")
+        resume.parent.mkdir(parents=True, exist_ok=True)
+
+        def save(d):
+            tmp = resume.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"config": cfg.to_dict(), "done": d}, default=float))
+            tmp.replace(resume)
+    done = execute(cfg, mods, ctx, log, prior, save)
+    t_pool = time.perf_counter() - t0
+    for m in mods:
+        if hasattr(m, "final"):
+            t1 = time.perf_counter()
+            try:
+                done[f"{m.ID}-final"] = dict(m.final(cfg, ctx, done), _wall=time.perf_counter() - t1)
+            except Exception as e:  # noqa: BLE001 - reported in the section
+                done[f"{m.ID}-final"] = {"error": f"{type(e).__name__}: {e}"}
+            log(f"{m.ID}: final measurements ({time.perf_counter() - t1:.1f} s)")
+    if save is not None:
+        save(done)
+    out = Path(out) if out else None
+    plots = (out.parent / out.stem) if out else Path(os.environ.get("TMPDIR", "/tmp")) / "bitscape-study"
+    sections = []
+    for m in mods:
+        try:
+            sections.append(m.section(cfg, ctx, done, plots))
+        except Exception as e:  # noqa: BLE001 - a broken section says so instead of losing the report
+            from .core import failed_section
+            sections.append(failed_section(m, [f"section failed: {type(e).__name__}: {e}"]))
+    task_walls = sorted(((k, r.get("_wall", 0.0)) for k, r in done.items()), key=lambda kv: -kv[1])
+    result = {"config": cfg.to_dict(), "sections": sections, "wall_s": round(time.perf_counter() - t0, 1),
+              "pool_wall_s": round(t_pool, 1), "task_cpu_s": round(sum(w for _, w in task_walls), 1),
+              "tasks": len(done), "load_before": [round(x, 2) for x in load0],
+              "load_after": [round(x, 2) for x in os.getloadavg()], "machine": _machine(),
+              "sizes": ctx["sizes"], "slowest_tasks": task_walls[:5]}
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render_markdown(result, plots_rel=plots.name))
+    return result
+
+
+def _machine() -> dict:
+    import torch
+    from ..evaluation import code_version
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "platform": platform.platform(), "code_version": code_version()}
+
+
+def _md_table(t: dict) -> str:
+    cols = t["columns"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in t["rows"]]
+    return "\n".join(lines)
+
+
+def render_markdown(result: dict, plots_rel: str = "results") -> str:
+    cfg = result["config"]
+    quick = cfg["quick"]
+    mach = result["machine"]
+    sz = result["sizes"]
+    L = []
+    L.append("# Reproduction study: the claims bitscape is built on, at small scale"
+             + (" (QUICK MODE: smoke run, not the study)" if quick else ""))
+    L.append("")
+    L.append("Generated by `bitscape bench seeds" + (" --quick" if quick else "")
+             + "` (engine/study). Every figure below was measured in this run unless a note says it is a "
+             "cost-model figure. Verdicts are computed from the figures by the rule each section states; "
+             f"'matches' means within {TOL} accuracy points unless stated. Claims are paraphrased from the "
+             "papers: read the papers for their exact figures.")
+    L.append("")
+    if quick:
+        L.append("> **Quick mode**: LeNet-5 and the LSTM on scikit-learn's 8x8 digits, tiny budgets and one seed. "
+                 "It checks that every part of the study runs; its verdicts say nothing about the papers.")
+        L.append("")
+    L.append("## Setup")
+    L.append("")
+    L.append(f"- Data: `{cfg['dataset']}`, splits train {sz['train']} / validation {sz['val']} / test {sz['test']}"
+             + (f"; validation cut to its first {cfg['val_limit']} images (it only steers selection: ALPS "
+                "scores); every test accuracy is on the whole test split" if cfg["val_limit"] else "")
+             + ".")
+    L.append(f"- Networks: `{cfg['model']}` (FP32 baseline shipped in data/baselines) and `{cfg['rnn']}` "
+             "(row-by-row LSTM; baseline described in its section).")
+    L.append(f"- Budget: quick fine-tune (Adam, cosine learning rate, LSQ step sizes, batch-norm re-estimated) of "
+             f"{cfg['steps']} steps of batch {cfg['batch_size']} on the CNN, {cfg['rnn_steps']} on the LSTM; "
+             f"seeds {list(cfg['seeds'])} for headline comparisons, {list(cfg['seeds_minor'])} for secondary ones. "
+             "Differences are called 'beyond noise' when they exceed two standard errors over the seeds.")
+    L.append(f"- Machine: {mach['cpus']} CPUs, {mach['platform']}, Python {mach['python']}, torch {mach['torch']}, "
+             f"bitscape {mach['code_version']}; {cfg['workers']} worker process(es), one torch thread each. "
+             f"Load average before {result['load_before']}, after {result['load_after']} (a shared machine).")
+    L.append(f"- Runtime: {result['wall_s'] / 60:.1f} min wall ({result['tasks']} runs, "
+             f"{result['task_cpu_s'] / 60:.1f} min summed over runs).")
+    L.append("")
+    L.append("## Summary")
+    L.append("")
+    L.append("| claim | paper's claim (paraphrased) | our figure | verdict |")
+    L.append("|---|---|---|---|")
+    for s in result["sections"]:
+        L.append(f"| [{s['title']}](#{_anchor(s['title'])}) | {s['claim']} | {s['figure']} | **{s['verdict']}** |")
+    L.append("")
+    for s in result["sections"]:
+        L.append(f"## {s['title']}")
+        L.append("")
+        L.append(f"*Paper*: {s['paper']}.")
+        L.append("")
+        L.append(f"**Claim**: {s['claim']}")
+        L.append("")
+        if s.get("setup"):
+            L.append(f"**Setup**: {s['setup']}")
+            L.append("")
+        L.append(f"**Our figure**: {s['figure']}")
+        L.append("")
+        L.append(f"**Verdict**: {s['verdict']}")
+        L.append("")
+        if s.get("table"):
+            L.append(_md_table(s["table"]))
+            L.append("")
+        for n in s.get("notes", []):
+            L.append(f"- {n}")
+        if s.get("notes"):
+            L.append("")
+        for p in s.get("plots", []):
+            L.append(f"![{s['title']}]({plots_rel}/{p})")
+            L.append("")
+    return "\n".join(L).rstrip() + "\n"
+
+
+def _anchor(title: str) -> str:
+    import re
+    a = title.strip().lower()
+    a = re.sub(r"[^\w\- ]", "", a)
+    return a.replace(" ", "-")
+
+
+def to_json(result: dict) -> str:
+    return json.dumps(result, default=float)
