@@ -130,23 +130,87 @@ def nondominated_ranks(values: np.ndarray) -> np.ndarray:
     return rank
 
 
+def crowding_distance(values: np.ndarray) -> np.ndarray:
+    """NSGA-II crowding distance of each row within its set (boundary rows: infinity)."""
+    v = np.asarray(values, dtype=float)
+    n = len(v)
+    d = np.zeros(n)
+    if n <= 2:
+        return np.full(n, np.inf)
+    for j in range(v.shape[1]):
+        order = np.argsort(v[:, j], kind="mergesort")
+        lo, hi = v[order[0], j], v[order[-1], j]
+        d[order[0]] = d[order[-1]] = np.inf
+        if hi > lo:
+            d[order[1:-1]] += (v[order[2:], j] - v[order[:-2], j]) / (hi - lo)
+    return d
+
+
 def select_promising(values: np.ndarray, k: int) -> list[int]:
-    """k row indices: whole non-dominated fronts in order, the last front thinned evenly along its
-    first objective (so the fine-tuned set spans the whole throughput range)."""
+    """k row indices by NSGA-II survivor selection: whole non-dominated fronts in order, the last
+    front that does not fit thinned by crowding distance (extremes first, then the least crowded)."""
     ranks = nondominated_ranks(values)
+    v = np.asarray(values, dtype=float)
     chosen: list[int] = []
     for r in sorted(set(ranks[ranks < np.iinfo(np.int64).max].tolist())):
-        front = [int(i) for i in np.flatnonzero(ranks == r)]
-        front.sort(key=lambda i: (values[i][1], values[i][0]))
         room = k - len(chosen)
         if room <= 0:
             break
+        front = np.flatnonzero(ranks == r)
         if len(front) <= room:
-            chosen += front
+            chosen += [int(i) for i in front]
         else:
-            pos = np.linspace(0, len(front) - 1, room)
-            chosen += [front[int(round(p))] for p in pos]
+            cd = crowding_distance(v[front])
+            order = sorted(range(len(front)), key=lambda j: (-cd[j], j))
+            chosen += [int(front[j]) for j in order[:room]]
     return chosen
+
+
+def hv_gain_picks(pred: np.ndarray, current: np.ndarray, ref: Sequence[float], k: int) -> list[int]:
+    """Up to k rows of ``pred`` chosen greedily by how much each adds to the hypervolume (all
+    objectives maximised, bounded by ``ref``) of ``current`` plus the rows already chosen; stops
+    when nothing adds volume."""
+    from .frontier import hypervolume
+    ref = np.asarray(ref, dtype=float)
+    cur = np.asarray(current, dtype=float).reshape(-1, len(ref))
+    pred = np.asarray(pred, dtype=float).reshape(-1, len(ref))
+    hv = lambda pts: hypervolume(pts, ref, maximize=[True] * len(ref)) if len(pts) else 0.0  # noqa: E731
+    base = hv(cur)
+    chosen: list[int] = []
+    for _ in range(k):
+        best, gain = None, 0.0
+        for i in range(len(pred)):
+            if i in chosen or not np.all(np.isfinite(pred[i])):
+                continue
+            g = hv(np.vstack([cur, pred[i:i + 1]])) - base
+            if g > gain * (1 + 1e-12):
+                best, gain = i, g
+        if best is None:
+            break
+        chosen.append(best)
+        cur = np.vstack([cur, pred[best:best + 1]])
+        base += gain
+    return chosen
+
+
+class FinetunePredictor:
+    """Fine-tuned validation accuracy predicted from the no-training estimate: a least-squares line
+    through the (estimate, fine-tuned) pairs seen so far (slope kept in [0, 1.5]), or a mean offset
+    with fewer than two distinct estimates; never above the best fine-tuned accuracy seen (the
+    line is not trusted beyond its data, where accuracy saturates)."""
+
+    def __init__(self, est: Sequence[float], tuned: Sequence[float]):
+        e, t = np.asarray(est, dtype=float), np.asarray(tuned, dtype=float)
+        ok = np.isfinite(e) & np.isfinite(t)
+        e, t = e[ok], t[ok]
+        self.slope, self.offset = 1.0, float(np.mean(t - e)) if len(e) else 0.0
+        self.cap = float(t.max()) if len(t) else 1.0
+        if len(e) >= 2 and np.ptp(e) > 1e-9:
+            b = float(np.clip(np.polyfit(e, t, 1)[0], 0.0, 1.5))
+            self.slope, self.offset = b, float(np.mean(t - b * e))
+
+    def __call__(self, est) -> np.ndarray:
+        return np.clip(self.slope * np.asarray(est, dtype=float) + self.offset, 0.0, self.cap)
 
 
 # ---- greedy path ------------------------------------------------------------------------------
@@ -180,56 +244,194 @@ def greedy_search(evaluate: Callable, names: Sequence[str], order: Sequence[str]
 
 
 # ---- joint multi-objective search ---------------------------------------------------------------
+UNIFORM_SEEDS = ((8, 8, 1.0), (4, 4, 1.0), (2, 2, 1.0), (8, 8, 2.0), (4, 4, 2.0), (2, 2, 2.0))
+
+
+def _choices(space: SearchSpace, key: str) -> list:
+    if key.endswith(".widen"):
+        return list(space.widen)
+    if key.endswith(".sp"):
+        return list(space.sparsity)
+    return list(space.w_bits if key.endswith(".w") else space.a_bits)
+
+
+def vary(space: SearchSpace, parents: Sequence[dict], rng: np.random.Generator) -> dict:
+    """One NSGA-II-style offspring of ``parents`` (parameter dicts): uniform crossover of two parents
+    (half the time), then one or two genes moved to a neighbouring choice (bits up/down a notch,
+    widening or sparsity switched)."""
+    a = parents[int(rng.integers(len(parents)))]
+    child = dict(a)
+    if len(parents) > 1 and rng.random() < 0.5:
+        b = parents[int(rng.integers(len(parents)))]
+        child = {k: (a[k] if rng.random() < 0.5 else b.get(k, a[k])) for k in a}
+    keys = sorted(child)
+    for _ in range(1 + int(rng.random() < 0.5)):
+        k = keys[int(rng.integers(len(keys)))]
+        opts = _choices(space, k)
+        if len(opts) < 2:
+            continue
+        i = opts.index(child[k]) if child[k] in opts else 0
+        j = i + (1 if rng.random() < 0.5 else -1)
+        child[k] = opts[j if 0 <= j < len(opts) else i - (j - i)]
+    return child
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
 def joint_search(evaluate: Callable, space: SearchSpace, objective: Callable, estimate_settings, finetune_settings,
                  budget: int, finetune: int, sampler: str = "nsga2", seed: int = 0, population: int | None = None,
-                 seeds: Sequence[tuple[int, int, float]] = ((8, 8, 1.0), (4, 4, 1.0), (2, 2, 1.0))):
-    """NSGA-II (or random) over the space, each candidate scored by the no-training estimate; then
-    the ``finetune`` most promising (by non-dominated rank of estimate x objective) are fine-tuned.
+                 seeds: Sequence[tuple[int, int, float]] = UNIFORM_SEEDS, rounds: int | None = None,
+                 acc_margin: float = 0.10):
+    """Estimate-then-fine-tune search over the space, in rounds.
 
+    Round 1: NSGA-II (or random sampling) over candidates scored by the no-training estimate, both
+    starting from the same generation 0 (the uniform ``seeds`` plus random plans); its share of the fine-tunes goes to the
+    most promising by non-dominated rank and crowding distance of (estimate, cost objectives).
+    Each later round is a generation seeded by the fine-tuned results: offspring of the fine-tuned
+    front and of the best-predicted candidates (crossover + neighbour mutation; ``random``: fresh
+    random samples instead), estimated; then a line fitted to the (estimate, fine-tuned) pairs so
+    far predicts every unfine-tuned candidate's fine-tuned accuracy, and the round's fine-tunes go
+    to the candidates that add most to the hypervolume of the fine-tuned front (reference:
+    baseline validation accuracy - ``acc_margin``, costs 0), by rank and crowding when none adds.
+
+    ``budget`` estimates and ``finetune`` fine-tunes in all, whatever the sampler. ``rounds``
+    defaults to one per two fine-tunes (at most 3); later rounds share a third of the estimates.
+    Every estimated plan is new (no plan is estimated twice); seeded, so a rerun proposes the same.
     ``objective(plan, ev) -> tuple`` gives the cost objectives to maximise (e.g. throughput, or
     -size). Returns (estimate plans, estimate evaluations, fine-tune plans, fine-tune evaluations).
     """
-    import optuna
-    from optuna.trial import TrialState
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pop = population or max(4, min(16, budget // 3))
-    n_obj = 1 + len(objective(space.plan_from(space.uniform_params(8, 8)), None))
-    if sampler == "nsga2":
-        smp = optuna.samplers.NSGAIISampler(population_size=pop, seed=seed)
-    elif sampler == "random":
-        smp = optuna.samplers.RandomSampler(seed=seed)
-    else:
+    if sampler not in ("nsga2", "random"):
         raise ValueError(f"unknown sampler {sampler!r}")
-    study = optuna.create_study(directions=["maximize"] * n_obj, sampler=smp)
-    for w, a, k in seeds[:budget]:
-        study.enqueue_trial(space.uniform_params(w, a, k), skip_if_exists=True)
-    est_plans, est_evs, values = [], [], []
-    done = 0
-    while done < budget:
-        n = min(pop, budget - done)
-        trials = [study.ask() for _ in range(n)]
-        plans = [space.suggest(t) for t in trials]
-        evs = evaluate(plans, estimate_settings, [f"{sampler} {done + i}" for i in range(n)])
-        for t, p, ev in zip(trials, plans, evs):
-            if ev.status == "failed" or ev.val_accuracy is None:
-                study.tell(t, state=TrialState.FAIL)
-                values.append([math.nan] * n_obj)
-            else:
-                v = [ev.val_accuracy, *objective(p, ev)]
-                study.tell(t, v)
-                values.append(v)
-            est_plans.append(p)
+    rounds = rounds or max(1, min(3, finetune // 2))
+    rounds = max(1, min(rounds, max(finetune, 1), budget))
+    ft_split = _split(max(finetune, 0), rounds)
+    later = _split(budget // 3, rounds - 1) if rounds > 1 else []
+    later = [max(1, n) for n in later]
+    first = max(1, budget - sum(later))
+    pop = population or min(16, max(len(seeds) + 2, first // 4))
+    n_obj = 1 + len(objective(space.plan_from(space.uniform_params(8, 8)), None))
+    rng = np.random.default_rng(seed + 7919)
+
+    cands: list[dict] = []            # params, plan, est (ev), est_v (values), ft (ev), ft_v (values)
+    seen: set[str] = set()
+    est_plans, est_evs, ft_plans, ft_evs = [], [], [], []
+
+    def values_of(plan, ev):
+        if ev is None or ev.status == "failed" or ev.val_accuracy is None:
+            return [math.nan] * n_obj
+        return [ev.val_accuracy, *objective(plan, ev)]
+
+    def estimate(params_list, labels):
+        plans = [space.plan_from(p) for p in params_list]
+        evs = evaluate(plans, estimate_settings, labels)
+        out = []
+        for p, plan, ev in zip(params_list, plans, evs):
+            est_plans.append(plan)
             est_evs.append(ev)
-        done += n
-    # the most promising, deduplicated by plan
-    vals = np.array(values, dtype=float).reshape(-1, n_obj)
-    seen, uniq = set(), []
-    for i, p in enumerate(est_plans):
-        d = p.digest()
-        if d not in seen:
-            seen.add(d)
-            uniq.append(i)
-    picks = [uniq[j] for j in select_promising(vals[uniq], finetune)] if finetune > 0 else []
-    ft_plans = [est_plans[i] for i in picks]
-    ft_evs = evaluate(ft_plans, finetune_settings, [f"{sampler} fine-tune {i}" for i in picks]) if ft_plans else []
+            v = values_of(plan, ev)
+            d = plan.digest()
+            if d not in seen:
+                seen.add(d)
+                cands.append({"params": p, "plan": plan, "est": ev, "est_v": v, "ft": None, "ft_v": None})
+            out.append(v)
+        return out
+
+    def fine_tune(idx):
+        if not idx:
+            return
+        plans = [cands[i]["plan"] for i in idx]
+        evs = evaluate(plans, finetune_settings, [f"{sampler} fine-tune {len(ft_plans) + j}" for j in range(len(idx))])
+        for i, plan, ev in zip(idx, plans, evs):
+            cands[i]["ft"], cands[i]["ft_v"] = ev, values_of(plan, ev)
+            ft_plans.append(plan)
+            ft_evs.append(ev)
+
+    def fresh(n, make):
+        out = []
+        tries = 0
+        while len(out) < n and tries < 50 * n + 50:
+            tries += 1
+            child = make()
+            d = space.plan_from(child).digest()
+            if d not in seen and all(space.plan_from(o).digest() != d for o in out):
+                out.append(child)
+        return out
+
+    # round 1: generation 0 = the uniform seeds topped up with random plans (the same for both
+    # samplers); then NSGA-II generations (binary tournaments on rank and crowding, crossover,
+    # neighbour mutation, survivors by rank and crowding) or, for ``random``, random plans
+    gen0 = [space.uniform_params(w, a, k) for w, a, k in seeds[:first]]
+    gen0 = [p for i, p in enumerate(gen0) if all(space.plan_from(q).digest() != space.plan_from(p).digest()
+                                                 for q in gen0[:i])]
+    gen0 += fresh(max(0, min(pop, first) - len(gen0)), lambda: space.random_params(rng))
+    vals = estimate(gen0, [f"{sampler} {i}" for i in range(len(gen0))])
+    population_ = [(p, v) for p, v in zip(gen0, vals)]
+    done = len(gen0)
+    while done < first:
+        n = min(pop, first - done)
+        if sampler == "nsga2":
+            pv = np.array([v for _, v in population_], dtype=float).reshape(-1, n_obj)
+            rank = nondominated_ranks(pv)
+            crowd = np.zeros(len(pv))
+            for r in set(rank.tolist()):
+                m = rank == r
+                crowd[m] = crowding_distance(pv[m])
+
+            def tournament():
+                i, j = rng.integers(len(population_), size=2)
+                better = i if (rank[i], -crowd[i]) <= (rank[j], -crowd[j]) else j
+                return population_[int(better)][0]
+            kids = fresh(n, lambda: vary(space, [tournament(), tournament()], rng))
+        else:
+            kids = fresh(n, lambda: space.random_params(rng))
+        if not kids:
+            break
+        vals = estimate(kids, [f"{sampler} {done + i}" for i in range(len(kids))])
+        population_ += list(zip(kids, vals))
+        if sampler == "nsga2":
+            pv = np.array([v for _, v in population_], dtype=float).reshape(-1, n_obj)
+            population_ = [population_[i] for i in select_promising(pv, pop)]
+        done += len(kids)
+    est_v = np.array([c["est_v"] for c in cands], dtype=float).reshape(-1, n_obj)
+    fine_tune(select_promising(est_v, ft_split[0]) if ft_split[0] > 0 else [])
+
+    # later rounds: a generation seeded by the fine-tuned results, then fine-tunes by predicted gain
+    for r in range(1, rounds):
+        tuned = [i for i, c in enumerate(cands) if c["ft_v"] is not None and not math.isnan(c["ft_v"][0])]
+        predict = FinetunePredictor([cands[i]["est_v"][0] for i in tuned], [cands[i]["ft_v"][0] for i in tuned])
+
+        def predicted(i):
+            c = cands[i]
+            return [float(predict(c["est_v"][0])), *c["est_v"][1:]]
+        if sampler == "nsga2":
+            ft_vals = np.array([cands[i]["ft_v"] for i in tuned], dtype=float).reshape(-1, n_obj)
+            parents = [cands[tuned[j]]["params"] for j in np.flatnonzero(nondominated_ranks(ft_vals) == 0)]
+            open_ = [i for i, c in enumerate(cands) if c["ft"] is None]
+            pv = np.array([predicted(i) for i in open_], dtype=float).reshape(-1, n_obj)
+            parents += [cands[open_[j]]["params"] for j in select_promising(pv, max(2, pop // 2))]
+            parents = parents or [c["params"] for c in cands]
+        offspring = fresh(later[r - 1], (lambda: vary(space, parents, rng)) if sampler == "nsga2"
+                          else (lambda: space.random_params(rng)))
+        estimate(offspring, [f"{sampler} g{r + 1} {i}" for i in range(len(offspring))])
+        if ft_split[r] <= 0:
+            continue
+        open_ = [i for i, c in enumerate(cands) if c["ft"] is None and not math.isnan(c["est_v"][0])]
+        if not open_:
+            break
+        pv = np.array([predicted(i) for i in open_], dtype=float).reshape(-1, n_obj)
+        cur = np.array([cands[i]["ft_v"] for i in tuned], dtype=float).reshape(-1, n_obj)
+        base_val = next((c["est"].baseline_val_accuracy for c in cands
+                         if c["est"] is not None and c["est"].baseline_val_accuracy is not None), None)
+        acc_ref = (base_val - acc_margin) if base_val is not None else float(np.nanmin(cur[:, 0])) if len(cur) else 0.0
+        allv = np.vstack([cur, pv]) if len(cur) else pv
+        cost_ref = [0.0 if np.nanmin(allv[:, j]) >= 0 else
+                    float(np.nanmin(allv[:, j]) - 0.1 * (np.nanmax(allv[:, j]) - np.nanmin(allv[:, j]) + 1e-12))
+                    for j in range(1, n_obj)]
+        picks = hv_gain_picks(pv, cur, [acc_ref, *cost_ref], ft_split[r])
+        if len(picks) < ft_split[r]:
+            rest = [j for j in range(len(open_)) if j not in picks]
+            picks += [rest[j] for j in select_promising(pv[rest], ft_split[r] - len(picks))]
+        fine_tune([open_[j] for j in picks])
     return est_plans, est_evs, ft_plans, ft_evs

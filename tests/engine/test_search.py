@@ -64,3 +64,92 @@ def test_greedy_search_on_a_tiny_model_gives_a_monotone_frontier():
     assert np.all(np.diff(front.throughput.to_numpy()) > 0)
     assert np.all(np.diff(front.val_accuracy.to_numpy()) < 0)
     assert front.val_accuracy.max() == df.val_accuracy.max()
+
+
+def test_crowding_distance_prefers_extremes_then_the_least_crowded():
+    from engine.search import crowding_distance
+    v = np.array([[0, 10], [1, 9], [1.2, 8.8], [5, 5], [10, 0]], dtype=float)
+    cd = crowding_distance(v)
+    assert np.isinf(cd[0]) and np.isinf(cd[4]) and cd[3] > cd[1] and cd[3] > cd[2]
+    # one front of five: two picks are the extremes, the third the least crowded interior point
+    assert set(select_promising(v, 2)) == {0, 4}
+    assert set(select_promising(v, 3)) == {0, 3, 4}
+
+
+def test_hv_gain_picks_greedy_and_predictor():
+    from engine.frontier import hypervolume
+    from engine.search import FinetunePredictor, hv_gain_picks
+    cur = np.array([[0.9, 1.0]])
+    pred = np.array([[0.85, 3.0], [0.84, 3.1], [0.7, 10.0], [0.5, 20.0], [0.95, 0.5]])
+    ref = (0.6, 0.0)
+    picks = hv_gain_picks(pred, cur, ref, 2)
+    gains = [hypervolume(np.vstack([cur, p]), ref) - hypervolume(cur, ref) for p in pred]
+    assert picks[0] == int(np.argmax(gains))
+    # (0.7, 10) adds 0.9; then (0.85, 3) adds 0.3 and beats its near-twin (0.84, 3.1), 0.294
+    assert picks == [2, 0]
+    assert 3 not in hv_gain_picks(pred, cur, ref, 5)      # below the reference accuracy: adds nothing
+    assert hv_gain_picks(np.array([[0.5, 5.0]]), cur, ref, 3) == []
+    p = FinetunePredictor([0.5, 0.7, 0.9], [0.8, 0.85, 0.9])
+    assert p.slope == pytest.approx(0.25) and float(p(0.7)) == pytest.approx(0.85)
+    q = FinetunePredictor([0.5], [0.8])
+    assert q.slope == 1.0 and float(q(0.4)) == pytest.approx(0.7)
+    assert float(p(1.0)) == pytest.approx(0.9)                          # capped at the best fine-tuned seen
+    assert q(0.99) == pytest.approx(0.8)
+    r = FinetunePredictor([0.1, 0.2], [0.2, 0.9])
+    assert r.slope == 1.5 and float(r(0.0)) >= 0.0                       # slope clipped, output in [0, cap]
+
+
+def _fake_search(sampler, budget=30, finetune=6, seed=0):
+    """joint_search on a three-layer space whose 'accuracy' and cost come from the bits, no network."""
+    from engine.evaluation import Evaluation
+    from engine.search import UNIFORM_SEEDS, joint_search
+    space = SearchSpace(["a", "b", "c"], widen_spaces={1: ["a"]})
+    calls = []
+
+    def evaluate(plans, settings, labels):
+        calls.append((settings.steps, len(plans)))
+        out = []
+        for p in plans:
+            c = p.resolve(space.names)
+            bits = sum(min(c[n].w_bits, c[n].a_bits) for n in space.names) + 2 * (c["a"].widen - 1)
+            acc = 0.5 + 0.4 * (1 - np.exp(-bits / 6)) + (0.05 if settings.steps else 0.0)
+            out.append(Evaluation(plan=p.to_dict(), model="m", dataset="d", settings=settings.to_dict(),
+                                  status="fine-tuned" if settings.steps else "estimated", val_accuracy=float(acc),
+                                  baseline_val_accuracy=0.95))
+        return out
+
+    def objective(plan, ev):
+        c = plan.resolve(space.names)
+        return (1000.0 / sum(c[n].w_bits * c[n].a_bits * c[n].widen for n in space.names),)
+    res = joint_search(evaluate, space, objective, Settings(steps=0), Settings(steps=10), budget, finetune,
+                       sampler=sampler, seed=seed, population=6)
+    return space, calls, res, UNIFORM_SEEDS
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "random"])
+def test_joint_search_budget_rounds_and_uniform_seeds_are_the_same_for_both_samplers(sampler):
+    space, calls, (est_plans, est_evs, ft_plans, ft_evs), seeds = _fake_search(sampler)
+    assert sum(n for steps, n in calls if steps == 0) == len(est_plans) == 30
+    assert sum(n for steps, n in calls if steps > 0) == len(ft_plans) == 6
+    # three rounds of two fine-tunes, each after its own estimates
+    assert [s > 0 for s, _ in calls].count(True) == 3 and calls[-1][0] > 0
+    digests = [p.digest() for p in est_plans]
+    assert len(set(digests)) == len(digests)                  # later generations propose new plans only
+    for w, a, k in seeds:
+        assert space.plan_from(space.uniform_params(w, a, k)).digest() in digests
+    assert {p.digest() for p in ft_plans} <= set(digests) and len({p.digest() for p in ft_plans}) == 6
+    # deterministic for a seed
+    again = _fake_search(sampler)[2]
+    assert [p.digest() for p in again[0]] == digests and [p.digest() for p in again[2]] == [p.digest() for p in ft_plans]
+
+
+def test_vary_gives_valid_neighbouring_plans(lenet_topo):
+    from engine.search import vary
+    space = SearchSpace.from_topology(lenet_topo, sparsity=("none", "2:4"))
+    rng = np.random.default_rng(1)
+    parents = [space.uniform_params(4, 4), space.uniform_params(8, 2, 2.0)]
+    for _ in range(40):
+        child = vary(space, parents, rng)
+        assert set(child) == set(parents[0])
+        plan = space.plan_from(child)
+        lenet_topo.check(plan.resolve(lenet_topo.names))

@@ -73,3 +73,32 @@ def test_sweep_cli(tmp_path, capsys):
     assert main(["sweep", "--model", "mlp", "--profile", "nosuch", "--budget", "2", "--store", str(db)]) == 2
     assert main(["sweep", "--model", "mlp", "--profile", "bismo", "--budget", "2", "--store", str(db),
                  "--out", str(tmp_path / "f.txt")]) == 2
+
+
+def test_sweep_scores_estimates_on_a_validation_subset_and_reports_the_frontier_on_full_test():
+    from engine.data import load_dataset
+    sizes = load_dataset("digits").sizes()
+    store = Store(":memory:")
+    runner = shared_runner(store)
+    res = run_sweep("mlp", "digits", "bismo", store=store, runner=runner, eval_limit=40,
+                    **{**KW, "seed": 5})
+    evs = {e.key: e for e in store.evaluations()}
+    est = res.points[res.points.phase == "estimate"]
+    tuned = res.points[res.points.status == "fine-tuned"]
+    assert len(est) == 6 and len(tuned) == 2 and est.test_accuracy.isna().all()
+    for k in est.key:
+        assert evs[k].provenance["val_examples"] == 40 and evs[k].provenance["test_examples"] == 0
+        assert evs[k].settings["eval_limit"] == 40 and evs[k].settings["score_test"] is False
+    for k in tuned.key:   # fine-tunes: full validation and test, whatever the estimates used
+        assert evs[k].provenance["val_examples"] == sizes["val"] and evs[k].provenance["test_examples"] == sizes["test"]
+        assert "eval_limit" not in evs[k].settings
+    assert len(res.frontier) and set(res.frontier.key) <= set(tuned.key)
+    assert res.frontier.test_accuracy.notna().all() and res.hypervolume > 0
+    # nothing fine-tuned: the frontier's plans are scored again in full before it is reported
+    res0 = run_sweep("mlp", "digits", "bismo", store=store, runner=runner, eval_limit=40,
+                     **{**KW, "seed": 6, "finetune": 0})
+    assert len(res0.frontier) and res0.frontier.test_accuracy.notna().all()
+    for k in res0.frontier.key:
+        ev = store.get(k)
+        assert ev.status == "estimated" and ev.provenance["val_examples"] == sizes["val"]
+        assert ev.provenance["test_examples"] == sizes["test"]
