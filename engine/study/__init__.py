@@ -51,7 +51,7 @@ def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIM
     load0 = os.getloadavg()
     mods = modules(claims)
     ctx = main_context(cfg)
-    prior, save = {}, None
+    prior, save, elapsed0 = {}, None, 0.0
     if resume:
         resume = Path(resume)
         if resume.is_file():
@@ -60,12 +60,14 @@ def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIM
             if norm(saved.get("config", {})) != norm(cfg.to_dict()):
                 raise ValueError(f"{resume} was written by a study with another configuration")
             prior = {k: v for k, v in saved["done"].items() if "error" not in v}
+            elapsed0 = float(saved.get("elapsed_s", 0.0))
             log(f"resuming: {len(prior)} finished runs from {resume}")
         resume.parent.mkdir(parents=True, exist_ok=True)
 
         def save(d):
             tmp = resume.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"config": cfg.to_dict(), "done": d}, default=float))
+            tmp.write_text(json.dumps({"config": cfg.to_dict(), "done": d,
+                                       "elapsed_s": elapsed0 + time.perf_counter() - t0}, default=float))
             tmp.replace(resume)
     done = execute(cfg, mods, ctx, log, prior, save)
     t_pool = time.perf_counter() - t0
@@ -90,6 +92,7 @@ def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIM
             sections.append(failed_section(m, [f"section failed: {type(e).__name__}: {e}"]))
     task_walls = sorted(((k, r.get("_wall", 0.0)) for k, r in done.items()), key=lambda kv: -kv[1])
     result = {"config": cfg.to_dict(), "sections": sections, "wall_s": round(time.perf_counter() - t0, 1),
+              "resumed": len(prior), "total_wall_s": round(elapsed0 + time.perf_counter() - t0, 1),
               "pool_wall_s": round(t_pool, 1), "task_cpu_s": round(sum(w for _, w in task_walls), 1),
               "tasks": len(done), "load_before": [round(x, 2) for x in load0],
               "load_after": [round(x, 2) for x in os.getloadavg()], "machine": _machine(),
@@ -148,8 +151,13 @@ def render_markdown(result: dict, plots_rel: str = "results") -> str:
     L.append(f"- Machine: {mach['cpus']} CPUs, {mach['platform']}, Python {mach['python']}, torch {mach['torch']}, "
              f"bitscape {mach['code_version']}; {cfg['workers']} worker process(es), one torch thread each. "
              f"Load average before {result['load_before']}, after {result['load_after']} (a shared machine).")
-    L.append(f"- Runtime: {result['wall_s'] / 60:.1f} min wall ({result['tasks']} runs, "
-             f"{result['task_cpu_s'] / 60:.1f} min summed over runs).")
+    if result.get("resumed"):
+        L.append(f"- Runtime: {result['total_wall_s'] / 60:.1f} min wall over the invocations that produced these "
+                 f"runs ({result['tasks']} runs, {result['resumed']} of them kept from earlier invocations of the "
+                 f"same configuration; {result['task_cpu_s'] / 60:.1f} min summed over runs).")
+    else:
+        L.append(f"- Runtime: {result['wall_s'] / 60:.1f} min wall ({result['tasks']} runs, "
+                 f"{result['task_cpu_s'] / 60:.1f} min summed over runs).")
     L.append("")
     L.append("## Summary")
     L.append("")
