@@ -67,9 +67,20 @@ class PlanEditor(pn.viewable.Viewer):
         return io.StringIO(self.workspace.plan_json())
 
     def _sync_table(self, *_):
-        selection = list(self.table.selection)
-        self.table.value = self.workspace.rows
-        self.table.selection = selection
+        """Patch only the cells that changed (an open editor elsewhere survives); replace on a new model."""
+        new, old = self.workspace.rows, self.table.value
+        if old is None or list(new["layer"]) != list(old["layer"]) or list(new.columns) != list(old.columns):
+            self.table.value = new
+            return
+        patch = {}
+        for col in new.columns:
+            changed = [(i, new.at[i, col]) for i in range(len(new)) if new.at[i, col] != old.at[i, col]]
+            if changed:
+                patch[col] = changed
+        if patch:
+            self.table.patch(patch, as_index=False)
+        elif self.workspace.edit_error:
+            self.table.value = new  # an edit was refused: put the old value back in the cell
 
     def _sync_error(self, *_):
         self.error.object = self.workspace.edit_error

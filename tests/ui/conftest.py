@@ -62,7 +62,10 @@ def app_server(tmp_path):
     except RuntimeError:  # Panel's thread may already be stopping
         pass
     runner.shutdown()
-    pn.state.kill_all_servers()
+    try:
+        pn.state.kill_all_servers()
+    except RuntimeError:
+        pass
     pn.state.reset()
 
 

@@ -44,9 +44,17 @@ def open_app(page, url):
     page.wait_for_timeout(500)
 
 
-def edit_cell(page, field: str, row: int, value: str):
-    page.locator(f'.tabulator-cell[tabulator-field="{field}"]').nth(row).click()
-    page.locator(".tabulator-edit-list-item", has_text=value).first.click()
+def edit_cell(page, field: str, row: int, value: str, tries: int = 3):
+    """Open a cell's list editor and pick a value (retried if the table re-renders meanwhile)."""
+    for attempt in range(tries):
+        try:
+            page.locator(f'.tabulator-cell[tabulator-field="{field}"]').nth(row).click()
+            page.locator(".tabulator-edit-list-item", has_text=value).first.click(timeout=5_000)
+            return
+        except Exception:  # noqa: BLE001 - playwright timeout: the editor was replaced under us
+            if attempt == tries - 1:
+                raise
+            page.keyboard.press("Escape")
 
 
 def test_edit_launch_tap_download(app_server, page, tmp_path):
