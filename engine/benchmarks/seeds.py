@@ -17,6 +17,8 @@ def add_arguments(p) -> None:
     p.add_argument("--claims", default=None, help="comma-separated subset of claims (default: all)")
     p.add_argument("--resume", default=None, metavar="FILE",
                    help="keep finished runs in FILE (JSON) and skip those already there (continue a stopped study)")
+    p.add_argument("--render-only", action="store_true",
+                   help="with --resume: run nothing, write the report from the runs already in FILE")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -30,7 +32,11 @@ def run(args) -> int:
     cfg = Config.make(quick=args.quick, workers=args.workers)
     t0 = time.perf_counter()
     say = (lambda m: print(f"[{time.perf_counter() - t0:7.1f} s] {m}", file=sys.stderr, flush=True))
-    result = run_study(cfg, out=args.out, log=say, claims=claims, resume=getattr(args, "resume", None))
+    if getattr(args, "render_only", False) and not getattr(args, "resume", None):
+        print("--render-only needs --resume FILE", file=sys.stderr)
+        return 2
+    result = run_study(cfg, out=args.out, log=say, claims=claims, resume=getattr(args, "resume", None),
+                       render_only=getattr(args, "render_only", False))
     if args.json:
         print(to_json(result))
         return 0

@@ -37,11 +37,13 @@ def main_context(cfg: Config) -> dict:
     return {"topo": topo, "train_size": len(data.y_train), "sizes": data.sizes()}
 
 
-def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIMS, resume: str | Path | None = None) -> dict:
+def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIMS, resume: str | Path | None = None,
+              render_only: bool = False) -> dict:
     """Run the study; write ``out`` (Markdown) and its plots in ``<out without .md>/``; return the results.
 
     ``resume``: a JSON file of finished runs, read if it exists (those runs are not repeated) and
-    rewritten as runs finish, so an interrupted study continues where it stopped.
+    rewritten as runs finish, so an interrupted study continues where it stopped. ``render_only``
+    runs nothing: the report is written from the runs in ``resume`` (sections missing runs say so).
     """
     import torch
     torch.set_num_threads(1)
@@ -69,7 +71,11 @@ def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIM
             tmp.write_text(json.dumps({"config": cfg.to_dict(), "done": d,
                                        "elapsed_s": elapsed0 + time.perf_counter() - t0}, default=float))
             tmp.replace(resume)
-    done = execute(cfg, mods, ctx, log, prior, save)
+    if render_only:
+        done = dict(prior)
+    else:
+        done = execute(cfg, mods, ctx, log, prior, save)
+    missing = sorted({t.key for m in mods for t in m.tasks(cfg, ctx, done)} - set(done))
     t_pool = time.perf_counter() - t0
     for m in mods:
         if hasattr(m, "final"):
@@ -79,7 +85,7 @@ def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIM
             except Exception as e:  # noqa: BLE001 - reported in the section
                 done[f"{m.ID}-final"] = {"error": f"{type(e).__name__}: {e}"}
             log(f"{m.ID}: final measurements ({time.perf_counter() - t1:.1f} s)")
-    if save is not None:
+    if save is not None and not render_only:
         save(done)
     out = Path(out) if out else None
     plots = (out.parent / out.stem) if out else Path(os.environ.get("TMPDIR", "/tmp")) / "bitscape-study"
@@ -92,7 +98,7 @@ def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIM
             sections.append(failed_section(m, [f"section failed: {type(e).__name__}: {e}"]))
     task_walls = sorted(((k, r.get("_wall", 0.0)) for k, r in done.items()), key=lambda kv: -kv[1])
     result = {"config": cfg.to_dict(), "sections": sections, "wall_s": round(time.perf_counter() - t0, 1),
-              "resumed": len(prior), "total_wall_s": round(elapsed0 + time.perf_counter() - t0, 1),
+              "resumed": len(prior), "missing_runs": missing, "total_wall_s": round(elapsed0 + time.perf_counter() - t0, 1),
               "pool_wall_s": round(t_pool, 1), "task_cpu_s": round(sum(w for _, w in task_walls), 1),
               "tasks": len(done), "load_before": [round(x, 2) for x in load0],
               "load_after": [round(x, 2) for x in os.getloadavg()], "machine": _machine(),
@@ -132,6 +138,10 @@ def render_markdown(result: dict, plots_rel: str = "results") -> str:
              f"'matches' means within {TOL} accuracy points unless stated. Claims are paraphrased from the "
              "papers: read the papers for their exact figures.")
     L.append("")
+    if result.get("missing_runs"):
+        L.append(f"> **Partial study**: {len(result['missing_runs'])} planned runs did not run (the study was stopped "
+                 "before they finished); the sections that need them are marked inconclusive.")
+        L.append("")
     if quick:
         L.append("> **Quick mode**: LeNet-5 and the LSTM on scikit-learn's 8x8 digits, tiny budgets and one seed. "
                  "It checks that every part of the study runs; its verdicts say nothing about the papers.")

@@ -30,7 +30,7 @@ def _uni(b):
 
 
 def tasks(cfg, ctx, done):
-    out = [core.Task("bsq-search", "engine.study.bsq:search", {}, 3.0)]
+    out = [core.Task("bsq-search", "engine.study.bsq:search", {}, 9.0)]
     out += [core.ft_task(cfg, _uni(b), s) for b in UNIFORM for s in cfg.seeds_minor]
     r = done.get("bsq-search")
     if r and "error" not in r:

@@ -68,9 +68,10 @@ def _path(cfg, ctx, order):
 
 
 def tasks(cfg, ctx, done):
-    out = [core.Task("eagl", "engine.study.mixed:run_eagl", {}, 0.2),
+    # the sensitivity runs go first: the mixed-precision path waits for them
+    out = [core.Task("eagl", "engine.study.mixed:run_eagl", {}, 20.0),
            core.Task("hessian", "engine.study.mixed:run_hessian", {}, 0.5)]
-    out += [core.ft_task(cfg, p, 0, steps=cfg.alps_steps, label=f"alps-{layer}")
+    out += [core.ft_task(cfg, p, 0, steps=cfg.alps_steps, label=f"alps-{layer}", weight=5.0)
             for layer, p in _alps_plans(cfg, ctx).items()]
     out += [core.ft_task(cfg, p, 0) for p in UNIFORM]
     orders = _orders(cfg, ctx, done)

@@ -27,7 +27,7 @@ def baseline(cfg) -> dict:
 
 
 def tasks(cfg, ctx, done):
-    out = [core.Task(BASELINE, "engine.study.rnn:baseline", {}, weight=5.0)]
+    out = [core.Task(BASELINE, "engine.study.rnn:baseline", {}, weight=30.0)]
     b = done.get(BASELINE)
     if b and "error" not in b:
         out += [core.ft_task(cfg, p, s, steps=cfg.rnn_steps, model=cfg.rnn, weight=0.5)
