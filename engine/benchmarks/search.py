@@ -90,7 +90,8 @@ def measure(quick=False, budget=None, finetune=None, steps=None, profile="bismo"
             plans.append(p)
         sw.evaluate(plans, Settings(steps=steps, seed=seed), names)
         uni = frontier_of(sw.frame())
-        log(f"uniform: {len(plans)} fine-tuned in {time.perf_counter() - t:.0f} s")
+        ref = (float(sw.records[0][2].baseline_test_accuracy) - MARGIN, 0.0)
+        log(f"uniform: {len(plans)} fine-tuned in {time.perf_counter() - t:.0f} s; HV {hypervolume_of(uni, ref):.6g}")
         runs = {}
         for method in ("nsga2", "random"):
             t = time.perf_counter()
@@ -100,7 +101,8 @@ def measure(quick=False, budget=None, finetune=None, steps=None, profile="bismo"
             runs[method] = run_sweep(model, dataset, profile, budget, finetune=finetune, steps=steps, method=method,
                                      seed=seed, store=store, runner=runner, baseline=base, data=data,
                                      eval_limit=eval_limit, progress=say)
-            log(f"{method}: {len(runs[method].points)} points in {time.perf_counter() - t:.0f} s")
+            log(f"{method}: {len(runs[method].points)} points in {time.perf_counter() - t:.0f} s; "
+                f"HV {hypervolume_of(runs[method].frontier, ref):.6g}")
         base_acc = float(sw.records[0][2].baseline_test_accuracy)
         ref = (base_acc - MARGIN, 0.0)
         hv_uni = hypervolume_of(uni, ref)
