@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from .graph import Topology, analyze
-from .layers import QUANT_LAYERS, QuantConv2d, QuantLinear, QuantLSTM, act_quantizers
+from .layers import QUANT_LAYERS, QuantConv2d, QuantGRU, QuantLinear, QuantLSTM, act_quantizers
 from .plan import LayerConfig, Plan
 from .widen import widen_model
 
@@ -42,6 +42,8 @@ def apply_plan(model: nn.Module, plan: Plan, input_shape: tuple[int, ...], seed:
         mod = net.get_submodule(name)
         if isinstance(mod, nn.LSTM):
             q = QuantLSTM.from_float(mod, cfg)
+        elif isinstance(mod, nn.GRU):
+            q = QuantGRU.from_float(mod, cfg)
         elif isinstance(mod, nn.Conv2d):
             q = QuantConv2d.from_float(mod, cfg)
         else:

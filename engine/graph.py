@@ -19,7 +19,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .plan import LayerConfig, PlanError
 
-QUANTIZABLE = (nn.Conv2d, nn.Linear, nn.LSTM)
+QUANTIZABLE = (nn.Conv2d, nn.Linear, nn.LSTM, nn.GRU)
+GATES = {"lstm": 4, "gru": 3}  # gate blocks of a recurrent layer's weight rows
 
 
 @dataclass
@@ -27,7 +28,7 @@ class LayerInfo:
     """Shape facts of one quantizable layer, per sample (batch 1)."""
 
     name: str
-    kind: str                       # "conv2d" | "linear" | "lstm"
+    kind: str                       # "conv2d" | "linear" | "lstm" | "gru"
     in_channels: int                # conv in-channels, linear in-features, lstm input size
     out_channels: int               # conv out-channels, linear out-features, lstm hidden size
     kernel: tuple[int, int] = (1, 1)
@@ -51,14 +52,14 @@ class LayerInfo:
         """Length of one dot product (the GEMM's K)."""
         if self.kind == "conv2d":
             return self.in_channels // self.groups * self.kernel[0] * self.kernel[1]
-        if self.kind == "lstm":
+        if self.kind in GATES:
             return self.in_channels + self.out_channels
         return self.in_channels
 
     @property
     def gemm_n(self) -> int:
         """Output features computed per position (the GEMM's N)."""
-        return 4 * self.out_channels if self.kind == "lstm" else self.out_channels
+        return GATES.get(self.kind, 1) * self.out_channels
 
     @property
     def weights(self) -> int:
@@ -83,10 +84,10 @@ class LayerInfo:
 
     @property
     def nm_dims(self) -> tuple[int, ...]:
-        """Input dimensions an N:M pattern groups along (lstm: input and recurrent)."""
+        """Input dimensions an N:M pattern groups along (recurrent layers: input and recurrent)."""
         if self.kind == "conv2d":
             return (self.in_channels // self.groups,)
-        if self.kind == "lstm":
+        if self.kind in GATES:
             return (self.in_channels, self.out_channels)
         return (self.in_channels,)
 
@@ -203,7 +204,7 @@ _FLATTEN_METHODS = {"view", "reshape", "flatten"}
 
 class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m, qualname):
-        return (isinstance(m, QUANTIZABLE + (nn.BatchNorm1d, nn.BatchNorm2d, nn.GRU, nn.RNN))
+        return (isinstance(m, QUANTIZABLE + (nn.BatchNorm1d, nn.BatchNorm2d, nn.RNN))
                 or super().is_leaf_module(m, qualname))
 
 
@@ -292,10 +293,9 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
         if node.op == "call_module":
             mod = modules[node.target]
             name = node.target
-            if isinstance(mod, (nn.GRU, nn.RNN)):
-                raise PlanError(f"layer {name!r}: {type(mod).__name__} layers are not supported yet "
-                                "(Conv2d, Linear and LSTM are)")
-            if isinstance(mod, (nn.Conv2d, nn.Linear, nn.LSTM)):
+            if isinstance(mod, nn.RNN):
+                raise PlanError(f"layer {name!r}: RNN layers are not supported yet (Conv2d, Linear, LSTM and GRU are)")
+            if isinstance(mod, QUANTIZABLE):
                 in_shape = shape(node.args[0])
                 if isinstance(mod, nn.Conv2d):
                     if mod.groups > 1:
@@ -312,10 +312,11 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
                                      bias=mod.bias is not None)
                     size = mod.out_features
                 else:
-                    if mod.num_layers != 1 or mod.bidirectional or not mod.batch_first or mod.proj_size:
-                        raise PlanError(f"layer {name!r}: only single-layer, unidirectional, batch_first LSTMs "
-                                        "without projection are supported")
-                    info = LayerInfo(name, "lstm", mod.input_size, mod.hidden_size, steps=int(in_shape[1]),
+                    kind = "lstm" if isinstance(mod, nn.LSTM) else "gru"
+                    if mod.num_layers != 1 or mod.bidirectional or not mod.batch_first or getattr(mod, "proj_size", 0):
+                        raise PlanError(f"layer {name!r}: only single-layer, unidirectional, batch_first "
+                                        f"{kind.upper()}s without projection are supported")
+                    info = LayerInfo(name, kind, mod.input_size, mod.hidden_size, steps=int(in_shape[1]),
                                      bias=mod.bias)
                     size = mod.hidden_size
                 if src is not None:
@@ -327,9 +328,9 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
                 out = new_space(size)
                 spaces[out].producers.append(name)
                 info.out_space = out
-                if isinstance(mod, nn.LSTM):
+                if isinstance(mod, (nn.LSTM, nn.GRU)):
                     spaces[out].consumers.append((name, 1))  # recurrent weights read the hidden state
-                    state[node] = ("lstm", out)
+                    state[node] = ("recurrent", out)
                 else:
                     state[node] = _T(out, 1 if isinstance(mod, nn.Conv2d) else -1)
                 layers.append(info)
@@ -349,10 +350,10 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
             fn = node.target
             if fn is operator.getitem:
                 base = state.get(node.args[0])
-                if isinstance(base, tuple) and base[0] == "lstm":
-                    state[node] = _T(base[1], -1) if node.args[1] == 0 else ("lstm_state", base[1])
+                if isinstance(base, tuple) and base[0] == "recurrent":
+                    state[node] = _T(base[1], -1) if node.args[1] == 0 else ("recurrent_state", base[1])
                     continue
-                if isinstance(base, tuple) and base[0] == "lstm_state":
+                if isinstance(base, tuple) and base[0] == "recurrent_state":
                     state[node] = _T(base[1], -1)
                     continue
                 if isinstance(base, _T):

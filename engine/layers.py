@@ -56,26 +56,29 @@ class QuantConv2d(nn.Conv2d, _QuantMixin):
         return self._conv_forward(self.aq(x), self.quant_weight(), self.bias)
 
 
-class QuantLSTM(nn.Module):
-    """A single-layer batch-first LSTM with quantized input and recurrent weights, and
+class QuantRecurrent(nn.Module):
+    """A single-layer batch-first recurrent layer with quantized input and recurrent weights, and
     quantized inputs and hidden states entering the gate matmuls (unrolled in Python)."""
+
+    gates = 4
 
     def __init__(self, input_size: int, hidden_size: int, cfg: LayerConfig, bias: bool = True):
         super().__init__()
+        n = self.gates * hidden_size
         self.input_size, self.hidden_size, self.config = input_size, hidden_size, cfg
-        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
-        self.bias_ih = nn.Parameter(torch.zeros(4 * hidden_size)) if bias else None
-        self.bias_hh = nn.Parameter(torch.zeros(4 * hidden_size)) if bias else None
-        self.wq_ih = WeightQuantizer(cfg.w_bits, cfg.quantizer, cfg.per_channel, 4 * hidden_size)
-        self.wq_hh = WeightQuantizer(cfg.w_bits, cfg.quantizer, cfg.per_channel, 4 * hidden_size)
+        self.weight_ih = nn.Parameter(torch.empty(n, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(n, hidden_size))
+        self.bias_ih = nn.Parameter(torch.zeros(n)) if bias else None
+        self.bias_hh = nn.Parameter(torch.zeros(n)) if bias else None
+        self.wq_ih = WeightQuantizer(cfg.w_bits, cfg.quantizer, cfg.per_channel, n)
+        self.wq_hh = WeightQuantizer(cfg.w_bits, cfg.quantizer, cfg.per_channel, n)
         self.aq = ActQuantizer(cfg.a_bits, cfg.quantizer)
         self.aq_h = ActQuantizer(cfg.a_bits, cfg.quantizer)
         self.register_buffer("mask_ih", None)
         self.register_buffer("mask_hh", None)
 
     @classmethod
-    def from_float(cls, mod: nn.LSTM, cfg: LayerConfig) -> "QuantLSTM":
+    def from_float(cls, mod: nn.Module, cfg: LayerConfig):
         q = cls(mod.input_size, mod.hidden_size, cfg, bias=mod.bias)
         with torch.no_grad():
             q.weight_ih.copy_(mod.weight_ih_l0)
@@ -95,6 +98,10 @@ class QuantLSTM(nn.Module):
         w, m = (self.weight_ih, self.mask_ih) if which == "ih" else (self.weight_hh, self.mask_hh)
         return w * m if m is not None else w
 
+
+class QuantLSTM(QuantRecurrent):
+    gates = 4
+
     def forward(self, x, state=None):
         b, t, _ = x.shape
         w_ih, w_hh = self.wq_ih(self.masked("ih")), self.wq_hh(self.masked("hh"))
@@ -112,12 +119,32 @@ class QuantLSTM(nn.Module):
         return torch.stack(outs, 1), (h.unsqueeze(0), c.unsqueeze(0))
 
 
-QUANT_LAYERS = (QuantLinear, QuantConv2d, QuantLSTM)
+class QuantGRU(QuantRecurrent):
+    gates = 3
+
+    def forward(self, x, state=None):
+        b, t, _ = x.shape
+        w_ih, w_hh = self.wq_ih(self.masked("ih")), self.wq_hh(self.masked("hh"))
+        xs = F.linear(self.aq(x), w_ih, self.bias_ih)
+        h = x.new_zeros(b, self.hidden_size) if state is None else state[0]
+        outs = []
+        for step in range(t):
+            gh = F.linear(self.aq_h(h), w_hh, self.bias_hh)
+            xr, xz, xn = xs[:, step].chunk(3, dim=1)
+            hr, hz, hn = gh.chunk(3, dim=1)
+            r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+            n = torch.tanh(xn + r * hn)
+            h = (1 - z) * n + z * h
+            outs.append(h)
+        return torch.stack(outs, 1), h.unsqueeze(0)
+
+
+QUANT_LAYERS = (QuantLinear, QuantConv2d, QuantLSTM, QuantGRU)
 
 
 def weight_quantizers(mod: nn.Module):
-    return [mod.wq_ih, mod.wq_hh] if isinstance(mod, QuantLSTM) else [mod.wq]
+    return [mod.wq_ih, mod.wq_hh] if isinstance(mod, QuantRecurrent) else [mod.wq]
 
 
 def act_quantizers(mod: nn.Module):
-    return [mod.aq, mod.aq_h] if isinstance(mod, QuantLSTM) else [mod.aq]
+    return [mod.aq, mod.aq_h] if isinstance(mod, QuantRecurrent) else [mod.aq]

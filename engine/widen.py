@@ -37,9 +37,10 @@ def _set(module: nn.Module, name: str, value: torch.Tensor) -> None:
 
 
 def _widen_out(mod: nn.Module, g: torch.Tensor) -> None:
-    if isinstance(mod, nn.LSTM):
+    if isinstance(mod, (nn.LSTM, nn.GRU)):
         h, h2 = mod.hidden_size, g.numel()
-        rows = torch.cat([k * h + g for k in range(4)])
+        gates = 4 if isinstance(mod, nn.LSTM) else 3
+        rows = torch.cat([k * h + g for k in range(gates)])
         for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
             if hasattr(mod, name) and getattr(mod, name) is not None:
                 _set(mod, name, getattr(mod, name).data[rows])
@@ -63,7 +64,7 @@ def _widen_norm(bn: nn.Module, g: torch.Tensor) -> None:
 
 
 def _widen_in(mod: nn.Module, g: torch.Tensor, r: torch.Tensor, repeat: int, recurrent: bool = False) -> None:
-    if isinstance(mod, nn.LSTM):
+    if isinstance(mod, (nn.LSTM, nn.GRU)):
         name = "weight_hh_l0" if recurrent else "weight_ih_l0"
         w = getattr(mod, name).data
         _set(mod, name, w[:, g] * r[None, :])
@@ -99,6 +100,6 @@ def widen_model(model: nn.Module, topo: Topology, factors: dict[int, float], see
             _widen_norm(mods[n], g)
         for c, repeat in sp.consumers:
             mod = mods[c]
-            recurrent = isinstance(mod, nn.LSTM) and c in sp.producers
+            recurrent = isinstance(mod, (nn.LSTM, nn.GRU)) and c in sp.producers
             _widen_in(mod, g, r, repeat, recurrent=recurrent)
     return model

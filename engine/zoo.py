@@ -141,6 +141,21 @@ class RowLSTM(nn.Module):
         return self.fc(out[:, -1])
 
 
+class RowGRU(nn.Module):
+    """Reads an image row by row with a GRU; classifies the last state."""
+
+    def __init__(self, input_shape, num_classes, hidden=64):
+        super().__init__()
+        c, h, w = input_shape
+        self.gru = nn.GRU(c * w, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, x):
+        x = x.permute(0, 2, 1, 3).flatten(2)  # (B, rows, C*W)
+        out, _ = self.gru(x)
+        return self.fc(out[:, -1])
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     name: str
@@ -155,6 +170,7 @@ ZOO = {
     "cnn": ZooEntry("cnn", SmallVGG, "small VGG-style CNN (16-16-32-32 conv, 64 fc)", ("fashion-mnist", "mnist", "digits")),
     "resnet20": ZooEntry("resnet20", ResNet20, "ResNet-20 for CIFAR-10 (GPU recommended)", ("cifar10",)),
     "lstm": ZooEntry("lstm", RowLSTM, "LSTM reading the image row by row (hidden 64)", ("digits", "fashion-mnist", "mnist")),
+    "gru": ZooEntry("gru", RowGRU, "GRU reading the image row by row (hidden 64)", ("digits", "fashion-mnist", "mnist")),
 }
 
 

@@ -60,7 +60,7 @@ def geometry(layer) -> Geom:
         cin_g = cin // g
         act_in, act_out = cin * ih * iw, cout * oh * ow
         nm_dims = (cin // g,)
-    elif kind == "lstm":
+    elif kind in ("lstm", "gru"):
         reduction = cin + cout
         cin_g, kh, kw, g = reduction, 1, 1, 1
         act_in, act_out = cin * steps, cout * steps
@@ -72,7 +72,7 @@ def geometry(layer) -> Geom:
         nm_dims = (cin,)
     else:
         raise ValueError(f"layer {name!r}: unknown kind {kind!r}")
-    gemm_n = 4 * cout if kind == "lstm" else cout
+    gemm_n = {"lstm": 4, "gru": 3}.get(kind, 1) * cout
     weights = gemm_n * reduction
     return Geom(str(name), kind, cin, cout, kh, kw, g, positions, gemm_n, cin_g, reduction,
                 weights, weights * positions, act_in, act_out, bool(bias), nm_dims)

@@ -183,12 +183,12 @@ def host_terms(g: Geom, wi: int, ai: int, prof: Profile) -> tuple[float, float]:
     entering the GEMMs; an LSTM re-quantizes h every step), the rescale/epilogue (GEMM output
     elements, both LSTM GEMMs) and the im2col gather (convolutions); 1-bit weights add the sum
     correction of their {-1, +1} codes."""
-    lstm = g.kind == "lstm"
-    fixed = prof.host_layer.get(g.kind, 0.0) + (prof.host_step * g.positions if lstm else 0.0)
+    lstm = g.kind in ("lstm", "gru")  # recurrent: per-step calls, hidden state re-quantized each step
+    fixed = prof.host_layer.get("lstm" if lstm else g.kind, 0.0) + (prof.host_step * g.positions if lstm else 0.0)
     q_el = 0 if ai == 8 else g.act_in + (g.act_out if lstm else 0)
     o_el = g.gemm_n * g.positions * (2 if lstm else 1)
     i_el = g.positions * g.reduction if g.kind == "conv2d" else 0
-    per = prof.host_quant * q_el + prof.host_out[g.kind] * o_el + prof.host_im2col * i_el
+    per = prof.host_quant * q_el + prof.host_out["lstm" if lstm else g.kind] * o_el + prof.host_im2col * i_el
     if wi == 0:
         fixed += prof.host_binary
         per += prof.host_binary_out * o_el

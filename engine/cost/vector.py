@@ -16,7 +16,7 @@ from .formulas import E_ADD_BIT_PJ, FLOAT
 from .geometry import _get, geometry
 from .profiles import NB, Profile, load_profile
 
-_KIND = {"conv2d": 0, "linear": 1, "lstm": 2}
+_KIND = {"conv2d": 0, "linear": 1, "lstm": 2, "gru": 3}
 
 
 @dataclass
@@ -24,7 +24,7 @@ class LayerTable:
     """Static per-layer facts of one network, plus how widening maps onto its channel spaces."""
 
     names: list[str]
-    kind: np.ndarray          # 0 conv2d, 1 linear, 2 lstm
+    kind: np.ndarray          # 0 conv2d, 1 linear, 2 lstm, 3 gru
     cin: np.ndarray           # base (unwidened) channels
     cout: np.ndarray
     kh: np.ndarray
@@ -211,8 +211,8 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
     a_next = np.concatenate([ai[:, 1:], np.full((ai.shape[0], 1), NB - 1)], axis=1)
     cin, cout, valid = table.widened(np.asarray(plans.widen, dtype=float))
     kind, g = table.kind, table.groups
-    conv, lstm = kind == 0, kind == 2
-    gemm_n = np.where(lstm, 4 * cout, cout)
+    conv, lstm = kind == 0, (kind == 2) | (kind == 3)  # lstm: any recurrent layer
+    gemm_n = np.where(kind == 2, 4 * cout, np.where(kind == 3, 3 * cout, cout))
     cin_g = np.where(conv, cin // g, np.where(lstm, cin + cout, cin))
     reduction = cin_g * table.kh * table.kw
     weights = gemm_n * reduction

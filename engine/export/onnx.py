@@ -43,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UserError
-from ..layers import QUANT_LAYERS, QuantConv2d, QuantLinear, QuantLSTM
+from ..layers import QUANT_LAYERS, QuantConv2d, QuantLinear, QuantLSTM, QuantRecurrent
 from ..plan import FLOAT_BITS, LayerConfig, Plan
 from ..quant import lsq
 
@@ -475,7 +475,7 @@ def build_onnx(model: nn.Module, input_shape: tuple[int, ...], configs: dict[str
 
     for name, mod in model.named_modules():
         if isinstance(mod, QUANT_LAYERS):
-            for aq in ([mod.aq, mod.aq_h] if isinstance(mod, QuantLSTM) else [mod.aq]):
+            for aq in ([mod.aq, mod.aq_h] if isinstance(mod, QuantRecurrent) else [mod.aq]):
                 if aq.active and not bool(aq.ready):
                     raise ExportError(f"layer {name!r}: its activation quantizer was never calibrated "
                                       "(export a model produced by evaluate_plan / `bitscape finetune --save`)")
@@ -716,7 +716,7 @@ def onnx_model_bytes(applied, input_shape: tuple[int, ...], plan: Plan | dict | 
     model = applied.model
     extra = dict(extra_metadata or {})
     four = any(aq.active and aq.bits == 4 for m in model.modules() if isinstance(m, QUANT_LAYERS)
-               for aq in ([m.aq, m.aq_h] if isinstance(m, QuantLSTM) else [m.aq]))
+               for aq in ([m.aq, m.aq_h] if isinstance(m, QuantRecurrent) else [m.aq]))
     built, note = None, "int4 where 4-bit" if four else "int8/uint8"
     if four:
         built = build_onnx(model, input_shape, applied.configs,

@@ -33,7 +33,7 @@ from ..data import Dataset
 from ..errors import UserError
 from ..evaluation import Settings
 from ..finetune import accuracy
-from ..layers import QuantLSTM
+from ..layers import QuantRecurrent
 from ..plan import FLOAT_BITS, LayerConfig, Plan
 from ..quant.ste import round_ste
 from .. import finetune as ft
@@ -112,7 +112,7 @@ class BitWeight(nn.Module):
 
 
 def _weights_of(mod: nn.Module) -> list[str]:
-    if isinstance(mod, QuantLSTM):
+    if isinstance(mod, QuantRecurrent):
         return ["weight_ih", "weight_hh"]
     if isinstance(mod, (nn.Linear, nn.Conv2d)):
         return ["weight"]

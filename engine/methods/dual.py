@@ -39,7 +39,8 @@ from ..distill import kd_loss
 from ..errors import UserError
 from ..evaluation import Settings
 from ..finetune import accuracy, reestimate_bn
-from ..layers import QuantConv2d, QuantLinear, QuantLSTM
+from ..layers import QuantConv2d, QuantLinear
+from ..layers import QuantRecurrent
 from ..plan import FLOAT_BITS, Plan
 from ..quant import lsq
 from ..quant.modules import ActQuantizer, WeightQuantizer
@@ -158,13 +159,13 @@ def _mode_plan(p, name: str) -> Plan:
 
 
 def _weight_slots(mod) -> list[tuple[str, torch.Tensor]]:
-    if isinstance(mod, QuantLSTM):
+    if isinstance(mod, QuantRecurrent):
         return [("wq_ih", mod.masked("ih")), ("wq_hh", mod.masked("hh"))]
     return [("wq", mod.masked_weight())]
 
 
 def _act_slots(mod) -> list[str]:
-    return ["aq", "aq_h"] if isinstance(mod, QuantLSTM) else ["aq"]
+    return ["aq", "aq_h"] if isinstance(mod, QuantRecurrent) else ["aq"]
 
 
 def make_dual(model: nn.Module, input_shape: tuple[int, ...], high=(8, 8), low=(4, 4),
@@ -505,8 +506,8 @@ def planes_model(model: nn.Module) -> nn.Module:
     """
     net = copy.deepcopy(model).eval()
     for name, mod in quant_layers(net):
-        if isinstance(mod, QuantLSTM):
-            raise UserError(f"layer {name!r}: LSTM layers are not run on the planes path")
+        if isinstance(mod, QuantRecurrent):
+            raise UserError(f"layer {name!r}: recurrent layers are not run on the planes path")
         if isinstance(mod, (QuantLinear, QuantConv2d)) and mod.wq.active:
             net.set_submodule(name, _PlanesGemm(name, mod))
     return net

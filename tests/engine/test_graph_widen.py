@@ -8,7 +8,8 @@ from engine.plan import LayerConfig, Plan, PlanError
 from engine.widen import widen_model
 from engine.zoo import build_model
 
-SHAPES = {"mlp": (1, 8, 8), "lenet5": (1, 8, 8), "cnn": (1, 28, 28), "resnet20": (3, 32, 32), "lstm": (1, 8, 8)}
+SHAPES = {"mlp": (1, 8, 8), "lenet5": (1, 8, 8), "cnn": (1, 28, 28), "resnet20": (3, 32, 32), "lstm": (1, 8, 8),
+          "gru": (1, 8, 8)}
 
 
 def _randomise_bn(model):
@@ -117,17 +118,22 @@ def test_untraceable_model_gives_clear_error():
         analyze(Untraceable(), (1, 2, 2))
 
 
-class WithGRU(nn.Module):
+class WithRNN(nn.Module):
     def __init__(self):
         super().__init__()
-        self.gru = nn.GRU(8, 16, batch_first=True)
+        self.rnn = nn.RNN(8, 16, batch_first=True)
         self.fc = nn.Linear(16, 4)
 
     def forward(self, x):
-        out, _ = self.gru(x.flatten(1, 2))
+        out, _ = self.rnn(x.flatten(1, 2))
         return self.fc(out[:, -1])
 
 
 def test_unsupported_recurrent_layers_are_named():
-    with pytest.raises(PlanError, match="layer 'gru': GRU layers are not supported yet"):
-        analyze(WithGRU(), (1, 8, 8))
+    with pytest.raises(PlanError, match="layer 'rnn': RNN layers are not supported yet"):
+        analyze(WithRNN(), (1, 8, 8))
+
+
+def test_gru_layer_shapes():
+    gru = analyze(build_model("gru", (1, 8, 8), 10), (1, 8, 8)).layer("gru")
+    assert (gru.kind, gru.gemm_n, gru.reduction, gru.macs) == ("gru", 3 * 64, 8 + 64, 3 * 64 * 72 * 8)

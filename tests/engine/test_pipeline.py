@@ -41,6 +41,21 @@ def test_distillation_and_lstm_and_wide_sparse_plans_run():
     assert ev.status == "fine-tuned", ev.reason
 
 
+def test_gru_quantized_fine_tune_and_cost():
+    from engine.cost import LayerTable, cost_batch, cost_topology, encode_plans, load_profile
+    from engine.graph import analyze
+    from engine.zoo import build_model
+    plan = Plan(default=LayerConfig(4, 4), layers={"gru": {"widen": 2.0}})
+    est = evaluate_plan("gru", "digits", plan, Settings(steps=0)).evaluation
+    ev = evaluate_plan("gru", "digits", plan, Settings(steps=40)).evaluation
+    assert ev.status == "fine-tuned" and ev.test_accuracy > est.test_accuracy - 0.02 and ev.test_accuracy > 0.7
+    topo = analyze(build_model("gru", (1, 8, 8), 10), (1, 8, 8))
+    prof = load_profile("cpu")
+    rep = cost_topology(topo, plan.resolve(topo.names), prof)
+    batch = cost_batch(LayerTable.from_topology(topo), encode_plans(LayerTable.from_topology(topo), [plan]), prof)
+    assert rep.throughput == pytest.approx(float(batch.throughput[0]), rel=1e-9)
+
+
 def test_divergence_is_a_failed_record_not_a_crash():
     from tests.engine.fixtures import tiny_model
     data = load_dataset("tests.engine.fixtures:nan_dataset")
