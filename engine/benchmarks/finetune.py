@@ -38,7 +38,7 @@ def measure(quick: bool = False, seeds: int = 1, log=None) -> list[dict]:
     from engine.pipeline import evaluate_plan
     from engine.presets import preset_plan
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(1)  # as the job workers run; 2 threads on a loaded 2-core box stall in barriers
     rows = []
     cases = CASES[:1] if quick else CASES
     for model, dataset, steps in cases:
@@ -99,7 +99,8 @@ def run(args) -> int:
                   f"({r['steps']} steps, {r['finetune_s']:.1f} s; estimate {r['estimate_s']:.1f} s)", flush=True)
 
     if not args.json:
-        print(f"fine-tune benchmark (load average {os.getloadavg()[0]:.2f}); accuracies on the test split, %")
+        print(f"fine-tune benchmark (1 torch thread, load average {os.getloadavg()[0]:.2f}); "
+              "accuracies on the test split, %")
     rows = measure(args.quick, args.seeds, log)
     targets = check_targets(rows)
     if args.json:
