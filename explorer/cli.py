@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Each module in explorer.commands exposes register(subparsers); order sets the help listing.
@@ -22,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # One compute thread unless BITSCAPE_THREADS says otherwise: on a shared 2-core machine two
+    # OpenMP threads stall in barriers whenever one is descheduled. Set before torch is imported.
+    os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("BITSCAPE_THREADS", "1"))
     from engine.errors import USER_ERRORS
 
     parser = build_parser()
