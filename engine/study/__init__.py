@@ -54,6 +54,7 @@ def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIM
     mods = modules(claims)
     ctx = main_context(cfg)
     prior, save, elapsed0 = {}, None, 0.0
+    meta = {"load_before": [round(x, 2) for x in load0], "machine": _machine()}
     if resume:
         resume = Path(resume)
         if resume.is_file():
@@ -63,12 +64,13 @@ def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIM
                 raise ValueError(f"{resume} was written by a study with another configuration")
             prior = {k: v for k, v in saved["done"].items() if "error" not in v}
             elapsed0 = float(saved.get("elapsed_s", 0.0))
+            meta = saved.get("meta") or meta
             log(f"resuming: {len(prior)} finished runs from {resume}")
         resume.parent.mkdir(parents=True, exist_ok=True)
 
         def save(d):
             tmp = resume.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"config": cfg.to_dict(), "done": d,
+            tmp.write_text(json.dumps({"config": cfg.to_dict(), "done": d, "meta": meta,
                                        "elapsed_s": elapsed0 + time.perf_counter() - t0}, default=float))
             tmp.replace(resume)
     if render_only:
@@ -85,8 +87,10 @@ def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIM
             except Exception as e:  # noqa: BLE001 - reported in the section
                 done[f"{m.ID}-final"] = {"error": f"{type(e).__name__}: {e}"}
             log(f"{m.ID}: final measurements ({time.perf_counter() - t1:.1f} s)")
-    if save is not None and not render_only:
-        save(done)
+    if not render_only:
+        meta["load_after"] = [round(x, 2) for x in os.getloadavg()]
+        if save is not None:
+            save(done)
     out = Path(out) if out else None
     plots = (out.parent / out.stem) if out else Path(os.environ.get("TMPDIR", "/tmp")) / "bitscape-study"
     sections = []
@@ -100,8 +104,8 @@ def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIM
     result = {"config": cfg.to_dict(), "sections": sections, "wall_s": round(time.perf_counter() - t0, 1),
               "resumed": len(prior), "missing_runs": missing, "total_wall_s": round(elapsed0 + time.perf_counter() - t0, 1),
               "pool_wall_s": round(t_pool, 1), "task_cpu_s": round(sum(w for _, w in task_walls), 1),
-              "tasks": len(done), "load_before": [round(x, 2) for x in load0],
-              "load_after": [round(x, 2) for x in os.getloadavg()], "machine": _machine(),
+              "tasks": len(done), "load_before": meta.get("load_before"), "load_after": meta.get("load_after"),
+              "load_observed": meta.get("load_observed"), "machine": meta.get("machine") or _machine(),
               "sizes": ctx["sizes"], "slowest_tasks": task_walls[:5]}
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -160,8 +164,15 @@ def render_markdown(result: dict, plots_rel: str = "results") -> str:
              "Differences are called 'beyond noise' when they exceed two standard errors over the seeds.")
     L.append(f"- Machine: {mach['cpus']} CPUs, {mach['platform']}, Python {mach['python']}, torch {mach['torch']}, "
              f"bitscape {mach['code_version']}; {cfg['workers']} worker process(es), one torch thread each. "
-             f"Load average before {result['load_before']}, after {result['load_after']} (a shared machine).")
-    if result.get("resumed"):
+             + "; ".join(x for x in ((f"Load average before {result['load_before']}, after {result['load_after']}"
+                                      if result.get("load_after") else ""), result.get("load_observed") or "") if x)
+             + " (a shared machine: other work ran alongside, so wall times are inflated).")
+    if result.get("resumed") and result["resumed"] == result["tasks"]:
+        L.append(f"- Runtime: {result['total_wall_s'] / 60:.1f} min wall ({result['tasks']} runs; "
+                 f"{result['task_cpu_s'] / 60:.1f} min summed over runs). This report was re-rendered from the "
+                 "saved runs (`--resume FILE --render-only`); the kernel timings of the PrecisionBatching section "
+                 "were measured at rendering.")
+    elif result.get("resumed"):
         L.append(f"- Runtime: {result['total_wall_s'] / 60:.1f} min wall over the invocations that produced these "
                  f"runs ({result['tasks']} runs, {result['resumed']} of them kept from earlier invocations of the "
                  f"same configuration; {result['task_cpu_s'] / 60:.1f} min summed over runs).")

@@ -86,6 +86,11 @@ def section(cfg, ctx, done, plots):
              "BSQ trains for hundreds of epochs with the regulariser and reports the strength sweep; here one "
              "strength is tried with a short search, so the plan it lands on depends on that choice.",
              "Size counts weights at their bits plus 32-bit biases (bops profile's size figure)."]
+    if r.get("search_val") is not None and r["search_val"] < 0.5:
+        notes.append(f"The bit-parametrized network itself ended the search at {100 * r['search_val']:.1f}% "
+                     "validation accuracy (the regulariser overwhelmed the task loss in this short search); only "
+                     "the per-layer precisions it chose are used, and the fine-tune starts again from the FP32 "
+                     "network.")
     if dominated:
         notes.append("A uniform plan is at least as small and at least as accurate as the BSQ plan.")
     table = {"columns": ["plan", "weight bits per layer", "size (KiB)", "test acc. (%)"], "rows": rows}

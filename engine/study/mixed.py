@@ -153,6 +153,10 @@ def section(cfg, ctx, done, plots):
              "Selection cost is wall time on this machine with one torch thread per process (ALPS: the sum of its "
              "fine-tunes' wall times; the study runs two processes side by side, so each figure includes some "
              "contention)."]
+    for m in ("EAGL", "ALPS"):
+        if frontier_ok and not excess[m] > 0:
+            notes.append(f"{m}'s path is not above the W4A4-W2A2 chord on average ({excess[m]:+.2f} points): "
+                         "the verdict rests on the other method.")
     if not frontier_ok:
         notes.append("Neither method's mixed points lifted the frontier above uniform precision at this budget.")
     table = {"columns": ["plan (per layer)", "test acc. (%)", f"throughput ({cfg.profile})", "vs chord"],
