@@ -102,7 +102,8 @@ def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIM
             sections.append(failed_section(m, [f"section failed: {type(e).__name__}: {e}"]))
     task_walls = sorted(((k, r.get("_wall", 0.0)) for k, r in done.items()), key=lambda kv: -kv[1])
     result = {"config": cfg.to_dict(), "sections": sections, "wall_s": round(time.perf_counter() - t0, 1),
-              "resumed": len(prior), "missing_runs": missing, "total_wall_s": round(elapsed0 + time.perf_counter() - t0, 1),
+              "resumed": len(prior), "missing_runs": missing,
+              "total_wall_s": round(elapsed0 + time.perf_counter() - t0, 1),
               "pool_wall_s": round(t_pool, 1), "task_cpu_s": round(sum(w for _, w in task_walls), 1),
               "tasks": len(done), "load_before": meta.get("load_before"), "load_after": meta.get("load_after"),
               "load_observed": meta.get("load_observed"), "machine": meta.get("machine") or _machine(),

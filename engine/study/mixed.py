@@ -77,7 +77,8 @@ def tasks(cfg, ctx, done):
     orders = _orders(cfg, ctx, done)
     if orders:
         for method in ("EAGL", "ALPS"):
-            out += [core.ft_task(cfg, plan, 0, label=f"mixed-{label}") for label, plan in _path(cfg, ctx, orders[method])]
+            out += [core.ft_task(cfg, plan, 0, label=f"mixed-{label}")
+                    for label, plan in _path(cfg, ctx, orders[method])]
     return out
 
 

@@ -55,7 +55,9 @@ def section(cfg, ctx, done, plots):
     notes = [f"2:4 masks by magnitude along the input dimension of {len(sparse_layers)} of {len(topo.names)} layers "
              f"({', '.join(sparse_layers)}); layers whose input dimension is not a multiple of 4 stay dense. "
              "Masks are fixed during fine-tuning and applied before weight quantization (ASP's order).",
-             f"ASP retrains for the original schedule; we fine-tune {cfg.steps} steps ({core.n_seeds(cfg.seeds_minor)}). The dense FP32 reference is the pretrained network (not fine-tuned further).",
+             f"ASP retrains for the original schedule; we fine-tune {cfg.steps} steps "
+             f"({core.n_seeds(cfg.seeds_minor)}). The dense FP32 reference is the pretrained network (not "
+             "fine-tuned further).",
              "The speed column is the a100 profile's modeled batch time dense / 2:4: a model (2x peak on "
              "sparse tensor cores where the layer qualifies), not a measurement; these layers are small, so "
              "the modeled gain is small or nil."]
