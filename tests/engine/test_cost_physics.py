@@ -129,9 +129,23 @@ def test_report_totals_are_consistent(profile, resnet20):
 @given(w=st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, 32]), a=st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, 32]),
        profile=st.sampled_from(PROFILES))
 def test_fewer_bits_never_cost_more_time(w, a, profile):
+    """One exception, measured: on the cpu profile binary weights ({-1, +1} codes) pay a sum
+    correction that 2-bit codes do not (the fitted host.binary terms); see the test below."""
     layer = conv(cin=32, cout=32)
     t = one(layer, LayerConfig(w, a), profile).time_s
-    if w > 1 and w != 32:
+    if w > 1 and w != 32 and not (profile == "cpu" and w - 1 == 1):
         assert one(layer, LayerConfig(w - 1, a), profile).time_s <= t
     if a > 1 and a != 32:
         assert one(layer, LayerConfig(w, a - 1), profile).time_s <= t
+
+
+def test_cpu_binary_weight_correction_is_the_only_extra_cost():
+    """W1 vs W2 on the cpu profile differ by no more than the binary correction terms."""
+    from engine.cost import load_profile
+    prof = load_profile("cpu")
+    layer = conv(cin=32, cout=32)
+    for a in (2, 3, 4, 8):
+        t1 = one(layer, LayerConfig(1, a), "cpu").time_s
+        t2 = one(layer, LayerConfig(2, a), "cpu").time_s
+        extra = prof.host_binary + prof.host_binary_out * layer["out_channels"] * 16 * 16
+        assert t1 <= t2 + extra
