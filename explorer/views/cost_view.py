@@ -21,9 +21,21 @@ class CostView(pn.viewable.Viewer):
     def __init__(self, **params):
         super().__init__(**params)
         self.totals = pn.pane.HTML(sizing_mode="stretch_width", name="cost-totals")
-        self.bars = pn.pane.HoloViews(sizing_mode="stretch_width", height=300)
+        # a Pipe streams new data into one Bokeh plot instead of rebuilding it on every edit
+        self._pipe = hv.streams.Pipe(data=self._frame())
+        self.bars = pn.pane.HoloViews(hv.DynamicMap(self._bars, streams=[self._pipe]), sizing_mode="stretch_width",
+                                      height=300)
         self.workspace.param.watch(self._update, ["rows", "totals"])
         self._update()
+
+    def _frame(self):
+        return self.workspace.rows[["layer", "time_us", "share", "runs_as", "note"]].copy()
+
+    @staticmethod
+    def _bars(data):
+        return hv.Bars(data, "layer", ["time_us", "share", "runs_as", "note"]).opts(
+            tools=["hover"], xrotation=45, ylabel="time per inference (µs)", xlabel="", color="#3b6ea5",
+            responsive=True, height=280, title="Where the time goes", default_tools=["save"], framewise=True)
 
     def _update(self, *_):
         t = self.workspace.totals
@@ -37,11 +49,7 @@ class CostView(pn.viewable.Viewer):
             "padding:6px 12px;min-width:110px}.bs-k{font-size:11px;color:#666}.bs-v{font-size:18px;font-weight:600}</style>"
             f'<div class="bs-cards">{html}</div><div style="font-size:11px;color:#666;margin-top:4px">'
             f'profile <b>{t["profile"]}</b> at batch {t["batch"]}: {t.get("title", "")}</div>')
-        df = self.workspace.rows[["layer", "time_us", "share", "runs_as", "note"]]
-        bars = hv.Bars(df, "layer", ["time_us", "share", "runs_as", "note"]).opts(
-            tools=["hover"], xrotation=45, ylabel="time per inference (µs)", xlabel="", color="#3b6ea5",
-            responsive=True, height=280, title="Where the time goes", default_tools=["save"])
-        self.bars.object = bars
+        self._pipe.send(self._frame())
 
     def __panel__(self):
         return pn.Column(self.totals, self.bars, sizing_mode="stretch_width")
