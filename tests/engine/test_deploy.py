@@ -222,9 +222,6 @@ def test_cli_deploy_json_verify_and_bad_input(tmp_path, capsys):
 
 @pytest.mark.fashion
 def test_fashion_cnn_w4a4_matches_on_the_whole_test_set():
-    from engine.data import FASHION_DIRS
-    if not any(os.path.isdir(d) for d in FASHION_DIRS):
-        pytest.skip("Fashion-MNIST is not installed")
     data = load_dataset("fashion-mnist")
     applied, _, _ = prepare("cnn", "fashion-mnist", Plan.uniform(4, 4), Settings(steps=0), data=data)
     applied.model.eval()
