@@ -59,7 +59,9 @@ def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIM
         resume = Path(resume)
         if resume.is_file():
             saved = json.loads(resume.read_text())
-            norm = lambda d: {k: v for k, v in json.loads(json.dumps(d)).items() if k != "workers"}  # noqa: E731
+            # runs are keyed by plan, seed and budget: a study with more seeds reuses the runs it shares
+            free = ("workers", "seeds", "seeds_minor")
+            norm = lambda d: {k: v for k, v in json.loads(json.dumps(d)).items() if k not in free}  # noqa: E731
             if norm(saved.get("config", {})) != norm(cfg.to_dict()):
                 raise ValueError(f"{resume} was written by a study with another configuration")
             prior = {k: v for k, v in saved["done"].items() if "error" not in v}
@@ -166,7 +168,8 @@ def render_markdown(result: dict, plots_rel: str = "results") -> str:
     L.append(f"- Machine: {mach['cpus']} CPUs, {mach['platform']}, Python {mach['python']}, torch {mach['torch']}, "
              f"bitscape {mach['code_version']}; {cfg['workers']} worker process(es), one torch thread each. "
              + "; ".join(x for x in ((f"Load average before {result['load_before']}, after {result['load_after']}"
-                                      if result.get("load_after") else ""), result.get("load_observed") or "") if x)
+                                      if result.get("load_after") and result.get("load_before") else ""),
+                                     result.get("load_observed") or "") if x)
              + " (a shared machine: other work ran alongside, so wall times are inflated).")
     if result.get("resumed") and result["resumed"] == result["tasks"]:
         L.append(f"- Runtime: {result['total_wall_s'] / 60:.1f} min wall ({result['tasks']} runs; "

@@ -33,11 +33,12 @@ def section(cfg, ctx, done, plots):
         c = core.compare(a[(p, False)], a[(p, True)])
         gains[p], sig[p] = c["diff"], c["significant"]
         rows.append([label, core.fmt_ms(a[(p, False)]), core.fmt_ms(a[(p, True)]), core.fmt_diff(c)])
+    # a gain counts when it is positive and clears the seed noise (a single seed has no noise estimate)
     pos = [p for p, _ in PLANS if gains[p] > 0]
     strong = [p for p in pos if sig[p] is not False]
     if len(strong) == len(PLANS):
         verdict = "held"
-    elif pos:
+    elif strong:
         verdict = "partly held"
     else:
         verdict = "did not hold"

@@ -35,8 +35,8 @@ class Config:
     alps_steps: int = 60
     bsq_steps: int = 200
     bsq_strength: float = 20.0
-    seeds: tuple = (0, 1)              # headline comparisons
-    seeds_minor: tuple = (0,)          # secondary comparisons
+    seeds: tuple = (0, 1, 2)           # headline comparisons
+    seeds_minor: tuple = (0, 1)        # secondary comparisons
     val_limit: int | None = 2000       # validation subsample (selection only); the test set is whole
     lstm_epochs: float = 4.0
     pb_examples: int = 1000            # test images run through the packed bit-plane kernels
