@@ -126,34 +126,31 @@ class ResNet20(nn.Module):
         return self.fc(x)
 
 
-class RowLSTM(nn.Module):
-    """Reads an image row by row (one row a time step) with an LSTM; classifies the last state."""
+class _RowRecurrent(nn.Module):
+    """Reads an image row by row (one row a time step) with a recurrent layer; classifies the last
+    state. The layer is stored under the name of its kind ('lstm' or 'gru'), which plans use."""
+
+    cell: type[nn.Module] = nn.LSTM
+    layer_name = "lstm"
 
     def __init__(self, input_shape, num_classes, hidden=64):
         super().__init__()
         c, h, w = input_shape
-        self.lstm = nn.LSTM(c * w, hidden, batch_first=True)
+        setattr(self, self.layer_name, self.cell(c * w, hidden, batch_first=True))
         self.fc = nn.Linear(hidden, num_classes)
 
     def forward(self, x):
         x = x.permute(0, 2, 1, 3).flatten(2)  # (B, rows, C*W)
-        out, _ = self.lstm(x)
+        out, _ = getattr(self, self.layer_name)(x)
         return self.fc(out[:, -1])
 
 
-class RowGRU(nn.Module):
-    """Reads an image row by row with a GRU; classifies the last state."""
+class RowLSTM(_RowRecurrent):
+    cell, layer_name = nn.LSTM, "lstm"
 
-    def __init__(self, input_shape, num_classes, hidden=64):
-        super().__init__()
-        c, h, w = input_shape
-        self.gru = nn.GRU(c * w, hidden, batch_first=True)
-        self.fc = nn.Linear(hidden, num_classes)
 
-    def forward(self, x):
-        x = x.permute(0, 2, 1, 3).flatten(2)  # (B, rows, C*W)
-        out, _ = self.gru(x)
-        return self.fc(out[:, -1])
+class RowGRU(_RowRecurrent):
+    cell, layer_name = nn.GRU, "gru"
 
 
 @dataclass(frozen=True)

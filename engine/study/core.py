@@ -317,6 +317,16 @@ def fp32_of(done: dict, model: str) -> float | None:
     return None
 
 
+def gather(done: dict, model: str, keys: dict) -> tuple[dict, dict, float | None, list[str]]:
+    """Per plan: accuracies of its runs and their mean; the FP32 accuracy; what is missing."""
+    problems = errors(done, [k for ks in keys.values() for k in ks])
+    fp = fp32_of(done, model)
+    if fp is None and not problems:
+        problems = ["no FP32 accuracy"]
+    a = {p: accs(done, ks) for p, ks in keys.items()}
+    return a, {p: mean_sd(v)[0] for p, v in a.items()}, fp, problems
+
+
 def cost(ctx: dict, model: str, plan, profile: str, configs=None, batch: int | None = None):
     """Cost report of a plan (spec or dict) on a profile, from the main process's topology."""
     from ..cost import cost_topology

@@ -40,12 +40,9 @@ def section(cfg, ctx, done, plots):
     if "error" in b:
         return core.failed_section(__name__, [f"LSTM baseline: {b['error']}"])
     keys = {p: [core.key_ft(cfg.rnn, p, s, cfg.rnn_steps) for s in cfg.seeds_minor] for pair in PAIRS for p in pair}
-    problems = core.errors(done, [k for ks in keys.values() for k in ks])
-    fp = core.fp32_of(done, cfg.rnn)
-    if problems or fp is None:
-        return core.failed_section(__name__, problems or ["no FP32 accuracy"])
-    a = {p: core.accs(done, ks) for p, ks in keys.items()}
-    m = {p: core.mean_sd(v)[0] for p, v in a.items()}
+    a, m, fp, problems = core.gather(done, cfg.rnn, keys)
+    if problems:
+        return core.failed_section(__name__, problems)
     rows, cmp = [], {}
     for narrow, wide in PAIRS:
         c = core.compare(a[narrow], a[wide])

@@ -18,12 +18,9 @@ def tasks(cfg, ctx, done):
 
 def section(cfg, ctx, done, plots):
     keys = {p: [core.key_ft(cfg.model, p, s, cfg.steps) for s in cfg.seeds] for pair in PAIRS for p in pair}
-    problems = core.errors(done, [k for ks in keys.values() for k in ks])
-    fp = core.fp32_of(done, cfg.model)
-    if problems or fp is None:
-        return core.failed_section(__name__, problems or ["no FP32 accuracy"])
-    a = {p: core.accs(done, ks) for p, ks in keys.items()}
-    m = {p: core.mean_sd(v)[0] for p, v in a.items()}
+    a, m, fp, problems = core.gather(done, cfg.model, keys)
+    if problems:
+        return core.failed_section(__name__, problems)
     rows, cmp = [], {}
     for narrow, wide in PAIRS:
         c = core.compare(a[narrow], a[wide])
