@@ -47,6 +47,7 @@ typedef struct {
     int64_t M, N, kw;
     int ba, bw, simd;
     int64_t sa[8], sw[8];   /* plane weights: 2^j, or -2^(b-1) for a signed top plane */
+    const uint64_t *as;     /* AVX2 fast path (ba, bw <= 2): a split into nibbles by bs_split_avx2 */
     bp_out out;
 } bs_args;
 
@@ -103,7 +104,10 @@ void fa_portable(const fa_args *p, int64_t nb0, int64_t nb1);
 #define BP_X86 1
 void pack_avx2(const uint8_t *codes, int64_t R, int64_t K, int bits, uint64_t *planes, int64_t kw);
 void bs_avx2(const bs_args *p, int64_t n0, int64_t n1);
+/* (R, kw) words -> (R, kw/4, 2, 4): per 256-bit step, the low nibbles then the high nibbles (>> 4). */
+void bs_split_avx2(const uint64_t *a, int64_t R, int64_t kw, uint64_t *out);
 void i8_avx2(const i8_args *p, int64_t n0, int64_t n1);
+void i8_prep_avx2(const uint8_t *src, int64_t M, int64_t K, int64_t kb, int oa, int8_t *dst, int64_t *asum);
 void nm_avx2(const nm_args *p, int64_t n0, int64_t n1);
 void fa_avx2(const fa_args *p, int64_t nb0, int64_t nb1);
 #endif

@@ -120,8 +120,156 @@ TILE void bs_block(const bs_args *p, int64_t m, int64_t n, int64_t n1, const int
             bp_put(&p->out, m + r, n + c, tot[r][c]);
 }
 
+/* ---- bit-serial fast path for ba, bw <= 2: a pre-split into low/high nibbles (so each AND
+ *      yields a LUT index directly), all plane pairs of an output share one byte accumulator
+ *      through LUTs scaled by 2^(i+j); a negative pair uses 2^s*(4 - popcount), corrected by a
+ *      constant. Byte counters are flushed with vpsadbw before they can exceed 255. ---- */
+
+TGT void bs_split_avx2(const uint64_t *a, int64_t R, int64_t kw, uint64_t *out)
+{
+    const __m256i m4 = _mm256_set1_epi8(15);
+    for (int64_t v = 0; v < R * kw / 4; v++) {
+        const __m256i x = _mm256_loadu_si256((const __m256i *)(a + 4 * v));
+        _mm256_storeu_si256((__m256i *)(out + 8 * v), _mm256_and_si256(x, m4));
+        _mm256_storeu_si256((__m256i *)(out + 8 * v + 4), _mm256_and_si256(_mm256_srli_epi16(x, 4), m4));
+    }
+}
+
+TILE void bsf_block(const bs_args *p, const __m256i *lut, int64_t F, int64_t corr, int64_t m, int64_t n,
+                    int64_t n1, const int MR, const int NR, const int BA, const int BW)
+{
+    const int64_t kw = p->kw, nv = kw / 4;
+    const __m256i *ar[4][2], *wr[2][2];
+    for (int r = 0; r < MR; r++)
+        for (int i = 0; i < BA; i++)
+            ar[r][i] = (const __m256i *)(p->as + (imin(m + r, p->M - 1) * BA + i) * kw * 2);
+    for (int c = 0; c < NR; c++)
+        for (int j = 0; j < BW; j++)
+            wr[c][j] = (const __m256i *)(p->w + (imin(n + c, n1 - 1) * BW + j) * kw);
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i tot[4];
+    for (int r = 0; r < MR; r++)
+        tot[r] = zero;
+    for (int64_t v0 = 0; v0 < nv; v0 += F) {
+        const int64_t v1 = imin(nv, v0 + F);
+        __m256i acc[4][2];
+        for (int r = 0; r < MR; r++)
+            for (int c = 0; c < NR; c++)
+                acc[r][c] = zero;
+        for (int64_t v = v0; v < v1; v++)
+            for (int j = 0; j < BW; j++) {
+                __m256i wl[2], wh[2];
+                for (int c = 0; c < NR; c++) {
+                    wl[c] = _mm256_loadu_si256(wr[c][j] + v);
+                    wh[c] = _mm256_srli_epi16(wl[c], 4);
+                }
+                for (int i = 0; i < BA; i++) {
+                    const __m256i L = lut[i * 2 + j];
+                    for (int r = 0; r < MR; r++) {
+                        const __m256i lo = _mm256_loadu_si256(ar[r][i] + 2 * v);
+                        const __m256i hi = _mm256_loadu_si256(ar[r][i] + 2 * v + 1);
+                        for (int c = 0; c < NR; c++) {
+                            acc[r][c] = _mm256_add_epi8(acc[r][c], _mm256_shuffle_epi8(L, _mm256_and_si256(lo, wl[c])));
+                            acc[r][c] = _mm256_add_epi8(acc[r][c], _mm256_shuffle_epi8(L, _mm256_and_si256(hi, wh[c])));
+                        }
+                    }
+                }
+            }
+        /* each 64-bit lane of a vpsadbw is <= 8*255; column c goes to the 32-bit field c */
+        for (int r = 0; r < MR; r++) {
+            __m256i t = _mm256_sad_epu8(acc[r][0], zero);
+            if (NR == 2)
+                t = _mm256_add_epi64(t, _mm256_slli_epi64(_mm256_sad_epu8(acc[r][1], zero), 32));
+            tot[r] = _mm256_add_epi64(tot[r], t);
+        }
+    }
+    if (p->out.out32 && NR == 2 && (MR == 2 || MR == 4) && m + MR <= p->M && n + 2 <= n1) {
+        /* full tile, int32 output: each row's two 32-bit fields are its two adjacent outputs */
+        const __m256i h01 = _mm256_add_epi64(_mm256_unpacklo_epi64(tot[0], tot[1]),
+                                             _mm256_unpackhi_epi64(tot[0], tot[1]));
+        const __m256i c = _mm256_set1_epi32((int32_t)corr);
+        int32_t *o = p->out.out32 + m * p->out.N + n;
+        const int64_t N = p->out.N;
+        if (MR == 2) {
+            __m128i x = _mm_add_epi64(_mm256_castsi256_si128(h01), _mm256_extracti128_si256(h01, 1));
+            x = _mm_sub_epi32(x, _mm256_castsi256_si128(c));
+            _mm_storel_epi64((__m128i *)o, x);
+            _mm_storeh_pd((double *)(o + N), _mm_castsi128_pd(x));
+        } else {
+            const __m256i h23 = _mm256_add_epi64(_mm256_unpacklo_epi64(tot[2], tot[3]),
+                                                 _mm256_unpackhi_epi64(tot[2], tot[3]));
+            __m256i x = _mm256_add_epi64(_mm256_permute2x128_si256(h01, h23, 0x20),
+                                         _mm256_permute2x128_si256(h01, h23, 0x31));
+            x = _mm256_sub_epi32(x, c);
+            const __m128i lo = _mm256_castsi256_si128(x), hi = _mm256_extracti128_si256(x, 1);
+            _mm_storel_epi64((__m128i *)o, lo);
+            _mm_storeh_pd((double *)(o + N), _mm_castsi128_pd(lo));
+            _mm_storel_epi64((__m128i *)(o + 2 * N), hi);
+            _mm_storeh_pd((double *)(o + 3 * N), _mm_castsi128_pd(hi));
+        }
+        return;
+    }
+    for (int r = 0; r < MR && m + r < p->M; r++) {
+        const uint64_t h = hsum_epi64(tot[r]);
+        bp_put(&p->out, m + r, n, (int64_t)(h & 0xffffffffu) - corr);
+        if (NR == 2 && n + 1 < n1)
+            bp_put(&p->out, m + r, n + 1, (int64_t)(h >> 32) - corr);
+    }
+}
+
+TILE void bsf_run(const bs_args *p, const __m256i *lut, int64_t F, int64_t corr, int64_t n0, int64_t n1,
+                  const int MR, const int BA, const int BW)
+{
+    for (int64_t m = 0; m < p->M; m += MR) {
+        const int64_t mr = imin(MR, p->M - m);
+        for (int64_t n = n0; n < n1; n += 2) {
+            if (mr == MR)
+                bsf_block(p, lut, F, corr, m, n, n1, MR, 2, BA, BW);
+            else if (mr == 3)
+                bsf_block(p, lut, F, corr, m, n, n1, 3, 2, BA, BW);
+            else if (mr == 2)
+                bsf_block(p, lut, F, corr, m, n, n1, 2, 2, BA, BW);
+            else
+                bsf_block(p, lut, F, corr, m, n, n1, 1, 2, BA, BW);
+        }
+    }
+}
+
+static TGT void bsf_avx2(const bs_args *p, int64_t n0, int64_t n1)
+{
+    /* per step a byte counter gains <= 2 nibbles * 4 * 2^s summed over the plane pairs */
+    int64_t step = 0, corr = 0;
+    __m256i lut[4];
+    for (int i = 0; i < p->ba; i++)
+        for (int j = 0; j < p->bw; j++) {
+            const int64_t wgt = p->sa[i] * p->sw[j], s = wgt < 0 ? -wgt : wgt;
+            int8_t e[32];
+            for (int x = 0; x < 32; x++) {
+                const int pc = __builtin_popcount(x & 15);
+                e[x] = (int8_t)(s * (wgt < 0 ? 4 - pc : pc));
+            }
+            lut[i * 2 + j] = _mm256_loadu_si256((const __m256i *)e);
+            step += 8 * s;
+            if (wgt < 0)
+                corr += s * 256 * (p->kw / 4);  /* 64 nibbles per step, each offset by 4*s */
+        }
+    const int64_t F = 255 / step;
+    if (p->ba == 1 && p->bw == 1)
+        bsf_run(p, lut, F, corr, n0, n1, 4, 1, 1);
+    else if (p->ba == 1)
+        bsf_run(p, lut, F, corr, n0, n1, 4, 1, 2);
+    else if (p->bw == 1)
+        bsf_run(p, lut, F, corr, n0, n1, 2, 2, 1);
+    else
+        bsf_run(p, lut, F, corr, n0, n1, 2, 2, 2);
+}
+
 TGT void bs_avx2(const bs_args *p, int64_t n0, int64_t n1)
 {
+    if (p->as) {
+        bsf_avx2(p, n0, n1);
+        return;
+    }
     for (int64_t n = n0; n < n1; n += 4) {
         int64_t m = 0;
         for (; m + 1 < p->M; m += 2)
@@ -135,22 +283,22 @@ TGT void bs_avx2(const bs_args *p, int64_t n0, int64_t n1)
  *      <= 2*15*128 and int16 partial sums <= 30720, so nothing saturates ---- */
 
 TILE void i8_tile(const int8_t *const *ar, const uint8_t *const *wr, int64_t kb,
-                  int64_t s[4][4], const int MR, const int NR)
+                  int64_t s[4][2], const int MR, const int NR)
 {
     const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-    __m256i acc[4][4];
+    __m256i acc[4][2];
     for (int r = 0; r < MR; r++)
         for (int c = 0; c < NR; c++)
             acc[r][c] = _mm256_setzero_si256();
     /* int16 partial sums over up to 4 blocks: |sum| <= 4 * 2 * 2*15*128 = 30720 < 32768 */
     for (int64_t b0 = 0; b0 < kb; b0 += 4) {
         const int64_t b1 = imin(kb, b0 + 4);
-        __m256i acc16[4][4];
+        __m256i acc16[4][2];
         for (int r = 0; r < MR; r++)
             for (int c = 0; c < NR; c++)
                 acc16[r][c] = _mm256_setzero_si256();
         for (int64_t b = b0; b < b1; b++) {
-            __m256i wl[4], wh[4];
+            __m256i wl[2], wh[2];
             for (int c = 0; c < NR; c++) {
                 const __m256i v = _mm256_loadu_si256((const __m256i *)(wr[c] + 32 * b));
                 wl[c] = _mm256_and_si256(v, m4);
@@ -159,10 +307,9 @@ TILE void i8_tile(const int8_t *const *ar, const uint8_t *const *wr, int64_t kb,
             for (int r = 0; r < MR; r++) {
                 const __m256i al = _mm256_loadu_si256((const __m256i *)(ar[r] + 64 * b));
                 const __m256i ah = _mm256_loadu_si256((const __m256i *)(ar[r] + 64 * b + 32));
-                for (int c = 0; c < NR; c++) {
-                    acc16[r][c] = _mm256_add_epi16(acc16[r][c], _mm256_maddubs_epi16(wl[c], al));
-                    acc16[r][c] = _mm256_add_epi16(acc16[r][c], _mm256_maddubs_epi16(wh[c], ah));
-                }
+                for (int c = 0; c < NR; c++)
+                    acc16[r][c] = _mm256_add_epi16(acc16[r][c], _mm256_add_epi16(_mm256_maddubs_epi16(wl[c], al),
+                                                                                 _mm256_maddubs_epi16(wh[c], ah)));
             }
         }
         for (int r = 0; r < MR; r++)
@@ -176,13 +323,13 @@ TILE void i8_tile(const int8_t *const *ar, const uint8_t *const *wr, int64_t kb,
 
 TILE void i8_block(const i8_args *p, int64_t m, int64_t n, int64_t n1, const int MR, const int NR)
 {
-    int64_t tot[4][4] = {{0}};
+    int64_t tot[4][2] = {{0}};
     const int8_t *ar[4];
     for (int r = 0; r < MR; r++)
         ar[r] = p->a + imin(m + r, p->M - 1) * p->kb * 64;
     for (int d = 0; d < p->D; d++) {
-        const uint8_t *wr[4];
-        int64_t s[4][4];
+        const uint8_t *wr[2];
+        int64_t s[4][2];
         for (int c = 0; c < NR; c++)
             wr[c] = p->w + (imin(n + c, n1 - 1) * p->D + d) * p->kb * 32;
         i8_tile(ar, wr, p->kb, s, MR, NR);
@@ -198,14 +345,49 @@ TILE void i8_block(const i8_args *p, int64_t m, int64_t n, int64_t n1, const int
 
 TGT void i8_avx2(const i8_args *p, int64_t n0, int64_t n1)
 {
-    if (p->M == 1) {
-        for (int64_t n = n0; n < n1; n += 4)
-            i8_block(p, 0, n, n1, 1, 4);
-        return;
+    /* row blocks outer: the 4 activation rows stay in L1 while the weight panel streams by */
+    for (int64_t m = 0; m < p->M; m += 4) {
+        const int64_t mr = imin(4, p->M - m);
+        for (int64_t n = n0; n < n1; n += 2) {
+            if (mr == 4)
+                i8_block(p, m, n, n1, 4, 2);
+            else if (mr == 3)
+                i8_block(p, m, n, n1, 3, 2);
+            else if (mr == 2)
+                i8_block(p, m, n, n1, 2, 2);
+            else
+                i8_block(p, m, n, n1, 1, 2);
+        }
     }
-    for (int64_t n = n0; n < n1; n += 2)
-        for (int64_t m = 0; m < p->M; m += 2)
-            i8_block(p, m, n, n1, 2, 2);
+}
+
+/* Activations for the int8-dot kernel: a' = a (signed) or a - 128 (unsigned, oa = 128) into
+ * zero-padded rows of kb*64 bytes, plus the row sums of a'. */
+TGT void i8_prep_avx2(const uint8_t *src, int64_t M, int64_t K, int64_t kb, int oa, int8_t *dst, int64_t *asum)
+{
+    const __m256i flip = _mm256_set1_epi8((char)0x80), zero = _mm256_setzero_si256();
+    for (int64_t m = 0; m < M; m++) {
+        const uint8_t *s = src + m * K;
+        int8_t *d = dst + m * kb * 64;
+        __m256i acc = zero;  /* sums of a' + 128 (as u8) in 64-bit lanes */
+        int64_t k = 0, tail = 0;
+        for (; k + 32 <= K; k += 32) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(s + k));
+            if (oa)
+                v = _mm256_xor_si256(v, flip);          /* a - 128 as int8 */
+            if (dst)
+                _mm256_storeu_si256((__m256i *)(d + k), v);
+            acc = _mm256_add_epi64(acc, _mm256_sad_epu8(_mm256_xor_si256(v, flip), zero));
+        }
+        for (; k < K; k++) {
+            const int v = oa ? (int)s[k] - 128 : (int)(int8_t)s[k];
+            if (dst)
+                d[k] = (int8_t)v;
+            tail += v;
+        }
+        if (asum)
+            asum[m] = (int64_t)hsum_epi64(acc) - 128 * (K / 32 * 32) + tail;
+    }
 }
 
 /* ---- 2:4 sparse: gather kept activations with two vpshufb + blend, then u8 x s8 madd.

@@ -123,6 +123,8 @@ static int check_codes(const char *fn, const char *name, const Py_buffer *v, int
                      sgn ? "signed" : "unsigned");
         return -1;
     }
+    if (bits == 8)
+        return 0;  /* every int8 / uint8 value is an 8-bit code */
     const Py_ssize_t n = v->len;
     int lo = 255, hi = -128;
     if (sgn) {
@@ -376,9 +378,24 @@ static PyObject *py_gemm_bitserial(PyObject *self, PyObject *args)
         p.sa[i] = (as && i == ba - 1) ? -((int64_t)1 << i) : (int64_t)1 << i;
         p.sw[i] = (ws && i == bw - 1) ? -((int64_t)1 << i) : (int64_t)1 << i;
     }
+    uint64_t *split = NULL;
+    if (p.simd && ba <= 2 && bw <= 2) {  /* the AVX2 fast path reads a split into nibbles */
+        split = PyMem_RawMalloc((size_t)(M * ba * kw * 2) * sizeof(uint64_t));
+        if (!split) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+    }
     Py_BEGIN_ALLOW_THREADS
+#ifdef BP_X86
+    if (split) {
+        bs_split_avx2(p.a, M * ba, kw, split);
+        p.as = split;
+    }
+#endif
     bp_run(bs_task, &p, parts_for(threads, (N + 3) / 4));
     Py_END_ALLOW_THREADS
+    PyMem_RawFree(split);
     rel(&w);
     rel(&a);
     rel(&o);
@@ -419,9 +436,16 @@ static PyObject *py_gemm_int8(PyObject *self, PyObject *args)
     }
     if (get_out(fn, oo, M, N, (int64_t)K * max_abs(bw, ws) * max_abs(ba, as), &o, &p.out) < 0)
         goto fail;
-    int8_t *ap = PyMem_RawCalloc((size_t)(M * kb * 64), 1);
+    p.D = bw <= 4 ? 1 : 2;
+    p.ow = ws ? (int64_t)1 << (bw - 1) : 0;
+    p.oa = (!as && ba == 8) ? 128 : 0;
+    p.simd = simd();
+    /* the kernels read rows of kb*64 int8 values a' = a - oa; signed rows already padded to a
+     * multiple of 64 are read in place on the AVX2 path */
+    const int in_place = p.simd && p.oa == 0 && K % 64 == 0;
+    int8_t *ap = in_place ? NULL : PyMem_RawCalloc((size_t)(M * kb * 64), 1);
     int64_t *asum = PyMem_RawCalloc((size_t)M, sizeof(int64_t));
-    if (!ap || !asum) {
+    if ((!in_place && !ap) || !asum) {
         PyMem_RawFree(ap);
         PyMem_RawFree(asum);
         PyErr_NoMemory();
@@ -429,18 +453,19 @@ static PyObject *py_gemm_int8(PyObject *self, PyObject *args)
     }
     p.w = w.buf;
     p.usum = s.buf;
-    p.a = ap;
+    p.a = in_place ? (const int8_t *)a.buf : ap;
     p.asum = asum;
     p.M = M;
     p.N = N;
     p.kb = kb;
     p.K = K;
-    p.D = bw <= 4 ? 1 : 2;
-    p.ow = ws ? (int64_t)1 << (bw - 1) : 0;
-    p.oa = (!as && ba == 8) ? 128 : 0;
-    p.simd = simd();
     Py_BEGIN_ALLOW_THREADS
     const uint8_t *src = a.buf;
+#ifdef BP_X86
+    if (p.simd)
+        i8_prep_avx2(src, M, K, kb, (int)p.oa, ap, p.ow ? asum : NULL);
+    else
+#endif
     for (Py_ssize_t m = 0; m < M; m++) {
         int64_t sum = 0;
         for (Py_ssize_t k = 0; k < K; k++) {
