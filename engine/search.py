@@ -1,5 +1,6 @@
 """Mixed-precision search: the per-layer search space, the greedy sensitivity path and the joint
-multi-objective (NSGA-II) search with estimate-then-fine-tune.
+multi-objective search (Optuna's NSGA-II, or random sampling as the baseline) with
+estimate-then-fine-tune.
 
 Both searches take an ``evaluate(plans, settings, labels) -> list[Evaluation]`` function (see
 ``engine.sweep.Sweep.evaluate``), so they never care whether jobs run locally, on Dask or come
@@ -102,68 +103,27 @@ class SearchSpace:
             p[f"space{sid}.widen"] = snap(k, self.widen)
         return p
 
+    def params_of(self, plan: Plan) -> dict:
+        """Parameters of any plan (e.g. a greedy-path plan, for seeding a search), each choice
+        snapped to the nearest one in the space (FP32 to the highest bits; widening of a space
+        from its first producer)."""
+        snap = lambda v, opts: min(opts, key=lambda o: (abs(o - v), -o))  # noqa: E731
+        cfgs = plan.resolve(self.names)
+        p = {}
+        for n in self.names:
+            c = cfgs[n]
+            p[f"{n}.w"], p[f"{n}.a"] = snap(c.w_bits, self.w_bits), snap(c.a_bits, self.a_bits)
+            if n in self.nm_layers and len(self.sparsity) > 1:
+                p[f"{n}.sp"] = c.sparsity if c.sparsity in self.sparsity else "none"
+        for sid, prods in self.widen_spaces.items():
+            p[f"space{sid}.widen"] = snap(cfgs[prods[0]].widen, self.widen)
+        return p
+
     def random_params(self, rng: np.random.Generator) -> dict:
         class _T:
             def suggest_categorical(self, _name, choices):
                 return choices[int(rng.integers(len(choices)))]
         return self._suggest_params(_T())
-
-
-def nondominated_ranks(values: np.ndarray) -> np.ndarray:
-    """Front index (0 = Pareto front) of every row; all objectives maximised; NaN rows last."""
-    v = np.asarray(values, dtype=float)
-    n = len(v)
-    rank = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
-    ok = np.all(np.isfinite(v), axis=1)
-    left = set(np.flatnonzero(ok).tolist())
-    r = 0
-    while left:
-        idx = np.array(sorted(left))
-        g = v[idx]
-        ge = np.all(g[None, :, :] >= g[:, None, :], axis=2)
-        gt = np.any(g[None, :, :] > g[:, None, :], axis=2)
-        dominated = np.any(ge & gt, axis=1)
-        front = idx[~dominated]
-        rank[front] = r
-        left -= set(front.tolist())
-        r += 1
-    return rank
-
-
-def crowding_distance(values: np.ndarray) -> np.ndarray:
-    """NSGA-II crowding distance of each row within its set (boundary rows: infinity)."""
-    v = np.asarray(values, dtype=float)
-    n = len(v)
-    d = np.zeros(n)
-    if n <= 2:
-        return np.full(n, np.inf)
-    for j in range(v.shape[1]):
-        order = np.argsort(v[:, j], kind="mergesort")
-        lo, hi = v[order[0], j], v[order[-1], j]
-        d[order[0]] = d[order[-1]] = np.inf
-        if hi > lo:
-            d[order[1:-1]] += (v[order[2:], j] - v[order[:-2], j]) / (hi - lo)
-    return d
-
-
-def select_promising(values: np.ndarray, k: int) -> list[int]:
-    """k row indices by NSGA-II survivor selection: whole non-dominated fronts in order, the last
-    front that does not fit thinned by crowding distance (extremes first, then the least crowded)."""
-    ranks = nondominated_ranks(values)
-    v = np.asarray(values, dtype=float)
-    chosen: list[int] = []
-    for r in sorted(set(ranks[ranks < np.iinfo(np.int64).max].tolist())):
-        room = k - len(chosen)
-        if room <= 0:
-            break
-        front = np.flatnonzero(ranks == r)
-        if len(front) <= room:
-            chosen += [int(i) for i in front]
-        else:
-            cd = crowding_distance(v[front])
-            order = sorted(range(len(front)), key=lambda j: (-cd[j], j))
-            chosen += [int(front[j]) for j in order[:room]]
-    return chosen
 
 
 def hv_gain_picks(pred: np.ndarray, current: np.ndarray, ref: Sequence[float], k: int) -> list[int]:
@@ -243,195 +203,186 @@ def greedy_search(evaluate: Callable, names: Sequence[str], order: Sequence[str]
     return plans, evs
 
 
+
+
 # ---- joint multi-objective search ---------------------------------------------------------------
 UNIFORM_SEEDS = ((8, 8, 1.0), (4, 4, 1.0), (2, 2, 1.0), (8, 8, 2.0), (4, 4, 2.0), (2, 2, 2.0))
-
-
-def _choices(space: SearchSpace, key: str) -> list:
-    if key.endswith(".widen"):
-        return list(space.widen)
-    if key.endswith(".sp"):
-        return list(space.sparsity)
-    return list(space.w_bits if key.endswith(".w") else space.a_bits)
-
-
-def vary(space: SearchSpace, parents: Sequence[dict], rng: np.random.Generator) -> dict:
-    """One NSGA-II-style offspring of ``parents`` (parameter dicts): uniform crossover of two parents
-    (half the time), then one or two genes moved to a neighbouring choice (bits up/down a notch,
-    widening or sparsity switched)."""
-    a = parents[int(rng.integers(len(parents)))]
-    child = dict(a)
-    if len(parents) > 1 and rng.random() < 0.5:
-        b = parents[int(rng.integers(len(parents)))]
-        child = {k: (a[k] if rng.random() < 0.5 else b.get(k, a[k])) for k in a}
-    keys = sorted(child)
-    for _ in range(1 + int(rng.random() < 0.5)):
-        k = keys[int(rng.integers(len(keys)))]
-        opts = _choices(space, k)
-        if len(opts) < 2:
-            continue
-        i = opts.index(child[k]) if child[k] in opts else 0
-        j = i + (1 if rng.random() < 0.5 else -1)
-        child[k] = opts[j if 0 <= j < len(opts) else i - (j - i)]
-    return child
+SAMPLERS = ("nsga2", "random")
 
 
 def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
+def default_population(first: int, n_seeds: int) -> int:
+    """NSGA-II population for a first round of ``first`` estimates: the seed plans plus a couple of
+    random ones fit generation 0 where the budget allows at least three generations, and never
+    fewer than 4 (at most 16)."""
+    return max(4, min(16, max(n_seeds + 2, first // 4), max(4, first // 3)))
+
+
+def make_sampler(sampler: str, seed: int, population: int):
+    import optuna
+    if sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
+    if sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {sampler!r}; samplers are {', '.join(SAMPLERS)}")
+
+
+class _Quiet:
+    """Optuna's INFO lines off while a search runs (progress goes through the sweep's callback)."""
+
+    def __enter__(self):
+        import optuna
+        self.level = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def __exit__(self, *exc):
+        import optuna
+        optuna.logging.set_verbosity(self.level)
+
+
 def joint_search(evaluate: Callable, space: SearchSpace, objective: Callable, estimate_settings, finetune_settings,
                  budget: int, finetune: int, sampler: str = "nsga2", seed: int = 0, population: int | None = None,
                  seeds: Sequence[tuple[int, int, float]] = UNIFORM_SEEDS, rounds: int | None = None,
-                 acc_margin: float = 0.10):
-    """Estimate-then-fine-tune search over the space, in rounds.
+                 acc_margin: float = 0.10, seed_plans: Sequence[Plan] = ()):
+    """Estimate-then-fine-tune search over the space with Optuna (ask/tell), in rounds.
 
-    Round 1: NSGA-II (or random sampling) over candidates scored by the no-training estimate, both
-    starting from the same generation 0 (the uniform ``seeds`` plus random plans); its share of the fine-tunes goes to the
-    most promising by non-dominated rank and crowding distance of (estimate, cost objectives).
-    Each later round is a generation seeded by the fine-tuned results: offspring of the fine-tuned
-    front and of the best-predicted candidates (crossover + neighbour mutation; ``random``: fresh
-    random samples instead), estimated; then a line fitted to the (estimate, fine-tuned) pairs so
-    far predicts every unfine-tuned candidate's fine-tuned accuracy, and the round's fine-tunes go
-    to the candidates that add most to the hypervolume of the fine-tuned front (reference:
-    baseline validation accuracy - ``acc_margin``, costs 0), by rank and crowding when none adds.
+    One multi-objective study (maximise validation accuracy and each cost objective) with
+    ``sampler``: ``nsga2`` = ``optuna.samplers.NSGAIISampler`` (seeded), ``random`` =
+    ``optuna.samplers.RandomSampler`` (seeded), the baseline. Both start from the same enqueued
+    plans: the uniform ``seeds`` (w bits, a bits, widening) then ``seed_plans`` (e.g. the greedy
+    sensitivity path), so the only difference between the two is what the sampler proposes.
+
+    Candidates are asked a generation at a time (``population`` trials; default from the budget,
+    see ``default_population``), scored by the no-training estimate in one batch through
+    ``evaluate`` and told to the study. A proposal whose plan was already estimated is told its
+    known values without spending budget (so ``budget`` counts distinct plans).
+
+    Each round ends with fine-tunes: a line fitted to the (estimate, fine-tuned) validation
+    accuracy pairs so far (``FinetunePredictor``; none yet: the estimate itself) predicts every
+    open candidate's fine-tuned accuracy, and the round's fine-tunes go to the candidates that
+    add most to the hypervolume of the fine-tuned front (reference: baseline validation accuracy
+    - ``acc_margin``, cost objectives at 0 or below their lowest value), then, when nothing adds,
+    by gain against the lowest predicted accuracy as reference.
 
     ``budget`` estimates and ``finetune`` fine-tunes in all, whatever the sampler. ``rounds``
-    defaults to one per two fine-tunes (at most 3); later rounds share a third of the estimates.
-    Every estimated plan is new (no plan is estimated twice); seeded, so a rerun proposes the same.
+    defaults to one per two fine-tunes (at most 3); the later rounds share a third of the
+    estimates. Seeded: a rerun proposes the same plans (so a sweep resumes from the store).
     ``objective(plan, ev) -> tuple`` gives the cost objectives to maximise (e.g. throughput, or
-    -size). Returns (estimate plans, estimate evaluations, fine-tune plans, fine-tune evaluations).
+    -size). Returns (estimate plans, estimate evaluations, fine-tune plans, fine-tune evaluations):
+    the estimates' records are ``estimated``, the fine-tunes' ``fine-tuned`` (or ``failed``).
     """
-    if sampler not in ("nsga2", "random"):
-        raise ValueError(f"unknown sampler {sampler!r}")
+    import optuna
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; samplers are {', '.join(SAMPLERS)}")
+    budget = max(1, int(budget))
     rounds = rounds or max(1, min(3, finetune // 2))
     rounds = max(1, min(rounds, max(finetune, 1), budget))
     ft_split = _split(max(finetune, 0), rounds)
-    later = _split(budget // 3, rounds - 1) if rounds > 1 else []
-    later = [max(1, n) for n in later]
+    later = [max(1, n) for n in _split(budget // 3, rounds - 1)] if rounds > 1 else []
     first = max(1, budget - sum(later))
-    pop = population or min(16, max(len(seeds) + 2, first // 4))
-    n_obj = 1 + len(objective(space.plan_from(space.uniform_params(8, 8)), None))
-    rng = np.random.default_rng(seed + 7919)
+    est_split = [first] + later
+    while sum(est_split) > budget and est_split[-1] > 0:   # tiny budgets: never more than asked
+        est_split[-1] -= 1
 
-    cands: list[dict] = []            # params, plan, est (ev), est_v (values), ft (ev), ft_v (values)
-    seen: set[str] = set()
+    enqueue, digests = [], set()
+    for p in [space.uniform_params(w, a, k) for w, a, k in seeds] + [space.params_of(p) for p in seed_plans]:
+        d = space.plan_from(p).digest()
+        if d not in digests:
+            digests.add(d)
+            enqueue.append(p)
+    pop = population or default_population(first, len(enqueue))
+    n_obj = 1 + len(objective(space.plan_from(space.uniform_params(8, 8)), None))
+
+    cands: list[dict] = []        # plan, est (ev), est_v (values), ft (ev), ft_v (values), in order estimated
+    by_digest: dict[str, int] = {}
     est_plans, est_evs, ft_plans, ft_evs = [], [], [], []
 
     def values_of(plan, ev):
         if ev is None or ev.status == "failed" or ev.val_accuracy is None:
-            return [math.nan] * n_obj
-        return [ev.val_accuracy, *objective(plan, ev)]
+            return None
+        return [float(ev.val_accuracy), *map(float, objective(plan, ev))]
 
-    def estimate(params_list, labels):
-        plans = [space.plan_from(p) for p in params_list]
-        evs = evaluate(plans, estimate_settings, labels)
-        out = []
-        for p, plan, ev in zip(params_list, plans, evs):
-            est_plans.append(plan)
-            est_evs.append(ev)
-            v = values_of(plan, ev)
-            d = plan.digest()
-            if d not in seen:
-                seen.add(d)
-                cands.append({"params": p, "plan": plan, "est": ev, "est_v": v, "ft": None, "ft_v": None})
-            out.append(v)
-        return out
+    with _Quiet():
+        study = optuna.create_study(directions=["maximize"] * n_obj, sampler=make_sampler(sampler, seed, pop))
+        for p in enqueue:
+            study.enqueue_trial(p)
 
-    def fine_tune(idx):
-        if not idx:
-            return
-        plans = [cands[i]["plan"] for i in idx]
-        evs = evaluate(plans, finetune_settings, [f"{sampler} fine-tune {len(ft_plans) + j}" for j in range(len(idx))])
-        for i, plan, ev in zip(idx, plans, evs):
-            cands[i]["ft"], cands[i]["ft_v"] = ev, values_of(plan, ev)
-            ft_plans.append(plan)
-            ft_evs.append(ev)
+        def generation(n: int, round_no: int) -> int:
+            """Ask up to ``n`` new plans (one batch, never past the current NSGA-II generation),
+            estimate them, tell the study; returns how many were estimated."""
+            told = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+            n = min(n, pop - told % pop)
+            trials, new, labels = [], [], []
+            for _ in range(n):
+                t = study.ask()
+                t.relative_params   # noqa: B018  (NSGA-II records a trial's generation here; an
+                #                     enqueued trial never asks for it, and would be left out)
+                plan = space.suggest(t)
+                trials.append((t, plan))
+                d = plan.digest()
+                if d not in by_digest and all(q.digest() != d for q in new):
+                    new.append(plan)
+                    labels.append(f"{sampler} r{round_no + 1} {len(cands) + len(new) - 1}")
+            evs = evaluate(new, estimate_settings, labels) if new else []
+            for plan, ev in zip(new, evs):
+                by_digest[plan.digest()] = len(cands)
+                cands.append({"plan": plan, "est": ev, "est_v": values_of(plan, ev), "ft": None, "ft_v": None})
+                est_plans.append(plan)
+                est_evs.append(ev)
+            for t, plan in trials:
+                v = cands[by_digest[plan.digest()]]["est_v"]
+                if v is None:
+                    study.tell(t, state=optuna.trial.TrialState.FAIL)
+                else:
+                    study.tell(t, v)
+            return len(new)
 
-    def fresh(n, make):
-        out = []
-        tries = 0
-        while len(out) < n and tries < 50 * n + 50:
-            tries += 1
-            child = make()
-            d = space.plan_from(child).digest()
-            if d not in seen and all(space.plan_from(o).digest() != d for o in out):
-                out.append(child)
-        return out
-
-    # round 1: generation 0 = the uniform seeds topped up with random plans (the same for both
-    # samplers); then NSGA-II generations (binary tournaments on rank and crowding, crossover,
-    # neighbour mutation, survivors by rank and crowding) or, for ``random``, random plans
-    gen0 = [space.uniform_params(w, a, k) for w, a, k in seeds[:first]]
-    gen0 = [p for i, p in enumerate(gen0) if all(space.plan_from(q).digest() != space.plan_from(p).digest()
-                                                 for q in gen0[:i])]
-    gen0 += fresh(max(0, min(pop, first) - len(gen0)), lambda: space.random_params(rng))
-    vals = estimate(gen0, [f"{sampler} {i}" for i in range(len(gen0))])
-    population_ = [(p, v) for p, v in zip(gen0, vals)]
-    done = len(gen0)
-    while done < first:
-        n = min(pop, first - done)
-        if sampler == "nsga2":
-            pv = np.array([v for _, v in population_], dtype=float).reshape(-1, n_obj)
-            rank = nondominated_ranks(pv)
-            crowd = np.zeros(len(pv))
-            for r in set(rank.tolist()):
-                m = rank == r
-                crowd[m] = crowding_distance(pv[m])
-
-            def tournament():
-                i, j = rng.integers(len(population_), size=2)
-                better = i if (rank[i], -crowd[i]) <= (rank[j], -crowd[j]) else j
-                return population_[int(better)][0]
-            kids = fresh(n, lambda: vary(space, [tournament(), tournament()], rng))
-        else:
-            kids = fresh(n, lambda: space.random_params(rng))
-        if not kids:
-            break
-        vals = estimate(kids, [f"{sampler} {done + i}" for i in range(len(kids))])
-        population_ += list(zip(kids, vals))
-        if sampler == "nsga2":
-            pv = np.array([v for _, v in population_], dtype=float).reshape(-1, n_obj)
-            population_ = [population_[i] for i in select_promising(pv, pop)]
-        done += len(kids)
-    est_v = np.array([c["est_v"] for c in cands], dtype=float).reshape(-1, n_obj)
-    fine_tune(select_promising(est_v, ft_split[0]) if ft_split[0] > 0 else [])
-
-    # later rounds: a generation seeded by the fine-tuned results, then fine-tunes by predicted gain
-    for r in range(1, rounds):
-        tuned = [i for i, c in enumerate(cands) if c["ft_v"] is not None and not math.isnan(c["ft_v"][0])]
-        predict = FinetunePredictor([cands[i]["est_v"][0] for i in tuned], [cands[i]["ft_v"][0] for i in tuned])
-
-        def predicted(i):
-            c = cands[i]
-            return [float(predict(c["est_v"][0])), *c["est_v"][1:]]
-        if sampler == "nsga2":
-            ft_vals = np.array([cands[i]["ft_v"] for i in tuned], dtype=float).reshape(-1, n_obj)
-            parents = [cands[tuned[j]]["params"] for j in np.flatnonzero(nondominated_ranks(ft_vals) == 0)]
-            open_ = [i for i, c in enumerate(cands) if c["ft"] is None]
-            pv = np.array([predicted(i) for i in open_], dtype=float).reshape(-1, n_obj)
-            parents += [cands[open_[j]]["params"] for j in select_promising(pv, max(2, pop // 2))]
-            parents = parents or [c["params"] for c in cands]
-        offspring = fresh(later[r - 1], (lambda: vary(space, parents, rng)) if sampler == "nsga2"
-                          else (lambda: space.random_params(rng)))
-        estimate(offspring, [f"{sampler} g{r + 1} {i}" for i in range(len(offspring))])
-        if ft_split[r] <= 0:
-            continue
-        open_ = [i for i, c in enumerate(cands) if c["ft"] is None and not math.isnan(c["est_v"][0])]
-        if not open_:
-            break
-        pv = np.array([predicted(i) for i in open_], dtype=float).reshape(-1, n_obj)
-        cur = np.array([cands[i]["ft_v"] for i in tuned], dtype=float).reshape(-1, n_obj)
-        base_val = next((c["est"].baseline_val_accuracy for c in cands
-                         if c["est"] is not None and c["est"].baseline_val_accuracy is not None), None)
-        acc_ref = (base_val - acc_margin) if base_val is not None else float(np.nanmin(cur[:, 0])) if len(cur) else 0.0
-        allv = np.vstack([cur, pv]) if len(cur) else pv
-        cost_ref = [0.0 if np.nanmin(allv[:, j]) >= 0 else
-                    float(np.nanmin(allv[:, j]) - 0.1 * (np.nanmax(allv[:, j]) - np.nanmin(allv[:, j]) + 1e-12))
-                    for j in range(1, n_obj)]
-        picks = hv_gain_picks(pv, cur, [acc_ref, *cost_ref], ft_split[r])
-        if len(picks) < ft_split[r]:
-            rest = [j for j in range(len(open_)) if j not in picks]
-            picks += [rest[j] for j in select_promising(pv[rest], ft_split[r] - len(picks))]
-        fine_tune([open_[j] for j in picks])
+        for r in range(rounds):
+            done, asks = 0, 0
+            while done < est_split[r] and asks < 20 * est_split[r] + 20:
+                got = generation(est_split[r] - done, r)
+                done += got
+                asks += 1
+            if ft_split[r] > 0:
+                picks = _finetune_picks(cands, ft_split[r], n_obj, acc_margin)
+                if picks:
+                    plans = [cands[i]["plan"] for i in picks]
+                    evs = evaluate(plans, finetune_settings,
+                                   [f"{sampler} fine-tune {len(ft_plans) + j}" for j in range(len(picks))])
+                    for i, plan, ev in zip(picks, plans, evs):
+                        cands[i]["ft"], cands[i]["ft_v"] = ev, values_of(plan, ev)
+                        ft_plans.append(plan)
+                        ft_evs.append(ev)
     return est_plans, est_evs, ft_plans, ft_evs
+
+
+def _finetune_picks(cands: list[dict], k: int, n_obj: int, acc_margin: float) -> list[int]:
+    """Indices of the ``k`` open candidates to fine-tune: most hypervolume added to the fine-tuned
+    front under the estimate -> fine-tuned predictor (see ``joint_search``)."""
+    tuned = [c for c in cands if c["ft_v"] is not None]
+    open_ = [i for i, c in enumerate(cands) if c["ft"] is None and c["est_v"] is not None]
+    if not open_:
+        return []
+    predict = FinetunePredictor([c["est_v"][0] for c in tuned], [c["ft_v"][0] for c in tuned])
+    pv = np.array([[float(predict(cands[i]["est_v"][0])), *cands[i]["est_v"][1:]] for i in open_],
+                  dtype=float).reshape(-1, n_obj)
+    cur = np.array([c["ft_v"] for c in tuned], dtype=float).reshape(-1, n_obj)
+    base_val = next((c["est"].baseline_val_accuracy for c in cands
+                     if c["est"] is not None and c["est"].baseline_val_accuracy is not None), None)
+    allv = np.vstack([cur, pv])
+    acc_ref = base_val - acc_margin if base_val is not None else float(np.min(allv[:, 0]))
+    cost_ref = [0.0 if np.min(allv[:, j]) >= 0 else
+                float(np.min(allv[:, j]) - 0.1 * (np.ptp(allv[:, j]) + 1e-12)) for j in range(1, n_obj)]
+    picks = hv_gain_picks(pv, cur, [acc_ref, *cost_ref], k)
+    if len(picks) < k:      # nothing left above the reference: gain against the lowest prediction
+        low = float(np.min(allv[:, 0])) - 1e-6
+        rest = [j for j in range(len(open_)) if j not in picks]
+        more = hv_gain_picks(pv[rest], np.vstack([cur, pv[picks]]) if picks else cur, [low, *cost_ref],
+                             k - len(picks))
+        picks += [rest[j] for j in more]
+    if len(picks) < k:      # all predictions dominated: the first open candidates, in order
+        picks += [j for j in range(len(open_)) if j not in picks][:k - len(picks)]
+    return [open_[j] for j in picks]

@@ -1,4 +1,4 @@
-"""Sweeps: run a search (joint NSGA-II, random, or the greedy sensitivity path) through the job
+"""Sweeps: run a search (joint NSGA-II with Optuna, random, or the greedy sensitivity path) through the job
 runner, write every Evaluation to the store, and report the frontier.
 
 Resumable: each plan's cache key (plan, model, dataset, settings incl. seed, code version) is
@@ -205,7 +205,9 @@ def run_sweep(model: str, dataset: str, profile: str, budget: int, finetune: int
     eval_limit: score estimates on that many validation examples and not on test (the search
     selects on validation); fine-tunes are always scored on the full validation and test splits,
     and estimated points that reach the frontier are scored again on both in full before it is
-    reported; rounds: estimate/fine-tune rounds of the joint search (see ``joint_search``).
+    reported; rounds: estimate/fine-tune rounds of the joint search (see ``joint_search``);
+    order: the sensitivity order of the greedy path, and of the greedy seed plans (uniform 4 bits
+    lowered to 2 one layer at a time) that nsga2 and random both start from with the uniform seeds.
 
     The reported hypervolume is of (test accuracy, throughput) with the reference point
     (FP32 test accuracy - 0.10, throughput 0).
@@ -241,10 +243,13 @@ def run_sweep(model: str, dataset: str, profile: str, budget: int, finetune: int
         est = Settings(**{**ft.to_dict(), "steps": 0, "eval_limit": eval_limit, "score_test": eval_limit is None})
         if method == "greedy":
             from .sensitivity import sensitivity
-            sens = sensitivity(order, model, dataset, **({"runner": runner, "store": store} if order == "alps" else {}))
+            sens = sensitivity(order, model, dataset, baseline=baseline, data=data,
+                               **({"runner": runner, "store": store} if order == "alps" else {}))
             greedy_search(sw.evaluate, sw.names, sens.order(), ft if finetune else est, budget=budget)
         else:
             from .cost import load_profile
+            from .search import greedy_plans
+            from .sensitivity import sensitivity
             if sparsity is None:
                 sparsity = ("none", "2:4") if load_profile(profile).nm_patterns or third == "size_bytes" else ("none",)
             space = SearchSpace.from_topology(sw.topo, sparsity=sparsity)
@@ -252,8 +257,13 @@ def run_sweep(model: str, dataset: str, profile: str, budget: int, finetune: int
             def objective(plan, ev):
                 c = (ev.costs.get(sw.profile) if ev is not None else None) or sw.costs(plan)
                 return (c["throughput"],) + ((-c[third],) if third else ())
+            # seed plans (both samplers): the greedy path from uniform 4 bits to 2 bits in the
+            # ``order`` sensitivity order, least sensitive layer first (the ends are uniform seeds)
+            sens = sensitivity(order, model, dataset, baseline=baseline, data=data,
+                               **({"runner": runner, "store": store} if order == "alps" else {}))
+            path = greedy_plans(sw.names, sens.order(), ladder=(4, 2))[1:-1]
             joint_search(sw.evaluate, space, objective, est, ft, budget, finetune, sampler=method, seed=seed,
-                         population=population, rounds=rounds)
+                         population=population, rounds=rounds, seed_plans=path)
         points = sw.frame()
         front = frontier_of(points, third)
         if len(front) and front["test_accuracy"].isna().any():

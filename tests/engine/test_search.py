@@ -4,8 +4,7 @@ import pytest
 from engine.evaluation import Settings
 from engine.frontier import pareto
 from engine.plan import Plan
-from engine.search import (SearchSpace, greedy_plans, greedy_search, nondominated_ranks, plan_label,
-                           select_promising)
+from engine.search import SearchSpace, greedy_plans, greedy_search, plan_label
 from engine.sweep import Sweep
 
 
@@ -28,15 +27,6 @@ def test_search_space_plans_are_valid_for_the_network(lenet_topo):
         Plan.from_dict(plan.to_dict())
     u = space.plan_from(space.uniform_params(4, 4))
     assert plan_label(u, lenet_topo.names) == "|".join(["W4A4"] * 5)
-
-
-def test_nondominated_ranks_and_selection():
-    v = np.array([[1, 1], [2, 2], [3, 1], [1, 3], [0, 0], [np.nan, 1]], dtype=float)
-    r = nondominated_ranks(v)
-    assert list(r[:5]) == [1, 0, 0, 0, 2] and r[5] > 100
-    assert set(select_promising(v, 3)) == {1, 2, 3}
-    assert len(select_promising(v, 4)) == 4 and 0 in select_promising(v, 4)
-    assert len(select_promising(v, 2)) == 2
 
 
 def test_greedy_path_plans_lower_one_layer_at_a_time():
@@ -66,16 +56,6 @@ def test_greedy_search_on_a_tiny_model_gives_a_monotone_frontier():
     assert front.val_accuracy.max() == df.val_accuracy.max()
 
 
-def test_crowding_distance_prefers_extremes_then_the_least_crowded():
-    from engine.search import crowding_distance
-    v = np.array([[0, 10], [1, 9], [1.2, 8.8], [5, 5], [10, 0]], dtype=float)
-    cd = crowding_distance(v)
-    assert np.isinf(cd[0]) and np.isinf(cd[4]) and cd[3] > cd[1] and cd[3] > cd[2]
-    # one front of five: two picks are the extremes, the third the least crowded interior point
-    assert set(select_promising(v, 2)) == {0, 4}
-    assert set(select_promising(v, 3)) == {0, 3, 4}
-
-
 def test_hv_gain_picks_greedy_and_predictor():
     from engine.frontier import hypervolume
     from engine.search import FinetunePredictor, hv_gain_picks
@@ -99,7 +79,7 @@ def test_hv_gain_picks_greedy_and_predictor():
     assert r.slope == 1.5 and float(r(0.0)) >= 0.0                       # slope clipped, output in [0, cap]
 
 
-def _fake_search(sampler, budget=30, finetune=6, seed=0):
+def _fake_search(sampler, budget=30, finetune=6, seed=0, seed_plans=(), population=6):
     """joint_search on a three-layer space whose 'accuracy' and cost come from the bits, no network."""
     from engine.evaluation import Evaluation
     from engine.search import UNIFORM_SEEDS, joint_search
@@ -107,7 +87,7 @@ def _fake_search(sampler, budget=30, finetune=6, seed=0):
     calls = []
 
     def evaluate(plans, settings, labels):
-        calls.append((settings.steps, len(plans)))
+        calls.append((settings.steps, [p.digest() for p in plans]))
         out = []
         for p in plans:
             c = p.resolve(space.names)
@@ -122,34 +102,89 @@ def _fake_search(sampler, budget=30, finetune=6, seed=0):
         c = plan.resolve(space.names)
         return (1000.0 / sum(c[n].w_bits * c[n].a_bits * c[n].widen for n in space.names),)
     res = joint_search(evaluate, space, objective, Settings(steps=0), Settings(steps=10), budget, finetune,
-                       sampler=sampler, seed=seed, population=6)
+                       sampler=sampler, seed=seed, population=population, seed_plans=seed_plans)
     return space, calls, res, UNIFORM_SEEDS
 
 
 @pytest.mark.parametrize("sampler", ["nsga2", "random"])
 def test_joint_search_budget_rounds_and_uniform_seeds_are_the_same_for_both_samplers(sampler):
     space, calls, (est_plans, est_evs, ft_plans, ft_evs), seeds = _fake_search(sampler)
-    assert sum(n for steps, n in calls if steps == 0) == len(est_plans) == 30
-    assert sum(n for steps, n in calls if steps > 0) == len(ft_plans) == 6
+    assert sum(len(d) for steps, d in calls if steps == 0) == len(est_plans) == 30
+    assert sum(len(d) for steps, d in calls if steps > 0) == len(ft_plans) == 6
+    # estimates go in batches of at most one generation
+    assert max(len(d) for steps, d in calls if steps == 0) <= 6
     # three rounds of two fine-tunes, each after its own estimates
     assert [s > 0 for s, _ in calls].count(True) == 3 and calls[-1][0] > 0
     digests = [p.digest() for p in est_plans]
-    assert len(set(digests)) == len(digests)                  # later generations propose new plans only
-    for w, a, k in seeds:
-        assert space.plan_from(space.uniform_params(w, a, k)).digest() in digests
+    assert len(set(digests)) == len(digests)                  # no plan is estimated twice
+    # the uniform seeds are enqueued: the first plans estimated, in order
+    assert digests[:len(seeds)] == [space.plan_from(space.uniform_params(w, a, k)).digest() for w, a, k in seeds]
     assert {p.digest() for p in ft_plans} <= set(digests) and len({p.digest() for p in ft_plans}) == 6
+    # every point is marked: estimates 'estimated', fine-tunes 'fine-tuned'
+    assert all(ev.status == "estimated" for ev in est_evs) and all(ev.status == "fine-tuned" for ev in ft_evs)
     # deterministic for a seed
     again = _fake_search(sampler)[2]
     assert [p.digest() for p in again[0]] == digests and [p.digest() for p in again[2]] == [p.digest() for p in ft_plans]
 
 
-def test_vary_gives_valid_neighbouring_plans(lenet_topo):
-    from engine.search import vary
+def test_joint_search_uses_optuna_nsga2_and_differs_from_random_and_by_seed():
+    """NSGA-II's children come from the seeded population (crossover + mutation), so its proposals
+    differ from random sampling's after generation 0; another seed proposes other plans."""
+    n = _fake_search("nsga2", budget=30)[2][0]
+    r = _fake_search("random", budget=30)[2][0]
+    n1 = _fake_search("nsga2", budget=30, seed=1)[2][0]
+    seeds = len(_fake_search("nsga2", budget=8)[3])
+    assert [p.digest() for p in n[:seeds]] == [p.digest() for p in r[:seeds]]
+    assert [p.digest() for p in n[seeds:]] != [p.digest() for p in r[seeds:]]
+    assert [p.digest() for p in n] != [p.digest() for p in n1]
+
+
+def test_joint_search_budget_is_respected_for_small_budgets_and_seed_plans_follow_uniform_ones():
+    from engine.plan import LayerConfig
+    extra = [Plan.explicit({"a": LayerConfig(8, 8), "b": LayerConfig(2, 2), "c": LayerConfig(4, 4)}),
+             Plan.uniform(4, 4)]      # the second duplicates a uniform seed: enqueued once
+    for budget, finetune in ((1, 1), (3, 2), (7, 4), (12, 0)):
+        space, calls, (est, _, ft, _), seeds = _fake_search("nsga2", budget=budget, finetune=finetune,
+                                                             seed_plans=extra, population=4)
+        assert len(est) == budget and len(ft) == min(finetune, budget)
+    space, calls, (est, _, _, _), seeds = _fake_search("random", budget=10, seed_plans=extra)
+    assert est[len(seeds)].digest() == space.plan_from(space.params_of(extra[0])).digest()
+    assert sum(p.digest() == Plan.uniform(4, 4).digest() for p in est) <= 1
+
+
+def test_joint_search_keeps_optuna_quiet():
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    try:
+        _fake_search("nsga2", budget=8, finetune=2)
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO       # restored afterwards
+    finally:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def test_params_of_snaps_any_plan_into_the_space(lenet_topo):
     space = SearchSpace.from_topology(lenet_topo, sparsity=("none", "2:4"))
-    rng = np.random.default_rng(1)
-    parents = [space.uniform_params(4, 4), space.uniform_params(8, 2, 2.0)]
-    for _ in range(40):
-        child = vary(space, parents, rng)
-        assert set(child) == set(parents[0])
-        plan = space.plan_from(child)
-        lenet_topo.check(plan.resolve(lenet_topo.names))
+    plans = greedy_plans(lenet_topo.names, list(reversed(lenet_topo.names)), ladder=(4, 2))
+    for p in plans:
+        q = space.plan_from(space.params_of(p))
+        assert plan_label(q, lenet_topo.names) == plan_label(p, lenet_topo.names)
+    fp = space.plan_from(space.params_of(Plan.uniform(32, 32)))
+    assert plan_label(fp, lenet_topo.names) == "|".join(["W8A8"] * 5)
+
+
+def test_enqueued_seed_plans_form_nsga2_generation_zero(monkeypatch):
+    """Optuna's NSGA-II gives a trial its generation only when it samples; the search makes the
+    enqueued seeds ask too, so they are generation 0 (the parents of generation 1)."""
+    import optuna
+    studies = []
+    create = optuna.create_study
+
+    def capture(*a, **k):
+        studies.append(create(*a, **k))
+        return studies[-1]
+    monkeypatch.setattr(optuna, "create_study", capture)
+    _, _, _, seeds = _fake_search("nsga2", budget=20, population=6)
+    gens = [t.system_attrs.get("NSGAIISampler:generation") for t in studies[0].trials]
+    assert gens[:len(seeds)] == [0] * len(seeds) and None not in gens and max(gens) >= 2
+    assert studies[0].directions == [optuna.study.StudyDirection.MAXIMIZE] * 2
+    assert isinstance(studies[0].sampler, optuna.samplers.NSGAIISampler)
