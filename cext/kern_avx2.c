@@ -220,9 +220,11 @@ TILE void bsf_block(const bs_args *p, const __m256i *lut, int64_t F, int64_t cor
 TILE void bsf_run(const bs_args *p, const __m256i *lut, int64_t F, int64_t corr, int64_t n0, int64_t n1,
                   const int MR, const int BA, const int BW)
 {
+    const int64_t nc = imin(n1 - n0, 2 * (int64_t)(1 + 196608 / (2 * p->kw * 8 * BW)));  /* see i8_avx2 */
+    for (int64_t c0 = n0; c0 < n1; c0 += nc)
     for (int64_t m = 0; m < p->M; m += MR) {
-        const int64_t mr = imin(MR, p->M - m);
-        for (int64_t n = n0; n < n1; n += 2) {
+        const int64_t mr = imin(MR, p->M - m), c1 = imin(n1, c0 + nc);
+        for (int64_t n = c0; n < c1; n += 2) {
             if (mr == MR)
                 bsf_block(p, lut, F, corr, m, n, n1, MR, 2, BA, BW);
             else if (mr == 3)
@@ -282,18 +284,20 @@ TGT void bs_avx2(const bs_args *p, int64_t n0, int64_t n1)
 /* ---- int8-dot: nibble digits (u8, <= 15) x int8 activations; vpmaddubsw pair sums are
  *      <= 2*15*128 and int16 partial sums <= 30720, so nothing saturates ---- */
 
+#define I8_MAXR 8
+
 TILE void i8_tile(const int8_t *const *ar, const uint8_t *const *wr, int64_t kb,
-                  int64_t s[4][2], const int MR, const int NR)
+                  int64_t s64[I8_MAXR][2], __m128i s32[I8_MAXR], const int MR, const int NR)
 {
     const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-    __m256i acc[4][2];
+    __m256i acc[I8_MAXR][2];
     for (int r = 0; r < MR; r++)
         for (int c = 0; c < NR; c++)
             acc[r][c] = _mm256_setzero_si256();
     /* int16 partial sums over up to 4 blocks: |sum| <= 4 * 2 * 2*15*128 = 30720 < 32768 */
     for (int64_t b0 = 0; b0 < kb; b0 += 4) {
         const int64_t b1 = imin(kb, b0 + 4);
-        __m256i acc16[4][2];
+        __m256i acc16[I8_MAXR][2];
         for (int r = 0; r < MR; r++)
             for (int c = 0; c < NR; c++)
                 acc16[r][c] = _mm256_setzero_si256();
@@ -307,32 +311,60 @@ TILE void i8_tile(const int8_t *const *ar, const uint8_t *const *wr, int64_t kb,
             for (int r = 0; r < MR; r++) {
                 const __m256i al = _mm256_loadu_si256((const __m256i *)(ar[r] + 64 * b));
                 const __m256i ah = _mm256_loadu_si256((const __m256i *)(ar[r] + 64 * b + 32));
-                for (int c = 0; c < NR; c++)
-                    acc16[r][c] = _mm256_add_epi16(acc16[r][c], _mm256_add_epi16(_mm256_maddubs_epi16(wl[c], al),
-                                                                                 _mm256_maddubs_epi16(wh[c], ah)));
+                for (int c = 0; c < NR; c++) {
+                    acc16[r][c] = _mm256_add_epi16(acc16[r][c], _mm256_maddubs_epi16(wl[c], al));
+                    acc16[r][c] = _mm256_add_epi16(acc16[r][c], _mm256_maddubs_epi16(wh[c], ah));
+                }
             }
         }
         for (int r = 0; r < MR; r++)
             for (int c = 0; c < NR; c++)
                 acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(acc16[r][c], ones));
     }
-    for (int r = 0; r < MR; r++)
-        for (int c = 0; c < NR; c++)
-            s[r][c] = hsum_epi32(acc[r][c]);
+    if (s64) {
+        for (int r = 0; r < MR; r++)
+            for (int c = 0; c < NR; c++)
+                s64[r][c] = hsum_epi32(acc[r][c]);
+        return;
+    }
+    /* row r's sums (NR of them) as int32 in the low lanes of s32[r] */
+    for (int r = 0; r < MR; r++) {
+        const __m256i h = _mm256_hadd_epi32(acc[r][0], acc[r][NR - 1]);
+        const __m128i x = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+        s32[r] = _mm_hadd_epi32(x, x);
+    }
 }
 
 TILE void i8_block(const i8_args *p, int64_t m, int64_t n, int64_t n1, const int MR, const int NR)
 {
-    int64_t tot[4][2] = {{0}};
-    const int8_t *ar[4];
+    int64_t tot[I8_MAXR][2] = {{0}};
+    const int8_t *ar[I8_MAXR];
     for (int r = 0; r < MR; r++)
         ar[r] = p->a + imin(m + r, p->M - 1) * p->kb * 64;
+    if (p->D == 1 && p->out.out32 && m + MR <= p->M && n + NR <= n1) {
+        /* full tile, one digit, int32 output: the epilogue stays in int32 (wrapping arithmetic,
+         * exact because the final results fit in int32) */
+        const uint8_t *wr[2] = {p->w + n * p->kb * 32, p->w + (n + NR - 1) * p->kb * 32};
+        __m128i s32[I8_MAXR];
+        i8_tile(ar, wr, p->kb, NULL, s32, MR, NR);
+        const __m128i col = _mm_setr_epi32((int32_t)(p->oa * p->usum[n]), (int32_t)(p->oa * p->usum[n + NR - 1]), 0, 0);
+        for (int r = 0; r < MR; r++) {
+            const int32_t row = (int32_t)(p->ow * p->asum[m + r] + p->K * p->ow * p->oa);
+            const __m128i v = _mm_sub_epi32(_mm_add_epi32(s32[r], col), _mm_set1_epi32(row));
+            int32_t *o = p->out.out32 + (m + r) * p->out.N + n;
+            if (NR == 2)
+                _mm_storel_epi64((__m128i *)o, v);
+            else
+                *o = _mm_cvtsi128_si32(v);
+        }
+        return;
+    }
     for (int d = 0; d < p->D; d++) {
         const uint8_t *wr[2];
-        int64_t s[4][2];
+        int64_t s[I8_MAXR][2];
         for (int c = 0; c < NR; c++)
             wr[c] = p->w + (imin(n + c, n1 - 1) * p->D + d) * p->kb * 32;
-        i8_tile(ar, wr, p->kb, s, MR, NR);
+        i8_tile(ar, wr, p->kb, s, NULL, MR, NR);
         for (int r = 0; r < MR; r++)
             for (int c = 0; c < NR; c++)
                 tot[r][c] += s[r][c] * ((int64_t)1 << (4 * d));
@@ -343,22 +375,46 @@ TILE void i8_block(const i8_args *p, int64_t m, int64_t n, int64_t n1, const int
                    tot[r][c] + p->oa * p->usum[n + c] - p->ow * p->asum[m + r] - p->K * p->ow * p->oa);
 }
 
+#ifndef I8MR      /* the tile: 4 activation rows x 1 weight row measured fastest here (vs 3x2, 4x2, 6x1) */
+#define I8MR 4
+#define I8NR 1
+#endif
+
+TILE void i8_rows(const i8_args *p, int64_t m, int64_t n, int64_t n1, const int MR)
+{
+    if (MR <= 1)
+        i8_block(p, m, n, n1, 1, I8NR);
+    else if (MR == 2)
+        i8_block(p, m, n, n1, 2, I8NR);
+    else if (MR == 3)
+        i8_block(p, m, n, n1, 3, I8NR);
+    else if (MR == 4)
+        i8_block(p, m, n, n1, 4, I8NR);
+    else if (MR == 5)
+        i8_block(p, m, n, n1, 5, I8NR);
+    else if (MR == 6)
+        i8_block(p, m, n, n1, 6, I8NR);
+    else if (MR == 7)
+        i8_block(p, m, n, n1, 7, I8NR);
+    else
+        i8_block(p, m, n, n1, 8, I8NR);
+}
+
 TGT void i8_avx2(const i8_args *p, int64_t n0, int64_t n1)
 {
-    /* row blocks outer: the 4 activation rows stay in L1 while the weight panel streams by */
-    for (int64_t m = 0; m < p->M; m += 4) {
-        const int64_t mr = imin(4, p->M - m);
-        for (int64_t n = n0; n < n1; n += 2) {
-            if (mr == 4)
-                i8_block(p, m, n, n1, 4, 2);
-            else if (mr == 3)
-                i8_block(p, m, n, n1, 3, 2);
-            else if (mr == 2)
-                i8_block(p, m, n, n1, 2, 2);
-            else
-                i8_block(p, m, n, n1, 1, 2);
+    /* column chunks whose weights fit in L2 (~192 KiB), then row blocks: the activation rows of
+     * a block stay in L1 while the chunk's weights stream from L2 */
+    const int64_t nc = imin(n1 - n0, 2 * (int64_t)(1 + 196608 / (2 * p->kb * 32 * p->D)));
+    for (int64_t c0 = n0; c0 < n1; c0 += nc)
+        for (int64_t m = 0; m < p->M; m += I8MR) {
+            const int64_t mr = imin(I8MR, p->M - m), c1 = imin(n1, c0 + nc);
+            for (int64_t n = c0; n < c1; n += I8NR) {
+                if (mr == I8MR)
+                    i8_block(p, m, n, n1, I8MR, I8NR);
+                else
+                    i8_rows(p, m, n, n1, (int)mr);
+            }
         }
-    }
 }
 
 /* Activations for the int8-dot kernel: a' = a (signed) or a - 128 (unsigned, oa = 128) into
