@@ -194,7 +194,7 @@ TILE void bsf_block(const bs_args *p, const __m256i *lut, int64_t F, int64_t cor
             __m128i x = _mm_add_epi64(_mm256_castsi256_si128(h01), _mm256_extracti128_si256(h01, 1));
             x = _mm_sub_epi32(x, _mm256_castsi256_si128(c));
             _mm_storel_epi64((__m128i *)o, x);
-            _mm_storeh_pd((double *)(o + N), _mm_castsi128_pd(x));
+            _mm_storel_epi64((__m128i *)(o + N), _mm_unpackhi_epi64(x, x));
         } else {
             const __m256i h23 = _mm256_add_epi64(_mm256_unpacklo_epi64(tot[2], tot[3]),
                                                  _mm256_unpackhi_epi64(tot[2], tot[3]));
@@ -203,9 +203,9 @@ TILE void bsf_block(const bs_args *p, const __m256i *lut, int64_t F, int64_t cor
             x = _mm256_sub_epi32(x, c);
             const __m128i lo = _mm256_castsi256_si128(x), hi = _mm256_extracti128_si256(x, 1);
             _mm_storel_epi64((__m128i *)o, lo);
-            _mm_storeh_pd((double *)(o + N), _mm_castsi128_pd(lo));
+            _mm_storel_epi64((__m128i *)(o + N), _mm_unpackhi_epi64(lo, lo));
             _mm_storel_epi64((__m128i *)(o + 2 * N), hi);
-            _mm_storeh_pd((double *)(o + 3 * N), _mm_castsi128_pd(hi));
+            _mm_storel_epi64((__m128i *)(o + 3 * N), _mm_unpackhi_epi64(hi, hi));
         }
         return;
     }
@@ -218,23 +218,23 @@ TILE void bsf_block(const bs_args *p, const __m256i *lut, int64_t F, int64_t cor
 }
 
 TILE void bsf_run(const bs_args *p, const __m256i *lut, int64_t F, int64_t corr, int64_t n0, int64_t n1,
-                  const int MR, const int BA, const int BW)
+                  const int MR, const int NR, const int BA, const int BW)
 {
     const int64_t nc = imin(n1 - n0, 2 * (int64_t)(1 + 196608 / (2 * p->kw * 8 * BW)));  /* see i8_avx2 */
     for (int64_t c0 = n0; c0 < n1; c0 += nc)
-    for (int64_t m = 0; m < p->M; m += MR) {
-        const int64_t mr = imin(MR, p->M - m), c1 = imin(n1, c0 + nc);
-        for (int64_t n = c0; n < c1; n += 2) {
-            if (mr == MR)
-                bsf_block(p, lut, F, corr, m, n, n1, MR, 2, BA, BW);
-            else if (mr == 3)
-                bsf_block(p, lut, F, corr, m, n, n1, 3, 2, BA, BW);
-            else if (mr == 2)
-                bsf_block(p, lut, F, corr, m, n, n1, 2, 2, BA, BW);
-            else
-                bsf_block(p, lut, F, corr, m, n, n1, 1, 2, BA, BW);
+        for (int64_t m = 0; m < p->M; m += MR) {
+            const int64_t mr = imin(MR, p->M - m), c1 = imin(n1, c0 + nc);
+            for (int64_t n = c0; n < c1; n += NR) {
+                if (mr == MR)
+                    bsf_block(p, lut, F, corr, m, n, n1, MR, NR, BA, BW);
+                else if (mr == 3)
+                    bsf_block(p, lut, F, corr, m, n, n1, 3, NR, BA, BW);
+                else if (mr == 2)
+                    bsf_block(p, lut, F, corr, m, n, n1, 2, NR, BA, BW);
+                else
+                    bsf_block(p, lut, F, corr, m, n, n1, 1, NR, BA, BW);
+            }
         }
-    }
 }
 
 static TGT void bsf_avx2(const bs_args *p, int64_t n0, int64_t n1)
@@ -257,13 +257,13 @@ static TGT void bsf_avx2(const bs_args *p, int64_t n0, int64_t n1)
         }
     const int64_t F = 255 / step;
     if (p->ba == 1 && p->bw == 1)
-        bsf_run(p, lut, F, corr, n0, n1, 4, 1, 1);
+        bsf_run(p, lut, F, corr, n0, n1, 4, 2, 1, 1);
     else if (p->ba == 1)
-        bsf_run(p, lut, F, corr, n0, n1, 4, 1, 2);
+        bsf_run(p, lut, F, corr, n0, n1, 4, 1, 1, 2);
     else if (p->bw == 1)
-        bsf_run(p, lut, F, corr, n0, n1, 2, 2, 1);
+        bsf_run(p, lut, F, corr, n0, n1, 2, 2, 2, 1);
     else
-        bsf_run(p, lut, F, corr, n0, n1, 2, 2, 2);
+        bsf_run(p, lut, F, corr, n0, n1, 2, 2, 2, 2);  /* 2x2 measured fastest (4 LUTs live) */
 }
 
 TGT void bs_avx2(const bs_args *p, int64_t n0, int64_t n1)

@@ -196,6 +196,69 @@ def test_all_kernels_large_and_degenerate_shapes(path, m, n, k):
         np.testing.assert_array_equal(K.gemm_float_act(K.pack_weights(w2, 2, True, "float"), x, threads=threads), ref(x, w2))
 
 
+# the AVX2 fast paths: bit-serial <= 2x2 bits (byte counters flushed every 255 // (8 * sum 2^s)
+# steps of 256 bits: 31 for 1x1, 3 for 2x2), int8-dot (int16 sums flushed every 4 blocks of 64, 4-row
+# tiles, signed rows read in place when K % 64 == 0); long K crosses every flush boundary
+long_shapes = st.tuples(st.integers(1, 9), st.integers(1, 7),
+                        st.one_of(st.integers(1, 9000), st.sampled_from([256, 767, 768, 769, 1024, 7936, 7937, 8192])))
+
+
+@given(shape=long_shapes, bw=st.integers(1, 2), ba=st.integers(1, 2), ws=st.booleans(), as_=st.booleans(),
+       wl=levels, al=levels, out64=st.booleans(), threads=st.sampled_from([1, 2]), seed=seeds)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_bitserial_fast_path_long_k(path, shape, bw, ba, ws, as_, wl, al, out64, threads, seed):
+    rng = np.random.default_rng(seed)
+    m, n, k = shape
+    w, a = codes(rng, (n, k), bw, ws, wl), codes(rng, (m, k), ba, as_, al)
+    out = K.gemm_bitserial(K.pack_weights(w, bw, ws), K.pack_activations(a, ba, as_),
+                           out_dtype=np.int64 if out64 else None, threads=threads)
+    np.testing.assert_array_equal(out, ref(a, w))
+
+
+@given(shape=long_shapes, bw=st.sampled_from([1, 2, 4, 5, 8]), ba=st.sampled_from([1, 4, 7, 8]), ws=st.booleans(),
+       as_=st.booleans(), wl=levels, al=levels, out64=st.booleans(), threads=st.sampled_from([1, 2]), seed=seeds)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_int8_long_k_and_tiles(path, shape, bw, ba, ws, as_, wl, al, out64, threads, seed):
+    rng = np.random.default_rng(seed)
+    m, n, k = shape
+    w, a = codes(rng, (n, k), bw, ws, wl), codes(rng, (m, k), ba, as_, al)
+    out = K.gemm_int8(K.pack_weights(w, bw, ws, "int8"), a, ba, as_, out_dtype=np.int64 if out64 else None,
+                      threads=threads)
+    np.testing.assert_array_equal(out, ref(a, w))
+
+
+@pytest.mark.parametrize("k", [768, 769, 7936, 7937, 8191])
+def test_fast_paths_worst_case_counters(path, k):
+    """All-max / all-min codes drive every byte counter and int16 partial sum to its bound."""
+    for bits, sgn in [(1, False), (2, False), (2, True), (1, True)]:
+        for lw, la in [("max", "max"), ("min", "min"), ("min", "max"), ("max", "min")]:
+            w, a = codes(None, (6, k), bits, sgn, lw), codes(None, (9, k), bits, sgn, la)
+            np.testing.assert_array_equal(K.gemm_bitserial(K.pack_weights(w, bits, sgn), a, bits, sgn), ref(a, w))
+    for bw, ws, ab, as_ in [(4, True, 8, True), (4, False, 8, False), (8, True, 8, True), (4, True, 8, False)]:
+        for lw, la in [("max", "min"), ("max", "max"), ("min", "min"), ("min", "max")]:
+            w, a = codes(None, (5, k), bw, ws, lw), codes(None, (9, k), ab, as_, la)
+            pw = K.pack_weights(w, bw, ws, "int8")
+            np.testing.assert_array_equal(K.gemm_int8(pw, a, ab, as_), ref(a, w))
+            np.testing.assert_array_equal(K.gemm_int8(pw, a, ab, as_, out_dtype=np.int64), ref(a, w))
+
+
+def test_fast_paths_match_portable_bit_for_bit():
+    rng = np.random.default_rng(11)
+    for m, n, k in [(256, 66, 1024), (13, 9, 4160), (4, 2, 64), (1, 1, 8000)]:
+        for bits, sgn in [(1, False), (2, False), (2, True), (1, True)]:
+            pw = K.pack_weights(codes(rng, (n, k), bits, sgn), bits, sgn)
+            pa = K.pack_activations(codes(rng, (m, k), bits, sgn), bits, sgn)
+            fast = K.gemm_bitserial(pw, pa, threads=2)
+            with K.portable(True):
+                np.testing.assert_array_equal(fast, K.gemm_bitserial(pw, pa))
+        w4, a8 = codes(rng, (n, k), 4, True), codes(rng, (m, k), 8, True)
+        pw = K.pack_weights(w4, 4, True, "int8")
+        fast = K.gemm_int8(pw, a8, 8, True, threads=2)
+        with K.portable(True):
+            np.testing.assert_array_equal(fast, K.gemm_int8(pw, a8, 8, True))
+        np.testing.assert_array_equal(fast, ref(a8, w4))
+
+
 def test_int32_and_int64_outputs(path):
     rng = np.random.default_rng(1)
     w, a = codes(rng, (5, 300), 8, True, "min"), codes(rng, (4, 300), 8, True, "min")
