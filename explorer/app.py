@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import panel as pn
+from panel.io.callbacks import PeriodicCallback
 
 from explorer.state.workspace import Workspace
 from explorer.views.cost_view import CostView
@@ -37,10 +38,13 @@ def build_layout(ws: Workspace) -> pn.viewable.Viewable:
                          sizing_mode="stretch_width")
     tabs = pn.Tabs(("Plan & cost", plan_tab), ("Frontier", FrontierView(workspace=ws)),
                    ("Session & export", SessionView(workspace=ws)), dynamic=True, sizing_mode="stretch_width")
-    return pn.template.FastListTemplate(
+    # Bootstrap: every resource is served by Panel itself (the FAST templates fetch fonts from the
+    # internet, and their web components cost each browser seconds of script time)
+    return pn.template.BootstrapTemplate(
         title="bitscape: low-precision, wide and sparse network explorer",
         sidebar=[pickers, pn.pane.Markdown("### Jobs"), jobs], main=[pn.Column(banner, tabs, sizing_mode="stretch_width")],
-        sidebar_width=330, font_url="", header_background="#24445c", theme_toggle=False)
+        sidebar_width=330, header_background="#24445c",
+        busy_indicator=None)  # Panel's busy flag is process-wide: one user's work would spin everyone's indicator
 
 
 def create_app(store=None, runner=None) -> pn.viewable.Viewable:
@@ -52,7 +56,10 @@ def create_app(store=None, runner=None) -> pn.viewable.Viewable:
         ws.open_session(str(sid), read_only=True)
     layout = build_layout(ws)
     if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
-        cb = pn.state.add_periodic_callback(ws.poll, period=POLL_MS)
+        # a background callback: a foreground one would raise Panel's process-wide busy flag, and with
+        # it a message to every open session, twice a second per session
+        cb = PeriodicCallback(callback=ws.poll, period=POLL_MS, background=True)
+        cb.start()
         pn.state.on_session_destroyed(lambda ctx: cb.stop())
     layout.workspace = ws  # for tests
     return layout

@@ -5,6 +5,7 @@ tests drive it directly. Every number comes from engine functions.
 """
 from __future__ import annotations
 
+import functools
 import json
 
 import pandas as pd
@@ -27,6 +28,13 @@ Y_AXES = {"test_accuracy": "test accuracy", "val_accuracy": "validation accuracy
 POINT_COLUMNS = ["key", "label", "status", "reason", "test_accuracy", "val_accuracy", "estimate_val_accuracy",
                  "throughput", "latency_s", "energy_j", "size_bytes", "steps", "distill", "wall_s", "summary"]
 JOB_COLUMNS = ["id", "label", "state", "progress", "message", "error"]
+
+
+@functools.lru_cache(maxsize=16)
+def _topology(model: str, dataset: str):
+    """The layer topology of a zoo model on a dataset; read-only, so shared by every session."""
+    spec = dataset_spec(dataset)
+    return analyze(build_model(model, spec.input_shape, spec.num_classes), spec.input_shape)
 
 
 def _empty(columns) -> pd.DataFrame:
@@ -111,9 +119,7 @@ class Workspace(param.Parameterized):
         self._load_model()
 
     def _load_model(self) -> None:
-        spec = dataset_spec(self.dataset)
-        net = build_model(self.model, spec.input_shape, spec.num_classes)
-        self._topo = analyze(net, spec.input_shape)
+        self._topo = _topology(self.model, self.dataset)
         self._set_configs({n: LayerConfig() for n in self._topo.names})
         self.edit_error = ""
         self.sensitivity = pd.DataFrame(columns=["layer", "score", "rank"])
@@ -243,6 +249,8 @@ class Workspace(param.Parameterized):
 
     def poll(self) -> None:
         """Refresh job states; finished evaluations become points."""
+        if not self._job_ids:
+            return
         rows, changed = [], False
         for jid in self._job_ids:
             info = self.runner.status(jid)

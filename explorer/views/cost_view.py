@@ -1,9 +1,13 @@
 """Live cost of the plan being edited: totals and where the time goes, per layer."""
 from __future__ import annotations
 
-import holoviews as hv
+from functools import partial
+
 import panel as pn
 import param
+from bokeh.models import ColumnDataSource, FactorRange, HoverTool
+from bokeh.plotting import figure
+from panel.io.state import set_curdoc
 
 from explorer.state.workspace import Workspace
 
@@ -21,23 +25,33 @@ class CostView(pn.viewable.Viewer):
     def __init__(self, **params):
         super().__init__(**params)
         self.totals = pn.pane.HTML(sizing_mode="stretch_width", name="cost-totals")
-        # a Pipe streams new data into one Bokeh plot instead of rebuilding it on every edit
-        self._pipe = hv.streams.Pipe(data=self._frame())
-        self.bars = pn.pane.HoloViews(hv.DynamicMap(self._bars, streams=[self._pipe]), sizing_mode="stretch_width",
-                                      height=300)
-        self.workspace.param.watch(self._update, ["rows", "totals"])
+        # one Bokeh figure per session whose data source is replaced on every edit: only the new
+        # columns travel to the browser, and no plot is rebuilt on the server
+        self._revision = 0  # shown as data-revision: browser tests and the load test wait on it
+        self._source = ColumnDataSource(self._data())
+        self.bars = pn.pane.Bokeh(self._figure(self._source), sizing_mode="stretch_width", height=300)
+        self.workspace.param.watch(self._update, ["rows"])  # totals are always set just before rows
         self._update()
 
-    def _frame(self):
-        return self.workspace.rows[["layer", "time_us", "share", "runs_as", "note"]].copy()
+    def _data(self) -> dict:
+        rows = self.workspace.rows
+        return {c: list(rows[c]) for c in ("layer", "time_us", "share", "runs_as", "note")}
 
     @staticmethod
-    def _bars(data):
-        return hv.Bars(data, "layer", ["time_us", "share", "runs_as", "note"]).opts(
-            tools=["hover"], xrotation=45, ylabel="time per inference (µs)", xlabel="", color="#3b6ea5",
-            responsive=True, height=280, title="Where the time goes", default_tools=["save"], framewise=True)
+    def _figure(source: ColumnDataSource):
+        fig = figure(x_range=FactorRange(*source.data["layer"]), height=280, sizing_mode="stretch_width",
+                     title="Where the time goes", tools="save", toolbar_location="above")
+        fig.vbar(x="layer", top="time_us", width=0.8, source=source, color="#3b6ea5")
+        fig.add_tools(HoverTool(tooltips=[("layer", "@layer"), ("time", "@time_us{0.000} µs"),
+                                          ("share", "@share{0.0} %"), ("runs as", "@runs_as"), ("note", "@note")]))
+        fig.y_range.start = 0
+        fig.yaxis.axis_label = "time per inference (µs)"
+        fig.xaxis.major_label_orientation = 0.8
+        fig.xgrid.grid_line_color = None
+        return fig
 
     def _update(self, *_):
+        self._revision += 1
         t = self.workspace.totals
         cards = [("throughput", _si(t["throughput"], "inf/s")), ("latency", _si(t["latency_s"], "s")),
                  ("energy", _si(t["energy_j"], "J")), ("model size", _si(t["size_bytes"], "B")),
@@ -47,9 +61,20 @@ class CostView(pn.viewable.Viewer):
         self.totals.object = (
             "<style>.bs-cards{display:flex;gap:10px;flex-wrap:wrap}.bs-card{border:1px solid #ddd;border-radius:6px;"
             "padding:6px 12px;min-width:110px}.bs-k{font-size:11px;color:#666}.bs-v{font-size:18px;font-weight:600}</style>"
-            f'<div class="bs-cards">{html}</div><div style="font-size:11px;color:#666;margin-top:4px">'
+            f'<div class="bs-cards" data-revision="{self._revision}">{html}</div><div style="font-size:11px;color:#666;margin-top:4px">'
             f'profile <b>{t["profile"]}</b> at batch {t["batch"]}: {t.get("title", "")}</div>')
-        self._pipe.send(self._frame())
+        data = self._data()
+        doc = self._source.document
+        if doc is None:
+            self._show(data)
+        else:  # a raw Bokeh model: on the session's thread under its lock, wherever the edit came from
+            with set_curdoc(doc):
+                pn.state.execute(partial(self._show, data))
+
+    def _show(self, data: dict) -> None:
+        if data["layer"] != self._source.data["layer"]:
+            self.bars.object.x_range.factors = data["layer"]
+        self._source.data = data
 
     def __panel__(self):
         return pn.Column(self.totals, self.bars, sizing_mode="stretch_width")

@@ -15,10 +15,10 @@ class JobsView(pn.viewable.Viewer):
     def __init__(self, **params):
         super().__init__(**params)
         ws = self.workspace
-        self.steps = pn.widgets.IntInput.from_param(ws.param.steps, name="fine-tune steps", width=120)
-        self.distill = pn.widgets.Checkbox.from_param(ws.param.distill, name="distil from FP32 teacher")
-        self.finetune = pn.widgets.Button(name="Fine-tune plan", button_type="primary", width=140)
-        self.estimate = pn.widgets.Button(name="Estimate (no training)", width=170)
+        self.steps = pn.widgets.IntInput.from_param(ws.param.steps, name="fine-tune steps", width=110)
+        self.distill = pn.widgets.Checkbox.from_param(ws.param.distill, name="distil from FP32 teacher", width=160)
+        self.finetune = pn.widgets.Button(name="Fine-tune plan", button_type="primary", width=120)
+        self.estimate = pn.widgets.Button(name="Estimate (no training)", width=160)
         self.finetune.on_click(lambda e: ws.submit())
         self.estimate.on_click(lambda e: ws.submit(steps=0))
         self.list = pn.Column(sizing_mode="stretch_width", name="job-list")
@@ -44,7 +44,7 @@ class JobsView(pn.viewable.Viewer):
                 detail = {"failed": r["error"], "running": r["message"]}.get(r["state"], "")
                 items.append(pn.Column(
                     pn.pane.HTML(f'<b>{r["label"]}</b><br><span class="job-state">{r["state"]}</span> '
-                                 f'<span style="color:#666;font-size:11px">{detail}</span>', width=290, margin=(2, 5)),
+                                 f'<span style="color:#666;font-size:11px">{detail}</span>', width=280, margin=(2, 5)),
                     pn.Row(bar, cancel, margin=(0, 5)), css_classes=["job-row"]))
         self.list.objects = items or [pn.pane.HTML('<span style="color:#666">No jobs yet.</span>')]
 
