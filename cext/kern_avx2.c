@@ -139,7 +139,7 @@ TILE void bsf_block(const bs_args *p, const __m256i *lut, int64_t F, int64_t cor
                     int64_t n1, const int MR, const int NR, const int BA, const int BW)
 {
     const int64_t kw = p->kw, nv = kw / 4;
-    const __m256i *ar[4][2], *wr[2][2];
+    const __m256i *ar[4][2], *wr[4][2];
     for (int r = 0; r < MR; r++)
         for (int i = 0; i < BA; i++)
             ar[r][i] = (const __m256i *)(p->as + (imin(m + r, p->M - 1) * BA + i) * kw * 2);
@@ -147,18 +147,19 @@ TILE void bsf_block(const bs_args *p, const __m256i *lut, int64_t F, int64_t cor
         for (int j = 0; j < BW; j++)
             wr[c][j] = (const __m256i *)(p->w + (imin(n + c, n1 - 1) * BW + j) * kw);
     const __m256i zero = _mm256_setzero_si256();
-    __m256i tot[4];
+    __m256i tot[4][2];  /* [row][column pair]: 64-bit lanes holding two 32-bit column fields */
     for (int r = 0; r < MR; r++)
-        tot[r] = zero;
+        for (int c = 0; c < NR; c += 2)
+            tot[r][c / 2] = zero;
     for (int64_t v0 = 0; v0 < nv; v0 += F) {
         const int64_t v1 = imin(nv, v0 + F);
-        __m256i acc[4][2];
+        __m256i acc[4][4];
         for (int r = 0; r < MR; r++)
             for (int c = 0; c < NR; c++)
                 acc[r][c] = zero;
         for (int64_t v = v0; v < v1; v++)
             for (int j = 0; j < BW; j++) {
-                __m256i wl[2], wh[2];
+                __m256i wl[4], wh[4];
                 for (int c = 0; c < NR; c++) {
                     wl[c] = _mm256_loadu_si256(wr[c][j] + v);
                     wh[c] = _mm256_srli_epi16(wl[c], 4);
@@ -175,18 +176,19 @@ TILE void bsf_block(const bs_args *p, const __m256i *lut, int64_t F, int64_t cor
                     }
                 }
             }
-        /* each 64-bit lane of a vpsadbw is <= 8*255; column c goes to the 32-bit field c */
-        for (int r = 0; r < MR; r++) {
-            __m256i t = _mm256_sad_epu8(acc[r][0], zero);
-            if (NR == 2)
-                t = _mm256_add_epi64(t, _mm256_slli_epi64(_mm256_sad_epu8(acc[r][1], zero), 32));
-            tot[r] = _mm256_add_epi64(tot[r], t);
-        }
+        /* each 64-bit lane of a vpsadbw is <= 8*255; column c goes to the 32-bit field c % 2 */
+        for (int r = 0; r < MR; r++)
+            for (int c = 0; c < NR; c += 2) {
+                __m256i t = _mm256_sad_epu8(acc[r][c], zero);
+                if (c + 1 < NR)
+                    t = _mm256_add_epi64(t, _mm256_slli_epi64(_mm256_sad_epu8(acc[r][c + 1], zero), 32));
+                tot[r][c / 2] = _mm256_add_epi64(tot[r][c / 2], t);
+            }
     }
     if (p->out.out32 && NR == 2 && (MR == 2 || MR == 4) && m + MR <= p->M && n + 2 <= n1) {
         /* full tile, int32 output: each row's two 32-bit fields are its two adjacent outputs */
-        const __m256i h01 = _mm256_add_epi64(_mm256_unpacklo_epi64(tot[0], tot[1]),
-                                             _mm256_unpackhi_epi64(tot[0], tot[1]));
+        const __m256i h01 = _mm256_add_epi64(_mm256_unpacklo_epi64(tot[0][0], tot[1][0]),
+                                             _mm256_unpackhi_epi64(tot[0][0], tot[1][0]));
         const __m256i c = _mm256_set1_epi32((int32_t)corr);
         int32_t *o = p->out.out32 + m * p->out.N + n;
         const int64_t N = p->out.N;
@@ -196,8 +198,8 @@ TILE void bsf_block(const bs_args *p, const __m256i *lut, int64_t F, int64_t cor
             _mm_storel_epi64((__m128i *)o, x);
             _mm_storel_epi64((__m128i *)(o + N), _mm_unpackhi_epi64(x, x));
         } else {
-            const __m256i h23 = _mm256_add_epi64(_mm256_unpacklo_epi64(tot[2], tot[3]),
-                                                 _mm256_unpackhi_epi64(tot[2], tot[3]));
+            const __m256i h23 = _mm256_add_epi64(_mm256_unpacklo_epi64(tot[2][0], tot[3][0]),
+                                                 _mm256_unpackhi_epi64(tot[2][0], tot[3][0]));
             __m256i x = _mm256_add_epi64(_mm256_permute2x128_si256(h01, h23, 0x20),
                                          _mm256_permute2x128_si256(h01, h23, 0x31));
             x = _mm256_sub_epi32(x, c);
@@ -209,12 +211,13 @@ TILE void bsf_block(const bs_args *p, const __m256i *lut, int64_t F, int64_t cor
         }
         return;
     }
-    for (int r = 0; r < MR && m + r < p->M; r++) {
-        const uint64_t h = hsum_epi64(tot[r]);
-        bp_put(&p->out, m + r, n, (int64_t)(h & 0xffffffffu) - corr);
-        if (NR == 2 && n + 1 < n1)
-            bp_put(&p->out, m + r, n + 1, (int64_t)(h >> 32) - corr);
-    }
+    for (int r = 0; r < MR && m + r < p->M; r++)
+        for (int c = 0; c < NR && n + c < n1; c += 2) {
+            const uint64_t h = hsum_epi64(tot[r][c / 2]);
+            bp_put(&p->out, m + r, n + c, (int64_t)(h & 0xffffffffu) - corr);
+            if (c + 1 < NR && n + c + 1 < n1)
+                bp_put(&p->out, m + r, n + c + 1, (int64_t)(h >> 32) - corr);
+        }
 }
 
 TILE void bsf_run(const bs_args *p, const __m256i *lut, int64_t F, int64_t corr, int64_t n0, int64_t n1,
@@ -256,7 +259,9 @@ static TGT void bsf_avx2(const bs_args *p, int64_t n0, int64_t n1)
                 corr += s * 256 * (p->kw / 4);  /* 64 nibbles per step, each offset by 4*s */
         }
     const int64_t F = 255 / step;
-    if (p->ba == 1 && p->bw == 1)
+    if (p->M == 1 && p->ba == 1 && p->bw == 1)  /* GEMV: one row, four columns per tile */
+        bsf_run(p, lut, F, corr, n0, n1, 1, 4, 1, 1);
+    else if (p->ba == 1 && p->bw == 1)
         bsf_run(p, lut, F, corr, n0, n1, 4, 2, 1, 1);
     else if (p->ba == 1)
         bsf_run(p, lut, F, corr, n0, n1, 4, 1, 1, 2);
@@ -532,13 +537,12 @@ TGT void nm_avx2(const nm_args *p, int64_t n0, int64_t n1)
 /* ---- float activations x weight planes: vpermps looks up 8 rows' 3-bit patterns in an 8-entry
  *      table of subset sums; even and odd groups use separate accumulators (same order as portable) ---- */
 
-TILE void fa_block(const fa_args *p, int64_t m, int64_t nb, int64_t nb1, const int MR)
+TILE void fa_block(const fa_args *p, int64_t m, int64_t nb, int64_t nb1, const int MR, const int NR)
 {
-    const int NR = 2;
     const int64_t C = p->C;
-    __m256 res[2][2];
+    __m256 res[2][4];
     const float *t[2];
-    const uint32_t *w[2];
+    const uint32_t *w[4];
     for (int r = 0; r < MR; r++)
         t[r] = p->t + imin(m + r, p->M - 1) * C * 80;
     for (int c = 0; c < NR; c++)
@@ -547,12 +551,12 @@ TILE void fa_block(const fa_args *p, int64_t m, int64_t nb, int64_t nb1, const i
         for (int c = 0; c < NR; c++)
             res[r][c] = _mm256_setzero_ps();
     for (int j = p->bits - 1; j >= p->bits - p->top; j--) {
-        __m256 ev[2][2], od[2][2];
+        __m256 ev[2][4], od[2][4];
         for (int r = 0; r < MR; r++)
             for (int c = 0; c < NR; c++)
                 ev[r][c] = od[r][c] = _mm256_setzero_ps();
         for (int64_t k = 0; k < C; k++) {
-            __m256i idx[2];
+            __m256i idx[4];
             for (int c = 0; c < NR; c++)
                 idx[c] = _mm256_loadu_si256((const __m256i *)(w[c] + (k * p->bits + j) * 8));
             for (int g = 0; g < 10; g += 2) {
@@ -585,12 +589,17 @@ TILE void fa_block(const fa_args *p, int64_t m, int64_t nb, int64_t nb1, const i
 
 TGT void fa_avx2(const fa_args *p, int64_t nb0, int64_t nb1)
 {
+    if (p->M == 1) {  /* GEMV: four row blocks at a time, so more independent add chains */
+        for (int64_t nb = nb0; nb < nb1; nb += 4)
+            fa_block(p, 0, nb, nb1, 1, 4);
+        return;
+    }
     for (int64_t nb = nb0; nb < nb1; nb += 2) {
         int64_t m = 0;
         for (; m + 1 < p->M; m += 2)
-            fa_block(p, m, nb, nb1, 2);
+            fa_block(p, m, nb, nb1, 2, 2);
         if (m < p->M)
-            fa_block(p, m, nb, nb1, 1);
+            fa_block(p, m, nb, nb1, 1, 2);
     }
 }
 
