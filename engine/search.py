@@ -257,8 +257,12 @@ def joint_search(evaluate: Callable, space: SearchSpace, objective: Callable, es
 
     Candidates are asked a generation at a time (``population`` trials; default from the budget,
     see ``default_population``), scored by the no-training estimate in one batch through
-    ``evaluate`` and told to the study. A proposal whose plan was already estimated is told its
-    known values without spending budget (so ``budget`` counts distinct plans).
+    ``evaluate`` and told to the study on the fine-tuned scale: the estimate mapped through the
+    round's estimate -> fine-tuned predictor (the identity in round 1). A proposal whose plan was
+    already evaluated is told its known values (fine-tuned ones once fine-tuned) without spending
+    budget, so ``budget`` counts distinct plans. From round 2 on, the fine-tuned plans are
+    enqueued again first: told their fine-tuned values they join the generation, where NSGA-II's
+    survivor selection can keep them as parents (the random sampler ignores them).
 
     Each round ends with fine-tunes: a line fitted to the (estimate, fine-tuned) validation
     accuracy pairs so far (``FinetunePredictor``; none yet: the estimate itself) predicts every
@@ -315,32 +319,55 @@ def joint_search(evaluate: Callable, space: SearchSpace, objective: Callable, es
             estimate them, tell the study; returns how many were estimated."""
             told = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
             n = min(n, pop - told % pop)
-            trials, new, labels = [], [], []
+            trials, new, params, labels = [], [], [], []
             for _ in range(n):
                 t = study.ask()
                 t.relative_params   # noqa: B018  (NSGA-II records a trial's generation here; an
                 #                     enqueued trial never asks for it, and would be left out)
-                plan = space.suggest(t)
+                p = space._suggest_params(t)
+                plan = space.plan_from(p)
                 trials.append((t, plan))
                 d = plan.digest()
                 if d not in by_digest and all(q.digest() != d for q in new):
                     new.append(plan)
+                    params.append(p)
                     labels.append(f"{sampler} r{round_no + 1} {len(cands) + len(new) - 1}")
             evs = evaluate(new, estimate_settings, labels) if new else []
-            for plan, ev in zip(new, evs):
+            for p, plan, ev in zip(params, new, evs):
                 by_digest[plan.digest()] = len(cands)
-                cands.append({"plan": plan, "est": ev, "est_v": values_of(plan, ev), "ft": None, "ft_v": None})
+                cands.append({"params": p, "plan": plan, "est": ev, "est_v": values_of(plan, ev), "ft": None,
+                              "ft_v": None})
                 est_plans.append(plan)
                 est_evs.append(ev)
             for t, plan in trials:
-                v = cands[by_digest[plan.digest()]]["est_v"]
+                v = told_values(cands[by_digest[plan.digest()]])
                 if v is None:
                     study.tell(t, state=optuna.trial.TrialState.FAIL)
                 else:
                     study.tell(t, v)
             return len(new)
 
+        predictor = [FinetunePredictor([], [])]
+
+        def told_values(c):
+            """What the study hears of a candidate: its fine-tuned values once fine-tuned, else the
+            estimate mapped through the round's estimate -> fine-tuned predictor (the identity
+            until something is fine-tuned), so every value told is on the fine-tuned scale."""
+            if c["ft_v"] is not None:
+                return c["ft_v"]
+            if c["est_v"] is None:
+                return None
+            return [float(predictor[0](c["est_v"][0])), *c["est_v"][1:]]
+
         for r in range(rounds):
+            if r > 0:
+                # feedback: the fine-tuned plans are enqueued again; asked (no budget spent: they
+                # are known) and told their fine-tuned values, they join the current generation,
+                # where NSGA-II's survivor selection can pick them as parents (random ignores them)
+                tuned = [c for c in cands if c["ft_v"] is not None]
+                predictor[0] = FinetunePredictor([c["est_v"][0] for c in tuned], [c["ft_v"][0] for c in tuned])
+                for c in tuned:
+                    study.enqueue_trial(c["params"])
             done, asks = 0, 0
             while done < est_split[r] and asks < 20 * est_split[r] + 20:
                 got = generation(est_split[r] - done, r)

@@ -6,7 +6,8 @@
   the layer's weights estimated with Hutchinson's method (Rademacher probes) on a few batches.
 - ``alps``: lower one layer to ``bits`` (weights and activations) in a plan that keeps every
   other layer at ``base_bits``, fine-tune briefly, record the validation accuracy drop against
-  the same plan with no layer lowered. One job per layer, run in parallel through a JobRunner.
+  the same plan with no layer lowered. One job per layer, run in parallel through a JobRunner;
+  the test split is left unscored (the drop is measured on validation).
 
 ``rank_correlation`` gives Spearman's rho between two methods' scores.
 """
@@ -208,7 +209,7 @@ def alps(model_id: str, dataset_id: str, bits: int = 2, base_bits: int = 8, step
     from .jobs import JobRunner
     base, data, topo = _load(model_id, dataset_id, baseline, data)
     plans = alps_plans(topo, bits, base_bits)
-    settings = Settings(steps=steps, seed=seed, distill=distill)
+    settings = Settings(steps=steps, seed=seed, distill=distill, score_test=False)   # the score is on validation
     own = runner is None
     runner = runner or JobRunner(store=store)
     results = {}

@@ -3,11 +3,13 @@
 On Fashion-MNIST's CNN with the bit-serial profile (bismo) and a fixed budget: hypervolume of
 (test accuracy, throughput) with the reference point (FP32 test accuracy - 0.10, throughput 0),
 fixed here and not chosen per run (figures at margins 0.05 and 0.20 are printed alongside), of
-the frontier found by the NSGA-II search, against the uniform-precision frontier (W8A8, W4A4,
-W2A2 and their 2x-wide variants: six fine-tunes with the same steps) and against random search
-with the same budget (same number of estimates and of fine-tunes, the same uniform seeds, the
-same estimate-then-fine-tune rounds; only the proposals differ). Each search fine-tunes as many
-points as the uniform frontier has. Estimates are scored on a fixed 1,000-example validation
+the frontier found by the NSGA-II search (Optuna's NSGAIISampler), against the uniform-precision
+frontier (W8A8, W4A4, W2A2 and their 2x-wide variants: six fine-tunes with the same steps) and
+against random search (Optuna's RandomSampler) with the same budget (same number of estimates
+and of fine-tunes, the same sampler seed, the same enqueued seed plans: the six uniform ones and
+the EAGL greedy path from 4 to 2 bits, the same estimate-then-fine-tune rounds and fine-tune
+choice; only the proposals differ). Each search fine-tunes as many points as the uniform
+frontier has. Estimates are scored on a fixed 1,000-example validation
 subset (no test); fine-tuned points on the full validation and test splits; frontiers are
 selected on validation and reported on test.
 
@@ -18,6 +20,7 @@ fine-tuned validation accuracy over both searches' fine-tuned points; points per
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -77,7 +80,10 @@ def measure(quick=False, budget=None, finetune=None, steps=None, profile="bismo"
     with JobRunner(workers=workers, store=store) as runner:
         # uniform-precision frontier
         t = time.perf_counter()
-        sw = Sweep(model, dataset, profile, runner=runner, store=store, baseline=base, data=data)
+        log(f"uniform: fine-tuning {model} x 6 presets, {steps} steps each")
+        sw = Sweep(model, dataset, profile, runner=runner, store=store, baseline=base, data=data,
+                   progress=lambda done, total, msg: log(f"  uniform [{done}/{total}] {msg}") if "fine-tuned" in msg
+                   else None)
         names = ["w8a8", "w4a4", "w2a2", "2x-w8a8", "2x-w4a4", "2x-w2a2"]
         plans = []
         for n in names:
@@ -136,10 +142,21 @@ def measure(quick=False, budget=None, finetune=None, steps=None, profile="bismo"
             "frontier_random": runs["random"].frontier[["val_accuracy", "test_accuracy", "throughput",
                                                         "label"]].to_dict("records"),
             "frontier_uniform": uni[["val_accuracy", "test_accuracy", "throughput", "label"]].to_dict("records"),
+            # every point of both searches (JSON only), for looking into what each search tried
+            "points": {m: r.points[["phase", "status", "estimate_val_accuracy", "val_accuracy", "test_accuracy",
+                                    "throughput", "label"]].to_dict("records") for m, r in runs.items()},
         })
         t = time.perf_counter()
+        said = set()
+
+        def alps_say(frac, msg):
+            if msg not in said:
+                said.add(msg)
+                log(f"  alps {msg}")
+        log("sensitivity: EAGL, Hessian (Hutchinson), ALPS (one short fine-tune per layer)")
         sens = [eagl(model, dataset, baseline=base, data=data), hessian(model, dataset, baseline=base, data=data),
-                alps(model, dataset, steps=min(steps, 100), runner=runner, store=store, baseline=base, data=data)]
+                alps(model, dataset, steps=min(steps, 100), runner=runner, store=store, baseline=base, data=data,
+                     progress=alps_say)]
         log(f"sensitivity in {time.perf_counter() - t:.0f} s")
         out["sensitivity_orders"] = {s.method: s.order(most_sensitive_first=True) for s in sens}
         out["sensitivity_spearman"] = {f"{c['a']} vs {c['b']}": c["spearman"] for c in correlations(sens)}
@@ -163,9 +180,15 @@ def check(out: dict) -> list[tuple[str, float, str, float, bool]]:
 
 def run(args) -> int:
     t0 = time.perf_counter()
+    load0 = os.getloadavg()
+
+    def log(m):
+        e = time.perf_counter() - t0
+        print(f"[{int(e // 60):02d}:{int(e % 60):02d}] {m}", file=sys.stderr, flush=True)
     out = measure(args.quick, args.budget, args.finetune, args.steps, args.profile, args.workers, args.seed,
-                  log=lambda m: print(m, file=sys.stderr, flush=True), eval_limit=args.eval_limit)
+                  log=log, eval_limit=args.eval_limit)
     out["total_seconds"] = time.perf_counter() - t0
+    out["load_average"] = {"start": list(load0), "end": list(os.getloadavg())}
     checks = check(out)
     if args.json:
         print(json.dumps({**out, "targets": [dict(zip(("name", "value", "op", "target", "met"), c)) for c in checks]},
@@ -194,6 +217,9 @@ def run(args) -> int:
           f"{out['nsga2_finetunes']} fine-tunes in {out['nsga2_seconds']:.0f} s; median estimate "
           f"{out['median_estimate_s'] or float('nan'):.1f} s, fine-tune {out['median_finetune_s'] or float('nan'):.1f} s "
           f"per job); total {out['total_seconds']:.0f} s")
+    la = out["load_average"]
+    print(f"load average (1, 5, 15 min) at start {', '.join(f'{v:.2f}' for v in la['start'])}; "
+          f"at end {', '.join(f'{v:.2f}' for v in la['end'])} ({os.cpu_count()} cores)")
     print("NSGA-II frontier (val-selected, test-reported):")
     for r in out["frontier_nsga2"]:
         print(f"  val {100 * r['val_accuracy']:.2f}%  test {100 * r['test_accuracy']:.2f}%  {r['throughput']:10.1f}/s  {r['label']}")
