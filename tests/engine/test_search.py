@@ -188,3 +188,25 @@ def test_enqueued_seed_plans_form_nsga2_generation_zero(monkeypatch):
     assert gens[:len(seeds)] == [0] * len(seeds) and None not in gens and max(gens) >= 2
     assert studies[0].directions == [optuna.study.StudyDirection.MAXIMIZE] * 2
     assert isinstance(studies[0].sampler, optuna.samplers.NSGAIISampler)
+
+
+def test_later_rounds_tell_the_study_the_fine_tuned_values(monkeypatch):
+    """From round 2 the fine-tuned plans are asked again (no budget) and told their fine-tuned
+    accuracy (the fake fine-tune adds 0.05 to the estimate), so NSGA-II can keep them as parents."""
+    import optuna
+    studies = []
+    create = optuna.create_study
+
+    def capture(*a, **k):
+        studies.append(create(*a, **k))
+        return studies[-1]
+    monkeypatch.setattr(optuna, "create_study", capture)
+    space, calls, (est, est_evs, ft, ft_evs), _ = _fake_search("nsga2", budget=30, finetune=6)
+    assert len(est) == 30
+    tuned = {p.digest(): ev.val_accuracy for p, ev in zip(ft[:4], ft_evs[:4])}   # rounds 1 and 2
+    told = {}
+    for t in studies[0].trials:
+        if t.values is not None:
+            told.setdefault(space.plan_from(t.params).digest(), []).append(t.values[0])
+    for d, acc in tuned.items():
+        assert any(v == pytest.approx(acc) for v in told[d])
