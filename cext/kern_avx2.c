@@ -412,7 +412,10 @@ TGT void i8_avx2(const i8_args *p, int64_t n0, int64_t n1)
 {
     /* column chunks whose weights fit in L2 (~192 KiB), then row blocks: the activation rows of
      * a block stay in L1 while the chunk's weights stream from L2 */
-    const int64_t nc = imin(n1 - n0, 2 * (int64_t)(1 + 196608 / (2 * p->kb * 32 * p->D)));
+#ifndef I8_CHUNK
+#define I8_CHUNK 196608
+#endif
+    const int64_t nc = imin(n1 - n0, 2 * (int64_t)(1 + I8_CHUNK / (2 * p->kb * 32 * p->D)));
     for (int64_t c0 = n0; c0 < n1; c0 += nc)
         for (int64_t m = 0; m < p->M; m += I8MR) {
             const int64_t mr = imin(I8MR, p->M - m), c1 = imin(n1, c0 + nc);
