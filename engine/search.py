@@ -300,7 +300,7 @@ def joint_search(evaluate: Callable, space: SearchSpace, objective: Callable, es
     pop = population or default_population(first, len(enqueue))
     n_obj = 1 + len(objective(space.plan_from(space.uniform_params(8, 8)), None))
 
-    cands: list[dict] = []        # plan, est (ev), est_v (values), ft (ev), ft_v (values), in order estimated
+    cands: list[dict] = []   # params, plan, est (ev), est_v (values), ft (ev), ft_v (values); in order estimated
     by_digest: dict[str, int] = {}
     est_plans, est_evs, ft_plans, ft_evs = [], [], [], []
 
