@@ -26,6 +26,8 @@ ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-net
 def add_arguments(p) -> None:
     p.add_argument("--sessions", type=int, default=10, help="concurrent browser sessions in the load test")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    p.add_argument("--think", type=float, default=1.0,
+                   help="mean pause between one user's edits, seconds (each pause uniform in 0.5x-1.5x)")
     p.add_argument("--quick", action="store_true", help="3 sessions for 15 s, fewer edits")
     p.add_argument("--json", action="store_true")
 
@@ -90,7 +92,7 @@ async def _edit(page, cells, cards, rng: random.Random) -> float:
     return 1000 * (time.perf_counter() - t0)
 
 
-async def _session(browser, url: str, start: "_Start", rng: random.Random, out: dict) -> None:
+async def _session(browser, url: str, start: "_Start", rng: random.Random, out: dict, think: float) -> None:
     context = await browser.new_context(viewport={"width": 1300, "height": 900})
     page = await context.new_page()
     page.on("pageerror", lambda e: out["errors"].append(f"pageerror: {e}"))
@@ -110,7 +112,7 @@ async def _session(browser, url: str, start: "_Start", rng: random.Random, out: 
             except Exception as e:  # noqa: BLE001 - a failed edit is counted; the user goes on
                 out["errors"].append(f"{type(e).__name__}: " + " | ".join(str(e).splitlines()[:6]))
                 await page.keyboard.press("Escape")
-            await asyncio.sleep(0.5 + rng.random())  # an analyst's pause between edits
+            await asyncio.sleep(think * (0.5 + rng.random()))  # an analyst's pause between edits
     except Exception as e:  # noqa: BLE001 - every failure is counted, the run goes on
         out["errors"].append(f"{type(e).__name__}: " + " | ".join(str(e).splitlines()[:8]))
     finally:
@@ -133,7 +135,7 @@ class _Start:
         return self.until
 
 
-async def _load(url: str, sessions: int, duration: float) -> dict:
+async def _load(url: str, sessions: int, duration: float, think: float = 1.0) -> dict:
     """``sessions`` users arriving at once, then ``duration`` seconds of edits by all of them together.
 
     Each user is a browser context of one headless chromium (its own cookies, cache and focus, as
@@ -144,19 +146,19 @@ async def _load(url: str, sessions: int, duration: float) -> dict:
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         start = _Start(sessions, duration)
-        await asyncio.gather(*[_session(browser, url, start, random.Random(i), out) for i in range(sessions)])
+        await asyncio.gather(*[_session(browser, url, start, random.Random(i), out, think) for i in range(sessions)])
         await browser.close()
     return out
 
 
-def load_test(sessions: int, duration: float) -> dict:
+def load_test(sessions: int, duration: float, think: float = 1.0) -> dict:
     if not os.path.exists(CHROMIUM):
         return {"skipped": f"needs Debian's chromium at {CHROMIUM}"}
     with tempfile.TemporaryDirectory() as tmp:
         url, server, runner = _serve(os.path.join(tmp, "store.sqlite"))
         try:
             single = asyncio.run(_load(url, 1, 0.0))
-            out = asyncio.run(_load(url, sessions, duration))
+            out = asyncio.run(_load(url, sessions, duration, think))
         finally:
             try:
                 server.stop()
@@ -164,7 +166,7 @@ def load_test(sessions: int, duration: float) -> dict:
                 pass
             runner.shutdown()
     lat = out["latency_ms"]
-    return {"sessions": sessions, "duration_s": duration, "first_render_s": single["first_render_s"][:1],
+    return {"sessions": sessions, "duration_s": duration, "think_s": think, "first_render_s": single["first_render_s"][:1],
             "first_render_under_load_p50_s": statistics.median(out["first_render_s"]) if out["first_render_s"] else None,
             "edits": len(lat), "errors": len(out["errors"]) + len(single["errors"]),
             "error_samples": (single["errors"] + out["errors"])[:5],
@@ -174,7 +176,7 @@ def load_test(sessions: int, duration: float) -> dict:
 def run(args) -> int:
     sessions, duration, edits = (3, 15.0, 50) if args.quick else (args.sessions, args.duration, 200)
     refresh = cost_refresh(edits)
-    load = load_test(sessions, duration)
+    load = load_test(sessions, duration, args.think)
     result = {"cost_refresh": refresh, "load": load,
               "targets": {"cost refresh p95 <= 100 ms": refresh["p95_ms"] <= 100,
                           "no errors under load": load.get("errors", 1) == 0}}
@@ -189,7 +191,8 @@ def run(args) -> int:
         print(f"  load test skipped: {load['skipped']}")
     else:
         print(f"  time to first render (one session): {load['first_render_s'][0]:.2f} s")
-        print(f"  {load['sessions']} concurrent sessions editing for {load['duration_s']:.0f} s: {load['edits']} edits, "
+        print(f"  {load['sessions']} concurrent sessions editing for {load['duration_s']:.0f} s "
+              f"(pauses of {load['think_s']:g} s on average): {load['edits']} edits, "
               f"{load['errors']} errors, interaction p50 {load['interaction_p50_ms']:.0f} ms, "
               f"p95 {load['interaction_p95_ms']:.0f} ms; first render under load p50 "
               f"{load['first_render_under_load_p50_s']:.1f} s")

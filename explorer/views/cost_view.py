@@ -19,12 +19,17 @@ def _si(v: float, unit: str) -> str:
     return f"{v:.3g} {unit}"
 
 
+CARDS_CSS = (".bs-cards{display:flex;gap:10px;flex-wrap:wrap}.bs-card{border:1px solid #ddd;border-radius:6px;"
+             "padding:6px 12px;min-width:110px}.bs-k{font-size:11px;color:#666}.bs-v{font-size:18px;font-weight:600}"
+             ".bs-foot{font-size:11px;color:#666;margin-top:4px}")
+
+
 class CostView(pn.viewable.Viewer):
     workspace = param.ClassSelector(class_=Workspace)
 
     def __init__(self, **params):
         super().__init__(**params)
-        self.totals = pn.pane.HTML(sizing_mode="stretch_width", name="cost-totals")
+        self.totals = pn.pane.HTML(sizing_mode="stretch_width", name="cost-totals", stylesheets=[CARDS_CSS])
         # one Bokeh figure per session whose data source is replaced on every edit: only the new
         # columns travel to the browser, and no plot is rebuilt on the server
         self._revision = 0  # shown as data-revision: browser tests and the load test wait on it
@@ -59,9 +64,7 @@ class CostView(pn.viewable.Viewer):
         html = "".join(f'<div class="bs-card"><div class="bs-k">{k}</div><div class="bs-v" data-metric="{k}">{v}</div></div>'
                        for k, v in cards)
         self.totals.object = (
-            "<style>.bs-cards{display:flex;gap:10px;flex-wrap:wrap}.bs-card{border:1px solid #ddd;border-radius:6px;"
-            "padding:6px 12px;min-width:110px}.bs-k{font-size:11px;color:#666}.bs-v{font-size:18px;font-weight:600}</style>"
-            f'<div class="bs-cards" data-revision="{self._revision}">{html}</div><div style="font-size:11px;color:#666;margin-top:4px">'
+            f'<div class="bs-cards" data-revision="{self._revision}">{html}</div><div class="bs-foot">'
             f'profile <b>{t["profile"]}</b> at batch {t["batch"]}: {t.get("title", "")}</div>')
         data = self._data()
         doc = self._source.document
