@@ -80,11 +80,13 @@ async def _edit(page, cells, cards, rng: random.Random) -> float:
     row = rng.randrange(await cells.count())
     cur = (await cells.nth(row).inner_text()).strip()
     value = rng.choice([v for v in ("2", "3", "4", "6", "8") if v != cur])
-    await cells.nth(row).click(timeout=10_000)
+    # force: a user clicks when they see the cell; Playwright's extra wait for two steady animation
+    # frames is harness overhead that a CPU-starved renderer cannot give (a missed click still fails below)
+    await cells.nth(row).click(timeout=10_000, force=True)
     choice = page.locator(".tabulator-edit-list-item", has_text=value).first
     await choice.wait_for(timeout=10_000)
     t0 = time.perf_counter()  # the edit is committed by this click; the cost shown is the answer
-    await choice.click(timeout=10_000)
+    await choice.click(timeout=10_000, force=True)
     try:  # the browser polls the page itself (no round trip per check)
         await expect(cards).not_to_have_attribute("data-revision", before, timeout=10_000)
     except AssertionError:
