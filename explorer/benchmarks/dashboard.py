@@ -74,7 +74,8 @@ def _serve(store_path: str):
 
 
 async def _edit(page, cells, cards, rng: random.Random) -> float:
-    """Set one layer's weight bits through the table's list editor; milliseconds until the new cost shows."""
+    """Set one layer's weight bits through the table's list editor; milliseconds until the page shows
+    the recosted plan and the table the new value."""
     from playwright.async_api import expect
     before = await cards.get_attribute("data-revision")
     row = rng.randrange(await cells.count())
@@ -82,6 +83,7 @@ async def _edit(page, cells, cards, rng: random.Random) -> float:
     value = rng.choice([v for v in ("2", "3", "4", "6", "8") if v != cur])
     # force: a user clicks when they see the cell; Playwright's extra wait for two steady animation
     # frames is harness overhead that a CPU-starved renderer cannot give (a missed click still fails below)
+    await cells.nth(row).wait_for(timeout=10_000)  # visible, as a user would see it
     await cells.nth(row).click(timeout=10_000, force=True)
     choice = page.locator(".tabulator-edit-list-item", has_text=value).first
     await choice.wait_for(timeout=10_000)
@@ -89,8 +91,9 @@ async def _edit(page, cells, cards, rng: random.Random) -> float:
     await choice.click(timeout=10_000, force=True)
     try:  # the browser polls the page itself (no round trip per check)
         await expect(cards).not_to_have_attribute("data-revision", before, timeout=10_000)
+        await expect(cells.nth(row)).to_have_text(value, timeout=10_000)
     except AssertionError:
-        raise TimeoutError("the cost did not update within 10 s") from None
+        raise TimeoutError("the cost and the table did not both show the edit within 10 s") from None
     return 1000 * (time.perf_counter() - t0)
 
 
@@ -166,6 +169,7 @@ def load_test(sessions: int, duration: float, think: float = 1.0) -> dict:
                 server.stop()
             except RuntimeError:
                 pass
+            server.join(timeout=30)  # stopped for good: a later Panel reset finds nothing half-stopped
             runner.shutdown()
     lat = out["latency_ms"]
     return {"sessions": sessions, "duration_s": duration, "think_s": think, "first_render_s": single["first_render_s"][:1],
