@@ -67,11 +67,8 @@ class SearchSpace:
     def _widen_of(self) -> dict[str, str]:
         return {p: f"space{sid}.widen" for sid, prods in self.widen_spaces.items() for p in prods}
 
-    def suggest(self, trial) -> Plan:
-        """A plan from an Optuna trial (categorical parameters: deterministic for a seeded sampler)."""
-        return self.plan_from(self._suggest_params(trial))
-
-    def _suggest_params(self, trial) -> dict:
+    def suggest_params(self, trial) -> dict:
+        """Parameters from an Optuna trial (categorical: deterministic for a seeded sampler)."""
         params = {}
         for n in self.names:
             params[f"{n}.w"] = trial.suggest_categorical(f"{n}.w", list(self.w_bits))
@@ -123,7 +120,7 @@ class SearchSpace:
         class _T:
             def suggest_categorical(self, _name, choices):
                 return choices[int(rng.integers(len(choices)))]
-        return self._suggest_params(_T())
+        return self.suggest_params(_T())
 
 
 def hv_gain_picks(pred: np.ndarray, current: np.ndarray, ref: Sequence[float], k: int) -> list[int]:
@@ -324,7 +321,7 @@ def joint_search(evaluate: Callable, space: SearchSpace, objective: Callable, es
                 t = study.ask()
                 t.relative_params   # noqa: B018  (NSGA-II records a trial's generation here; an
                 #                     enqueued trial never asks for it, and would be left out)
-                p = space._suggest_params(t)
+                p = space.suggest_params(t)
                 plan = space.plan_from(p)
                 trials.append((t, plan))
                 d = plan.digest()
