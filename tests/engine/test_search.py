@@ -172,9 +172,9 @@ def test_params_of_snaps_any_plan_into_the_space(lenet_topo):
     assert plan_label(fp, lenet_topo.names) == "|".join(["W8A8"] * 5)
 
 
-def test_enqueued_seed_plans_form_nsga2_generation_zero(monkeypatch):
-    """Optuna's NSGA-II gives a trial its generation only when it samples; the search makes the
-    enqueued seeds ask too, so they are generation 0 (the parents of generation 1)."""
+@pytest.fixture
+def captured_studies(monkeypatch):
+    """Every Optuna study a search creates, for tests to inspect its trials."""
     import optuna
     studies = []
     create = optuna.create_study
@@ -183,6 +183,14 @@ def test_enqueued_seed_plans_form_nsga2_generation_zero(monkeypatch):
         studies.append(create(*a, **k))
         return studies[-1]
     monkeypatch.setattr(optuna, "create_study", capture)
+    return studies
+
+
+def test_enqueued_seed_plans_form_nsga2_generation_zero(captured_studies):
+    """Optuna's NSGA-II gives a trial its generation only when it samples; the search makes the
+    enqueued seeds ask too, so they are generation 0 (the parents of generation 1)."""
+    import optuna
+    studies = captured_studies
     _, _, _, seeds = _fake_search("nsga2", budget=20, population=6)
     gens = [t.system_attrs.get("NSGAIISampler:generation") for t in studies[0].trials]
     assert gens[:len(seeds)] == [0] * len(seeds) and None not in gens and max(gens) >= 2
@@ -190,17 +198,10 @@ def test_enqueued_seed_plans_form_nsga2_generation_zero(monkeypatch):
     assert isinstance(studies[0].sampler, optuna.samplers.NSGAIISampler)
 
 
-def test_later_rounds_tell_the_study_the_fine_tuned_values(monkeypatch):
+def test_later_rounds_tell_the_study_the_fine_tuned_values(captured_studies):
     """From round 2 the fine-tuned plans are asked again (no budget) and told their fine-tuned
     accuracy (the fake fine-tune adds 0.05 to the estimate), so NSGA-II can keep them as parents."""
-    import optuna
-    studies = []
-    create = optuna.create_study
-
-    def capture(*a, **k):
-        studies.append(create(*a, **k))
-        return studies[-1]
-    monkeypatch.setattr(optuna, "create_study", capture)
+    studies = captured_studies
     space, calls, (est, est_evs, ft, ft_evs), _ = _fake_search("nsga2", budget=30, finetune=6)
     assert len(est) == 30
     tuned = {p.digest(): ev.val_accuracy for p, ev in zip(ft[:4], ft_evs[:4])}   # rounds 1 and 2
