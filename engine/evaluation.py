@@ -50,7 +50,7 @@ class Settings:
     kd_beta: float = 1.0
     temperature: float = 2.0
     init: str = "mse"               # step-size initialisation: "mse" search or LSQ's "lsq" formula
-    bn_reestimate: bool = True
+    bn_reestimate: bool = True      # batch-norm statistics recomputed at calibration and after fine-tuning
     seed: int = 0
     calib_batches: int = 4
     eval_limit: int | None = None   # score at most this many validation examples (a fixed subset seeded by seed)

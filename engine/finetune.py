@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -62,6 +62,15 @@ def _freeze_bn(model: nn.Module) -> None:
 @torch.no_grad()
 def reestimate_bn(model: nn.Module, data: Dataset, batch_size: int = 128, num_batches: int = 20, seed: int = 0) -> None:
     """Recompute batch-norm running statistics under the quantized network."""
+    gen = torch.Generator().manual_seed(seed)
+    bn_statistics(model, (xb for i, (xb, _) in zip(range(num_batches), batches(data.x_train, data.y_train,
+                                                                                 batch_size, gen))))
+
+
+@torch.no_grad()
+def bn_statistics(model: nn.Module, inputs: Iterable[torch.Tensor]) -> None:
+    """Batch-norm running statistics recomputed (cumulative average) over ``inputs``: after
+    quantization the pretrained statistics no longer match what the layers produce."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
@@ -69,10 +78,7 @@ def reestimate_bn(model: nn.Module, data: Dataset, batch_size: int = 128, num_ba
         m.reset_running_stats()
         m.momentum = None  # cumulative average
     model.train()
-    gen = torch.Generator().manual_seed(seed)
-    for i, (xb, _) in enumerate(batches(data.x_train, data.y_train, batch_size, gen)):
-        if i >= num_batches:
-            break
+    for xb in inputs:
         model(xb)
     model.eval()
 

@@ -118,7 +118,8 @@ class ActQuantizer(nn.Module):
         if self._observed is not None:
             flat = x.detach().flatten()
             if flat.numel() > 16384:
-                flat = flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[:16384]]
+                # a seeded sample with replacement: randperm of millions of elements cost more than the pass
+                flat = flat[torch.randint(flat.numel(), (16384,), generator=torch.Generator().manual_seed(0))]
             self._observed.append(flat)
             return x
         if not bool(self.ready):

@@ -140,3 +140,30 @@ def test_eval_limit_scores_a_seeded_validation_subset_and_score_test_can_be_off(
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match="eval_limit"):
             Settings(eval_limit=bad)
+
+
+@pytest.mark.fashion
+def test_calibration_recomputes_batch_norm_statistics_under_the_quantized_network():
+    from engine.baselines import load_baseline
+    from engine.pipeline import _calibration_batches, prepare
+    data = load_dataset("fashion-mnist")
+    base = load_baseline("cnn", "fashion-mnist", data)
+    plan = Plan.uniform(2, 2)
+    s = Settings(steps=0)
+    fresh, _, _ = prepare("cnn", "fashion-mnist", plan, s, baseline=base, data=data)
+    kept, _, _ = prepare("cnn", "fashion-mnist", plan, Settings(steps=0, bn_reestimate=False), baseline=base, data=data)
+    assert torch.equal(kept.model.bn1.running_mean, base.bn1.running_mean)
+    # bn1 sees the quantized conv1's output, which no batch-norm statistic changes: its new mean
+    # is the average over the calibration batches of that output's per-channel batch means
+    means = []
+    hook = kept.model.bn1.register_forward_hook(lambda m, inp, out: means.append(inp[0].mean(dim=(0, 2, 3))))
+    with torch.no_grad():
+        for xb in _calibration_batches(data, s):
+            kept.model(xb)
+    hook.remove()
+    assert len(means) == s.calib_batches
+    torch.testing.assert_close(fresh.model.bn1.running_mean, torch.stack(means).mean(0), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(fresh.model.bn4.running_var, base.bn4.running_var)
+    # and the no-training estimate of a 2-bit network is closer to what a fine-tune reaches
+    x, y = data.x_val[:2000], data.y_val[:2000]
+    assert accuracy(fresh.model, x, y) > accuracy(kept.model, x, y) + 0.01
