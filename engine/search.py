@@ -151,20 +151,24 @@ def hv_gain_picks(pred: np.ndarray, current: np.ndarray, ref: Sequence[float], k
 
 
 class FinetunePredictor:
-    """Fine-tuned validation accuracy predicted from the no-training estimate: a least-squares line
-    through the (estimate, fine-tuned) pairs seen so far (slope kept in [0, 1.5]), or a mean offset
-    with fewer than two distinct estimates; never above the best fine-tuned accuracy seen (the
-    line is not trusted beyond its data, where accuracy saturates)."""
+    """Fine-tuned validation accuracy predicted from the no-training estimate: a line through the
+    (estimate, fine-tuned) pairs seen so far, its slope shrunk toward 1 (a constant offset) by a
+    prior worth one pair ``prior`` accuracy away from the mean, so two or three pairs with nearly
+    the same estimate cannot tilt it (a free fit through them once gave every candidate the same
+    prediction); slope kept in [0, 1.5]; never above the best fine-tuned accuracy seen (the line
+    is not trusted beyond its data, where accuracy saturates)."""
 
-    def __init__(self, est: Sequence[float], tuned: Sequence[float]):
+    def __init__(self, est: Sequence[float], tuned: Sequence[float], prior: float = 0.05):
         e, t = np.asarray(est, dtype=float), np.asarray(tuned, dtype=float)
         ok = np.isfinite(e) & np.isfinite(t)
         e, t = e[ok], t[ok]
-        self.slope, self.offset = 1.0, float(np.mean(t - e)) if len(e) else 0.0
+        self.slope, self.offset = 1.0, 0.0
         self.cap = float(t.max()) if len(t) else 1.0
-        if len(e) >= 2 and np.ptp(e) > 1e-9:
-            b = float(np.clip(np.polyfit(e, t, 1)[0], 0.0, 1.5))
-            self.slope, self.offset = b, float(np.mean(t - b * e))
+        if len(e):
+            de, dt = e - e.mean(), t - t.mean()
+            lam = prior ** 2
+            self.slope = float(np.clip((de @ dt + lam) / (de @ de + lam), 0.0, 1.5))
+            self.offset = float(t.mean() - self.slope * e.mean())
 
     def __call__(self, est) -> np.ndarray:
         return np.clip(self.slope * np.asarray(est, dtype=float) + self.offset, 0.0, self.cap)

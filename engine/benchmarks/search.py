@@ -67,7 +67,7 @@ def measure(quick=False, budget=None, finetune=None, steps=None, profile="bismo"
 
     log = log or (lambda m: None)
     model, dataset = ("lenet5", "digits") if quick else ("cnn", "fashion-mnist")
-    budget = budget or (32 if quick else 48)
+    budget = budget or (64 if quick else 96)
     finetune = finetune or 6
     steps = steps or (100 if quick else 150)
     eval_limit = eval_limit if eval_limit is not None else (None if quick else 1000)

@@ -70,7 +70,12 @@ def test_hv_gain_picks_greedy_and_predictor():
     assert 3 not in hv_gain_picks(pred, cur, ref, 5)      # below the reference accuracy: adds nothing
     assert hv_gain_picks(np.array([[0.5, 5.0]]), cur, ref, 3) == []
     p = FinetunePredictor([0.5, 0.7, 0.9], [0.8, 0.85, 0.9])
-    assert p.slope == pytest.approx(0.25) and float(p(0.7)) == pytest.approx(0.85)
+    # least squares shrunk toward slope 1: (Sxy + 0.05^2) / (Sxx + 0.05^2) = 0.0225 / 0.0825
+    assert p.slope == pytest.approx(0.0225 / 0.0825) and float(p(0.7)) == pytest.approx(0.85)
+    assert FinetunePredictor([0.5, 0.7, 0.9], [0.8, 0.85, 0.9], prior=1e-9).slope == pytest.approx(0.25)
+    # two pairs a tenth of a point apart barely tilt the line (a free fit would give slope 0.2)
+    flat = FinetunePredictor([0.910, 0.911], [0.917, 0.9172])
+    assert 0.9 < flat.slope < 1.0 and float(flat(0.80)) == pytest.approx(0.80 + 0.0066, abs=2e-3)
     q = FinetunePredictor([0.5], [0.8])
     assert q.slope == 1.0 and float(q(0.4)) == pytest.approx(0.7)
     assert float(p(1.0)) == pytest.approx(0.9)                          # capped at the best fine-tuned seen
