@@ -151,27 +151,30 @@ def hv_gain_picks(pred: np.ndarray, current: np.ndarray, ref: Sequence[float], k
 
 
 class FinetunePredictor:
-    """Fine-tuned validation accuracy predicted from the no-training estimate: a line through the
-    (estimate, fine-tuned) pairs seen so far, its slope shrunk toward 1 (a constant offset) by a
-    prior worth one pair ``prior`` accuracy away from the mean, so two or three pairs with nearly
-    the same estimate cannot tilt it (a free fit through them once gave every candidate the same
-    prediction); slope kept in [0, 1.5]; never above the best fine-tuned accuracy seen (the line
-    is not trusted beyond its data, where accuracy saturates)."""
+    """Fine-tuned validation accuracy predicted from the no-training estimate.
 
-    def __init__(self, est: Sequence[float], tuned: Sequence[float], prior: float = 0.05):
+    What a fine-tune leaves of the estimate's loss against the unquantized network's accuracy
+    ``reference`` is taken as one fraction r of that loss: tuned = reference - r (reference -
+    estimate), a line through (reference, reference), so a plan that loses more recovers more.
+    r is the least-squares fraction over the (estimate, fine-tuned) pairs so far, shrunk toward 1
+    (the estimate itself) by a prior worth one pair ``prior`` below the reference, so pairs that
+    barely lost anything cannot swing it; r in [0, 1.5]. Never above the best fine-tuned accuracy
+    seen (nothing says a plan beats every one tried). No pairs: the estimate itself.
+
+    (A free two-parameter line was tried first: through two pairs with nearly the same estimate
+    it gave every candidate the same prediction.)"""
+
+    def __init__(self, est: Sequence[float], tuned: Sequence[float], reference: float = 1.0, prior: float = 0.02):
         e, t = np.asarray(est, dtype=float), np.asarray(tuned, dtype=float)
         ok = np.isfinite(e) & np.isfinite(t)
-        e, t = e[ok], t[ok]
-        self.slope, self.offset = 1.0, 0.0
-        self.cap = float(t.max()) if len(t) else 1.0
-        if len(e):
-            de, dt = e - e.mean(), t - t.mean()
-            lam = prior ** 2
-            self.slope = float(np.clip((de @ dt + lam) / (de @ de + lam), 0.0, 1.5))
-            self.offset = float(t.mean() - self.slope * e.mean())
+        lost, left = reference - e[ok], reference - t[ok]
+        self.reference = float(reference)
+        self.fraction = float(np.clip((lost @ left + prior ** 2) / (lost @ lost + prior ** 2), 0.0, 1.5))
+        self.cap = float(t[ok].max()) if ok.any() else 1.0
 
     def __call__(self, est) -> np.ndarray:
-        return np.clip(self.slope * np.asarray(est, dtype=float) + self.offset, 0.0, self.cap)
+        lost = self.reference - np.asarray(est, dtype=float)
+        return np.clip(self.reference - self.fraction * lost, 0.0, self.cap)
 
 
 # ---- greedy path ------------------------------------------------------------------------------
@@ -265,8 +268,9 @@ def joint_search(evaluate: Callable, space: SearchSpace, objective: Callable, es
     enqueued again first: told their fine-tuned values they join the generation, where NSGA-II's
     survivor selection can keep them as parents (the random sampler ignores them).
 
-    Each round ends with fine-tunes: a line fitted to the (estimate, fine-tuned) validation
-    accuracy pairs so far (``FinetunePredictor``; none yet: the estimate itself) predicts every
+    Each round ends with fine-tunes: the fraction of the estimate's loss (against the FP32
+    validation accuracy) that fine-tuning left, fitted over the (estimate, fine-tuned) validation
+    accuracy pairs so far (``FinetunePredictor``; none yet: the estimate itself), predicts every
     open candidate's fine-tuned accuracy, and the round's fine-tunes go to the candidates that
     add most to the hypervolume of the fine-tuned front (reference: baseline validation accuracy
     - ``acc_margin``, cost objectives at 0 or below their lowest value), then, when nothing adds,
@@ -365,10 +369,10 @@ def joint_search(evaluate: Callable, space: SearchSpace, objective: Callable, es
                 # feedback: the fine-tuned plans are enqueued again; asked (no budget spent: they
                 # are known) and told their fine-tuned values, they join the current generation,
                 # where NSGA-II's survivor selection can pick them as parents (random ignores them)
-                tuned = [c for c in cands if c["ft_v"] is not None]
-                predictor[0] = FinetunePredictor([c["est_v"][0] for c in tuned], [c["ft_v"][0] for c in tuned])
-                for c in tuned:
-                    study.enqueue_trial(c["params"])
+                predictor[0] = _predictor(cands)
+                for c in cands:
+                    if c["ft_v"] is not None:
+                        study.enqueue_trial(c["params"])
             done, asks = 0, 0
             while done < est_split[r] and asks < 20 * est_split[r] + 20:
                 got = generation(est_split[r] - done, r)
@@ -387,6 +391,20 @@ def joint_search(evaluate: Callable, space: SearchSpace, objective: Callable, es
     return est_plans, est_evs, ft_plans, ft_evs
 
 
+def _baseline_val(cands: list[dict]) -> float | None:
+    return next((c["est"].baseline_val_accuracy for c in cands
+                 if c["est"] is not None and c["est"].baseline_val_accuracy is not None), None)
+
+
+def _predictor(cands: list[dict]) -> FinetunePredictor:
+    """The estimate -> fine-tuned predictor from the candidates fine-tuned so far, anchored at the
+    unquantized network's validation accuracy."""
+    tuned = [c for c in cands if c["ft_v"] is not None]
+    base = _baseline_val(cands)
+    return FinetunePredictor([c["est_v"][0] for c in tuned], [c["ft_v"][0] for c in tuned],
+                             reference=1.0 if base is None else base)
+
+
 def _finetune_picks(cands: list[dict], k: int, n_obj: int, acc_margin: float) -> list[int]:
     """Indices of the ``k`` open candidates to fine-tune: most hypervolume added to the fine-tuned
     front under the estimate -> fine-tuned predictor (see ``joint_search``)."""
@@ -394,12 +412,11 @@ def _finetune_picks(cands: list[dict], k: int, n_obj: int, acc_margin: float) ->
     open_ = [i for i, c in enumerate(cands) if c["ft"] is None and c["est_v"] is not None]
     if not open_:
         return []
-    predict = FinetunePredictor([c["est_v"][0] for c in tuned], [c["ft_v"][0] for c in tuned])
+    predict = _predictor(cands)
     pv = np.array([[float(predict(cands[i]["est_v"][0])), *cands[i]["est_v"][1:]] for i in open_],
                   dtype=float).reshape(-1, n_obj)
     cur = np.array([c["ft_v"] for c in tuned], dtype=float).reshape(-1, n_obj)
-    base_val = next((c["est"].baseline_val_accuracy for c in cands
-                     if c["est"] is not None and c["est"].baseline_val_accuracy is not None), None)
+    base_val = _baseline_val(cands)
     allv = np.vstack([cur, pv])
     acc_ref = base_val - acc_margin if base_val is not None else float(np.min(allv[:, 0]))
     cost_ref = [0.0 if np.min(allv[:, j]) >= 0 else

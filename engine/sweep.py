@@ -197,7 +197,7 @@ def run_sweep(model: str, dataset: str, profile: str, budget: int, finetune: int
               out: str | Path | None = None, progress: Callable | None = None, order: str = "eagl",
               sparsity: tuple[str, ...] | None = None, population: int | None = None, baseline=None, data=None,
               settings: Settings | None = None, eval_limit: int | None = None,
-              rounds: int | None = None) -> SweepResult:
+              rounds: int | None = None, path_seeds: bool = True) -> SweepResult:
     """Run one sweep; every Evaluation goes to the store (and the session), the frontier to ``out``.
 
     budget: candidates scored by the no-training estimate (nsga2/random) or points on the greedy path;
@@ -207,7 +207,8 @@ def run_sweep(model: str, dataset: str, profile: str, budget: int, finetune: int
     and estimated points that reach the frontier are scored again on both in full before it is
     reported; rounds: estimate/fine-tune rounds of the joint search (see ``joint_search``);
     order: the sensitivity order of the greedy path, and of the greedy seed plans (uniform 4 bits
-    lowered to 2 one layer at a time) that nsga2 and random both start from with the uniform seeds.
+    lowered to 2 one layer at a time) that nsga2 and random both start from with the uniform seeds
+    (``path_seeds=False``: the uniform seeds alone, e.g. for plain random search).
 
     The reported hypervolume is of (test accuracy, throughput) with the reference point
     (FP32 test accuracy - 0.10, throughput 0).
@@ -259,9 +260,11 @@ def run_sweep(model: str, dataset: str, profile: str, budget: int, finetune: int
                 return (c["throughput"],) + ((-c[third],) if third else ())
             # seed plans (both samplers): the greedy path from uniform 4 bits to 2 bits in the
             # ``order`` sensitivity order, least sensitive layer first (the ends are uniform seeds)
-            sens = sensitivity(order, model, dataset, baseline=baseline, data=data,
-                               **({"runner": runner, "store": store} if order == "alps" else {}))
-            path = greedy_plans(sw.names, sens.order(), ladder=(4, 2))[1:-1]
+            path = []
+            if path_seeds:
+                sens = sensitivity(order, model, dataset, baseline=baseline, data=data,
+                                   **({"runner": runner, "store": store} if order == "alps" else {}))
+                path = greedy_plans(sw.names, sens.order(), ladder=(4, 2))[1:-1]
             joint_search(sw.evaluate, space, objective, est, ft, budget, finetune, sampler=method, seed=seed,
                          population=population, rounds=rounds, seed_plans=path)
         points = sw.frame()

@@ -3,13 +3,15 @@
 On Fashion-MNIST's CNN with the bit-serial profile (bismo) and a fixed budget: hypervolume of
 (test accuracy, throughput) with the reference point (FP32 test accuracy - 0.10, throughput 0),
 fixed here and not chosen per run (figures at margins 0.05 and 0.20 are printed alongside), of
-the frontier found by the NSGA-II search (Optuna's NSGAIISampler), against the uniform-precision
-frontier (W8A8, W4A4, W2A2 and their 2x-wide variants: six fine-tunes with the same steps) and
-against random search (Optuna's RandomSampler) with the same budget (same number of estimates
-and of fine-tunes, the same sampler seed, the same enqueued seed plans: the six uniform ones and
-the EAGL greedy path from 4 to 2 bits, the same estimate-then-fine-tune rounds and fine-tune
-choice; only the proposals differ). Each search fine-tunes as many points as the uniform
-frontier has. Estimates are scored on a fixed 1,000-example validation
+the frontier found by the NSGA-II search (Optuna's NSGAIISampler, started from the six uniform
+plans and the EAGL greedy path from 4 to 2 bits), against the uniform-precision frontier (W8A8,
+W4A4, W2A2 and their 2x-wide variants: six fine-tunes with the same steps) and against random
+search (Optuna's RandomSampler, started from the six uniform plans) with the same budget (same
+number of estimates and of fine-tunes, the same sampler seed, the same estimate-then-fine-tune
+rounds and fine-tune choice). An ablation runs the random sampler from the same start as
+NSGA-II (uniform plans and the greedy path), so only the proposals differ: it tells what the
+sampler adds beyond the sensitivity-guided start. Each search fine-tunes as many points as the
+uniform frontier has. Estimates are scored on a fixed 1,000-example validation
 subset (no test); fine-tuned points on the full validation and test splits; frontiers are
 selected on validation and reported on test.
 
@@ -27,6 +29,8 @@ import time
 import pandas as pd
 
 TARGETS = (("hv found / uniform", ">=", 1.05), ("hv found / random", ">", 1.0))
+# name -> (Optuna sampler, start from the greedy sensitivity path as well as the uniform plans)
+SEARCHES = {"nsga2": ("nsga2", True), "random": ("random", False), "random+path": ("random", True)}
 
 
 def add_arguments(p) -> None:
@@ -99,14 +103,14 @@ def measure(quick=False, budget=None, finetune=None, steps=None, profile="bismo"
         ref = (float(sw.records[0][2].baseline_test_accuracy) - MARGIN, 0.0)
         log(f"uniform: {len(plans)} fine-tuned in {time.perf_counter() - t:.0f} s; HV {hypervolume_of(uni, ref):.6g}")
         runs = {}
-        for method in ("nsga2", "random"):
+        for method, (sampler, path) in SEARCHES.items():
             t = time.perf_counter()
             def say(done, total, msg, method=method):
                 if msg.startswith("fine-tune ") or msg.startswith("estimate: "):
                     log(f"  {method} [{done}/{total}] {msg}")
-            runs[method] = run_sweep(model, dataset, profile, budget, finetune=finetune, steps=steps, method=method,
+            runs[method] = run_sweep(model, dataset, profile, budget, finetune=finetune, steps=steps, method=sampler,
                                      seed=seed, store=store, runner=runner, baseline=base, data=data,
-                                     eval_limit=eval_limit, progress=say)
+                                     eval_limit=eval_limit, progress=say, path_seeds=path)
             log(f"{method}: {len(runs[method].points)} points in {time.perf_counter() - t:.0f} s; "
                 f"HV {hypervolume_of(runs[method].frontier, ref):.6g}")
         base_acc = float(sw.records[0][2].baseline_test_accuracy)
@@ -123,12 +127,15 @@ def measure(quick=False, budget=None, finetune=None, steps=None, profile="bismo"
         for m in OTHER_MARGINS:
             r2 = (base_acc - m, 0.0)
             u2, n2, q2 = hypervolume_of(uni, r2), hypervolume_of(found.frontier, r2), hypervolume_of(runs["random"].frontier, r2)
-            other[f"{m:.2f}"] = {"found / uniform": ratio(n2, u2), "found / random": ratio(n2, q2)}
+            other[f"{m:.2f}"] = {"found / uniform": ratio(n2, u2), "found / random": ratio(n2, q2),
+                                 "found / random+path": ratio(n2, hypervolume_of(runs["random+path"].frontier, r2))}
         out.update({
             "fp32_test_accuracy": base_acc, "ref": list(ref), "margin": MARGIN, "other_margins": other,
             "hv_uniform": hv_uni, "hv_nsga2": hv["nsga2"], "hv_random": hv["random"],
+            "hv_random+path": hv["random+path"],
             "hv found / uniform": ratio(hv["nsga2"], hv_uni),
             "hv found / random": ratio(hv["nsga2"], hv["random"]),
+            "hv found / random+path": ratio(hv["nsga2"], hv["random+path"]),
             "estimate_vs_finetuned_spearman": _spearman(tuned.estimate_val_accuracy.tolist(),
                                                         tuned.val_accuracy.tolist()) if len(tuned) > 1 else None,
             "estimate_vs_finetuned_n": len(tuned),
@@ -139,8 +146,8 @@ def measure(quick=False, budget=None, finetune=None, steps=None, profile="bismo"
             "random_finetunes": int((runs["random"].points.status == "fine-tuned").sum()),
             "median_estimate_s": _median_wall(store, est.key), "median_finetune_s": _median_wall(store, tuned.key),
             "frontier_nsga2": found.frontier[["val_accuracy", "test_accuracy", "throughput", "label"]].to_dict("records"),
-            "frontier_random": runs["random"].frontier[["val_accuracy", "test_accuracy", "throughput",
-                                                        "label"]].to_dict("records"),
+            **{f"frontier_{m}": runs[m].frontier[["val_accuracy", "test_accuracy", "throughput",
+                                                  "label"]].to_dict("records") for m in ("random", "random+path")},
             "frontier_uniform": uni[["val_accuracy", "test_accuracy", "throughput", "label"]].to_dict("records"),
             # every point of both searches (JSON only), for looking into what each search tried
             "points": {m: r.points[["phase", "status", "estimate_val_accuracy", "val_accuracy", "test_accuracy",
@@ -200,12 +207,15 @@ def run(args) -> int:
           f"x {out['steps']} steps per search (full validation + test)")
     print(f"FP32 test accuracy {100 * out['fp32_test_accuracy']:.2f}%; HV of (test accuracy, throughput), reference: "
           f"accuracy {100 * out['ref'][0]:.2f}% (FP32 - {100 * out['margin']:.0f} points), throughput 0")
-    print(f"hypervolume  uniform {out['hv_uniform']:.6g}   NSGA-II {out['hv_nsga2']:.6g}   random {out['hv_random']:.6g}")
+    print(f"hypervolume  uniform {out['hv_uniform']:.6g}   NSGA-II {out['hv_nsga2']:.6g}   random {out['hv_random']:.6g}"
+          f"   random+path {out['hv_random+path']:.6g}")
     for name, v, op, target, ok in checks:
         print(f"{name}: {v:.3f} (target {op} {target}) {'MET' if ok else 'NOT MET'}")
+    print(f"ablation, hv found / random+path (the random sampler from NSGA-II's start, greedy path included): "
+          f"{out['hv found / random+path']:.3f}")
     for m, r in out["other_margins"].items():
         print(f"  (context, reference FP32 - {100 * float(m):.0f} points: found/uniform {r['found / uniform']:.3f}, "
-              f"found/random {r['found / random']:.3f})")
+              f"found/random {r['found / random']:.3f}, found/random+path {r['found / random+path']:.3f})")
     for k, v in out["sensitivity_spearman"].items():
         print(f"rank correlation {k}: {v:+.3f}")
     print("sensitivity orders (most sensitive first): "
@@ -223,9 +233,11 @@ def run(args) -> int:
     print("NSGA-II frontier (val-selected, test-reported):")
     for r in out["frontier_nsga2"]:
         print(f"  val {100 * r['val_accuracy']:.2f}%  test {100 * r['test_accuracy']:.2f}%  {r['throughput']:10.1f}/s  {r['label']}")
-    print("random-search frontier:")
-    for r in out["frontier_random"]:
-        print(f"  val {100 * r['val_accuracy']:.2f}%  test {100 * r['test_accuracy']:.2f}%  {r['throughput']:10.1f}/s  {r['label']}")
+    for m in ("random", "random+path"):
+        print(f"{m} frontier:")
+        for r in out[f"frontier_{m}"]:
+            print(f"  val {100 * r['val_accuracy']:.2f}%  test {100 * r['test_accuracy']:.2f}%  {r['throughput']:10.1f}/s  "
+                  f"{r['label']}")
     print("uniform frontier:")
     for r in out["frontier_uniform"]:
         print(f"  val {100 * r['val_accuracy']:.2f}%  test {100 * r['test_accuracy']:.2f}%  {r['throughput']:10.1f}/s  {r['label']}")

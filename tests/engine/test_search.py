@@ -69,19 +69,20 @@ def test_hv_gain_picks_greedy_and_predictor():
     assert picks == [2, 0]
     assert 3 not in hv_gain_picks(pred, cur, ref, 5)      # below the reference accuracy: adds nothing
     assert hv_gain_picks(np.array([[0.5, 5.0]]), cur, ref, 3) == []
-    p = FinetunePredictor([0.5, 0.7, 0.9], [0.8, 0.85, 0.9])
-    # least squares shrunk toward slope 1: (Sxy + 0.05^2) / (Sxx + 0.05^2) = 0.0225 / 0.0825
-    assert p.slope == pytest.approx(0.0225 / 0.0825) and float(p(0.7)) == pytest.approx(0.85)
-    assert FinetunePredictor([0.5, 0.7, 0.9], [0.8, 0.85, 0.9], prior=1e-9).slope == pytest.approx(0.25)
-    # two pairs a tenth of a point apart barely tilt the line (a free fit would give slope 0.2)
-    flat = FinetunePredictor([0.910, 0.911], [0.917, 0.9172])
-    assert 0.9 < flat.slope < 1.0 and float(flat(0.80)) == pytest.approx(0.80 + 0.0066, abs=2e-3)
-    q = FinetunePredictor([0.5], [0.8])
-    assert q.slope == 1.0 and float(q(0.4)) == pytest.approx(0.7)
-    assert float(p(1.0)) == pytest.approx(0.9)                          # capped at the best fine-tuned seen
-    assert q(0.99) == pytest.approx(0.8)
-    r = FinetunePredictor([0.1, 0.2], [0.2, 0.9])
-    assert r.slope == 1.5 and float(r(0.0)) >= 0.0                       # slope clipped, output in [0, cap]
+    # the fraction of the loss against the reference that fine-tuning leaves: r = sum(lost * left) /
+    # sum(lost^2) (plus the prior) over the pairs; here every pair keeps half its loss
+    p = FinetunePredictor([0.5, 0.7, 0.9], [0.75, 0.85, 0.95], reference=1.0, prior=0.0)
+    assert p.fraction == pytest.approx(0.5) and float(p(0.6)) == pytest.approx(0.8)
+    assert float(p(0.0)) == pytest.approx(0.5) and float(p(0.99)) == pytest.approx(0.95)   # capped at the best seen
+    one = FinetunePredictor([0.80], [0.86], reference=0.92)
+    assert one.fraction == pytest.approx((0.12 * 0.06 + 0.02 ** 2) / (0.12 ** 2 + 0.02 ** 2))
+    assert float(one(0.70)) > 0.70 + 0.08                       # loses more, recovers more
+    # pairs that barely lost anything cannot swing it: the prior keeps r near 1
+    near = FinetunePredictor([0.918, 0.917], [0.910, 0.9172], reference=0.92)
+    assert 0.9 < near.fraction <= 1.5 and FinetunePredictor([], []).fraction == 1.0
+    assert float(FinetunePredictor([], [])(0.42)) == pytest.approx(0.42)    # nothing tuned: the estimate
+    worse = FinetunePredictor([0.8], [0.5], reference=0.9, prior=0.0)
+    assert worse.fraction == 1.5 and float(worse(0.0)) == 0.0   # fraction clipped, output in [0, cap]
 
 
 def _fake_search(sampler, budget=30, finetune=6, seed=0, seed_plans=(), population=6):
