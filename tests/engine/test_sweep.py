@@ -1,8 +1,16 @@
+import json
+
 import pandas as pd
 import pytest
 
+from engine.baselines import load_baseline
+from engine.data import load_dataset
 from engine.errors import UserError
+from engine.graph import analyze
 from engine.jobs import JobRunner
+from engine.plan import Plan
+from engine.search import greedy_plans
+from engine.sensitivity import eagl
 from engine.store import Store
 from engine.sweep import run_sweep
 from explorer.cli import main
@@ -76,7 +84,6 @@ def test_sweep_cli(tmp_path, capsys):
 
 
 def test_sweep_scores_estimates_on_a_validation_subset_and_reports_the_frontier_on_full_test():
-    from engine.data import load_dataset
     sizes = load_dataset("digits").sizes()
     store = Store(":memory:")
     runner = shared_runner(store)
@@ -102,3 +109,19 @@ def test_sweep_scores_estimates_on_a_validation_subset_and_reports_the_frontier_
         ev = store.get(k)
         assert ev.status == "estimated" and ev.provenance["val_examples"] == sizes["val"]
         assert ev.provenance["test_examples"] == sizes["test"]
+
+
+def test_path_seeds_off_starts_from_the_uniform_plans_alone():
+    """Random search from the uniform plans alone (the plain baseline) never meets the greedy path;
+    from the default start it estimates all of the path."""
+    data = load_dataset("digits")
+    topo = analyze(load_baseline("mlp", "digits", data), data.input_shape)
+    path = {p.digest() for p in greedy_plans(topo.names, eagl("mlp", "digits", data=data).order(), ladder=(4, 2))[1:-1]}
+    store = Store(":memory:")
+    runner = shared_runner(store)
+    kw = {**KW, "budget": 12, "finetune": 0, "population": 12}
+    digests = lambda res: {Plan.from_dict(json.loads(p)).digest() for p in res.points.plan}  # noqa: E731
+    with_path = run_sweep("mlp", "digits", "bismo", store=store, runner=runner, method="random", **kw)
+    alone = run_sweep("mlp", "digits", "bismo", store=store, runner=runner, method="random", path_seeds=False, **kw)
+    assert len(path) == 2 and path <= digests(with_path)
+    assert not path & digests(alone) and len(digests(alone)) == 12
