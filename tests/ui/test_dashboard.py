@@ -87,8 +87,11 @@ def test_edit_launch_tap_download(app_server, page, tmp_path):
     ws.apply_preset("fp32")
     assert set(ws.rows["w_bits"]) == {32}
     target = ws.points.reset_index(drop=True).iloc[0]
-    xy = page.evaluate(TAP_JS, [float(target[ws.x_axis]), float(target[ws.y_axis])])
-    assert xy, "no scatter plot found on the page"
+    def scatter_xy():
+        return page.evaluate(TAP_JS, [float(target[ws.x_axis]), float(target[ws.y_axis])])
+    # on a loaded machine the scatter can render well after the table: wait for it
+    wait_until(lambda: scatter_xy() is not None, page, timeout=30_000)
+    xy = scatter_xy()
     page.mouse.click(xy[0], xy[1])
     wait_until(lambda: ws.selected == target["key"], page)
     wait_until(lambda: list(ws.rows["w_bits"]) == [32, 4, 2, 32, 32], page)
