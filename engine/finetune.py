@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Callable, Iterable
 
 import torch
@@ -63,8 +64,7 @@ def _freeze_bn(model: nn.Module) -> None:
 def reestimate_bn(model: nn.Module, data: Dataset, batch_size: int = 128, num_batches: int = 20, seed: int = 0) -> None:
     """Recompute batch-norm running statistics under the quantized network."""
     gen = torch.Generator().manual_seed(seed)
-    bn_statistics(model, (xb for i, (xb, _) in zip(range(num_batches), batches(data.x_train, data.y_train,
-                                                                                 batch_size, gen))))
+    bn_statistics(model, (xb for xb, _ in islice(batches(data.x_train, data.y_train, batch_size, gen), num_batches)))
 
 
 @torch.no_grad()
