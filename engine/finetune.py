@@ -74,6 +74,7 @@ def bn_statistics(model: nn.Module, inputs: Iterable[torch.Tensor]) -> None:
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
+    momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative average
@@ -81,6 +82,8 @@ def bn_statistics(model: nn.Module, inputs: Iterable[torch.Tensor]) -> None:
     for xb in inputs:
         model(xb)
     model.eval()
+    for m, momentum in zip(bns, momenta):   # calibration runs before training: leave BN as it was
+        m.momentum = momentum
 
 
 # loss(model, xb, yb, step) -> scalar tensor; hook(step) -> None

@@ -164,6 +164,7 @@ def test_calibration_recomputes_batch_norm_statistics_under_the_quantized_networ
     assert len(means) == s.calib_batches
     torch.testing.assert_close(fresh.model.bn1.running_mean, torch.stack(means).mean(0), rtol=1e-4, atol=1e-5)
     assert not torch.allclose(fresh.model.bn4.running_var, base.bn4.running_var)
+    assert fresh.model.bn1.momentum == base.bn1.momentum      # left as it was, for fine-tuning
     # and the no-training estimate of a 2-bit network is closer to what a fine-tune reaches
     x, y = data.x_val[:2000], data.y_val[:2000]
     assert accuracy(fresh.model, x, y) > accuracy(kept.model, x, y) + 0.01
