@@ -843,20 +843,19 @@ def _method_op(node, names, where):
 
 
 def _trace(model):
-    import torch
-    import torch.fx
     import torch.nn as nn
 
+    from .fxtrace import Tracer
     from .layers import QUANT_LAYERS
 
     leaves = QUANT_LAYERS + (nn.Linear, nn.Conv2d, nn.LSTM, nn.BatchNorm1d, nn.BatchNorm2d)
 
-    class Tracer(torch.fx.Tracer):
+    class _Tracer(Tracer):
         def is_leaf_module(self, m, qualname):
             return isinstance(m, leaves) or super().is_leaf_module(m, qualname)
 
     try:
-        return Tracer().trace(model)
+        return _Tracer().trace(model)
     except Exception as e:  # noqa: BLE001 - any tracing failure is reported the same way
         raise DeployError(f"the network cannot be traced with torch.fx ({type(e).__name__}: {e})") from None
 

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
+from .fxtrace import Tracer
 from .plan import LayerConfig, PlanError
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear, nn.LSTM, nn.GRU)
@@ -202,7 +203,7 @@ _FLATTEN_FUNCS = {torch.flatten}
 _FLATTEN_METHODS = {"view", "reshape", "flatten"}
 
 
-class _Tracer(torch.fx.Tracer):
+class _Tracer(Tracer):
     def is_leaf_module(self, m, qualname):
         return (isinstance(m, QUANTIZABLE + (nn.BatchNorm1d, nn.BatchNorm2d, nn.RNN))
                 or super().is_leaf_module(m, qualname))

@@ -43,6 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..fxtrace import Tracer
 from ..layers import QUANT_LAYERS, QuantConv2d, QuantLinear, QuantLSTM, QuantRecurrent
 from ..plan import FLOAT_BITS, LayerConfig, Plan
 from ..quant import lsq
@@ -283,7 +284,7 @@ def _emit_weight(b: _Builder, name: str, w: torch.Tensor, wq, transpose: bool = 
 # tracing
 # ---------------------------------------------------------------------------------------------
 
-class _Tracer(torch.fx.Tracer):
+class _Tracer(Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, QUANT_LAYERS) or super().is_leaf_module(m, qualname)
 
