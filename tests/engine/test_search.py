@@ -69,20 +69,27 @@ def test_hv_gain_picks_greedy_and_predictor():
     assert picks == [2, 0]
     assert 3 not in hv_gain_picks(pred, cur, ref, 5)      # below the reference accuracy: adds nothing
     assert hv_gain_picks(np.array([[0.5, 5.0]]), cur, ref, 3) == []
-    # the fraction of the loss against the reference that fine-tuning leaves: r = sum(lost * left) /
-    # sum(lost^2) (plus the prior) over the pairs; here every pair keeps half its loss
-    p = FinetunePredictor([0.5, 0.7, 0.9], [0.75, 0.85, 0.95], reference=1.0, prior=0.0)
-    assert p.fraction == pytest.approx(0.5) and float(p(0.6)) == pytest.approx(0.8)
-    assert float(p(0.0)) == pytest.approx(0.5) and float(p(0.99)) == pytest.approx(0.95)   # capped at the best seen
+    # what fine-tuning leaves of the loss against the reference is a line in the loss, fitted by
+    # least squares: here every pair keeps a point plus 40% of its loss
+    lost = np.array([0.4, 0.2, 0.05])
+    p = FinetunePredictor(1.0 - lost, 1.0 - (0.01 + 0.4 * lost), reference=1.0, prior=0.0)
+    assert p.fraction == pytest.approx(0.4) and p.offset == pytest.approx(0.01)
+    assert float(p(0.7)) == pytest.approx(1.0 - 0.01 - 0.4 * 0.3)
+    assert float(p(0.99)) == pytest.approx(0.97)        # capped at the best fine-tuned accuracy seen
+    # the prior (two pairs on the identity line) pulls a single pair toward the estimate itself
     one = FinetunePredictor([0.80], [0.86], reference=0.92)
-    assert one.fraction == pytest.approx((0.12 * 0.06 + 0.02 ** 2) / (0.12 ** 2 + 0.02 ** 2))
-    assert float(one(0.70)) > 0.70 + 0.08                       # loses more, recovers more
-    # pairs that barely lost anything cannot swing it: the prior keeps r near 1
+    assert 0.80 < float(one(0.80)) < 0.86 and float(one(0.70)) - 0.70 > float(one(0.80)) - 0.80
+    # pairs that barely lost anything cannot swing it: a heavy plan stays near its estimate
     near = FinetunePredictor([0.918, 0.917], [0.910, 0.9172], reference=0.92)
-    assert 0.9 < near.fraction <= 1.5 and FinetunePredictor([], []).fraction == 1.0
+    assert abs(float(near(0.70)) - 0.70) < 0.04
     assert float(FinetunePredictor([], [])(0.42)) == pytest.approx(0.42)    # nothing tuned: the estimate
-    worse = FinetunePredictor([0.8], [0.5], reference=0.9, prior=0.0)
+    worse = FinetunePredictor([0.8, 0.7], [0.5, 0.2], reference=0.9, prior=0.0)
     assert worse.fraction == 1.5 and float(worse(0.0)) == 0.0   # fraction clipped, output in [0, cap]
+    # Fashion-MNIST's CNN (FP32 val 92.7%) after two fine-tunes, W4A4 0.925 -> 0.9175 and a mixed
+    # plan 0.873 -> 0.898: uniform W2A2 (estimate 0.735, fine-tuned 0.845 in the benchmark) is
+    # predicted above the search's reference, FP32 - 10 points; without the offset it was not
+    seen = FinetunePredictor([0.925, 0.873], [0.9175, 0.8983], reference=0.9272)
+    assert float(seen(0.735)) > 0.9272 - 0.10
 
 
 def _fake_search(sampler, budget=30, finetune=6, seed=0, seed_plans=(), population=6):
