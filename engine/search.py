@@ -277,9 +277,9 @@ def joint_search(evaluate: Callable, space: SearchSpace, objective: Callable, es
     enqueued again first: told their fine-tuned values they join the generation, where NSGA-II's
     survivor selection can keep them as parents (the random sampler ignores them).
 
-    Each round ends with fine-tunes: the fraction of the estimate's loss (against the FP32
-    validation accuracy) that fine-tuning left, fitted over the (estimate, fine-tuned) validation
-    accuracy pairs so far (``FinetunePredictor``; none yet: the estimate itself), predicts every
+    Each round ends with fine-tunes: what fine-tuning left of the estimate's loss (against the
+    FP32 validation accuracy), a line with an offset fitted over the (estimate, fine-tuned)
+    validation accuracy pairs so far (``FinetunePredictor``; none yet: the estimate), predicts every
     open candidate's fine-tuned accuracy, and the round's fine-tunes go to the candidates that
     add most to the hypervolume of the fine-tuned front (reference: baseline validation accuracy
     - ``acc_margin``, cost objectives at 0 or below their lowest value), then, when nothing adds,
