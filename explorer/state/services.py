@@ -25,11 +25,12 @@ def get_store():
 
 def get_runner():
     global _runner
+    store = get_store()  # before taking the lock: get_store takes it too, and it is not reentrant
     with _lock:
         if _runner is None:
             from engine.jobs import JobRunner
             _runner = JobRunner(workers=_settings.get("workers"), scheduler=_settings.get("scheduler"),
-                                store=get_store())
+                                store=store)
         return _runner
 
 
