@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .assets import data_dir
 from .checkpoint import load_state, save_state
 from .data import Dataset, load_dataset
 from .errors import UserError
@@ -19,7 +20,7 @@ from .evaluation import Settings, code_version
 from .finetune import Progress, accuracy, train
 from .zoo import build_model
 
-DATA_DIR = Path(os.environ.get("BITSCAPE_DATA", Path(__file__).resolve().parent.parent / "data"))
+DATA_DIR = data_dir()
 SHIPPED = DATA_DIR / "baselines"
 
 

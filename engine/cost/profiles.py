@@ -18,12 +18,13 @@ from typing import Any
 
 import jsonschema
 
+from ..assets import data_dir
 from ..errors import UserError
 from .formulas import FLOAT, bitfusion_perf_factor, mac_energy_pj, round_up_to
 
 BITS = tuple(range(1, 9)) + (FLOAT,)       # plan bit choices, in table order
 NB = len(BITS)
-SHIPPED_DIR = Path(__file__).resolve().parents[2] / "data" / "profiles"
+SHIPPED_DIR = data_dir() / "profiles"
 ENV_PATH = "BITSCAPE_PROFILE_PATH"
 CLASSES = ("fixed", "bitserial", "fusion", "lut")
 
