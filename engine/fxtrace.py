@@ -21,13 +21,31 @@ import torch.fx
 _LOCK = threading.RLock()
 
 
+_EXTRA_LEAVES: list[type] = []
+
+
 @functools.cache
 def leaf_types() -> tuple[type, ...]:
-    """Module types a trace keeps whole (subclasses included): layers, batch norm, quantized layers."""
+    """Module types a trace keeps whole (subclasses included): layers, batch norm, quantized layers,
+    and any type given to ``register_leaf``."""
     import torch.nn as nn
 
     from .layers import QUANT_LAYERS   # imported late: engine.layers imports the plan and quantizers
-    return QUANT_LAYERS + (nn.Linear, nn.Conv2d, nn.LSTM, nn.GRU, nn.RNN, nn.BatchNorm1d, nn.BatchNorm2d)
+    return (QUANT_LAYERS + (nn.Linear, nn.Conv2d, nn.LSTM, nn.GRU, nn.RNN, nn.BatchNorm1d, nn.BatchNorm2d)
+            + tuple(_EXTRA_LEAVES))
+
+
+def register_leaf(*types: type) -> None:
+    """Keep modules of ``types`` whole in every trace (a new layer kind registers itself here)."""
+    _EXTRA_LEAVES.extend(t for t in types if t not in _EXTRA_LEAVES)
+    leaf_types.cache_clear()
+
+
+def unregister_leaf(*types: type) -> None:
+    for t in types:
+        if t in _EXTRA_LEAVES:
+            _EXTRA_LEAVES.remove(t)
+    leaf_types.cache_clear()
 
 
 class Tracer(torch.fx.Tracer):

@@ -28,6 +28,10 @@ class Handlers:
             return fn
         return deco
 
+    def unregister(self, *types: type) -> None:
+        for t in types:
+            self._table.pop(t, None)
+
     def lookup(self, mod) -> Callable | None:
         """The handler registered for the most specific class of ``mod`` (None if none is)."""
         for cls in type(mod).__mro__:
