@@ -30,7 +30,7 @@ class Agreement:
         return self.examples - self.disagreements
 
     @classmethod
-    def of(cls, reference, candidate, labels=None) -> "Agreement":
+    def of(cls, reference, candidate, labels=None) -> Agreement:
         """Compare two (N, classes) logit arrays; ``labels`` (N,) adds both accuracies."""
         ref = np.asarray(reference, dtype=np.float64)
         got = np.asarray(candidate, dtype=np.float64)

@@ -30,7 +30,9 @@ def leaf_types() -> tuple[type, ...]:
     and any type given to ``register_leaf``."""
     import torch.nn as nn
 
-    from .layers import QUANT_LAYERS   # imported late: engine.layers imports the plan and quantizers
+    from .layers import (
+        QUANT_LAYERS,  # imported late: engine.layers imports the plan and quantizers
+    )
     return (QUANT_LAYERS + (nn.Linear, nn.Conv2d, nn.LSTM, nn.GRU, nn.RNN, nn.BatchNorm1d, nn.BatchNorm2d)
             + tuple(_EXTRA_LEAVES))
 

@@ -7,7 +7,7 @@ so a handler for ``QuantLinear`` wins over one for its base ``nn.Linear``.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 class Handlers:

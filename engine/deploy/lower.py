@@ -115,7 +115,7 @@ def _module_op(mod, node, names, layer_names, where):
 
 def _function_op(node, names, where):
     fn = node.target
-    enc = lambda v: _enc(v, names)  # noqa: E731
+    enc = lambda v: _enc(v, names)
     if fn in (F.relu, torch.relu):
         return {"op": "relu", "args": [enc(node.args[0])]}
     if fn in (torch.tanh, F.tanh):
@@ -153,7 +153,7 @@ def _function_op(node, names, where):
 
 
 def _method_op(node, names, where):
-    enc = lambda v: _enc(v, names)  # noqa: E731
+    enc = lambda v: _enc(v, names)
     m = node.target
     args = [enc(a) for a in node.args]
     if m in ("relu", "tanh", "sigmoid"):
@@ -176,7 +176,7 @@ def _method_op(node, names, where):
 def _trace(model):
     try:
         return Tracer().trace(model)
-    except Exception as e:  # noqa: BLE001 - any tracing failure is reported the same way
+    except Exception as e:
         raise DeployError(f"the network cannot be traced with torch.fx ({type(e).__name__}: {e})") from None
 
 

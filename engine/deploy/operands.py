@@ -126,7 +126,7 @@ class ActSpec:
                                               "binary", "bits", "u_signed", "p", "q")}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ActSpec":
+    def from_dict(cls, d: dict) -> ActSpec:
         return cls(**d)
 
 

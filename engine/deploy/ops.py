@@ -5,6 +5,7 @@ import numpy as np
 
 from .operands import DeployError
 
+
 def _sigmoid(x):
     e = np.exp(-x)
     e += np.float32(1.0)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .operands import FLOAT, ActSpec, DeployError, Gemm  # noqa: F401 - ActSpec re-exported
+from .operands import FLOAT, DeployError, Gemm
 from .ops import _OPS, _bn_fn, _getter, _im2col_nhwc_padded, _sigmoid
 
 # ============================================================================ layers

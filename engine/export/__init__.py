@@ -6,6 +6,16 @@ ONNX bytes; ``onnx_model_bytes`` (``onnx``) does it for a network in memory; ``t
 """
 from __future__ import annotations
 
-from .onnx import ExportError, build_onnx, onnx_model_bytes, predict_onnx, read_metadata, verify  # noqa: F401
-from .service import Exported, export_checkpoint  # noqa: F401
-from .table import mapping, mapping_json, rows, table_csv  # noqa: F401
+from .onnx import (
+    ExportError,
+    build_onnx,
+    onnx_model_bytes,
+    predict_onnx,
+    read_metadata,
+    verify,
+)
+from .service import Exported, export_checkpoint
+from .table import mapping, mapping_json, rows, table_csv
+
+__all__ = ["ExportError", "Exported", "build_onnx", "export_checkpoint", "mapping", "mapping_json",
+           "onnx_model_bytes", "predict_onnx", "read_metadata", "rows", "table_csv", "verify"]

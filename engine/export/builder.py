@@ -19,7 +19,15 @@ from ..layers import QUANT_LAYERS, act_quantizers
 from ..plan import LayerConfig, Plan
 from . import qdq
 from .onnx_layers import _UNARY, _pair, _pool, _reshape, _shape, build_module
-from .qdq import _SAMPLE_BATCH, INPUT_NAME, IR_VERSION, OPSET, OUTPUT_NAME, ExportError, _Builder
+from .qdq import (
+    _SAMPLE_BATCH,
+    INPUT_NAME,
+    IR_VERSION,
+    OPSET,
+    OUTPUT_NAME,
+    ExportError,
+    _Builder,
+)
 
 _BINARY = {operator.add: "Add", torch.add: "Add", operator.sub: "Sub", torch.sub: "Sub",
            operator.mul: "Mul", torch.mul: "Mul"}
@@ -30,7 +38,7 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> torch.fx.GraphModu
     from torch.fx.passes.shape_prop import ShapeProp
     try:
         graph = Tracer().trace(model)
-    except Exception as e:  # noqa: BLE001 - fx raises many kinds
+    except Exception as e:
         raise ExportError(f"the network cannot be traced by torch.fx for export: {e}") from None
     gm = torch.fx.GraphModule(model, graph)
     with torch.no_grad():
@@ -123,7 +131,7 @@ def build_onnx(model: nn.Module, input_shape: tuple[int, ...], configs: dict[str
         e.key, e.value = k, v
     try:
         onnx.checker.check_model(m, full_check=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ExportError(f"the exported graph fails onnx's checker: {e}") from None
     keep = {n.name for n in nodes}
     owner = {k: v for k, v in b.owner.items() if k in keep}

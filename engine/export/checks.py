@@ -10,6 +10,7 @@ from ..agreement import Agreement
 from .builder import Built
 from .qdq import INPUT_NAME, ExportError, _f32
 
+
 def session(data: bytes, owner: dict[str, str | None] | None = None, configs: dict | None = None):
     """An onnxruntime CPU session; a node it cannot load is an ExportError naming the layer."""
     import onnxruntime as ort
@@ -17,7 +18,7 @@ def session(data: bytes, owner: dict[str, str | None] | None = None, configs: di
     opts.log_severity_level = 3
     try:
         return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception kinds
+    except Exception as e:
         raise _ort_error(e, owner, configs) from None
 
 
@@ -76,7 +77,7 @@ def check_layers(built: Built, model: nn.Module, x: torch.Tensor, configs: dict 
         sess = session(_subgraph(built.model, in_name, out_name).SerializeToString(), built.owner, configs)
         try:
             got = sess.run(None, {in_name: ins[layer]})[0]
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise _ort_error(e, built.owner, configs) from None
         err = rel(got, ref[layer])
         if not np.isfinite(err) or err > layer_tol:
@@ -84,7 +85,7 @@ def check_layers(built: Built, model: nn.Module, x: torch.Tensor, configs: dict 
     sess = session(built.model.SerializeToString(), built.owner, configs)
     try:
         out = sess.run(None, {INPUT_NAME: x.detach().float().numpy()})[0]
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _ort_error(e, built.owner, configs) from None
     err = rel(out, logits)
     if not np.isfinite(err) or err > net_tol:

@@ -40,12 +40,25 @@ import torch
 
 from ..layers import QUANT_LAYERS, act_quantizers
 from ..plan import FLOAT_BITS, Plan
-from .builder import Built, build_onnx, metadata_for  # noqa: F401
-from .checks import check_layers, predict_onnx, read_metadata, session, verify  # noqa: F401
-from .qdq import (INPUT_NAME, IR_VERSION, OPSET, OUTPUT_NAME, ActQ, ExportError, WeightQ,  # noqa: F401
-                  act_params, weight_params)
+from .builder import Built, build_onnx, metadata_for
+from .checks import check_layers, predict_onnx, read_metadata, session, verify
+from .qdq import (
+    INPUT_NAME,
+    IR_VERSION,
+    OPSET,
+    OUTPUT_NAME,
+    ActQ,
+    ExportError,
+    WeightQ,
+    act_params,
+    weight_params,
+)
 
 FLOAT = FLOAT_BITS
+
+__all__ = ["FLOAT", "INPUT_NAME", "IR_VERSION", "OPSET", "OUTPUT_NAME", "ActQ", "Built", "ExportError", "WeightQ",
+           "act_params", "build_onnx", "check_layers", "metadata_for", "onnx_model_bytes", "predict_onnx",
+           "read_metadata", "session", "verify", "weight_params"]
 
 
 def onnx_model_bytes(applied, input_shape: tuple[int, ...], plan: Plan | dict | None = None,

@@ -14,6 +14,7 @@ from ..errors import UserError
 from ..layers import QuantConv2d, QuantLinear, QuantRecurrent
 from .dual_quant import MODES, DualWeightQuantizer, get_mode, set_mode
 
+
 class _PlanesGemm(nn.Module):
     """A dual Linear / Conv2d run through the float-activation bit-plane kernel.
 
