@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .fxtrace import Tracer
+from .fxtrace import trace
 from .plan import LayerConfig, PlanError
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear, nn.LSTM, nn.GRU)
@@ -203,12 +203,6 @@ _FLATTEN_FUNCS = {torch.flatten}
 _FLATTEN_METHODS = {"view", "reshape", "flatten"}
 
 
-class _Tracer(Tracer):
-    def is_leaf_module(self, m, qualname):
-        return (isinstance(m, QUANTIZABLE + (nn.BatchNorm1d, nn.BatchNorm2d, nn.RNN))
-                or super().is_leaf_module(m, qualname))
-
-
 @dataclass
 class _T:
     """Tracking state of one traced value: which space its feature axis carries."""
@@ -222,7 +216,7 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
     """Trace ``model`` on a zero input of ``input_shape`` (without batch) and describe it."""
     model = model.eval()
     try:
-        gm = torch.fx.GraphModule(model, _Tracer().trace(model))
+        gm = trace(model)
     except Exception as e:  # noqa: BLE001 - any tracing failure is reported the same way
         raise PlanError(f"bitscape cannot trace this model with torch.fx ({type(e).__name__}: {e}); "
                         "models need a static forward (no data-dependent control flow)") from None

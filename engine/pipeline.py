@@ -197,7 +197,7 @@ def export_network(ev: Evaluation, kind: str) -> tuple[str, bytes, str]:
             + ("" if again.test_accuracy == ev.test_accuracy else f" (recorded {ev.test_accuracy:.4f})"))
     stem = f"{ev.model}-{ev.dataset}-{ev.provenance.get('plan_hash', 'plan')}"
     if kind == "onnx":
-        from .export import onnx_model_bytes
+        from .export.onnx import onnx_model_bytes
         blob = onnx_model_bytes(run.applied, data.input_shape, ev.plan, ev.model, ev.dataset,
                                 check_inputs=data.x_val[:64],
                                 extra_metadata={"status": again.status, "test_accuracy": again.test_accuracy,

@@ -1,48 +1,21 @@
 """Exports of a planned network: standard ONNX (QDQ) and the plan as a table or a mapping.
 
-``export_checkpoint`` turns a checkpoint written by ``bitscape finetune --save`` into ONNX
-bytes (what the command line writes and a dashboard download serves); ``table_csv`` and
+``export_checkpoint`` (``service``) turns a checkpoint written by ``bitscape finetune --save`` into
+ONNX bytes; ``onnx_model_bytes`` (``onnx``) does it for a network in memory; ``table_csv`` and
 ``mapping_json`` give the plan as a per-layer CSV and a layer -> config JSON mapping.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from .onnx import (
+    ExportError,
+    build_onnx,
+    onnx_model_bytes,
+    predict_onnx,
+    read_metadata,
+    verify,
+)
+from .service import Exported, export_checkpoint
+from .table import mapping, mapping_json, rows, table_csv
 
-from .onnx import (ExportError, build_onnx, onnx_model_bytes, predict_onnx,  # noqa: F401
-                   read_metadata, verify)
-from .table import mapping, mapping_json, rows, table_csv  # noqa: F401
-
-
-@dataclass
-class Exported:
-    """ONNX bytes of a planned checkpoint, with what it was made from (for --verify)."""
-
-    data: bytes
-    applied: object
-    meta: dict
-    dataset: object
-
-
-def export_checkpoint(checkpoint: str | Path, model_id: str | None = None, dataset_id: str | None = None,
-                      data_root: str | None = None) -> Exported:
-    """Load a fine-tuned planned checkpoint and export it; model/dataset, if given, must match it."""
-    from ..checkpoint import load_state
-    from ..data import load_dataset
-    from ..errors import UserError
-    from ..pipeline import load_planned
-    _, meta = load_state(checkpoint)
-    if meta.get("kind") != "planned-model":
-        raise UserError(f"checkpoint {str(checkpoint)!r} is not a planned model written by "
-                        "`bitscape finetune --save` (it carries no plan)")
-    for what, given in (("model", model_id), ("dataset", dataset_id)):
-        if given is not None and given != meta.get(what):
-            raise UserError(f"checkpoint {str(checkpoint)!r} holds {what} {meta.get(what)!r}, not {given!r}")
-    data = load_dataset(meta["dataset"], root=data_root)
-    applied, meta = load_planned(checkpoint, data)
-    ev = meta.get("evaluation") or {}
-    extra = {"status": ev.get("status", ""), "test_accuracy": ev.get("test_accuracy"),
-             "settings": meta.get("settings", {})}
-    blob = onnx_model_bytes(applied, data.input_shape, meta["plan"], meta["model"], meta["dataset"],
-                            check_inputs=data.x_val[:64], extra_metadata=extra)
-    return Exported(blob, applied, meta, data)
+__all__ = ["ExportError", "Exported", "build_onnx", "export_checkpoint", "mapping", "mapping_json",
+           "onnx_model_bytes", "predict_onnx", "read_metadata", "rows", "table_csv", "verify"]

@@ -23,12 +23,10 @@ learning rates) per mode.
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -39,113 +37,12 @@ from ..distill import kd_loss
 from ..errors import UserError
 from ..evaluation import Settings
 from ..finetune import accuracy, reestimate_bn
-from ..layers import QuantConv2d, QuantLinear
 from ..layers import QuantRecurrent
 from ..plan import FLOAT_BITS, Plan
-from ..quant import lsq
-from ..quant.modules import ActQuantizer, WeightQuantizer
-from ..quant.ste import grad_scale, round_ste
 from .. import finetune as ft
-
-MODES = ("high", "low")
-LOW_WEIGHTS = ("nested", "independent")
-
-
-def _floor_ste(x: torch.Tensor) -> torch.Tensor:
-    return (x.floor() - x).detach() + x
-
-
-class _DualMixin:
-    """Per-mode bits and step sizes; ``.bits`` and ``.step`` always show the current mode's."""
-
-    def _init_dual(self, step: nn.Parameter, high_bits: int, low_bits: int) -> None:
-        self.dual_bits = {"high": int(high_bits), "low": int(low_bits)}
-        low = nn.Parameter(step.detach().clone(), requires_grad=step.requires_grad)
-        self.dual_steps = nn.ParameterDict({"high": step, "low": low})
-        self.mode = "high"
-
-    def set_mode(self, mode: str) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.mode = mode
-        self.bits = self.dual_bits[mode]
-        self._parameters["step"] = self.dual_steps[mode]
-
-
-class DualWeightQuantizer(_DualMixin, WeightQuantizer):
-    """A WeightQuantizer with a high and a low mode (LSQ only)."""
-
-    def __init__(self, base: WeightQuantizer, low_bits: int, low_weights: str = "nested", midpoint: bool = True,
-                 couple: bool = True):
-        WeightQuantizer.__init__(self, base.bits, base.method, base.per_channel, base.step.numel())
-        with torch.no_grad():
-            self.step.copy_(base.step)
-        self.low_weights, self.midpoint, self.couple = low_weights, bool(midpoint), bool(couple)
-        self._init_dual(self.step, base.bits, low_bits)
-
-    @property
-    def nested(self) -> bool:
-        return (self.low_weights == "nested" and self.active and self.dual_bits["low"] < self.dual_bits["high"])
-
-    @property
-    def shift(self) -> int:
-        """How many low bit-planes of the high-mode codes the low mode drops."""
-        return self.dual_bits["high"] - self.dual_bits["low"]
-
-    def high_codes(self, w: torch.Tensor) -> torch.Tensor:
-        """Integer high-mode codes (no gradient): what one packed model stores."""
-        q_n, q_p = lsq.levels(self.dual_bits["high"], signed=True)
-        s = self._mode_step("high", w).detach()
-        return (w.detach() / s).clamp(-q_n, q_p).round()
-
-    def _mode_step(self, mode: str, w: torch.Tensor) -> torch.Tensor:
-        s = self.dual_steps[mode].abs().clamp_min(1e-8)
-        return s.reshape(-1, *([1] * (w.dim() - 1))) if s.numel() > 1 else s
-
-    def low_codes(self, w: torch.Tensor) -> torch.Tensor:
-        """Nested low-mode codes floor(c_high / 2^shift) (+ 1/2 with ``midpoint``), with STE."""
-        hb = self.dual_bits["high"]
-        q_n, q_p = lsq.levels(hb, signed=True)
-        per = w.numel() // self.step.numel()
-        s_h = grad_scale(self._mode_step("high", w), lsq.grad_scale_factor(per, max(q_p, 1)))
-        c = round_ste((w / (s_h if self.couple else s_h.detach())).clamp(-q_n, q_p))
-        t = c / float(2 ** self.shift)
-        cl = _floor_ste(t)
-        return cl + 0.5 if self.midpoint else cl
-
-    def fit_low_step(self, w: torch.Tensor) -> None:
-        """Low-mode step: least squares fit of the nested codes to the weights; MSE search otherwise."""
-        with torch.no_grad():
-            if self.nested:
-                cl = self.low_codes(w.detach())
-                if self.per_channel and self.step.numel() > 1:
-                    r, c = w.reshape(w.shape[0], -1), cl.reshape(w.shape[0], -1)
-                    s = (r * c).sum(1) / (c * c).sum(1).clamp_min(1e-12)
-                else:
-                    s = (w * cl).sum() / (cl * cl).sum().clamp_min(1e-12)
-                self.dual_steps["low"].copy_(s.abs().clamp_min(1e-8).reshape(self.dual_steps["low"].shape))
-            else:
-                was = self.mode
-                self.set_mode("low")
-                self.calibrate(w)
-                self.set_mode(was)
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if self.mode == "high" or not self.nested:
-            return WeightQuantizer.forward(self, w)
-        _, q_p = lsq.levels(self.dual_bits["low"], signed=True)
-        per = w.numel() // self.step.numel()
-        g = lsq.grad_scale_factor(per, max(q_p, 1))
-        return self.low_codes(w) * grad_scale(self._mode_step("low", w), g)
-
-
-class DualActQuantizer(_DualMixin, ActQuantizer):
-    """An ActQuantizer with a high and a low mode; signedness is shared (found at calibration)."""
-
-    def __init__(self, base: ActQuantizer, low_bits: int):
-        ActQuantizer.__init__(self, base.bits, base.method)
-        self.load_state_dict(base.state_dict())
-        self._init_dual(self.step, base.bits, low_bits)
+from .dual_planes import planes_agreement, planes_model  # noqa: F401 - part of this module's face
+from .dual_quant import (LOW_WEIGHTS, MODES, DualActQuantizer, DualWeightQuantizer,  # noqa: F401
+                         _DualMixin, dual_quantizers, get_mode, set_mode)
 
 
 # ============================================================================ building
@@ -220,33 +117,6 @@ def make_dual(model: nn.Module, input_shape: tuple[int, ...], high=(8, 8), low=(
     applied.model.dual = {"high": hp.to_dict(), "low": lp.to_dict(), "low_weights": low_weights,
                           "midpoint": bool(midpoint), "couple": bool(couple)}
     return applied
-
-
-def dual_quantizers(model: nn.Module) -> list[_DualMixin]:
-    return [m for m in model.modules() if isinstance(m, _DualMixin)]
-
-
-def set_mode(model: nn.Module, mode: str) -> nn.Module:
-    """Switch every dual quantizer (and per-mode batch-norm statistics, if stored) to ``mode``."""
-    if mode not in MODES:
-        raise UserError(f"mode must be 'high' or 'low', got {mode!r}")
-    qs = dual_quantizers(model)
-    if not qs:
-        raise UserError("this model has no dual-precision quantizers (build it with make_dual)")
-    for q in qs:
-        q.set_mode(mode)
-    for bn in model.modules():
-        if isinstance(bn, nn.modules.batchnorm._BatchNorm) and hasattr(bn, f"dual_mean_{mode}"):
-            bn.running_mean.copy_(getattr(bn, f"dual_mean_{mode}"))
-            bn.running_var.copy_(getattr(bn, f"dual_var_{mode}"))
-    return model
-
-
-def get_mode(model: nn.Module) -> str:
-    qs = dual_quantizers(model)
-    if not qs:
-        raise UserError("this model has no dual-precision quantizers")
-    return qs[0].mode
 
 
 def mode_bits(model: nn.Module) -> dict[str, dict[str, tuple[int, int]]]:
@@ -430,111 +300,3 @@ def dual_finetune(model_id: str, dataset_id: str, high=(8, 8), low=(4, 4), setti
                        "lr_step_low": lr_step_low, "self_distill": self_distill, "couple": couple,
                        "high": _mode_plan(high, "high").to_dict(), "low": _mode_plan(low, "low").to_dict()},
                       round(time.perf_counter() - t0, 3))
-
-
-# ============================================================================ one packed model
-
-class _PlanesGemm(nn.Module):
-    """A dual Linear / Conv2d run through the float-activation bit-plane kernel.
-
-    The high-mode weight codes are packed once (``layout="float"``); the mode picks how many
-    top planes the kernel reads. Activations are fake-quantized in torch at the mode's
-    precision and handed to the kernel as floats (exact: they are multiples of the step).
-    """
-
-    def __init__(self, name: str, mod: nn.Module):
-        super().__init__()
-        from .. import kernels as K
-        wq = mod.wq
-        if not isinstance(wq, DualWeightQuantizer) or not wq.active:
-            raise UserError(f"layer {name!r}: not a dual layer with quantized weights")
-        if wq.low_weights != "nested" and wq.dual_bits["low"] != wq.dual_bits["high"]:
-            raise UserError(f"layer {name!r}: 'independent' low-mode weights are not the top planes of the "
-                            "high-mode codes; one packed model cannot serve both modes")
-        self.name, self.wq, self.aq = name, wq, mod.aq
-        w = mod.masked_weight().detach()
-        codes = wq.high_codes(w).reshape(w.shape[0], -1).to(torch.int64)
-        self.conv = None
-        if isinstance(mod, nn.Conv2d):
-            if mod.groups != 1 or tuple(mod.dilation) != (1, 1) or isinstance(mod.padding, str) \
-                    or mod.padding_mode != "zeros":
-                raise UserError(f"layer {name!r}: only plain zero-padded convolutions run on the planes path")
-            self.conv = (tuple(mod.kernel_size), tuple(mod.stride), tuple(mod.padding))
-        self.bits = wq.dual_bits["high"]
-        self.packed = K.pack_weights(codes.contiguous().numpy(), self.bits, True, "float")
-        self.bias = None if mod.bias is None else mod.bias.detach().float().numpy().copy()
-        self.n = w.shape[0]
-
-    def _scale(self, mode: str) -> tuple[np.ndarray, int, float]:
-        s = self.wq.dual_steps[mode].detach().abs().clamp_min(1e-8).float().reshape(-1)
-        s = s.expand(self.n) if s.numel() == 1 else s
-        if mode == "high" or not self.wq.nested:
-            return s.numpy().astype(np.float32), self.bits, 0.0
-        d = 2 ** self.wq.shift
-        return (s / d).numpy().astype(np.float32), self.wq.dual_bits["low"], 0.5 if self.wq.midpoint else 0.0
-
-    def gemm(self, x2d: np.ndarray, mode: str) -> np.ndarray:
-        from .. import kernels as K
-        scale, planes, off = self._scale(mode)
-        acc = K.gemm_float_act(self.packed, np.ascontiguousarray(x2d, dtype=np.float32), planes=planes)
-        if off:  # midpoint: every low code carries +1/2, i.e. + 2^shift/2 in high-code units
-            acc = acc + (off * 2 ** self.wq.shift) * x2d.sum(axis=1, dtype=np.float32)[:, None]
-        y = acc * scale
-        return y + self.bias if self.bias is not None else y
-
-    def forward(self, x):
-        from .. import kernels as K
-        mode = self.wq.mode
-        xq = self.aq(x).detach().float().numpy()
-        if self.conv is None:
-            lead = xq.shape[:-1]
-            y = self.gemm(xq.reshape(-1, xq.shape[-1]), mode)
-            return torch.from_numpy(np.ascontiguousarray(y.reshape(*lead, self.n)))
-        k, st, pad = self.conv
-        cols, ho, wo = K.im2col(np.ascontiguousarray(xq), k, st, pad)
-        y = self.gemm(cols, mode).reshape(xq.shape[0], ho, wo, self.n).transpose(0, 3, 1, 2)
-        return torch.from_numpy(np.ascontiguousarray(y))
-
-
-def planes_model(model: nn.Module) -> nn.Module:
-    """A copy of a dual model whose quantized Linear/Conv2d layers run the packed bit-plane kernel.
-
-    One set of packed high-mode codes per layer; ``set_mode(copy, "low")`` makes the kernel read
-    only the top ``b_low`` planes (``gemm_float_act(w, x, planes=b_low)``), rescaled by the low
-    mode's step (plus the midpoint term). Non-GEMM ops stay in torch. QuantLSTM layers and
-    'independent' low-mode weights are refused (UserError naming the layer).
-    """
-    net = copy.deepcopy(model).eval()
-    for name, mod in quant_layers(net):
-        if isinstance(mod, QuantRecurrent):
-            raise UserError(f"layer {name!r}: recurrent layers are not run on the planes path")
-        if isinstance(mod, (QuantLinear, QuantConv2d)) and mod.wq.active:
-            net.set_submodule(name, _PlanesGemm(name, mod))
-    return net
-
-
-@torch.no_grad()
-def planes_agreement(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
-                     batch_size: int = 512) -> dict[str, dict]:
-    """Per mode: the fake-quant model vs the one-packed-model kernels on inputs ``x``.
-
-    Returns max |logit difference|, the fraction of equal top-1 predictions and (with labels)
-    both accuracies.
-    """
-    net = planes_model(model)
-    was = get_mode(model)
-    out = {}
-    model.eval()
-    for mode in MODES:
-        set_mode(model, mode)
-        set_mode(net, mode)
-        ref = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-        got = torch.cat([net(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-        d = {"max_abs_diff": float((ref - got).abs().max()),
-             "top1_agreement": float((ref.argmax(1) == got.argmax(1)).float().mean())}
-        if y is not None:
-            d["fake_quant_accuracy"] = float((ref.argmax(1) == y).float().mean())
-            d["packed_accuracy"] = float((got.argmax(1) == y).float().mean())
-        out[mode] = d
-    set_mode(model, was)
-    return out

@@ -9,6 +9,7 @@ import math
 
 import torch
 
+from .spec import QuantSpec
 from .ste import grad_scale, round_ste
 
 
@@ -63,6 +64,20 @@ def codes(v: torch.Tensor, step: torch.Tensor, q_n: int, q_p: int, binary: bool 
     if binary:
         return torch.where(v >= 0, 1, -1).to(torch.int8)
     return (v / step).clamp(-q_n, q_p).round().to(torch.int32)
+
+
+@torch.no_grad()
+def spec(step: torch.Tensor, q_n: int, q_p: int, g: float, bits: int, signed: bool, binary: bool = False,
+         v: torch.Tensor | None = None) -> QuantSpec:
+    """What ``fake_quant(v, step, q_n, q_p, g, binary)`` computes: codes -Q_N..Q_P times the step
+    as the forward sees it (after ``grad_scale``, whose value can differ from ``step`` in the last bit).
+
+    ``step`` is a scalar or shaped to broadcast over ``v`` with channels on axis 0.
+    """
+    s = grad_scale(step.detach(), g)
+    c = None if v is None else codes(v.detach(), s, q_n, q_p, binary).to(torch.int64)
+    flat = s.reshape(-1).float() if s.numel() > 1 else s.reshape(()).float()
+    return QuantSpec("lsq", bits, signed, -q_n, q_p, flat, binary=binary, codes=c)
 
 
 def mse_step(v: torch.Tensor, q_n: int, q_p: int, binary: bool = False, grid: int = 48) -> torch.Tensor:

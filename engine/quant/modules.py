@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from . import binary, lsq, wrpn
+from .spec import QuantSpec, Uncalibrated
 
 FLOAT = 32
 
@@ -50,6 +51,10 @@ class WeightQuantizer(nn.Module):
         s = self.step.abs().clamp_min(1e-8)
         return s.reshape(-1, *([1] * (w.dim() - 1))) if s.numel() > 1 else s
 
+    def _g(self, w: torch.Tensor) -> float:
+        per = w.numel() // self.step.numel()
+        return lsq.grad_scale_factor(per, max(self.levels()[1], 1))
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if not self.active:
             return w
@@ -60,9 +65,25 @@ class WeightQuantizer(nn.Module):
         if self.method == "wrpn":
             return wrpn.quantize_weight(w, self.bits, self.step.detach())
         q_n, q_p = self.levels()
-        per = w.numel() // self.step.numel()
-        g = lsq.grad_scale_factor(per, max(q_p, 1))
-        return lsq.fake_quant(w, self._step(w), q_n, q_p, g, binary=self.bits == 1)
+        return lsq.fake_quant(w, self._step(w), q_n, q_p, self._g(w), binary=self.bits == 1)
+
+    def spec(self, x: torch.Tensor | None = None) -> QuantSpec | None:
+        """The codes of weight ``x`` and their scale, range and signedness; None at 32 bits.
+
+        ``spec(w).dequantize()`` equals ``self(w)`` bit for bit for LSQ (2+ bits) and WRPN (2+ bits);
+        for the sign-based kinds (binary, ternary, 1-bit) the forward adds a straight-through
+        ``(q - x) + x`` whose value is ``q`` to within one float rounding.
+        """
+        if not self.active:
+            return None
+        if x is None:
+            raise ValueError("a weight quantizer's spec needs the weight tensor (its codes and scale depend on it)")
+        if self.method in ("binary", "ternary"):
+            return binary.spec(x, self.method, self.bits)
+        if self.method == "wrpn":
+            return wrpn.weight_spec(x, self.bits, self.step)
+        q_n, q_p = self.levels()
+        return lsq.spec(self._step(x), q_n, q_p, self._g(x), self.bits, True, binary=self.bits == 1, v=x)
 
 
 class ActQuantizer(nn.Module):
@@ -127,7 +148,34 @@ class ActQuantizer(nn.Module):
         if self.method == "wrpn":
             return wrpn.quantize_activation(x, self.bits, self.step.detach(), bool(self.signed))
         q_n, q_p = self.levels()
-        per = x[0].numel() if x.dim() > 1 else x.numel()
-        g = lsq.grad_scale_factor(per, max(q_p, 1))
+        g = lsq.grad_scale_factor(_per_sample(x), max(q_p, 1))
         return lsq.fake_quant(x, self.step.abs().clamp_min(1e-8), q_n, q_p, g,
                               binary=self.bits == 1 and bool(self.signed))
+
+    def spec(self, x: torch.Tensor | None = None, per_sample: int | None = None) -> QuantSpec | None:
+        """Codes, scale, range and signedness of this quantizer on batches of ``per_sample``
+        elements per example (LSQ's gradient scale, hence the step's last bit, depends on it);
+        with ``x`` (a batch) also its codes, and ``per_sample`` taken from it. None at 32 bits.
+
+        Raises ``Uncalibrated`` if no calibration batch ever set the step.
+        """
+        if not self.active:
+            return None
+        if not bool(self.ready):
+            raise Uncalibrated("its activation quantizer was never calibrated")
+        signed = bool(self.signed)
+        if self.method == "wrpn":
+            return wrpn.act_spec(self.bits, self.step, signed, x)
+        if x is not None:
+            per_sample = _per_sample(x)
+        if per_sample is None:
+            raise ValueError("an LSQ activation spec needs x or per_sample (its step depends on the sample size)")
+        q_n, q_p = self.levels()
+        g = lsq.grad_scale_factor(per_sample, max(q_p, 1))
+        return lsq.spec(self.step.detach().abs().clamp_min(1e-8), q_n, q_p, g, self.bits, signed,
+                        binary=self.bits == 1 and signed, v=x)
+
+
+def _per_sample(x: torch.Tensor) -> int:
+    """Elements per example of a batch (LSQ's N for activations)."""
+    return x[0].numel() if x.dim() > 1 else x.numel()

@@ -45,7 +45,7 @@ def run(args) -> int:
         net = D.load_packed(args.out)   # verify what was written, not what is in memory
     out = {"path": args.out, "model": info["model"], "dataset": info["dataset"], **summary}
     if args.verify:
-        out["verify"] = D.verify(applied, net, data.x_test, data.y_test)
+        out["verify"] = D.verify(applied, net, data.x_test, data.y_test).to_dict()
     if args.json:
         print_json(out)
         return 0 if not args.verify or out["verify"]["agreement"] == 1.0 else 1
@@ -68,8 +68,9 @@ def run(args) -> int:
           f"{summary['compression']:.2f}x smaller")
     if args.verify:
         v = out["verify"]
-        print(f"verify on the {v['examples']} test examples: same prediction on {v['same_argmax']}/{v['examples']} "
-              f"({v['agreement']:.2%}); max |logit diff| {v['max_abs_logit_diff']:.3g}; accuracy fake-quant "
-              f"{v['reference_accuracy']:.2%}, packed {v['packed_accuracy']:.2%}")
+        print(f"verify on the {v['examples']} test examples: same prediction on "
+              f"{v['examples'] - v['disagreements']}/{v['examples']} ({v['agreement']:.2%}); max |logit diff| "
+              f"{v['max_abs_logit_diff']:.3g}; accuracy fake-quant {v['reference_accuracy']:.2%}, "
+              f"packed {v['candidate_accuracy']:.2%}")
         return 0 if v["agreement"] == 1.0 else 1
     return 0

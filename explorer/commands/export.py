@@ -48,7 +48,7 @@ def run_onnx(args) -> int:
     out = {"out": args.out, "bytes": len(ex.data), "opset": OPSET, "model": ex.meta["model"],
            "dataset": ex.meta["dataset"], "activation_containers": md.get("bitscape.act_containers", "")}
     if args.verify:
-        out.update(verify(ex.data, ex.applied.model, ex.dataset.x_test, ex.dataset.y_test))
+        out.update(verify(ex.data, ex.applied.model, ex.dataset.x_test, ex.dataset.y_test).to_dict())
     if args.json:
         print_json(out)
         return 0
@@ -56,7 +56,8 @@ def run_onnx(args) -> int:
     if args.verify:
         print(f"verify on the test set ({out['examples']} examples): agreement {100 * out['agreement']:.2f}% "
               f"({out['disagreements']} predictions differ)")
-        print(f"accuracy: onnxruntime {100 * out['onnx_accuracy']:.2f}%  engine {100 * out['engine_accuracy']:.2f}%"
+        print(f"accuracy: onnxruntime {100 * out['candidate_accuracy']:.2f}%  "
+              f"engine {100 * out['reference_accuracy']:.2f}%"
               f"  (max |logit difference| {out['max_abs_logit_diff']:.3g})")
     return 0
 

@@ -204,7 +204,8 @@ def test_cli_deploy_json_verify_and_bad_input(tmp_path, capsys):
     assert [r["kernel"] for r in d["layers"]] == ["bitserial", "bitserial", "int8"]
     assert d["total_packed_bytes"] < d["fp32_bytes"] and all("bytes" in r for r in d["layers"])
     assert d["verify"]["agreement"] == 1.0 and d["verify"]["examples"] == len(load_dataset("digits").y_test)
-    assert d["verify"]["packed_accuracy"] == pytest.approx(run.evaluation.test_accuracy)
+    assert d["verify"]["candidate_accuracy"] == pytest.approx(run.evaluation.test_accuracy)
+    assert d["verify"]["disagreements"] == 0 and d["verify"]["reference_accuracy"] == d["verify"]["candidate_accuracy"]
     # human-readable form
     assert main(["deploy", "--checkpoint", str(ck), "--verify"]) == 0
     text = capsys.readouterr().out

@@ -33,7 +33,7 @@ def test_export_onnx_with_verify_json(checkpoint, tmp_path, capsys):
                "--out", str(out), "--verify", "--json"])
     assert rc == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["agreement"] == 1.0 and r["onnx_accuracy"] == r["engine_accuracy"] and r["examples"] == 359
+    assert r["agreement"] == 1.0 and r["candidate_accuracy"] == r["reference_accuracy"] and r["disagreements"] == 0 and r["examples"] == 359
     m = onnx.load(str(out))
     onnx.checker.check_model(m, full_check=True)
     md = {p.key: p.value for p in m.metadata_props}
