@@ -21,3 +21,10 @@ def test_quickstart_has_exactly_two_commands():
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert quickstart_commands()[1] in ci
+
+
+def test_constraints_pin_the_cpu_torch_and_no_cuda_wheels():
+    pins = [ln for ln in (ROOT / ".ci" / "constraints.txt").read_text().splitlines() if ln and not ln.startswith("#")]
+    assert any(re.fullmatch(r"torch==[\d.]+", p) for p in pins), "torch must be pinned"
+    cuda = [p for p in pins if p.lower().startswith(("nvidia-", "cuda-", "triton"))]
+    assert not cuda, f"the constraints would pull a CUDA torch build: {cuda}"
