@@ -47,8 +47,8 @@ def model_options(dataset: str) -> dict[str, str]:
             note = f"needs {d}, which is not installed here"
         else:
             note = _missing_baseline(m, d)
-        label = m if m in ZOO else f"{m} (your model)"
-        out[f"{label} ({note})" if note else label] = m
+        tags = ([] if m in ZOO else ["your model"]) + ([note] if note else [])
+        out[f"{m} ({'; '.join(tags)})" if tags else m] = m
     return out
 
 
@@ -56,12 +56,9 @@ def dataset_options(model: str) -> dict[str, str]:
     """Label -> dataset id, e.g. 'cifar10 (not installed: the CIFAR-10 images ... )'."""
     out = {}
     for d in dataset_names():
-        why = dataset_availability(d)
-        label = d if d in SPECS else f"{d} (your dataset)"
-        if not why:
-            missing = _missing_baseline(model, d) if d in model_datasets(model) else ""
-            why = missing
-        out[f"{label} ({why})" if why else label] = d
+        why = dataset_availability(d) or (_missing_baseline(model, d) if d in model_datasets(model) else "")
+        tags = ([] if d in SPECS else ["your dataset"]) + ([why] if why else [])
+        out[f"{d} ({'; '.join(tags)})" if tags else d] = d
     return out
 
 

@@ -139,6 +139,15 @@ class Workspace(param.Parameterized):
             return
         self._load_model()
 
+    def _undo_pick(self, why: str) -> None:
+        """Put the model and dataset pickers back to what the editor holds, saying why."""
+        self._quiet += 1
+        try:
+            self.model, self.dataset = self._loaded
+        finally:
+            self._quiet -= 1
+        self.message = why
+
     def _guard(self, *events) -> None:
         """A read-only view refuses setting changes: the old value is put back, with the reason."""
         if self._quiet or not self.read_only:
@@ -164,7 +173,15 @@ class Workspace(param.Parameterized):
         return catalog.dataset_options(self.model)
 
     def _load_model(self) -> None:
-        self._topo = _topology(self.model, self.dataset)
+        try:
+            topo = _topology(self.model, self.dataset)
+        except Exception as e:  # noqa: BLE001 - a user model (serve --model) may fail in any way
+            if self._topo is None:
+                raise
+            self._undo_pick(f"{self.model} on {self.dataset} cannot be used: "
+                            f"{(str(e).splitlines() or [type(e).__name__])[0][:300]}")
+            return
+        self._topo, self._loaded = topo, (self.model, self.dataset)
         self._set_configs({n: LayerConfig() for n in self._topo.names})
         self.edit_error = ""
         self.sensitivity = pd.DataFrame(columns=["layer", "score", "rank"])
@@ -502,8 +519,8 @@ class Workspace(param.Parameterized):
         """Write the plan, settings and new points to the working copy if anything changed."""
         if self.read_only or not (self._dirty or force):
             return False
-        self._dirty = False
         sid = self.ensure_session()
+        self._dirty = False
         meta = {"saved": False, "autosave": True, **self._snapshot(),
                 "named": {"id": self.session_id, "name": self.session_name}}
         self.store.update_session_meta(sid, meta)
@@ -560,6 +577,7 @@ class Workspace(param.Parameterized):
             return False
         evals = self.store.evaluations(session=s["id"])
         self._quiet += 1
+        was_read_only = self.read_only
         try:
             self.read_only = False
             values = {"model": model, "dataset": dataset, "profile": s["profile"], **state}
@@ -569,9 +587,14 @@ class Workspace(param.Parameterized):
                         setattr(self, k, values[k])
                     except (ValueError, TypeError):
                         pass  # a setting this server does not have: keep the current one
-            self._evals = {e.key: e for e in evals}
+            old_evals, self._evals = self._evals, {e.key: e for e in evals}
             self._cost_memo.clear()
             self._load_model()
+            if self._loaded != (model, dataset):  # the model could not be built: nothing else changes
+                self._evals = old_evals
+                self._refresh_points()
+                self.read_only = was_read_only
+                return False
             plan = meta.get("plan")
             if plan:
                 try:
