@@ -48,7 +48,7 @@ class PlanEditor(pn.viewable.Viewer):
         self.bulk_apply = pn.widgets.Button(name="Apply to selected", width=140)
         self.bulk_apply.on_click(self._on_bulk)
         self.upload = pn.widgets.FileInput(accept=".json", name="load plan", width=200)
-        self.upload.param.watch(self._on_upload, "value")
+        self.upload.param.watch(self._on_upload, ["value", "filename"])
         self.download = pn.widgets.FileDownload(callback=self._plan_file, filename="plan.json",
                                                 label="Download plan (JSON)", button_type="success", width=190)
         ws.param.watch(self._sync_table, ["rows"])
@@ -62,9 +62,14 @@ class PlanEditor(pn.viewable.Viewer):
     def _on_bulk(self, _):
         self.workspace.bulk_edit(list(self.table.selection), self.bulk_column.value, self.bulk_value.value)
 
-    def _on_upload(self, event):
-        if event.new is not None:  # an empty file is refused with a reason, not ignored
-            self.workspace.load_plan_json(event.new)
+    def _on_upload(self, *_):
+        value, fname = self.upload.value, self.upload.filename
+        if value is None and not fname:
+            return  # the widget was cleared
+        # an empty file arrives as no value with a file name: refused with a reason, not ignored
+        ws = self.workspace
+        if not ws.load_plan_json(value if value is not None else b"") and fname:
+            ws.edit_error = ws.edit_error.replace("plan not loaded", f"plan file {fname!r} not loaded", 1)
 
     def _plan_file(self):
         return io.StringIO(self.workspace.plan_json())

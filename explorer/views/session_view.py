@@ -50,7 +50,7 @@ class SessionView(pn.viewable.Viewer):
         self.link_input = pn.widgets.TextInput(name="share link (opens read-only)", value="", width=520,
                                                visible=False)
         self.copy = pn.widgets.Button(name="Copy link", width=100, visible=False)
-        self.copy.js_on_click(args={"inp": self.link_input, "btn": self.copy}, code=COPY_JS)
+        self.copy_callback = self.copy.js_on_click(args={"inp": self.link_input, "btn": self.copy}, code=COPY_JS)
         self.status = Notice(name="session-status")
         self.import_file = pn.widgets.FileInput(accept=".json", name="import session file", width=230)
         self.import_file.param.watch(self._on_import, ["value", "filename"])
