@@ -101,7 +101,8 @@ class SessionView(pn.viewable.Viewer):
             return  # the widget was cleared
         ok = self.workspace.import_session_file(value if value is not None else b"")
         if not ok and fname and self.workspace.message.startswith("session file refused"):
-            self.workspace.message = f"session file {fname!r} refused" + self.workspace.message[len("session file refused"):]
+            rest = self.workspace.message[len("session file refused"):]
+            self.workspace.message = f"session file refused ({fname}){rest}"
 
     def _network(self, kind: str):
         blob = self.workspace.export_selected(kind)

@@ -104,7 +104,7 @@ def test_empty_upload_is_answered_not_ignored(services):
     view = SessionView(workspace=ws)
     # what FileInput holds after an empty file: no value, but a file name
     view.import_file.param.update(value=None, filename="empty.json")
-    assert "session file 'empty.json' refused: the file is empty" in ws.message
+    assert "session file refused (empty.json): the file is empty" in ws.message
     assert "refused" in view.status.object and view.status.visible
     editor = PlanEditor(workspace=ws)
     editor.upload.param.update(value=None, filename="plan.json")
