@@ -122,3 +122,28 @@ def test_session_list_widget_follows_the_store(services):
     sid = b.save_session("elsewhere")
     view.refresh_sessions()
     assert list(view.sessions.options.values()) == [sid]
+
+
+def test_same_name_sessions_are_two_entries_in_the_list(services):
+    from explorer.state.workspace import Workspace
+    from explorer.views.session_view import SessionView
+    store, runner = services
+    ws = Workspace(store=store, runner=runner)
+    view = SessionView(workspace=ws)
+    first = ws.save_session("study")
+    second = ws.save_session("study")
+    view.refresh_sessions()
+    assert sorted(view.sessions.options.values()) == sorted([first, second])
+
+
+def test_opening_the_session_tab_rereads_the_list(services):
+    from explorer.app import create_app
+    from explorer.state.workspace import Workspace
+    store, runner = services
+    app = create_app(store=store, runner=runner)
+    tabs = next(o for o in app.main[0].objects if isinstance(o, pn.Tabs))
+    other = Workspace(store=store, runner=runner)
+    sid = other.save_session("made elsewhere")
+    tabs.active = 2
+    lists = [w for w in tabs[2].select(pn.widgets.Select) if w.name.startswith(("sessions", "saved sessions"))]
+    assert lists and sid in lists[0].options.values()

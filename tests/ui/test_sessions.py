@@ -11,6 +11,7 @@ pytestmark = pytest.mark.ui
 
 HOSTILE = '<img src=x onerror="window.__xss=(window.__xss||0)+1;alert(1)">'
 HOSTILE2 = '<svg onload="window.__xss=(window.__xss||0)+1">imp</svg>'
+HOSTILE_LABEL = '<img src=y onerror="window.__xss=(window.__xss||0)+1">plan'
 
 
 def open_app(page, url):
@@ -90,13 +91,18 @@ def test_hostile_names_are_text_and_the_share_view_is_locked(app_server, page, b
     doc = json.loads(ws.export_session_file())
     from engine.store import checksum
     doc["session"]["name"] = HOSTILE2
+    doc["evaluations"][0]["plan"]["name"] = HOSTILE_LABEL  # a plan label: shown in the frontier's table
     doc["checksum"] = checksum(doc)
     f = tmp_path / "hostile-session.json"
     f.write_text(json.dumps(doc))
     page.locator('input[type="file"]').last.set_input_files(str(f))
     wait_until(lambda: ws.session_name == HOSTILE2, page)
     wait_until(lambda: page.get_by_text(f"imported session '{HOSTILE2}'").count() > 0, page)
+    page.get_by_text("Frontier", exact=True).click()
+    wait_until(lambda: page.get_by_text(HOSTILE_LABEL).count() > 0, page)
+    page.wait_for_timeout(1000)
     no_script_ran(page, dialogs)
+    page.get_by_text("Session & export", exact=True).click()
 
     # an empty session file is answered, not ignored
     empty = tmp_path / "empty.json"
