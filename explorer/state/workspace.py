@@ -6,14 +6,13 @@ tests drive it directly. Every number comes from engine functions.
 from __future__ import annotations
 
 import functools
-import json
 
 import pandas as pd
 import param
 
 from engine.cost import cost_topology, list_profiles, load_profile
 from engine.data import dataset_spec
-from engine.errors import USER_ERRORS, UserError
+from engine.errors import USER_ERRORS
 from engine.evaluation import Evaluation, Settings
 from engine.graph import analyze
 from engine.plan import LayerConfig, Plan, PlanError
@@ -22,7 +21,7 @@ from engine.zoo import build_model
 
 from . import catalog
 from .plan_table import EDITABLE, coerce, configs_from_rows, plan_rows, summary
-from .sessions import SessionList
+from .sessions import AUTOSAVED, MAX_NAME, READ_ONLY, SessionKeeper, SessionList
 
 X_AXES = {"throughput": "throughput (inferences/s)", "latency_s": "latency (s)", "energy_j": "energy (J/inference)",
           "size_bytes": "model size (bytes)"}
@@ -30,10 +29,6 @@ Y_AXES = {"test_accuracy": "test accuracy", "val_accuracy": "validation accuracy
 POINT_COLUMNS = ["key", "label", "status", "reason", "test_accuracy", "val_accuracy", "estimate_val_accuracy",
                  "throughput", "latency_s", "energy_j", "size_bytes", "steps", "distill", "wall_s", "summary"]
 JOB_COLUMNS = ["id", "label", "state", "progress", "message", "error"]
-READ_ONLY = "this session is read-only; save a copy to change it"
-# what the working copy remembers besides the plan and the points (restored on reload)
-AUTOSAVED = ("model", "dataset", "profile", "batch", "steps", "distill", "seed", "preset", "x_axis", "y_axis",
-             "only_finetuned")
 # settings a read-only view may not change (axes and the like stay free: they only change the view)
 LOCKED = ("model", "dataset", "profile", "batch", "steps", "distill", "seed", "preset", "sens_method")
 
@@ -94,8 +89,6 @@ class Workspace(param.Parameterized):
         self._profiles: dict[str, object] = {}
         self._topo = None
         self._configs: dict[str, LayerConfig] = {}
-        self._attached: set[str] = set()   # evaluation keys already in the working copy
-        self._dirty = False                # something changed since the last autosave
         self._quiet = 0                    # > 0 while a session is being loaded or a refused change undone
         names = [p["name"] for p in list_profiles()]
         self.param.profile.objects = names
@@ -103,6 +96,7 @@ class Workspace(param.Parameterized):
         self.param.dataset.objects = catalog.dataset_names()
         super().__init__(**params)
         self.session_list = SessionList(lambda: self.store)
+        self.keeper = SessionKeeper(self)
         self._load_model()
         self.param.watch(self._guard, list(LOCKED))
         self.param.watch(self._touch, ["rows", "points", *AUTOSAVED])
@@ -161,7 +155,7 @@ class Workspace(param.Parameterized):
 
     def _touch(self, *_) -> None:
         if not self._quiet and not self.read_only:
-            self._dirty = True
+            self.keeper.dirty = True
 
     @property
     def model_options(self) -> dict[str, str]:
@@ -175,7 +169,7 @@ class Workspace(param.Parameterized):
     def _load_model(self) -> None:
         try:
             topo = _topology(self.model, self.dataset)
-        except Exception as e:  # noqa: BLE001 - a user model (serve --model) may fail in any way
+        except Exception as e:  # a user model (serve --model) may fail in any way
             if self._topo is None:
                 raise
             self._undo_pick(f"{self.model} on {self.dataset} cannot be used: "
@@ -497,145 +491,34 @@ class Workspace(param.Parameterized):
                          "sparsity_b": y.sparsity, "differs": x != y})
         return pd.DataFrame(rows, columns=cols)
 
-    # ---- sessions -------------------------------------------------------------------------
-    # A named session (saved, imported or made by ``bitscape sweep --session``) is a snapshot that
-    # a share link opens read-only. The workspace itself autosaves to a separate working copy
-    # (``work_id``, unlisted, reached by ``?ws=<id>``) so that a reload loses nothing.
-    MAX_NAME = 200
+    # ---- sessions (the work is in sessions.SessionKeeper) ---------------------------------
+    MAX_NAME = MAX_NAME
 
     def ensure_session(self) -> str:
         """The working copy this workspace autosaves to (jobs attach their points to it)."""
-        if not self.work_id:
-            self.work_id = self.store.create_session("working copy", self.model, self.dataset, self.profile,
-                                                     meta={"saved": False, "autosave": True})
-            self._attached = set()
-            self._dirty = True
-        return self.work_id
-
-    def _snapshot(self) -> dict:
-        return {"plan": self.current_plan().to_dict(), "state": {k: getattr(self, k) for k in AUTOSAVED}}
+        return self.keeper.ensure()
 
     def autosave(self, force: bool = False) -> bool:
         """Write the plan, settings and new points to the working copy if anything changed."""
-        if self.read_only or not (self._dirty or force):
-            return False
-        sid = self.ensure_session()
-        self._dirty = False
-        meta = {"saved": False, "autosave": True, **self._snapshot(),
-                "named": {"id": self.session_id, "name": self.session_name}}
-        self.store.update_session_meta(sid, meta)
-        new = [ev for k, ev in self._evals.items() if k not in self._attached]
-        if new:
-            self.store.put_many(new, session=sid)
-            self._attached.update(ev.key for ev in new)
-        return True
-
-    @staticmethod
-    def _clean_name(name) -> str:
-        name = " ".join(str(name or "").split())
-        if not name:
-            raise UserError("give the session a name")
-        if len(name) > Workspace.MAX_NAME:
-            raise UserError(f"the session name is {len(name)} characters long; at most {Workspace.MAX_NAME}")
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
-            raise UserError("the session name holds characters that cannot be stored") from None
-        return name
+        return self.keeper.autosave(force)
 
     def save_session(self, name: str) -> str:
-        """Save every point of this model and dataset, and the plan in the editor, as a named session.
-
-        Allowed in a read-only view: that is "Save a copy", and the copy is yours to edit.
-        """
-        name = self._clean_name(name)
-        sid = self.store.create_session(name, self.model, self.dataset, self.profile,
-                                        meta={"saved": True, **self._snapshot()})
-        self.store.put_many(self.evaluations(), session=sid)
-        self.session_id, self.session_name, self.read_only = sid, name, False
-        self._dirty = True  # the working copy learns its new name (and is made, after a read-only view)
-        self.message = f"saved session {name!r}"
-        self.session_list.refresh()
-        return sid
+        """Save the points of this model and dataset and the plan as a named session (in a
+        read-only view: "Save a copy", which is yours to edit)."""
+        return self.keeper.save(name)
 
     def saved_sessions(self) -> list[dict]:
         """The sessions the list offers: saved, imported and sweep-made, newest first."""
         self.session_list.refresh()
         return list(self.session_list.entries)
 
-    def _load_session(self, s: dict, read_only: bool) -> bool:
-        """Put a stored session into the workspace; refuses (changing nothing) what this server cannot show."""
-        meta = s.get("meta") or {}
-        state = meta.get("state") if isinstance(meta.get("state"), dict) else {}
-        model, dataset = state.get("model", s["model"]), state.get("dataset", s["dataset"])
-        if model not in self.param.model.objects:
-            self.message = f"session {s['name']!r} not opened: it uses model {model!r}, which this server does not offer"
-            return False
-        if dataset not in self.param.dataset.objects:
-            self.message = (f"session {s['name']!r} not opened: it uses dataset {dataset!r}, which this server "
-                            "does not offer")
-            return False
-        evals = self.store.evaluations(session=s["id"])
-        self._quiet += 1
-        was_read_only = self.read_only
-        try:
-            self.read_only = False
-            values = {"model": model, "dataset": dataset, "profile": s["profile"], **state}
-            for k in AUTOSAVED:
-                if k in values:
-                    try:
-                        setattr(self, k, values[k])
-                    except (ValueError, TypeError):
-                        pass  # a setting this server does not have: keep the current one
-            old_evals, self._evals = self._evals, {e.key: e for e in evals}
-            self._cost_memo.clear()
-            self._load_model()
-            if self._loaded != (model, dataset):  # the model could not be built: nothing else changes
-                self._evals = old_evals
-                self._refresh_points()
-                self.read_only = was_read_only
-                return False
-            plan = meta.get("plan")
-            if plan:
-                try:
-                    self._set_configs(Plan.from_dict(plan).resolve(self._topo.names))
-                except (PlanError, RecursionError):
-                    self.message = f"session {s['name']!r}: its plan does not fit {model}; the editor shows FP32"
-            self._job_ids = []
-            self.jobs = _empty(JOB_COLUMNS)
-            self.read_only = read_only
-        finally:
-            self._quiet -= 1
-        return True
-
     def open_session(self, sid: str, read_only: bool = False) -> bool:
         """Open a named session; writable, it gets a fresh working copy (the named one stays as saved)."""
-        s = self.store.session(str(sid)) if sid else None
-        if s is None:
-            self.message = "no such session (the link may be wrong or the session deleted)"
-            return False
-        if not self._load_session(s, read_only):
-            return False
-        self.session_id, self.session_name = s["id"], s["name"]
-        if not read_only:
-            self.work_id, self._attached, self._dirty = "", set(), True
-        self.message = f"opened session {s['name']!r}" + (" (read-only)" if read_only else "")
-        return True
+        return self.keeper.open(sid, read_only)
 
     def restore(self, work_id: str) -> bool:
         """Reopen this browser's working copy (``?ws=<id>`` after a reload), writable, as it was left."""
-        from .sessions import session_kind
-        s = self.store.session(str(work_id)) if work_id else None
-        if s is None or session_kind(s) != "working":
-            self.message = "that workspace link is not valid (the working copy may have been deleted)"
-            return False
-        if not self._load_session(s, read_only=False):
-            return False
-        named = (s.get("meta") or {}).get("named") or {}
-        self.session_id, self.session_name = str(named.get("id") or ""), str(named.get("name") or "")
-        self.work_id, self._attached, self._dirty = s["id"], set(self._evals), False
-        self.message = ""
-        return True
+        return self.keeper.restore(work_id)
 
     def share_link(self, base: str = "") -> str:
         """The read-only link of the named session; ``base`` is the page's address without its query."""
@@ -643,34 +526,11 @@ class Workspace(param.Parameterized):
 
     def export_session_file(self) -> str:
         """This workspace as a session file: the opened session in a read-only view, else the working copy."""
-        if self.read_only and self.session_id:
-            return json.dumps(self.store.export_session(self.session_id), indent=1)
-        self.autosave(force=True)
-        return json.dumps(self.store.export_session(self.work_id), indent=1)
+        return self.keeper.export_file()
 
     def import_session_file(self, data: bytes | str | None) -> bool:
         """Open a session file from someone else; a bad, empty or tampered file changes nothing."""
-        if self.read_only:
-            self.message = f"session file refused: {READ_ONLY}"
-            return False
-        if data is None or not (data.strip() if isinstance(data, (bytes, str)) else data):
-            self.message = "session file refused: the file is empty (export a session to get a session file)"
-            return False
-        try:
-            sid = self.store.import_session(data)
-        except USER_ERRORS as e:
-            self.message = f"session file refused: {e}"
-            return False
-        except RecursionError:
-            self.message = "session file refused: it is nested too deeply to be a session file"
-            return False
-        s = self.store.session(sid)
-        self.store.update_session_meta(sid, {**(s.get("meta") or {}), "imported": True, "autosave": False})
-        self.session_list.refresh()
-        if not self.open_session(sid):
-            return False
-        self.message = f"imported session {s['name']!r}"
-        return True
+        return self.keeper.import_file(data)
 
     # ---- exports --------------------------------------------------------------------------
     def plan_json(self) -> str:

@@ -6,9 +6,9 @@ import pytest
 
 pn = pytest.importorskip("panel")
 
-from engine.evaluation import Settings  # noqa: E402
-from engine.pipeline import evaluate_plan  # noqa: E402
-from engine.plan import Plan  # noqa: E402
+from engine.evaluation import Settings
+from engine.pipeline import evaluate_plan
+from engine.plan import Plan
 
 HOSTILE = '<img src=x onerror="window.__xss=1;alert(1)">'
 
@@ -57,7 +57,7 @@ def test_read_only_disables_every_control_that_changes_state(services, shared):
 def test_hostile_session_name_is_escaped_everywhere(shared):
     from explorer.app import banner_html
     from explorer.views.session_view import SessionView
-    app, sid = shared
+    app, _ = shared
     ws = app.workspace
     view = SessionView(workspace=ws)
     shown = [banner_html(ws), view.link.object, view.status.object]

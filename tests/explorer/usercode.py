@@ -1,6 +1,6 @@
 """A tiny model and dataset of "your own", for `bitscape serve --model/--dataset` tests."""
 import numpy as np
-import torch.nn as nn
+from torch import nn
 
 
 def tiny_mlp(input_shape, num_classes):

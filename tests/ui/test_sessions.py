@@ -36,7 +36,7 @@ def no_script_ran(page, dialogs):
 
 
 def test_hostile_names_are_text_and_the_share_view_is_locked(app_server, page, browser, tmp_path):
-    url, store, workspaces = app_server
+    url, _store, workspaces = app_server
     dialogs = watch_dialogs(page)
     open_app(page, url)
     ws = workspaces[-1]
@@ -112,7 +112,7 @@ def test_hostile_names_are_text_and_the_share_view_is_locked(app_server, page, b
 
 
 def test_reload_restores_the_workspace(app_server, page):
-    url, store, workspaces = app_server
+    url, _store, workspaces = app_server
     open_app(page, url)
     ws = workspaces[-1]
     ws.apply_preset("w2a2")

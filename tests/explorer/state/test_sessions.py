@@ -238,15 +238,13 @@ def test_session_of_a_model_this_server_lacks_is_refused(services):
     assert ws.rows.equals(rows) and ws.model == "lenet5"
 
 
-def test_session_label_is_plain_text_of_the_name(services):
+def test_session_label_is_plain_text_of_the_name():
     label = session_label({"id": "abcdefgh", "name": "<img src=x>\n  two", "model": "m", "dataset": "d",
                            "created": 0.0, "meta": {"saved": True}})
     assert label == "<img src=x> two · m on d · 1970-01-01 00:00 UTC · abcdef"
 
 
-def test_session_list_options_are_unique(services):
-    store, _ = services
-
+def test_session_list_options_are_unique():
     class FakeStore:
         def sessions(self):
             return [{"id": "abcdef1", "name": "x", "model": "m", "dataset": "d", "created": 1.0, "meta": {"saved": True}},
