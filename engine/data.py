@@ -66,10 +66,64 @@ class Dataset:
         return {s: len(getattr(self, f"y_{s}")) for s in ("train", "val", "test")}
 
 
+# ``bitscape serve --dataset pkg.mod:fn`` registers its references here (loaded once, at start-up)
+USER_DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(ref: str) -> DatasetSpec:
+    """Load a ``package.module:function`` dataset once (a bad one fails now) and offer it to the dashboard."""
+    ref = str(ref).strip()
+    mod, sep, attr = ref.partition(":")
+    if not (sep and mod and attr):
+        raise UserError(f"dataset {ref!r}: give your own dataset as package.module:function")
+    d = load_dataset(ref)
+    spec = DatasetSpec(ref, d.input_shape, d.num_classes,
+                       f"your dataset {ref} ({sum(d.sizes().values())} images, {d.num_classes} classes)")
+    USER_DATASETS[ref] = spec
+    return spec
+
+
+def dataset_availability(name: str) -> str:
+    """'' when the dataset can be loaded here; otherwise why not, in words for a dashboard user.
+
+    Checks files only (nothing is loaded), so it is cheap enough to run when a page opens.
+    """
+    if name in USER_DATASETS or name == "synthetic":
+        return ""
+    if name == "digits":
+        try:
+            import sklearn.datasets  # noqa: F401
+        except ImportError:
+            return "not installed: it ships with scikit-learn, which is missing on this server"
+        return ""
+    if name in ("fashion-mnist", "mnist"):
+        try:
+            _find_idx_dir(name, None)
+        except UserError:
+            title = "Fashion-MNIST" if name == "fashion-mnist" else "MNIST"
+            env = "BITSCAPE_FASHION_MNIST" if name == "fashion-mnist" else "BITSCAPE_MNIST"
+            extra = " (or install Debian's dataset-fashion-mnist package)" if name == "fashion-mnist" else ""
+            return (f"not installed: the {title} image files are not on this server; whoever runs it can put "
+                    f"the four IDX files (train-images-idx3-ubyte and the rest) in a folder, point {env} at it"
+                    f"{extra} and restart")
+        return ""
+    if name == "cifar10":
+        try:
+            _cifar10_dir(None)
+        except UserError:
+            return ("not installed: the CIFAR-10 images are not on this server; whoever runs it can unpack "
+                    "CIFAR-10's binary version (cifar-10-batches-bin, from the CIFAR-10 website) in a folder, "
+                    "point BITSCAPE_CIFAR10 at it and restart")
+        return ""
+    return "unknown dataset"
+
+
 def dataset_spec(name: str) -> DatasetSpec:
     """Shape facts of a dataset, without loading it."""
     if name in SPECS:
         return SPECS[name]
+    if name in USER_DATASETS:
+        return USER_DATASETS[name]
     if ":" in name:
         d = load_dataset(name)
         return DatasetSpec(name, d.input_shape, d.num_classes, f"user dataset {name}")
@@ -166,13 +220,18 @@ def _read_idx(directory: Path, stem: str) -> np.ndarray:
         raise UserError(f"cannot read IDX file {str(path)!r}: {e}") from None
 
 
-def _load_cifar10(root, seed, val_fraction, limit_train) -> Dataset:
+def _cifar10_dir(root) -> Path:
     base = Path(root or os.environ.get("BITSCAPE_CIFAR10", "")) if (root or os.environ.get("BITSCAPE_CIFAR10")) else None
     if base is not None and (base / "cifar-10-batches-bin").is_dir():
         base = base / "cifar-10-batches-bin"
     if base is None or not (base / "data_batch_1.bin").exists():
         raise UserError("dataset 'cifar10' not found: download the binary version (cifar-10-binary.tar.gz) yourself, "
                         "extract it, and pass --data-dir DIR or set BITSCAPE_CIFAR10 to the cifar-10-batches-bin folder")
+    return base
+
+
+def _load_cifar10(root, seed, val_fraction, limit_train) -> Dataset:
+    base = _cifar10_dir(root)
 
     def read(fn):
         raw = np.fromfile(base / fn, dtype=np.uint8).reshape(-1, 3073)

@@ -171,6 +171,25 @@ ZOO = {
 }
 
 
+# ``bitscape serve --model pkg.mod:fn`` registers its references here: the dashboard's pickers
+# offer the zoo plus these, so a browser only ever chooses among names the server was started with
+USER_MODELS: dict[str, str] = {}
+
+
+def register_model(ref: str) -> str:
+    """Check a ``package.module:function`` model reference (it must import) and offer it to the dashboard."""
+    ref = str(ref).strip()
+    mod, sep, attr = ref.partition(":")
+    if not (sep and mod and attr):
+        raise UserError(f"model {ref!r}: give your own model as package.module:function")
+    if ref in ZOO:
+        return ref
+    fn = load_callable(ref, "model")
+    doc = (getattr(fn, "__doc__", None) or "").strip().splitlines()
+    USER_MODELS[ref] = doc[0] if doc else f"your model {ref}"
+    return ref
+
+
 def build_model(model_id: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """A freshly initialised model: a zoo name, or ``package.module:function``.
 

@@ -22,8 +22,27 @@ def register(sub) -> None:
     p.add_argument("--store", default=None, help="results store (SQLite file); default in the user data dir")
     p.add_argument("--workers", type=int, default=None, help="local worker processes for jobs (default: cores)")
     p.add_argument("--scheduler", default=None, help="run jobs on an existing Dask cluster, tcp://HOST:PORT")
+    p.add_argument("--model", action="append", default=[], metavar="PKG.MOD:FN",
+                   help="offer your own model in the dashboard's model picker (repeatable); FN(input_shape=, "
+                        "num_classes=) returns a torch.nn.Module. Browsers can only pick among these and the zoo")
+    p.add_argument("--dataset", action="append", default=[], metavar="PKG.MOD:FN",
+                   help="offer your own dataset in the dataset picker (repeatable); FN() returns "
+                        "(x_train, y_train, x_test, y_test) with images as (N, C, H, W). Loaded once at start-up")
     p.add_argument("--show", action="store_true", help="open a browser tab")
     p.set_defaults(func=run)
+
+
+def register_user_code(models: list[str], datasets: list[str]) -> None:
+    """Check every --model/--dataset reference now (a bad one stops the server with one line) and
+    add it to the pickers."""
+    from engine.data import register_dataset
+    from engine.zoo import register_model
+    for ref in datasets:
+        spec = register_dataset(ref)
+        print(f"dataset {ref}: {spec.description}", file=sys.stderr, flush=True)
+    for ref in models:
+        register_model(ref)
+        print(f"model {ref}: offered in the model picker", file=sys.stderr, flush=True)
 
 
 def run(args) -> int:
@@ -37,6 +56,7 @@ def run(args) -> int:
         raise UserError("--basic-auth and --oauth-provider need --cookie-secret")
     if args.basic_auth and args.oauth_provider:
         raise UserError("choose --basic-auth or --oauth-provider, not both")
+    register_user_code(args.model, args.dataset)
     services.configure(store_path=args.store, workers=args.workers, scheduler=args.scheduler)
     origins = [f"{args.address}:{args.port}", f"localhost:{args.port}", f"127.0.0.1:{args.port}",
                *args.allow_websocket_origin]

@@ -1,13 +1,19 @@
 """A plan as an editable per-layer table, and back; pure functions over pandas."""
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 
 from engine.graph import LayerInfo, Topology
 from engine.plan import FLOAT_BITS, LayerConfig, Plan, PlanError
 
 EDITABLE = ("w_bits", "a_bits", "widen", "sparsity", "sparsity_fraction", "quantizer")
-COLUMNS = ("layer", "kind", "shape", "macs") + EDITABLE + ("time_us", "share", "runs_as", "note")
+# every LayerConfig field travels through the table (the editor hides the ones it does not edit),
+# so an edit never drops a setting a loaded plan carried, e.g. per_channel
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(LayerConfig))
+CARRIED = tuple(f for f in CONFIG_FIELDS if f not in EDITABLE)
+COLUMNS = ("layer", "kind", "shape", "macs") + EDITABLE + CARRIED + ("time_us", "share", "runs_as", "note")
 
 
 def shape_label(layer: LayerInfo) -> str:
@@ -25,9 +31,7 @@ def plan_rows(topo: Topology, configs: dict[str, LayerConfig]) -> pd.DataFrame:
     for layer in topo.widened(configs):
         c = configs[layer.name]
         rows.append({"layer": layer.name, "kind": layer.kind, "shape": shape_label(layer), "macs": layer.macs,
-                     "w_bits": c.w_bits, "a_bits": c.a_bits, "widen": c.widen, "sparsity": c.sparsity,
-                     "sparsity_fraction": c.sparsity_fraction, "quantizer": c.quantizer,
-                     "time_us": 0.0, "share": 0.0, "runs_as": "", "note": ""})
+                     **c.to_dict(), "time_us": 0.0, "share": 0.0, "runs_as": "", "note": ""})
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
@@ -50,12 +54,20 @@ def coerce(column: str, value):
     return str(value).strip()
 
 
+_TYPES = {"w_bits": int, "a_bits": int, "widen": float, "sparsity": str, "sparsity_fraction": float,
+          "quantizer": str, "per_channel": bool}
+
+
 def configs_from_rows(df: pd.DataFrame) -> dict[str, LayerConfig]:
+    """The per-layer configs of a table: every LayerConfig field the table has (a missing one keeps its default)."""
     out = {}
     for r in df.to_dict("records"):
-        cfg = LayerConfig(w_bits=int(r["w_bits"]), a_bits=int(r["a_bits"]), widen=float(r["widen"]),
-                          sparsity=str(r["sparsity"]), sparsity_fraction=float(r["sparsity_fraction"]),
-                          quantizer=str(r["quantizer"]))
+        values = {}
+        for f in CONFIG_FIELDS:
+            if f in r:
+                v = r[f]
+                values[f] = _TYPES[f](v.item() if hasattr(v, "item") else v) if f in _TYPES else v
+        cfg = LayerConfig(**values)
         cfg.check(f"layer {r['layer']!r}")
         out[r["layer"]] = cfg
     return out

@@ -6,21 +6,22 @@ tests drive it directly. Every number comes from engine functions.
 from __future__ import annotations
 
 import functools
-import json
 
 import pandas as pd
 import param
 
 from engine.cost import cost_topology, list_profiles, load_profile
-from engine.data import SPECS, dataset_spec
-from engine.errors import USER_ERRORS, UserError
+from engine.data import dataset_spec
+from engine.errors import USER_ERRORS
 from engine.evaluation import Evaluation, Settings
 from engine.graph import analyze
 from engine.plan import LayerConfig, Plan, PlanError
 from engine.presets import PRESETS, preset_plan
-from engine.zoo import ZOO, build_model
+from engine.zoo import build_model
 
+from . import catalog
 from .plan_table import EDITABLE, coerce, configs_from_rows, plan_rows, summary
+from .sessions import AUTOSAVED, MAX_NAME, READ_ONLY, SessionKeeper, SessionList
 
 X_AXES = {"throughput": "throughput (inferences/s)", "latency_s": "latency (s)", "energy_j": "energy (J/inference)",
           "size_bytes": "model size (bytes)"}
@@ -28,6 +29,8 @@ Y_AXES = {"test_accuracy": "test accuracy", "val_accuracy": "validation accuracy
 POINT_COLUMNS = ["key", "label", "status", "reason", "test_accuracy", "val_accuracy", "estimate_val_accuracy",
                  "throughput", "latency_s", "energy_j", "size_bytes", "steps", "distill", "wall_s", "summary"]
 JOB_COLUMNS = ["id", "label", "state", "progress", "message", "error"]
+# settings a read-only view may not change (axes and the like stay free: they only change the view)
+LOCKED = ("model", "dataset", "profile", "batch", "steps", "distill", "seed", "preset", "sens_method")
 
 
 @functools.lru_cache(maxsize=16)
@@ -44,8 +47,8 @@ def _empty(columns) -> pd.DataFrame:
 class Workspace(param.Parameterized):
     """One browser session's state."""
 
-    model = param.Selector(default="lenet5", objects=list(ZOO))
-    dataset = param.Selector(default="digits", objects=[d for d in SPECS if d != "synthetic"])
+    model = param.Selector(default="lenet5", objects=catalog.model_names())
+    dataset = param.Selector(default="digits", objects=catalog.dataset_names())
     profile = param.Selector(default="cpu", objects=["cpu"])
     batch = param.Integer(default=1, bounds=(1, 4096))
     preset = param.Selector(default="w4a4", objects=list(PRESETS))
@@ -73,9 +76,10 @@ class Workspace(param.Parameterized):
     sensitivity = param.DataFrame(doc="per-layer sensitivity scores of the current model (higher = more sensitive)")
     sens_status = param.String(default="")
 
-    session_id = param.String(default="")
+    session_id = param.String(default="", doc="the named session last saved or opened (what the share link opens)")
     session_name = param.String(default="")
     read_only = param.Boolean(default=False)
+    work_id = param.String(default="", doc="this workspace's autosaved working copy (``?ws=<id>``)")
 
     def __init__(self, store=None, runner=None, **params):
         self._store, self._runner = store, runner
@@ -85,10 +89,17 @@ class Workspace(param.Parameterized):
         self._profiles: dict[str, object] = {}
         self._topo = None
         self._configs: dict[str, LayerConfig] = {}
+        self._quiet = 0                    # > 0 while a session is being loaded or a refused change undone
         names = [p["name"] for p in list_profiles()]
         self.param.profile.objects = names
+        self.param.model.objects = catalog.model_names()
+        self.param.dataset.objects = catalog.dataset_names()
         super().__init__(**params)
+        self.session_list = SessionList(lambda: self.store)
+        self.keeper = SessionKeeper(self)
         self._load_model()
+        self.param.watch(self._guard, list(LOCKED))
+        self.param.watch(self._touch, ["rows", "points", *AUTOSAVED])
 
     # ---- services (injected in tests, shared per process when served) ----------------------
     @property
@@ -108,7 +119,9 @@ class Workspace(param.Parameterized):
     # ---- model and plan -------------------------------------------------------------------
     @param.depends("model", watch=True)
     def _model_changed(self):
-        default = ZOO[self.model].datasets[0] if self.model in ZOO else self.dataset
+        if self._quiet or self.read_only:  # a read-only view: _guard puts the old value back
+            return
+        default = catalog.default_dataset(self.model)
         if default != self.dataset:
             self.dataset = default  # triggers _load_model
         else:
@@ -116,19 +129,61 @@ class Workspace(param.Parameterized):
 
     @param.depends("dataset", watch=True)
     def _dataset_changed(self):
+        if self._quiet or self.read_only:  # a read-only view: _guard puts the old value back
+            return
         self._load_model()
 
+    def _undo_pick(self, why: str) -> None:
+        """Put the model and dataset pickers back to what the editor holds, saying why."""
+        self._quiet += 1
+        try:
+            self.model, self.dataset = self._loaded
+        finally:
+            self._quiet -= 1
+        self.message = why
+
+    def _guard(self, *events) -> None:
+        """A read-only view refuses setting changes: the old value is put back, with the reason."""
+        if self._quiet or not self.read_only:
+            return
+        self._quiet += 1
+        try:
+            self.param.update({e.name: e.old for e in events})
+        finally:
+            self._quiet -= 1
+        self.message = READ_ONLY
+
+    def _touch(self, *_) -> None:
+        if not self._quiet and not self.read_only:
+            self.keeper.dirty = True
+
+    @property
+    def model_options(self) -> dict[str, str]:
+        """The model picker's labelled options (each says what is missing to use it)."""
+        return catalog.model_options(self.dataset)
+
+    @property
+    def dataset_options(self) -> dict[str, str]:
+        return catalog.dataset_options(self.model)
+
     def _load_model(self) -> None:
-        self._topo = _topology(self.model, self.dataset)
+        try:
+            topo = _topology(self.model, self.dataset)
+        except Exception as e:  # a user model (serve --model) may fail in any way
+            if self._topo is None:
+                raise
+            self._undo_pick(f"{self.model} on {self.dataset} cannot be used: "
+                            f"{(str(e).splitlines() or [type(e).__name__])[0][:300]}")
+            return
+        self._topo, self._loaded = topo, (self.model, self.dataset)
         self._set_configs({n: LayerConfig() for n in self._topo.names})
         self.edit_error = ""
         self.sensitivity = pd.DataFrame(columns=["layer", "score", "rank"])
         self.sens_status = ""
         self._refresh_points()
-        from engine.baselines import baseline_path
-        if baseline_path(self.model, self.dataset) is None:
-            self.message = (f"No FP32 baseline for {self.model} on {self.dataset}: costs work, fine-tuning needs "
-                            f"`bitscape train-baseline --model {self.model} --dataset {self.dataset}`.")
+        why = catalog.usable(self.model, self.dataset)
+        if why:
+            self.message = f"No FP32 baseline for {self.model} on {self.dataset} can be used: {why}."
 
     @property
     def topology(self):
@@ -162,6 +217,8 @@ class Workspace(param.Parameterized):
 
     @param.depends("profile", "batch", watch=True)
     def recost(self) -> None:
+        if self._quiet or self.read_only:  # a read-only view: _guard puts the old value back
+            return
         rows = self.rows.copy()
         self._fill_cost(rows)
         self.rows = rows
@@ -179,7 +236,7 @@ class Workspace(param.Parameterized):
     def bulk_edit(self, rows: list[int], column: str, value) -> bool:
         """Set ``column`` to ``value`` on every listed row, all or nothing."""
         if self.read_only:
-            return self._refuse("this session is read-only; save a copy to edit it")
+            return self._refuse(READ_ONLY)
         if not rows:
             return self._refuse("select one or more layers first")
         try:
@@ -204,24 +261,42 @@ class Workspace(param.Parameterized):
         self.edit_error = ""
         return True
 
-    def apply_preset(self, name: str | None = None) -> None:
+    def apply_preset(self, name: str | None = None) -> bool:
         if self.read_only:
-            self._refuse("this session is read-only; save a copy to edit it")
-            return
-        plan = preset_plan(name or self.preset, self._topo, self.model)
-        self._set_configs(plan.resolve(self._topo.names))
+            return self._refuse(READ_ONLY)
+        try:
+            plan = preset_plan(name or self.preset, self._topo, self.model)
+            self._set_configs(plan.resolve(self._topo.names))
+        except PlanError as e:
+            return self._refuse(f"preset not applied: {e}")
         self.edit_error = ""
+        return True
 
     def load_plan(self, plan: Plan) -> None:
-        """Put a plan into the editor (e.g. from a tapped point or an uploaded file)."""
+        """Put a plan into the editor (e.g. from a tapped point or an uploaded file).
+
+        Raises PlanError when the plan is for another model or does not fit this one's layers.
+        """
+        if self.read_only:
+            raise PlanError(READ_ONLY)
+        if plan.model is not None and plan.model != self.model:
+            raise PlanError(f"the plan is for model {plan.model!r}, but the editor holds {self.model!r}; "
+                            f"choose {plan.model!r} in the model picker first")
         self._set_configs(plan.resolve(self._topo.names))
         self.edit_error = ""
 
     def load_plan_json(self, text: str | bytes) -> bool:
+        """Load an uploaded plan file; a bad one is refused with the reason in ``edit_error``."""
+        if self.read_only:
+            return self._refuse(READ_ONLY)
+        if not text:
+            return self._refuse("plan not loaded: the file is empty")
         try:
             self.load_plan(Plan.from_json(text.decode() if isinstance(text, bytes) else text))
         except (PlanError, UnicodeDecodeError) as e:
             return self._refuse(f"plan not loaded: {e}")
+        except RecursionError:
+            return self._refuse("plan not loaded: it is nested too deeply to be a plan")
         return True
 
     def current_plan(self, name: str | None = None) -> Plan:
@@ -231,7 +306,7 @@ class Workspace(param.Parameterized):
     def submit(self, steps: int | None = None, label: str | None = None) -> str | None:
         """Queue an evaluation of the current plan (fine-tune, or estimate with steps=0)."""
         if self.read_only:
-            self.message = "this session is read-only; save a copy to run jobs"
+            self.message = READ_ONLY
             return None
         s = Settings(steps=self.steps if steps is None else steps, distill=self.distill, seed=self.seed)
         plan = self.current_plan(name=label or summary(self._configs))
@@ -243,6 +318,9 @@ class Workspace(param.Parameterized):
         return jid
 
     def cancel(self, job_id: str) -> bool:
+        if self.read_only:
+            self.message = READ_ONLY
+            return False
         ok = self.runner.cancel(job_id)
         self.poll()
         return ok
@@ -275,6 +353,9 @@ class Workspace(param.Parameterized):
         """Score every layer with ``sens_method``; in the background when served."""
         import threading
 
+        if self.read_only:
+            self.sens_status = READ_ONLY
+            return None
         method, model, dataset = self.sens_method, self.model, self.dataset
         self.sens_status = f"computing {method} sensitivity..."
 
@@ -302,22 +383,35 @@ class Workspace(param.Parameterized):
 
     def apply_suggestion(self, ladder: tuple[int, ...] = (8, 4, 2)) -> bool:
         """A mixed plan from the sensitivity ranks: the most sensitive third of the layers gets
-        ladder[0] bits (weights and activations), the middle third ladder[1], the rest ladder[2]."""
+        ladder[0] bits (weights and activations), the middle third ladder[1], the rest ladder[2].
+
+        A layer on the binary or ternary quantizer (fixed 1 or 2 weight bits) moves to LSQ when its
+        suggested width differs; the message names those layers.
+        """
+        if self.read_only:
+            return self._refuse(READ_ONLY)
         if self.sensitivity is None or self.sensitivity.empty:
             return self._refuse("compute a sensitivity first")
-        if self.read_only:
-            return self._refuse("this session is read-only; save a copy to edit it")
         order = list(self.sensitivity.sort_values("rank")["layer"])
         n = len(order)
         configs = dict(self._configs)
-        for i, name in enumerate(order):
-            bits = ladder[min(len(ladder) - 1, i * len(ladder) // n)]
-            configs[name] = configs[name].replace(w_bits=bits, a_bits=bits)
+        moved = []
         try:
+            for i, name in enumerate(order):
+                bits = ladder[min(len(ladder) - 1, i * len(ladder) // n)]
+                change = {"w_bits": bits, "a_bits": bits}
+                fixed = {"binary": 1, "ternary": 2}.get(configs[name].quantizer)
+                if fixed is not None and fixed != bits:
+                    change["quantizer"] = "lsq"
+                    moved.append(name)
+                configs[name] = configs[name].replace(**change)
             self._set_configs(configs)
-        except PlanError as e:
-            return self._refuse(str(e))
+        except (PlanError, KeyError) as e:
+            return self._refuse(f"suggestion not applied: {e}")
         self.edit_error = ""
+        if moved:
+            self.message = (f"suggestion applied; {', '.join(moved)} moved from the binary/ternary quantizer to "
+                            "LSQ to take the suggested bits")
         return True
 
     # ---- points ---------------------------------------------------------------------------
@@ -374,7 +468,7 @@ class Workspace(param.Parameterized):
             self.message = f"no point {key!r} in this session"
             return
         self.selected = key
-        if load:
+        if load and not self.read_only:
             try:
                 self.load_plan(Plan.from_dict(ev.plan))
                 self.message = f"loaded the plan of {ev.plan.get('name') or key}"
@@ -397,72 +491,46 @@ class Workspace(param.Parameterized):
                          "sparsity_b": y.sparsity, "differs": x != y})
         return pd.DataFrame(rows, columns=cols)
 
-    # ---- sessions -------------------------------------------------------------------------
+    # ---- sessions (the work is in sessions.SessionKeeper) ---------------------------------
+    MAX_NAME = MAX_NAME
+
     def ensure_session(self) -> str:
-        if not self.session_id:
-            self.session_id = self.store.create_session("unsaved", self.model, self.dataset, self.profile,
-                                                        meta={"saved": False})
-        return self.session_id
+        """The working copy this workspace autosaves to (jobs attach their points to it)."""
+        return self.keeper.ensure()
+
+    def autosave(self, force: bool = False) -> bool:
+        """Write the plan, settings and new points to the working copy if anything changed."""
+        return self.keeper.autosave(force)
 
     def save_session(self, name: str) -> str:
-        """Save every point of this model and dataset, and the plan in the editor, as a named session."""
-        name = (name or "").strip()
-        if not name:
-            raise UserError("give the session a name")
-        sid = self.store.create_session(name, self.model, self.dataset, self.profile,
-                                        meta={"saved": True, "plan": self.current_plan().to_dict()})
-        for ev in self.evaluations():
-            self.store.put(ev, session=sid)
-        self.session_id, self.session_name, self.read_only = sid, name, False
-        self.message = f"saved session {name!r}"
-        return sid
+        """Save the points of this model and dataset and the plan as a named session (in a
+        read-only view: "Save a copy", which is yours to edit)."""
+        return self.keeper.save(name)
 
     def saved_sessions(self) -> list[dict]:
-        return [s for s in self.store.sessions() if (s.get("meta") or {}).get("saved")]
+        """The sessions the list offers: saved, imported and sweep-made, newest first."""
+        self.session_list.refresh()
+        return list(self.session_list.entries)
 
     def open_session(self, sid: str, read_only: bool = False) -> bool:
-        s = self.store.session(sid)
-        if s is None:
-            self.message = "no such session (the link may be wrong or the session deleted)"
-            return False
-        evals = self.store.evaluations(session=sid)
-        with param.parameterized.batch_call_watchers(self):
-            self._evals = {e.key: e for e in evals}
-            if s["model"] in self.param.model.objects:
-                self.model = s["model"]
-            self.dataset = s["dataset"]
-            if s["profile"] in self.param.profile.objects:
-                self.profile = s["profile"]
-        self._load_model()
-        plan = (s.get("meta") or {}).get("plan")
-        if plan:
-            try:
-                self.load_plan(Plan.from_dict(plan))
-            except PlanError:
-                pass
-        self.session_id, self.session_name, self.read_only = sid, s["name"], read_only
-        self._job_ids = []
-        self.jobs = _empty(JOB_COLUMNS)
-        self.message = f"opened session {s['name']!r}" + (" (read-only)" if read_only else "")
-        return True
+        """Open a named session; writable, it gets a fresh working copy (the named one stays as saved)."""
+        return self.keeper.open(sid, read_only)
+
+    def restore(self, work_id: str) -> bool:
+        """Reopen this browser's working copy (``?ws=<id>`` after a reload), writable, as it was left."""
+        return self.keeper.restore(work_id)
 
     def share_link(self, base: str = "") -> str:
+        """The read-only link of the named session; ``base`` is the page's address without its query."""
         return f"{base}?session={self.session_id}" if self.session_id else ""
 
     def export_session_file(self) -> str:
-        sid = self.ensure_session()
-        for ev in self.evaluations():
-            self.store.put(ev, session=sid)
-        return json.dumps(self.store.export_session(sid), indent=1)
+        """This workspace as a session file: the opened session in a read-only view, else the working copy."""
+        return self.keeper.export_file()
 
-    def import_session_file(self, data: bytes | str) -> bool:
-        """Open a session file from someone else; a bad or tampered file changes nothing."""
-        try:
-            sid = self.store.import_session(data)
-        except USER_ERRORS as e:
-            self.message = f"session file refused: {e}"
-            return False
-        return self.open_session(sid)
+    def import_session_file(self, data: bytes | str | None) -> bool:
+        """Open a session file from someone else; a bad, empty or tampered file changes nothing."""
+        return self.keeper.import_file(data)
 
     # ---- exports --------------------------------------------------------------------------
     def plan_json(self) -> str:

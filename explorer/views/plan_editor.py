@@ -7,8 +7,10 @@ import panel as pn
 import param
 
 from engine.plan import BIT_CHOICES, QUANTIZERS
-from explorer.state.plan_table import EDITABLE
+from explorer.state.plan_table import CARRIED, EDITABLE
 from explorer.state.workspace import Workspace
+
+from .notice import Notice
 
 SPARSITY_CHOICES = ["none", "unstructured", "2:4", "1:4", "4:8"]
 TITLES = {"layer": "layer", "kind": "kind", "shape": "shape", "macs": "MACs", "w_bits": "W bits", "a_bits": "A bits",
@@ -22,7 +24,7 @@ class PlanEditor(pn.viewable.Viewer):
     def __init__(self, **params):
         super().__init__(**params)
         ws = self.workspace
-        editors = {c: None for c in TITLES if c not in EDITABLE}
+        editors = {c: None for c in (*TITLES, *CARRIED) if c not in EDITABLE}
         editors.update({
             "w_bits": {"type": "list", "values": list(BIT_CHOICES)},
             "a_bits": {"type": "list", "values": list(BIT_CHOICES)},
@@ -32,11 +34,12 @@ class PlanEditor(pn.viewable.Viewer):
             "quantizer": {"type": "list", "values": list(QUANTIZERS)},
         })
         self.table = pn.widgets.Tabulator(
-            ws.rows, editors=editors, titles=TITLES, show_index=False, selectable="checkbox", hidden_columns=["kind"], frozen_columns=["layer"],
+            ws.rows, editors=editors, titles=TITLES, show_index=False, selectable="checkbox", hidden_columns=["kind", *CARRIED],
+            frozen_columns=["layer"],
             layout="fit_data_stretch", height=min(520, 60 + 32 * len(ws.rows)), sizing_mode="stretch_width",
             formatters={"macs": {"type": "money", "precision": 0, "thousand": ","}}, name="plan-table")
         self.table.on_edit(self._on_edit)
-        self.error = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")
+        self.error = Notice(name="plan-error")
         self.preset = pn.widgets.Select.from_param(ws.param.preset, name="preset", width=130)
         self.apply_preset = pn.widgets.Button(name="Apply preset", button_type="primary", width=120)
         self.apply_preset.on_click(lambda e: ws.apply_preset())
@@ -45,7 +48,7 @@ class PlanEditor(pn.viewable.Viewer):
         self.bulk_apply = pn.widgets.Button(name="Apply to selected", width=140)
         self.bulk_apply.on_click(self._on_bulk)
         self.upload = pn.widgets.FileInput(accept=".json", name="load plan", width=200)
-        self.upload.param.watch(self._on_upload, "value")
+        self.upload.param.watch(self._on_upload, ["value", "filename"])
         self.download = pn.widgets.FileDownload(callback=self._plan_file, filename="plan.json",
                                                 label="Download plan (JSON)", button_type="success", width=190)
         ws.param.watch(self._sync_table, ["rows"])
@@ -59,9 +62,14 @@ class PlanEditor(pn.viewable.Viewer):
     def _on_bulk(self, _):
         self.workspace.bulk_edit(list(self.table.selection), self.bulk_column.value, self.bulk_value.value)
 
-    def _on_upload(self, event):
-        if event.new:
-            self.workspace.load_plan_json(event.new)
+    def _on_upload(self, *_):
+        value, fname = self.upload.value, self.upload.filename
+        if value is None and not fname:
+            return  # the widget was cleared
+        # an empty file arrives as no value with a file name: refused with a reason, not ignored
+        ws = self.workspace
+        if not ws.load_plan_json(value if value is not None else b"") and fname:
+            ws.edit_error = ws.edit_error.replace("plan not loaded", f"plan file {fname!r} not loaded", 1)
 
     def _plan_file(self):
         return io.StringIO(self.workspace.plan_json())
@@ -83,14 +91,17 @@ class PlanEditor(pn.viewable.Viewer):
             self.table.value = new  # an edit was refused: put the old value back in the cell
 
     def _sync_error(self, *_):
-        self.error.object = self.workspace.edit_error
-        self.error.visible = bool(self.workspace.edit_error)
+        self.error.show(self.workspace.edit_error, "danger")
 
     def _sync_readonly(self, *_):
         ro = self.workspace.read_only
         self.table.disabled = ro
-        for w in (self.apply_preset, self.bulk_apply, self.upload):
+        for w in self.locked_widgets():
             w.disabled = ro
+
+    def locked_widgets(self) -> list:
+        """Every control here that changes the plan (disabled in a read-only view)."""
+        return [self.preset, self.apply_preset, self.bulk_column, self.bulk_value, self.bulk_apply, self.upload]
 
     def __panel__(self):
         return pn.Column(

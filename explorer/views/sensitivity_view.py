@@ -1,6 +1,8 @@
 """Per-layer sensitivity: compute it, look at it, turn it into a mixed-precision suggestion."""
 from __future__ import annotations
 
+import html
+
 import holoviews as hv
 import panel as pn
 import param
@@ -22,14 +24,15 @@ class SensitivityView(pn.viewable.Viewer):
         self.suggest.on_click(lambda e: ws.apply_suggestion())
         self.status = pn.pane.HTML("", name="sensitivity-status")
         self.chart = pn.pane.HoloViews(sizing_mode="stretch_width", height=240)
-        ws.param.watch(self._update, ["sensitivity", "sens_status"])
+        ws.param.watch(self._update, ["sensitivity", "sens_status", "read_only"])
         self._update()
 
     def _update(self, *_):
         ws = self.workspace
-        self.status.object = f'<span style="color:#555">{ws.sens_status}</span>'
+        self.status.object = f'<span style="color:#555">{html.escape(ws.sens_status)}</span>'
         df = ws.sensitivity
-        self.suggest.disabled = df is None or df.empty
+        self.suggest.disabled = df is None or df.empty or ws.read_only
+        self.method.disabled = self.compute.disabled = ws.read_only
         if df is None or df.empty:
             self.chart.object = None
             return

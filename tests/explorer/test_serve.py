@@ -72,3 +72,53 @@ def test_auth_without_cookie_secret_is_refused():
     p = subprocess.run([sys.executable, "-m", "explorer.cli", "serve", "--basic-auth", "pw"], capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 2 and "--cookie-secret" in p.stderr
+
+
+def picker_options(port) -> dict[str, list[str]]:
+    """The labels each Select of a fresh dashboard session offers (read over the Bokeh websocket)."""
+    import importlib
+    import pkgutil
+
+    import holoviews.plotting.bokeh  # noqa: F401 - registers the models the page uses
+    import panel.models
+    from bokeh.client import pull_session
+    from bokeh.models import Select
+    for m in pkgutil.iter_modules(panel.models.__path__):
+        try:
+            importlib.import_module(f"panel.models.{m.name}")
+        except ImportError:
+            pass
+    s = pull_session(url=f"http://127.0.0.1:{port}/")
+    try:
+        return {m.title: [o if isinstance(o, str) else o[1] for o in m.options]
+                for m in s.document.select({"type": Select})}
+    finally:
+        s.close()
+
+
+def test_own_model_and_dataset_join_the_pickers(serve):
+    port = serve("--model", "tests.explorer.usercode:tiny_mlp", "--dataset", "tests.explorer.usercode:blobs",
+                 "--dataset", "tests.explorer.usercode:blobs")
+    opts = picker_options(port)
+    models, datasets = opts["model"], opts["dataset"]
+    assert any(o.startswith("tests.explorer.usercode:tiny_mlp (your model") for o in models)
+    assert [o for o in datasets if o.startswith("tests.explorer.usercode:blobs (your dataset")] != []
+    assert "lenet5" in models and "digits" in datasets
+    # availability is said up front, in words: CIFAR-10 is not on this machine
+    cifar = [o for o in datasets if o.startswith("cifar10")]
+    assert cifar and "not installed" in cifar[0] and "CIFAR-10 images" in cifar[0] and "--" not in cifar[0]
+    resnet = [o for o in models if o.startswith("resnet20")]
+    assert resnet and "cifar10" in resnet[0] and "not installed" in resnet[0]
+
+
+@pytest.mark.parametrize("flag, ref, words", [
+    ("--model", "tests.explorer.usercode:nope", "has no callable 'nope'"),
+    ("--model", "no_such_package_xyz:fn", "cannot import module"),
+    ("--dataset", "tests.explorer.usercode:not_a_dataset", "must return (x_train, y_train, x_test, y_test)"),
+    ("--dataset", "digits", "package.module:function"),
+])
+def test_bad_own_code_stops_serve_with_one_line(tmp_path, flag, ref, words):
+    p = subprocess.run([sys.executable, "-m", "explorer.cli", "serve", "--port", str(free_port()),
+                        "--store", str(tmp_path / "s.sqlite"), flag, ref], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr

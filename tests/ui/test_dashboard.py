@@ -120,11 +120,11 @@ def test_save_share_and_bad_session_file(app_server, page, browser, tmp_path):
     page.get_by_role("button", name="Save session").click()
     wait_until(lambda: ws.session_name == "shared study", page)
     link = page.locator("a.share-link").get_attribute("href")
-    assert link == f"?session={ws.session_id}"
+    assert link == f"{url}?session={ws.session_id}"  # absolute: it works pasted anywhere
     shot(page, "session")
 
     other = browser.new_page()
-    other.goto(url + link)
+    other.goto(link)
     other.wait_for_selector('.tabulator-cell[tabulator-field="layer"]', timeout=60_000)
     viewer = workspaces[-1]
     assert viewer is not ws
