@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+from .fileio import clip
+
 STATUSES = ("estimated", "fine-tuned", "failed")
 RECORD_VERSION = 1
 
@@ -74,13 +77,12 @@ class Settings:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Settings":
-        from .fileio import clip
         if not isinstance(d, dict):
-            raise ValueError(f"settings must be an object, got {type(d).__name__}")
+            raise UserError(f"settings must be an object, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"unknown setting {clip(sorted(map(str, unknown))[0])}")
+            raise UserError(f"unknown setting {clip(sorted(map(str, unknown))[0])}")
         return cls(**d)
 
 
@@ -103,31 +105,29 @@ _RULES: dict[str, tuple] = {
 
 def _check_setting(name: str, v) -> None:
     """Raise UserError (a ValueError) naming the setting when ``v`` has the wrong type or is out of range."""
-    from .errors import UserError as ValueError  # noqa: A001 - a user error, still a ValueError
-    from .fileio import clip
     rule = _RULES.get(name)
     if rule is None:
         return
     kind = rule[0]
     if kind == "bool":
         if not isinstance(v, bool):
-            raise ValueError(f"setting {name} must be true or false, got {clip(v)}")
+            raise UserError(f"setting {name} must be true or false, got {clip(v)}")
         return
     if kind == "choice":
         if not isinstance(v, str) or v not in rule[1]:
-            raise ValueError(f"setting {name}={clip(v)} is not one of {', '.join(rule[1])}")
+            raise UserError(f"setting {name}={clip(v)} is not one of {', '.join(rule[1])}")
         return
     if kind == "int?" and v is None:
         return
     lo, hi = rule[1], rule[2]
     if kind in ("int", "int?"):
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise ValueError(f"setting {name}={clip(v)} must be a whole number in {lo}..{hi:_}"
+            raise UserError(f"setting {name}={clip(v)} must be a whole number in {lo}..{hi:_}"
                              + (" or null" if kind == "int?" else ""))
         return
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi \
             or (kind == "pos" and v <= 0):
-        raise ValueError(f"setting {name}={clip(v)} must be a finite number "
+        raise UserError(f"setting {name}={clip(v)} must be a finite number "
                          + (f"above 0 and at most {hi:g}" if kind == "pos" else f"in {lo:g}..{hi:g}"))
 
 

@@ -265,6 +265,11 @@ class Store:
         """A new session; its id is random (secrets.token_urlsafe), never guessable."""
         if meta is not None and not isinstance(meta, dict):
             raise UserError("session meta must be a JSON object")
+        for what, text in (("name", name), ("model", model), ("dataset", dataset), ("profile", profile)):
+            try:   # SQLite stores UTF-8: a lone surrogate (possible in JSON from a browser) is refused
+                str(text).encode("utf-8")
+            except UnicodeEncodeError:
+                raise UserError(f"session {what} holds text that is not valid Unicode (a lone surrogate)") from None
         return self._write(lambda cur: self._create_session(cur, name, model, dataset, profile, meta))
 
     @staticmethod

@@ -12,13 +12,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from engine.checkpoint import HASH_KEY, META_KEY, load_state, save_state
+from engine.checkpoint import META_KEY, load_state, save_state
 from engine.errors import UserError
 from engine.evaluation import Settings
 from engine.pipeline import evaluate_plan, load_planned, save_planned
 from engine.plan import LayerConfig, Plan
 from engine.store import Store, checksum
-from engine.zoo import allow_reference, check_reference, is_allowed, trusted_references
 from explorer.cli import main
 
 CALLS = []
@@ -62,6 +61,7 @@ def test_checkpoint_naming_os_abort_is_refused_not_run(ckpt, tmp_path, cmd):
 
 
 def test_checkpoint_model_reference_runs_only_when_allowed(ckpt, tmp_path, capsys):
+    from engine.zoo import is_allowed
     bad = with_meta(ckpt, tmp_path / "marker.safetensors", model=MARKER, plan={"version": 1})
     CALLS.clear()
     with pytest.raises(UserError, match="is code"):
@@ -75,6 +75,7 @@ def test_checkpoint_model_reference_runs_only_when_allowed(ckpt, tmp_path, capsy
 
 
 def test_allow_list_api():
+    from engine.zoo import allow_reference, check_reference, is_allowed, trusted_references
     assert not is_allowed(MARKER)
     with trusted_references(MARKER):
         check_reference(MARKER, "model")
@@ -157,6 +158,7 @@ def test_flipped_checkpoint_fails_every_command(ckpt, tmp_path, cmd, capsys):
 
 
 def test_hash_covers_the_metadata(ckpt, tmp_path):
+    from engine.checkpoint import HASH_KEY
     from safetensors.torch import load, save
     from safetensors import safe_open
     raw = ckpt.read_bytes()

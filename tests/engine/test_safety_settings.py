@@ -15,12 +15,14 @@ import torch
 
 from engine.data import Dataset
 from engine.errors import USER_ERRORS, UserError
-from engine.evaluation import MAX_STEPS, Evaluation, Settings
+from engine.evaluation import Evaluation, Settings
 from engine.finetune import default_loss, optimise
 from engine.pipeline import evaluate_plan, rebuild
 from engine.plan import Plan, PlanError
 from engine.store import Store, checksum
 from engine.zoo import MLP
+
+MAX_STEPS = 1_000_000
 from explorer.cli import main
 
 

@@ -148,6 +148,14 @@ def test_session_lone_surrogate_name(store_doc):
     session_refused(store, doc, "lone surrogate")
 
 
+def test_session_created_with_a_lone_surrogate_name_is_refused(store_doc):
+    store, _ = store_doc
+    before = store.sessions()
+    with pytest.raises(UserError, match="lone surrogate"):     # before: UnicodeEncodeError from SQLite
+        store.create_session("bad \ud800", "mlp", "digits", "cpu")
+    assert store.sessions() == before
+
+
 def test_session_unknown_dataset_leaves_nothing_behind(store_doc):
     store, doc = store_doc
     doc["session"]["dataset"] = "no-such-dataset"
