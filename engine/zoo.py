@@ -248,8 +248,7 @@ def check_reference(ref: str, what: str) -> None:
     if not is_allowed(ref):
         raise UserError(f"{what} {clip(ref)} is code, and bitscape runs code only when you allow it: "
                         f"type it on the command line (--{what} REF), or allow it with "
-                        f"`bitscape --allow-code REF ...`, `bitscape serve --allow-code REF` or "
-                        f"{ALLOW_ENV}=REF")
+                        f"`bitscape --allow-code REF COMMAND ...` (serve included) or {ALLOW_ENV}=REF")
 
 
 def check_model_name(name: object, where: str = "") -> str:

@@ -67,7 +67,7 @@ def test_checkpoint_model_reference_runs_only_when_allowed(ckpt, tmp_path, capsy
     with pytest.raises(UserError, match="is code"):
         load_planned(bad)
     assert main(["export", "table", "--checkpoint", str(bad)]) == 2
-    assert "bitscape serve --allow-code" in capsys.readouterr().err
+    assert "bitscape --allow-code REF COMMAND" in capsys.readouterr().err
     assert CALLS == [] and not is_allowed(MARKER)
     # the user allows it on the command line: now it runs, and only for that command
     assert main(["--allow-code", MARKER, "export", "table", "--checkpoint", str(bad)]) == 0
