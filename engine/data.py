@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .zoo import load_callable
+from .fileio import clip
+from .zoo import check_reference, is_reference, load_callable
 
 FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",)
 
@@ -76,6 +77,8 @@ def register_dataset(ref: str) -> DatasetSpec:
     mod, sep, attr = ref.partition(":")
     if not (sep and mod and attr):
         raise UserError(f"dataset {ref!r}: give your own dataset as package.module:function")
+    from .zoo import allow_reference
+    allow_reference(ref)  # typed by the user on serve's command line
     d = load_dataset(ref)
     spec = DatasetSpec(ref, d.input_shape, d.num_classes,
                        f"your dataset {ref} ({sum(d.sizes().values())} images, {d.num_classes} classes)")
@@ -120,15 +123,25 @@ def dataset_availability(name: str) -> str:
 
 def dataset_spec(name: str) -> DatasetSpec:
     """Shape facts of a dataset, without loading it."""
-    if name in SPECS:
+    if isinstance(name, str) and name in SPECS:
         return SPECS[name]
     if name in USER_DATASETS:
         return USER_DATASETS[name]
-    if ":" in name:
+    if is_reference(name):
         d = load_dataset(name)
         return DatasetSpec(name, d.input_shape, d.num_classes, f"user dataset {name}")
-    raise UserError(f"unknown dataset {name!r}; known datasets are {', '.join(SPECS)}, "
+    raise UserError(f"unknown dataset {clip(name)}; known datasets are {', '.join(SPECS)}, "
                     "or give your own as package.module:function")
+
+
+def check_dataset_name(name: object, where: str = "") -> str:
+    """``name`` if it is a built-in dataset or an allowed reference, without loading anything."""
+    if isinstance(name, str) and name in SPECS:
+        return name
+    if is_reference(name):
+        check_reference(name, "dataset")
+        return name
+    raise UserError(f"{where}unknown dataset {clip(name)}; known datasets are {', '.join(SPECS)}")
 
 
 _CACHE: dict[tuple, Dataset] = {}
@@ -138,6 +151,8 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, seed: int = 0
                  val_fraction: float = 0.1, limit_train: int | None = None) -> Dataset:
     """Load a dataset by name; results are cached per process."""
     key = (name, str(root), seed, val_fraction, limit_train)
+    if is_reference(name):
+        check_reference(name, "dataset")   # also when cached: the allow-list may have changed
     if key not in _CACHE:
         _CACHE[key] = _load(name, root, seed, val_fraction, limit_train)
     return _CACHE[key]
@@ -171,9 +186,9 @@ def _load(name, root, seed, val_fraction, limit_train) -> Dataset:
         y = rng.integers(0, 4, size=800)
         x = (centers[y] + rng.normal(0, 0.8, size=(800, 64)).astype(np.float32)).reshape(-1, 1, 8, 8)
         return _finish(name, x[:600], y[:600], x[600:], y[600:], 4, seed, val_fraction, limit_train)
-    if ":" in name:
+    if is_reference(name):
         return _load_user(name, seed, val_fraction, limit_train)
-    raise UserError(f"unknown dataset {name!r}; known datasets are {', '.join(SPECS)}, "
+    raise UserError(f"unknown dataset {clip(name)}; known datasets are {', '.join(SPECS)}, "
                     "or give your own as package.module:function")
 
 

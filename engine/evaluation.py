@@ -5,12 +5,16 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import platform
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .errors import UserError
+from .fileio import clip
 
 STATUSES = ("estimated", "fine-tuned", "failed")
 RECORD_VERSION = 1
@@ -56,10 +60,11 @@ class Settings:
     eval_limit: int | None = None   # score at most this many validation examples (a fixed subset seeded by seed)
     score_test: bool = True         # False: leave the test split unscored (cheap estimates during a search)
 
-    def __post_init__(self):
-        if self.eval_limit is not None and (isinstance(self.eval_limit, bool) or not isinstance(self.eval_limit, int)
-                                            or self.eval_limit < 1):
-            raise ValueError(f"eval_limit must be a positive integer or None, got {self.eval_limit!r}")
+    def __setattr__(self, name: str, value) -> None:
+        # every assignment is checked (construction, from_dict, the CLI's later edits), so a
+        # Settings object never holds a value that could hang or crash a run
+        _check_setting(name, value)
+        object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -72,14 +77,58 @@ class Settings:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Settings":
+        if not isinstance(d, dict):
+            raise UserError(f"settings must be an object, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"unknown setting {sorted(unknown)[0]!r}")
+            raise UserError(f"unknown setting {clip(sorted(map(str, unknown))[0])}")
         return cls(**d)
 
 
 _LATER_DEFAULTS = {"eval_limit": None, "score_test": True}
+
+MAX_STEPS = 1_000_000
+MAX_BATCH = 65_536
+MAX_LR = 10.0
+INITS = ("mse", "lsq")
+# name -> (kind, low, high): ints and floats are closed ranges; "pos" floats exclude 0
+_RULES: dict[str, tuple] = {
+    "steps": ("int", 0, MAX_STEPS), "batch_size": ("int", 1, MAX_BATCH),
+    "lr": ("pos", 0.0, MAX_LR), "lr_step": ("pos", 0.0, MAX_LR), "weight_decay": ("float", 0.0, 1.0),
+    "kd_alpha": ("float", 0.0, 1000.0), "kd_beta": ("float", 0.0, 1000.0), "temperature": ("pos", 0.0, 1000.0),
+    "seed": ("int", 0, 2 ** 63 - 1), "calib_batches": ("int", 1, 10_000),
+    "eval_limit": ("int?", 1, 10 ** 9),
+    "distill": ("bool",), "bn_reestimate": ("bool",), "score_test": ("bool",), "init": ("choice", INITS),
+}
+
+
+def _check_setting(name: str, v) -> None:
+    """Raise UserError (a ValueError) naming the setting when ``v`` has the wrong type or is out of range."""
+    rule = _RULES.get(name)
+    if rule is None:
+        return
+    kind = rule[0]
+    if kind == "bool":
+        if not isinstance(v, bool):
+            raise UserError(f"setting {name} must be true or false, got {clip(v)}")
+        return
+    if kind == "choice":
+        if not isinstance(v, str) or v not in rule[1]:
+            raise UserError(f"setting {name}={clip(v)} is not one of {', '.join(rule[1])}")
+        return
+    if kind == "int?" and v is None:
+        return
+    lo, hi = rule[1], rule[2]
+    if kind in ("int", "int?"):
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise UserError(f"setting {name}={clip(v)} must be a whole number in {lo}..{hi:_}"
+                             + (" or null" if kind == "int?" else ""))
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi \
+            or (kind == "pos" and v <= 0):
+        raise UserError(f"setting {name}={clip(v)} must be a finite number "
+                         + (f"above 0 and at most {hi:g}" if kind == "pos" else f"in {lo:g}..{hi:g}"))
 
 
 @dataclass

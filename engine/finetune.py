@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from .apply import quant_layers
 from .data import Dataset, batches
 from .distill import kd_loss
-from .evaluation import Settings
+from .errors import UserError
+from .evaluation import MAX_STEPS, Settings
+from .fileio import clip
 
 Progress = Callable[[float, str], None]
 
@@ -143,6 +145,8 @@ def optimise(model: nn.Module, data: Dataset, s: Settings, loss_fn: LossFn, step
     ``after_step(step)`` after the optimiser step (e.g. to clamp or re-quantize).
     """
     n = s.steps if steps is None else steps
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_STEPS:
+        raise UserError(f"steps={clip(n)} must be a whole number in 0..{MAX_STEPS:_}")
     torch.manual_seed(s.seed)
     gen = torch.Generator().manual_seed(s.seed)
     opt = torch.optim.Adam(groups if groups is not None else param_groups(model, s))
@@ -155,6 +159,7 @@ def optimise(model: nn.Module, data: Dataset, s: Settings, loss_fn: LossFn, step
         _freeze_bn(model)
     ema = None
     while result.steps < n:
+        before = result.steps
         for xb, yb in batches(data.x_train, data.y_train, s.batch_size, gen):
             if result.steps >= n:
                 break
@@ -177,6 +182,8 @@ def optimise(model: nn.Module, data: Dataset, s: Settings, loss_fn: LossFn, step
             result.loss_curve.append(round(v, 5))
             if progress is not None and (result.steps % 5 == 0 or result.steps == n):
                 progress(result.steps / max(n, 1), f"step {result.steps}/{n} loss {ema:.4f}")
+        if result.steps == before:   # a pass with no batch would repeat forever
+            raise UserError(f"no training batches: the training split has {len(data.y_train)} examples")
     model.eval()
     return result
 

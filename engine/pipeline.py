@@ -13,7 +13,7 @@ from .baselines import load_baseline
 from .data import Dataset, batches, load_dataset
 from .errors import USER_ERRORS
 from .evaluation import Evaluation, Settings, provenance
-from .finetune import Cancelled, Progress, accuracy, bn_statistics, reestimate_bn, train
+from .finetune import Cancelled, Diverged, Progress, accuracy, bn_statistics, reestimate_bn, train
 from .plan import Plan
 
 
@@ -107,6 +107,9 @@ def evaluate_plan(model_id: str, dataset_id: str, plan: Plan, settings: Settings
                 reestimate_bn(applied.model, data, seed=s.seed)
             ev.loss_curve, ev.steps, ev.status = tuned.loss_curve, tuned.steps, "fine-tuned"
             ev.val_accuracy = accuracy(applied.model, x_val, y_val)
+            why = divergence(ev, y_val)
+            if why:
+                ev.status, ev.reason = "failed", f"diverged: {why}"
         else:   # nothing changed the network since the estimate: same examples, same score
             ev.val_accuracy = ev.estimate_val_accuracy
         if s.score_test:
@@ -114,12 +117,36 @@ def evaluate_plan(model_id: str, dataset_id: str, plan: Plan, settings: Settings
         say(1.0, "done")
     except Cancelled:
         raise
+    except Diverged as e:
+        ev.status, ev.reason = "failed", f"diverged: {e}"
     except USER_ERRORS as e:
         ev.status, ev.reason = "failed", str(e)
     except RuntimeError as e:  # divergence and numeric failures are results, not crashes
         ev.status, ev.reason = "failed", f"{type(e).__name__}: {e}"
     ev.wall_s = round(time.perf_counter() - t0, 3)
     return Run(ev, applied)
+
+
+EXPLODE_FACTOR = 100.0
+MIN_CHANCE_EXAMPLES = 50
+
+
+def divergence(ev: Evaluation, y_val: torch.Tensor) -> str | None:
+    """Why a fine-tune diverged, or None: its loss exploded (rose EXPLODE_FACTOR-fold over the first
+    step's), or it ended at chance (what always answering the commonest class scores) when both the
+    baseline and the no-training estimate were clearly above chance."""
+    curve = ev.loss_curve
+    if curve:
+        top = max(range(len(curve)), key=curve.__getitem__)
+        if curve[top] > EXPLODE_FACTOR * max(curve[0], 0.1):
+            return f"loss exploded from {curve[0]:.4g} to {curve[top]:.4g} at step {top}"
+    if len(y_val) >= MIN_CHANCE_EXAMPLES and ev.val_accuracy is not None:
+        chance = float(torch.bincount(y_val).max()) / len(y_val) + 0.02
+        above = lambda v: v is not None and v > chance + 0.05   # noqa: E731
+        if ev.val_accuracy <= chance and above(ev.baseline_val_accuracy) and above(ev.estimate_val_accuracy):
+            return (f"accuracy fell to chance after fine-tuning ({ev.val_accuracy:.1%}, estimate "
+                    f"{ev.estimate_val_accuracy:.1%})")
+    return None
 
 
 def checkpoint_meta(run: Run) -> dict:
@@ -136,18 +163,55 @@ def save_planned(run: Run, path) -> None:
     save_state(path, run.applied.model.state_dict(), checkpoint_meta(run))
 
 
+@dataclass
+class PlannedMeta:
+    """The checked metadata of a planned checkpoint: what it may be rebuilt from."""
+
+    plan: Plan
+    model: str
+    dataset: str
+    settings: Settings
+    meta: dict
+
+
+def planned_meta(meta, path) -> PlannedMeta:
+    """Check a planned checkpoint's metadata completely before anything is built from it: a
+    plan, a zoo model (or one the user allowed), a built-in dataset, valid settings."""
+    from .data import check_dataset_name
+    from .errors import UserError
+    from .plan import PlanError
+    from .zoo import check_model_name
+    where = f"checkpoint {str(path)!r}"
+    if not isinstance(meta, dict) or meta.get("kind") != "planned-model":
+        raise UserError(f"{where} is not a planned model written by `bitscape finetune --save` (it carries no plan)")
+    if "plan" not in meta:
+        raise UserError(f"{where} carries no plan in its metadata")
+    try:
+        plan = Plan.from_dict(meta["plan"])
+    except PlanError as e:
+        raise UserError(f"{where}: its plan is invalid: {e}") from None
+    model = check_model_name(meta.get("model"), f"{where}: ")
+    dataset = check_dataset_name(meta.get("dataset"), f"{where}: ")
+    try:
+        plan.check_model(model)
+        settings = Settings.from_dict(meta.get("settings", {}))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{where}: {e}") from None
+    if not isinstance(meta.get("evaluation", {}), dict):
+        raise UserError(f"{where}: its 'evaluation' must be an object")
+    return PlannedMeta(plan, model, dataset, settings, meta)
+
+
 def load_planned(path, data: Dataset | None = None) -> tuple[Applied, dict]:
     """Rebuild a network saved by ``save_planned``: same plan, same shapes, saved weights."""
     from .checkpoint import load_state
     from .errors import UserError
     from .zoo import build_model
     state, meta = load_state(path)
-    if meta.get("kind") != "planned-model":
-        raise UserError(f"checkpoint {str(path)!r} was not written by `bitscape finetune --save`")
-    plan = Plan.from_dict(meta["plan"])
-    data = data or load_dataset(meta["dataset"])
-    base = build_model(meta["model"], data.input_shape, data.num_classes).eval()
-    settings = Settings.from_dict(meta.get("settings", {}))
+    pm = planned_meta(meta, path)
+    plan, settings = pm.plan, pm.settings
+    data = data or load_dataset(pm.dataset)
+    base = build_model(pm.model, data.input_shape, data.num_classes).eval()
     applied = apply_plan(base, plan, data.input_shape, seed=settings.seed)
     # masks are recomputed from random weights above; the saved tensors replace them
     mods = dict(applied.model.named_modules())

@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .fileio import clip, load_json
+
 PLAN_VERSION = 1
 FLOAT_BITS = 32
 BIT_CHOICES = tuple(range(1, 9)) + (FLOAT_BITS,)
 QUANTIZERS = ("lsq", "wrpn", "binary", "ternary")
 MAX_WIDEN = 8.0
 MAX_PLAN_BYTES = 1_000_000
-_NM = re.compile(r"^(\d+):(\d+)$")
+_NM = re.compile(r"^(\d{1,3}):(\d{1,3})$")   # bounded: "1:999...9" must not reach int()
 _GLOB_CHARS = set("*?[")
 
 
@@ -50,23 +52,23 @@ class LayerConfig:
     def check(self, where: str) -> None:
         """Raise PlanError naming ``where`` and the field if any value is out of range."""
         if not _bits_ok(self.w_bits):
-            raise PlanError(f"{where}: w_bits={self.w_bits!r} is outside 1..8 or 32")
+            raise PlanError(f"{where}: w_bits={clip(self.w_bits)} is outside 1..8 or 32")
         if not _bits_ok(self.a_bits):
-            raise PlanError(f"{where}: a_bits={self.a_bits!r} is outside 1..8 or 32")
+            raise PlanError(f"{where}: a_bits={clip(self.a_bits)} is outside 1..8 or 32")
         if (isinstance(self.widen, bool) or not isinstance(self.widen, (int, float))
                 or not math.isfinite(self.widen) or not 1.0 <= self.widen <= MAX_WIDEN):
-            raise PlanError(f"{where}: widen={self.widen!r} is outside 1..{MAX_WIDEN:g}")
+            raise PlanError(f"{where}: widen={clip(self.widen)} is outside 1..{MAX_WIDEN:g}")
         if self.quantizer not in QUANTIZERS:
-            raise PlanError(f"{where}: quantizer={self.quantizer!r} is not one of {', '.join(QUANTIZERS)}")
+            raise PlanError(f"{where}: quantizer={clip(self.quantizer)} is not one of {', '.join(QUANTIZERS)}")
         if self.quantizer == "binary" and self.w_bits != 1:
             raise PlanError(f"{where}: quantizer='binary' needs w_bits=1 (got {self.w_bits})")
         if self.quantizer == "ternary" and self.w_bits != 2:
             raise PlanError(f"{where}: quantizer='ternary' needs w_bits=2 (got {self.w_bits})")
         if not isinstance(self.per_channel, bool):
-            raise PlanError(f"{where}: per_channel={self.per_channel!r} must be true or false")
+            raise PlanError(f"{where}: per_channel={clip(self.per_channel)} must be true or false")
         frac = self.sparsity_fraction
         if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 <= frac < 1.0:
-            raise PlanError(f"{where}: sparsity_fraction={frac!r} is outside 0..1 (1 excluded)")
+            raise PlanError(f"{where}: sparsity_fraction={clip(frac)} is outside 0..1 (1 excluded)")
         if self.sparsity == "none":
             if frac:
                 raise PlanError(f"{where}: sparsity_fraction={frac} needs sparsity='unstructured'")
@@ -79,7 +81,7 @@ class LayerConfig:
             if frac:
                 raise PlanError(f"{where}: sparsity_fraction applies to 'unstructured' only, not {self.sparsity!r}")
         else:
-            raise PlanError(f"{where}: sparsity={self.sparsity!r} is not 'none', 'unstructured' or 'N:M' (e.g. '2:4')")
+            raise PlanError(f"{where}: sparsity={clip(self.sparsity)} is not 'none', 'unstructured' or 'N:M' (e.g. '2:4')")
 
     @property
     def nm(self) -> tuple[int, int] | None:
@@ -124,8 +126,8 @@ def _merge(base: LayerConfig, changes: Mapping[str, Any], where: str) -> LayerCo
         raise PlanError(f"{where}: expected an object of layer settings, got {type(changes).__name__}")
     unknown = sorted(set(changes) - _FIELDS)
     if unknown:
-        hint = difflib.get_close_matches(unknown[0], sorted(_FIELDS), n=1)
-        raise PlanError(f"{where}: unknown field {unknown[0]!r}"
+        hint = difflib.get_close_matches(unknown[0], sorted(_FIELDS), n=1) if len(unknown[0]) <= 100 else []
+        raise PlanError(f"{where}: unknown field {clip(unknown[0])}"
                         + (f" (did you mean {hint[0]!r}?)" if hint else f"; fields are {', '.join(sorted(_FIELDS))}"))
     values = dict(changes)
     if isinstance(values.get("widen"), int) and not isinstance(values.get("widen"), bool):
@@ -154,7 +156,13 @@ class Plan:
     def __post_init__(self):
         self.default.check("default")
         for key, over in self.layers.items():
-            _merge(self.default, over, f"layer {key!r}")
+            _merge(self.default, over, f"layer {clip(key)}")
+
+    def check_model(self, model_id: str) -> None:
+        """A plan that names its model fits only that model (a resnet20 plan is refused for lenet5)."""
+        if self.model is not None and self.model != model_id:
+            raise PlanError(f"this plan is for model {clip(self.model)}, not {clip(model_id)}: "
+                            "change or remove its 'model' field")
 
     # ---- resolution -------------------------------------------------------------------
     def resolve(self, layer_names: Iterable[str]) -> dict[str, LayerConfig]:
@@ -164,18 +172,18 @@ class Plan:
         for key in self.layers:
             if is_pattern(key):
                 if not any(fnmatch.fnmatchcase(n, key) for n in names):
-                    raise PlanError(f"pattern {key!r} matches no layer; layers are {', '.join(names)}")
+                    raise PlanError(f"pattern {clip(key)} matches no layer; layers are {clip(', '.join(names), 400)}")
             elif key not in known:
-                close = difflib.get_close_matches(key, names, n=1, cutoff=0.0)
-                raise PlanError(f"unknown layer {key!r}" + (f" (closest: {close[0]!r})" if close else ""))
+                close = difflib.get_close_matches(key, names, n=1, cutoff=0.0) if len(key) <= 200 else []
+                raise PlanError(f"unknown layer {clip(key)}" + (f" (closest: {close[0]!r})" if close else ""))
         out = {}
         for n in names:
             cfg = self.default
             for key, over in self.layers.items():
                 if is_pattern(key) and fnmatch.fnmatchcase(n, key):
-                    cfg = _merge(cfg, over, f"layer {n!r} (via {key!r})")
+                    cfg = _merge(cfg, over, f"layer {clip(n)} (via {clip(key)})")
             if n in self.layers:
-                cfg = _merge(cfg, self.layers[n], f"layer {n!r}")
+                cfg = _merge(cfg, self.layers[n], f"layer {clip(n)}")
             out[n] = cfg
         return out
 
@@ -198,13 +206,13 @@ class Plan:
         if not isinstance(d, Mapping):
             raise PlanError(f"a plan must be a JSON object, got {type(d).__name__}")
         allowed = {"version", "name", "model", "default", "layers"}
-        extra = sorted(set(d) - allowed)
+        extra = sorted(map(str, set(d) - allowed))
         if extra:
-            raise PlanError(f"unknown top-level key {extra[0]!r}; allowed keys are {', '.join(sorted(allowed))}")
+            raise PlanError(f"unknown top-level key {clip(extra[0])}; allowed keys are {', '.join(sorted(allowed))}")
         if "version" not in d:
             raise PlanError("plan has no 'version' field")
-        if d["version"] != PLAN_VERSION:
-            raise PlanError(f"plan version {d['version']!r} is not supported (this bitscape reads version {PLAN_VERSION})")
+        if type(d["version"]) is not int or d["version"] != PLAN_VERSION:   # true and 1.0 equal 1
+            raise PlanError(f"plan version {clip(d['version'])} is not supported (this bitscape reads version {PLAN_VERSION})")
         for key in ("name", "model"):
             if d.get(key) is not None and not isinstance(d[key], str):
                 raise PlanError(f"'{key}' must be a string")
@@ -214,17 +222,13 @@ class Plan:
             raise PlanError("'layers' must be an object mapping layer names or patterns to settings")
         for k in layers:
             if not isinstance(k, str) or not k:
-                raise PlanError(f"layer key {k!r} must be a non-empty string")
+                raise PlanError(f"layer key {clip(k)} must be a non-empty string")
         return cls(default=default, layers={k: dict(v) if isinstance(v, Mapping) else v for k, v in layers.items()},
                    model=d.get("model"), name=d.get("name"))
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise PlanError(f"plan is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(load_json(text, "plan", error=PlanError))
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":

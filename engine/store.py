@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import re
 import secrets
 import sqlite3
 import threading
@@ -22,6 +23,7 @@ from typing import Any, Iterable
 
 from .errors import UserError
 from .evaluation import STATUSES, Evaluation
+from .fileio import MAX_JSON_DEPTH, clip, json_depth, load_json
 
 SESSION_FORMAT = "bitscape-session"
 SESSION_VERSION = 1
@@ -77,6 +79,25 @@ def _resolve(path: str | os.PathLike | None) -> str:
     return p
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _check_store_path(p: Path) -> Path:
+    """The store file, its folder created; a directory or a file that is not SQLite is refused."""
+    if p.is_dir():
+        raise UserError(f"store {str(p)!r} is a directory; give a file such as {str(p / 'bitscape.sqlite')!r}")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if p.is_file() and p.stat().st_size > 0:
+            with open(p, "rb") as f:
+                head = f.read(len(_SQLITE_MAGIC))
+            if head != _SQLITE_MAGIC:
+                raise UserError(f"store {str(p)!r} is not a SQLite database (refusing to write into it)")
+    except OSError as e:
+        raise UserError(f"store {str(p)!r} cannot be opened: {e.strerror or e}") from None
+    return p
+
+
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
@@ -99,17 +120,22 @@ class Store:
         self.path = _resolve(path)
         self._memory = self.path == ":memory:"
         if not self._memory:
-            Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            self.path = str(Path(self.path).expanduser())
+            self.path = str(_check_store_path(Path(self.path).expanduser()))
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(self.path, timeout=_BUSY_MS / 1000, isolation_level=None,
-                                     check_same_thread=False)
-        self._conn.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        if not self._memory:
-            self._retry(lambda: self._conn.execute("PRAGMA journal_mode=WAL").fetchone())
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._write(lambda c: c.executescript_in_tx(_SCHEMA))
+        self._conn = None
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=_BUSY_MS / 1000, isolation_level=None,
+                                         check_same_thread=False)
+            self._conn.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            if not self._memory:
+                self._retry(lambda: self._conn.execute("PRAGMA journal_mode=WAL").fetchone())
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._write(lambda c: c.executescript_in_tx(_SCHEMA))
+        except sqlite3.DatabaseError as e:
+            if self._conn is not None:
+                self._conn.close()
+            raise UserError(f"store {self.path!r} cannot be used as a SQLite database: {e}") from None
 
     # ---- plumbing ------------------------------------------------------------------------
     def _retry(self, fn):
@@ -239,6 +265,11 @@ class Store:
         """A new session; its id is random (secrets.token_urlsafe), never guessable."""
         if meta is not None and not isinstance(meta, dict):
             raise UserError("session meta must be a JSON object")
+        for what, text in (("name", name), ("model", model), ("dataset", dataset), ("profile", profile)):
+            try:   # SQLite stores UTF-8: a lone surrogate (possible in JSON from a browser) is refused
+                str(text).encode("utf-8")
+            except UnicodeEncodeError:
+                raise UserError(f"session {what} holds text that is not valid Unicode (a lone surrogate)") from None
         return self._write(lambda cur: self._create_session(cur, name, model, dataset, profile, meta))
 
     @staticmethod
@@ -336,59 +367,78 @@ def _parse_session(doc) -> dict:
     if isinstance(doc, (bytes, bytearray)):
         if len(doc) > MAX_SESSION_BYTES:
             raise UserError(f"session file is {len(doc)} bytes; files over {MAX_SESSION_BYTES} bytes are refused")
-        try:
-            doc = bytes(doc).decode("utf-8")
-        except UnicodeDecodeError:
-            raise UserError("session file is not UTF-8 text") from None
-    if isinstance(doc, str):
-        if len(doc.encode("utf-8")) > MAX_SESSION_BYTES:
+    if isinstance(doc, (str, bytes, bytearray)):
+        if isinstance(doc, str) and len(doc) > MAX_SESSION_BYTES:
             raise UserError(f"session file is larger than {MAX_SESSION_BYTES} bytes; refused")
-        try:
-            doc = json.loads(doc, parse_constant=_no_constant)
-        except json.JSONDecodeError as e:
-            raise UserError(f"session file is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+        doc = load_json(doc, "session file")
     elif isinstance(doc, dict):
+        if json_depth(doc) > MAX_JSON_DEPTH:
+            raise UserError(f"session document is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
         try:
             size = len(canonical_json(doc))
-        except (TypeError, ValueError) as e:
-            raise UserError(f"session document is not plain JSON data: {e}") from None
+        except (TypeError, ValueError, RecursionError) as e:
+            raise UserError(f"session document is not plain JSON data: {clip(str(e))}") from None
         if size > MAX_SESSION_BYTES:
             raise UserError(f"session document is larger than {MAX_SESSION_BYTES} bytes; refused")
     if not isinstance(doc, dict):
         raise UserError(f"a session file must be a JSON object, got {type(doc).__name__}")
+    try:  # what SQLite will store must be valid UTF-8 (a lone surrogate is not)
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError("session file holds text that is not valid Unicode (a lone surrogate)") from None
     return doc
 
 
-def _no_constant(name: str):
-    raise UserError(f"session file contains {name}, which is not valid JSON")
+_CHECKSUM = re.compile(r"^[0-9a-f]{64}$")
+MAX_SESSION_TEXT = 200
+
+
+def _text(v, where: str, limit: int = MAX_SESSION_TEXT) -> str:
+    if not isinstance(v, str):
+        raise UserError(f"{where} must be a string")
+    if len(v) > limit:
+        raise UserError(f"{where} is {len(v)} characters long; at most {limit} are allowed")
+    return v
+
+
+def _number(v, where: str, lo: float = 0.0, hi: float = math.inf, null: bool = True):
+    if v is None and null:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+        raise UserError(f"{where}={clip(v)} is not a number in {lo:g}..{hi:g}")
 
 
 def _validate_session(doc: dict) -> list[Evaluation]:
-    from .evaluation import Settings
+    """Everything checked and every name resolved (zoo models, built-in datasets, or references
+    the user allowed) before the first write: a refused file leaves the store as it was."""
+    from .data import check_dataset_name
+    from .evaluation import MAX_STEPS, RECORD_VERSION, Settings
     from .plan import Plan, PlanError
+    from .zoo import check_model_name
 
     if doc.get("format") != SESSION_FORMAT:
-        raise UserError(f"not a bitscape session file (format is {doc.get('format')!r}, expected {SESSION_FORMAT!r})")
-    if doc.get("version") != SESSION_VERSION:
-        raise UserError(f"session file version {doc.get('version')!r} is not supported "
+        raise UserError(f"not a bitscape session file (format is {clip(doc.get('format'))}, expected {SESSION_FORMAT!r})")
+    if type(doc.get("version")) is not int or doc.get("version") != SESSION_VERSION:
+        raise UserError(f"session file version {clip(doc.get('version'))} is not supported "
                         f"(this bitscape reads version {SESSION_VERSION})")
-    extra = sorted(set(doc) - {"format", "version", "session", "evaluations", "checksum"})
+    extra = sorted(map(str, set(doc) - {"format", "version", "session", "evaluations", "checksum"}))
     if extra:
-        raise UserError(f"session file has an unknown top-level key {extra[0]!r}")
-    if not isinstance(doc.get("checksum"), str):
-        raise UserError("session file has no checksum")
+        raise UserError(f"session file has an unknown top-level key {clip(extra[0])}")
+    if not isinstance(doc.get("checksum"), str) or not _CHECKSUM.match(doc["checksum"]):
+        raise UserError("session file has no checksum (64 lowercase hex digits)")
     try:
         good = checksum(doc)
     except (TypeError, ValueError) as e:
-        raise UserError(f"session file is not plain JSON data: {e}") from None
+        raise UserError(f"session file is not plain JSON data: {clip(str(e))}") from None
     if not secrets.compare_digest(doc["checksum"], good):
         raise UserError("session file checksum does not match its content (the file was modified or damaged)")
     s = doc.get("session")
     if not isinstance(s, dict):
         raise UserError("session file: 'session' must be an object")
     for k in ("name", "model", "dataset", "profile"):
-        if not isinstance(s.get(k), str):
-            raise UserError(f"session file: session.{k} must be a string")
+        _text(s.get(k), f"session file: session.{k}")
+    check_model_name(s["model"], "session file: ")
+    check_dataset_name(s["dataset"], "session file: ")
     if "meta" in s and s["meta"] is not None and not isinstance(s["meta"], dict):
         raise UserError("session file: session.meta must be an object")
     evs_in = doc.get("evaluations")
@@ -404,18 +454,38 @@ def _validate_session(doc: dict) -> list[Evaluation]:
         for k, typ in (("plan", dict), ("model", str), ("dataset", str), ("settings", dict)):
             if not isinstance(d.get(k), typ):
                 raise UserError(f"{where}: field {k!r} is missing or not a{'n object' if typ is dict else ' string'}")
+        check_model_name(d["model"], f"{where}: ")
+        check_dataset_name(d["dataset"], f"{where}: ")
         if d.get("status") not in STATUSES:
-            raise UserError(f"{where}: status {d.get('status')!r} is not one of {', '.join(STATUSES)}")
+            raise UserError(f"{where}: status {clip(d.get('status'))} is not one of {', '.join(STATUSES)}")
         for k in ("val_accuracy", "test_accuracy", "baseline_val_accuracy", "baseline_test_accuracy",
                   "estimate_val_accuracy"):
-            v = d.get(k)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0):
-                raise UserError(f"{where}: {k}={v!r} is not an accuracy between 0 and 1")
+            _number(d.get(k), f"{where}: {k}", 0.0, 1.0)
         for k, typ in (("costs", dict), ("provenance", dict), ("loss_curve", list)):
             if k in d and not isinstance(d[k], typ):
                 raise UserError(f"{where}: {k!r} has the wrong type")
+        if "steps" in d and (isinstance(d["steps"], bool) or not isinstance(d["steps"], int)
+                             or not 0 <= d["steps"] <= MAX_STEPS):
+            raise UserError(f"{where}: steps={clip(d['steps'])} is not a whole number in 0..{MAX_STEPS}")
+        if "wall_s" in d:
+            _number(d["wall_s"], f"{where}: wall_s", null=False)
+        if "version" in d and (type(d["version"]) is not int or d["version"] != RECORD_VERSION):
+            raise UserError(f"{where}: record version {clip(d['version'])} is not {RECORD_VERSION}")
+        if d.get("reason") is not None:
+            _text(d["reason"], f"{where}: reason", 100_000)
+        curve = d.get("loss_curve", [])
+        if len(curve) > MAX_STEPS:
+            raise UserError(f"{where}: loss_curve has more than {MAX_STEPS} points")
+        for v in curve:   # NaN was written as null
+            _number(v, f"{where}: loss_curve value", -math.inf, math.inf)
+        for prof, c in d.get("costs", {}).items():
+            if not isinstance(c, dict):
+                raise UserError(f"{where}: costs[{clip(prof)}] must be an object")
+            for k, v in c.items():
+                _number(v, f"{where}: costs[{clip(prof)}].{clip(k)}", -math.inf, math.inf)
         try:
-            Plan.from_dict(d["plan"])
+            plan = Plan.from_dict(d["plan"])
+            plan.check_model(d["model"])
         except PlanError as e:
             raise UserError(f"{where}: invalid plan: {e}") from None
         try:
@@ -425,8 +495,8 @@ def _validate_session(doc: dict) -> list[Evaluation]:
         try:
             ev = Evaluation.from_dict(d)
         except (TypeError, ValueError) as e:
-            raise UserError(f"{where}: {e}") from None
+            raise UserError(f"{where}: {clip(str(e))}") from None
         if "key" in d and d["key"] != ev.key:
-            raise UserError(f"{where}: key {d['key']!r} does not match its content")
+            raise UserError(f"{where}: key {clip(d['key'])} does not match its content")
         out.append(ev)
     return out

@@ -1,7 +1,10 @@
 """The model zoo, and bring-your-own models as ``package.module:function``."""
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -10,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import UserError
+from .fileio import clip
 
 
 class MLP(nn.Module):
@@ -184,6 +188,7 @@ def register_model(ref: str) -> str:
         raise UserError(f"model {ref!r}: give your own model as package.module:function")
     if ref in ZOO:
         return ref
+    allow_reference(ref)  # typed by the user on serve's command line
     fn = load_callable(ref, "model")
     doc = (getattr(fn, "__doc__", None) or "").strip().splitlines()
     USER_MODELS[ref] = doc[0] if doc else f"your model {ref}"
@@ -196,9 +201,9 @@ def build_model(model_id: str, input_shape: tuple[int, ...], num_classes: int) -
     A user function is called as ``function(input_shape=..., num_classes=...)`` when it accepts
     those keywords, else with no arguments; it must return an ``nn.Module``.
     """
-    if model_id in ZOO:
+    if isinstance(model_id, str) and model_id in ZOO:
         return ZOO[model_id].build(tuple(input_shape), num_classes)
-    if ":" in model_id:
+    if is_reference(model_id):
         fn = load_callable(model_id, "model")
         try:
             model = fn(input_shape=tuple(input_shape), num_classes=num_classes)
@@ -207,17 +212,84 @@ def build_model(model_id: str, input_shape: tuple[int, ...], num_classes: int) -
         if not isinstance(model, nn.Module):
             raise UserError(f"model {model_id!r} returned {type(model).__name__}, not a torch.nn.Module")
         return model
-    raise UserError(f"unknown model {model_id!r}; zoo models are {', '.join(ZOO)}, "
+    raise UserError(f"unknown model {clip(model_id)}; zoo models are {', '.join(ZOO)}, "
                     "or give your own as package.module:function")
 
 
+# ---- code references: honoured only when the user trusts them --------------------------------
+ALLOW_ENV = "BITSCAPE_ALLOW_CODE"
+"""Comma-separated ``package.module:function`` references the user allows (inherited by workers)."""
+_REF = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def is_reference(name: object) -> bool:
+    """Whether ``name`` is written as a ``package.module:function`` reference."""
+    return isinstance(name, str) and ":" in name
+
+
+def _allowed() -> set[str]:
+    return {r.strip() for r in os.environ.get(ALLOW_ENV, "").split(",") if r.strip()}
+
+
+def allow_reference(ref: str) -> None:
+    """Trust ``ref`` for the rest of this process and the workers it starts afterwards.
+
+    Callers pass what a user typed (the command line, ``serve``'s allow-list); names read from
+    checkpoints, session files and plans are never passed here.
+    """
+    if not isinstance(ref, str) or not _REF.match(ref):
+        raise UserError(f"{clip(ref)} is not a package.module:function reference")
+    refs = _allowed()
+    if ref not in refs:
+        os.environ[ALLOW_ENV] = ",".join(sorted(refs | {ref}))
+
+
+@contextlib.contextmanager
+def trusted_references(*refs: str):
+    """Trust ``refs`` inside the block only (a command run in-process, a test)."""
+    before = os.environ.get(ALLOW_ENV)
+    try:
+        for r in refs:
+            allow_reference(r)
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ALLOW_ENV, None)
+        else:
+            os.environ[ALLOW_ENV] = before
+
+
+def is_allowed(ref: str) -> bool:
+    return ref in _allowed()
+
+
+def check_reference(ref: str, what: str) -> None:
+    """Refuse a code reference the user has not allowed; the message says how to allow it."""
+    if not is_allowed(ref):
+        raise UserError(f"{what} {clip(ref)} is code, and bitscape runs code only when you allow it: "
+                        f"type it on the command line (--{what} REF), or allow it with "
+                        f"`bitscape --allow-code REF COMMAND ...` (serve included) or {ALLOW_ENV}=REF")
+
+
+def check_model_name(name: object, where: str = "") -> str:
+    """``name`` if it is a zoo model or an allowed reference, without building anything."""
+    if isinstance(name, str) and name in ZOO:
+        return name
+    if is_reference(name):
+        check_reference(name, "model")
+        return name
+    raise UserError(f"{where}unknown model {clip(name)}; zoo models are {', '.join(ZOO)}")
+
+
 def load_callable(ref: str, what: str):
+    """The function a trusted ``package.module:function`` reference names (see check_reference)."""
+    check_reference(ref, what)
     mod_name, _, attr = ref.partition(":")
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
-        raise UserError(f"{what} {ref!r}: cannot import module {mod_name!r} ({e})") from None
+        raise UserError(f"{what} {clip(ref)}: cannot import module {mod_name!r} ({clip(str(e))})") from None
     fn = getattr(mod, attr, None)
     if not callable(fn):
-        raise UserError(f"{what} {ref!r}: module {mod_name!r} has no callable {attr!r}")
+        raise UserError(f"{what} {clip(ref)}: module {mod_name!r} has no callable {attr!r}")
     return fn

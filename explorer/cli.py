@@ -15,6 +15,9 @@ COMMAND_MODULES = ["serve", "plan", "finetune", "baseline", "bench", "cost", "de
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bitscape", description="Explore low-precision, wide and sparse networks.")
+    parser.add_argument("--allow-code", action="append", default=[], metavar="PKG.MODULE:FUNCTION",
+                        help="run this model or dataset function when a checkpoint, session file or job names "
+                             "it (repeatable); --model/--dataset references typed here are allowed already")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
@@ -27,11 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     # OpenMP threads stall in barriers whenever one is descheduled. Set before torch is imported.
     os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("BITSCAPE_THREADS", "1"))
     from engine.errors import USER_ERRORS
+    from engine.zoo import is_reference, trusted_references
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    # code references the user typed are trusted; the ones files name are not (see README, Trust model)
+    typed = [getattr(args, a, None) for a in ("model", "dataset")]
+    refs = [*args.allow_code, *(r for r in typed if is_reference(r))]
     try:
-        return int(args.func(args) or 0)
+        with trusted_references(*refs):
+            return int(args.func(args) or 0)
     except USER_ERRORS as e:
         print(f"bitscape: error: {e}", file=sys.stderr)
         return 2

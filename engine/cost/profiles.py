@@ -420,11 +420,8 @@ def _read(path: Path) -> dict:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ProfileError(f"profile {str(path)!r}: cannot read it ({e})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ProfileError(f"profile {str(path)!r}: not valid JSON: {e.msg} at line {e.lineno}, "
-                           f"column {e.colno}") from None
+    from ..fileio import load_json
+    return load_json(text, f"profile {str(path)!r}", error=ProfileError)
 
 
 def profile_paths() -> dict[str, Path]:

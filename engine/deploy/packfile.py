@@ -122,9 +122,10 @@ def load_packed(path) -> PackedNetwork:
         arrs = load(p.read_bytes())
         with safe_open(str(p), framework="numpy") as f:
             md = f.metadata() or {}
-        meta = json.loads(md.get(META_KEY, "{}"))
-    except (SafetensorError, ValueError, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (SafetensorError, ValueError, OSError, UnicodeDecodeError) as e:
         raise DeployError(f"packed network {str(p)!r} is not a valid safetensors file: {e}") from None
+    from ..fileio import load_json   # nesting and integer-size limits, like every file bitscape reads
+    meta = load_json(md.get(META_KEY, "{}"), f"packed network {str(p)!r}: its metadata", error=DeployError)
     if not isinstance(meta, dict) or meta.get("kind") != PACKED_KIND:
         raise DeployError(f"{str(p)!r} is not a packed network written by `bitscape deploy`")
     if meta.get("version") != PACKED_VERSION:

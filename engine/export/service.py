@@ -22,16 +22,15 @@ def export_checkpoint(checkpoint: str | Path, model_id: str | None = None, datas
     from ..checkpoint import load_state
     from ..data import load_dataset
     from ..errors import UserError
-    from ..pipeline import load_planned
+    from ..fileio import clip
+    from ..pipeline import load_planned, planned_meta
     from .onnx import onnx_model_bytes
-    _, meta = load_state(checkpoint)
-    if meta.get("kind") != "planned-model":
-        raise UserError(f"checkpoint {str(checkpoint)!r} is not a planned model written by "
-                        "`bitscape finetune --save` (it carries no plan)")
-    for what, given in (("model", model_id), ("dataset", dataset_id)):
-        if given is not None and given != meta.get(what):
-            raise UserError(f"checkpoint {str(checkpoint)!r} holds {what} {meta.get(what)!r}, not {given!r}")
-    data = load_dataset(meta["dataset"], root=data_root)
+    _, meta0 = load_state(checkpoint)
+    pm = planned_meta(meta0, checkpoint)   # checked before any name in it is resolved
+    for what, given, held in (("model", model_id, pm.model), ("dataset", dataset_id, pm.dataset)):
+        if given is not None and given != held:
+            raise UserError(f"checkpoint {str(checkpoint)!r} holds {what} {clip(held)}, not {clip(given)}")
+    data = load_dataset(pm.dataset, root=data_root)
     applied, meta = load_planned(checkpoint, data)
     ev = meta.get("evaluation") or {}
     extra = {"status": ev.get("status", ""), "test_accuracy": ev.get("test_accuracy"),

@@ -1,7 +1,7 @@
 """``bitscape train-baseline``: train and cache a model's FP32 baseline."""
 from __future__ import annotations
 
-from .common import add_model_args, model_dataset, print_json, progress_bar
+from .common import add_model_args, check_epochs, check_out, model_dataset, print_json, progress_bar
 
 
 def register(sub) -> None:
@@ -18,9 +18,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from engine.baselines import train_baseline
-    from engine.errors import UserError
-    if args.epochs <= 0:
-        raise UserError("--epochs must be positive")
+    check_epochs(args.epochs)
+    check_out(args.out)
     model, dataset = model_dataset(args)
     update, close = progress_bar(f"training {model} on {dataset}")
     try:

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
+import tempfile
+from pathlib import Path
 
 from engine.errors import UserError
 
@@ -54,3 +58,41 @@ def progress_bar(desc: str, enabled: bool | None = None):
 
 def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
+
+
+def check_out(path, flag: str = "--out", inputs: dict[str, object] | None = None) -> None:
+    """Refuse an output path before any work: a directory, a folder that cannot be written, or
+    the same file as an input (which the output would overwrite)."""
+    if path is None or path == "-":
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{flag} {str(p)!r} is a directory; give a file name")
+    for in_flag, given in (inputs or {}).items():
+        if given is not None and given != "-" and _same_file(p, Path(given)):
+            raise UserError(f"{flag} {str(p)!r} is the same file as {in_flag}: it would overwrite its input")
+    folder = p.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"{flag} {str(p)!r}: {str(folder)!r} is not a folder")
+    try:  # the real test: os.access says yes to root even on read-only file systems
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(f"{flag} {str(p)!r}: cannot write in {str(folder)!r} ({e.strerror or e})") from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def check_epochs(epochs, flag: str = "--epochs") -> None:
+    """An epoch budget must be a finite positive number (inf and nan would never end)."""
+    if epochs is not None and (not math.isfinite(epochs) or epochs <= 0 or epochs > 10_000):
+        raise UserError(f"{flag} must be a positive number of at most 10000 (got {epochs:g})")

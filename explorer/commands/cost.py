@@ -54,6 +54,7 @@ def run_cost(args) -> int:
         raise UserError(f"--batch must be at least 1 (got {args.batch})")
     prof = load_profile(args.profile)
     plan = Plan.load(args.plan) if args.plan else Plan(default=LayerConfig())
+    plan.check_model(args.model)
     topo = topology_for(args)
     configs = plan.resolve(topo.names)
     rep = cost_topology(topo, configs, prof, args.batch)

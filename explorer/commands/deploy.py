@@ -1,7 +1,7 @@
 """``bitscape deploy``: pack a fine-tuned planned network for the bit-packed kernels, and verify it."""
 from __future__ import annotations
 
-from .common import print_json
+from .common import check_out, print_json
 
 
 def register(sub) -> None:
@@ -20,19 +20,18 @@ def run(args) -> int:
     from engine import deploy as D
     from engine.data import load_dataset
     from engine.errors import UserError
-    from engine.pipeline import load_planned
+    from engine.pipeline import load_planned, planned_meta
 
     if not args.out and not args.verify:
         raise UserError("give --out FILE (write the packed network) and/or --verify")
     if not 1 <= args.threads <= 8:
         raise UserError(f"--threads must be in 1..8 (got {args.threads})")
+    check_out(args.out, inputs={"--checkpoint": args.checkpoint})
     data = None
     if args.verify:
         from engine.checkpoint import load_state
         _, meta0 = load_state(args.checkpoint)
-        if meta0.get("kind") != "planned-model":
-            raise UserError(f"checkpoint {args.checkpoint!r} was not written by `bitscape finetune --save`")
-        data = load_dataset(meta0.get("dataset", ""), root=args.data_dir)
+        data = load_dataset(planned_meta(meta0, args.checkpoint).dataset, root=args.data_dir)
     applied, meta = load_planned(args.checkpoint, data=data)
     ev = meta.get("evaluation", {})
     info = {"model": meta.get("model"), "dataset": meta.get("dataset"), "plan": meta.get("plan"),

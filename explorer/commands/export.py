@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import print_json
+from .common import check_out, print_json
 
 
 def register(sub) -> None:
@@ -42,6 +42,7 @@ def run_onnx(args) -> int:
     from engine.export.onnx import OPSET
     from engine.fileio import atomic_write_bytes
 
+    check_out(args.out, inputs={"--checkpoint": args.checkpoint})
     ex = export_checkpoint(args.checkpoint, args.model, args.dataset, args.data_dir)
     atomic_write_bytes(args.out, ex.data)
     md = read_metadata(ex.data)
@@ -65,25 +66,27 @@ def run_onnx(args) -> int:
 def _plan_source(args):
     from engine.checkpoint import load_state
     from engine.errors import UserError
+    from engine.fileio import clip
+    from engine.pipeline import planned_meta
     from engine.plan import Plan
     from engine.zoo import ZOO
     if args.checkpoint:
         _, meta = load_state(args.checkpoint)
-        if meta.get("kind") != "planned-model":
-            raise UserError(f"checkpoint {args.checkpoint!r} is not a planned model written by "
-                            "`bitscape finetune --save` (it carries no plan)")
-        for what in ("model", "dataset"):
+        pm = planned_meta(meta, args.checkpoint)
+        for what, held in (("model", pm.model), ("dataset", pm.dataset)):
             given = getattr(args, what)
-            if given is not None and given != meta.get(what):
-                raise UserError(f"checkpoint {args.checkpoint!r} holds {what} {meta.get(what)!r}, not {given!r}")
-        return Plan.from_dict(meta["plan"]), meta["model"], meta["dataset"]
+            if given is not None and given != held:
+                raise UserError(f"checkpoint {args.checkpoint!r} holds {what} {clip(held)}, not {clip(given)}")
+        return pm.plan, pm.model, pm.dataset
     model = args.model or "lenet5"
     dataset = args.dataset
     if dataset is None:
         if model not in ZOO:
-            raise UserError(f"--dataset is required with your own model {model!r}")
+            raise UserError(f"--dataset is required with your own model {clip(model)}")
         dataset = ZOO[model].datasets[0]
-    return Plan.load(args.plan), model, dataset
+    plan = Plan.load(args.plan)
+    plan.check_model(model)
+    return plan, model, dataset
 
 
 def run_table(args) -> int:
@@ -93,6 +96,7 @@ def run_table(args) -> int:
     from engine.graph import analyze
     from engine.zoo import build_model
 
+    check_out(args.out, inputs={"--checkpoint": args.checkpoint, "--plan": args.plan})
     plan, model_id, dataset_id = _plan_source(args)
     spec = dataset_spec(dataset_id)
     topo = analyze(build_model(model_id, spec.input_shape, spec.num_classes), spec.input_shape)

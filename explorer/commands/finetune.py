@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_model_args, load_data, model_dataset, print_json, progress_bar
+from .common import add_model_args, check_epochs, check_out, load_data, model_dataset, print_json, progress_bar
 
 
 def register(sub) -> None:
@@ -48,14 +48,20 @@ def run(args) -> int:
     from engine.pipeline import evaluate_plan, save_planned
     from engine.plan import Plan
 
+    from engine.evaluation import MAX_STEPS
+
+    check_epochs(args.epochs)
+    check_out(args.save, "--save", inputs={"--plan": args.plan, "--baseline": args.baseline})
     model, dataset = model_dataset(args)
     plan = Plan.load(args.plan)
+    plan.check_model(model)
     s = settings_from(args)
     data = load_data(args, dataset)
     if args.epochs is not None:
-        if args.epochs <= 0:
-            raise UserError("--epochs must be positive")
-        s.steps = max(1, round(args.epochs * len(data.y_train) / s.batch_size))
+        steps = max(1, round(args.epochs * len(data.y_train) / s.batch_size))
+        if steps > MAX_STEPS:
+            raise UserError(f"--epochs {args.epochs:g} is {steps:,} steps; at most {MAX_STEPS:,} are allowed")
+        s.steps = steps
     base = load_baseline(model, dataset, data, path=args.baseline)
     topo = analyze(base, data.input_shape)
     topo.check(plan.resolve(topo.names))  # a bad plan is a user error (exit 2), not a failed run

@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-from .common import add_model_args, load_data, model_dataset, print_json, progress_bar
+from .common import add_model_args, check_out, load_data, model_dataset, print_json, progress_bar
 
 
 def _bits_pair(p, flag: str, default, help_: str) -> None:
@@ -70,8 +70,8 @@ def register(sub) -> None:
 def _check_positive(**values) -> None:
     from engine.errors import UserError
     for k, v in values.items():
-        if v is not None and v < 0:
-            raise UserError(f"--{k.replace('_', '-')} must be 0 or more")
+        if v is not None and not 0 <= v < float("inf"):   # nan and inf fail too
+            raise UserError(f"--{k.replace('_', '-')} must be a finite number, 0 or more")
 
 
 def run_bsq(args) -> int:
@@ -80,6 +80,7 @@ def run_bsq(args) -> int:
     from engine.methods.bsq import run_bsq as search
 
     _check_positive(strength=args.strength, steps=args.steps)
+    check_out(args.out)
     model, dataset = model_dataset(args)
     data = load_data(args, dataset)
     base = load_baseline(model, dataset, data)
@@ -142,6 +143,7 @@ def run_cpt(args) -> int:
 
     model, dataset = model_dataset(args)
     plan = Plan.load(args.plan)
+    plan.check_model(model)
     data = load_data(args, dataset)
     base = load_baseline(model, dataset, data)
     analyze(base, data.input_shape).check(plan.resolve(analyze(base, data.input_shape).names))

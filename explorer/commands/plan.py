@@ -41,6 +41,7 @@ def template(args) -> int:
 def validate(args) -> int:
     from engine.plan import Plan
     plan = Plan.load(args.file)
+    plan.check_model(args.model)
     topo = topology_for(args)
     configs = plan.resolve(topo.names)
     topo.check(configs)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_model_args, model_dataset, print_json
+from .common import add_model_args, check_out, model_dataset, print_json
 
 
 def add_job_args(p) -> None:
@@ -59,6 +59,7 @@ def run(args) -> int:
     model, dataset = model_dataset(args)
     if args.steps < 0:
         raise UserError("--steps must be 0 or more")
+    check_out(args.out)
     store = Store(args.store)
     runner = JobRunner(workers=args.workers, scheduler=args.scheduler, store=store)
     try:
