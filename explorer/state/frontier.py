@@ -23,9 +23,9 @@ X_SCALE = {"throughput": "linear", "latency_s": "linear", "energy_j": "linear", 
 STATUS_COLORS = {"estimated": "#e08e0b", "fine-tuned": "#2a7f62", "failed": "#c0392b"}
 STATUS_MARKERS = {"estimated": "circle", "fine-tuned": "circle", "failed": "square_x"}
 TABLE_COLUMNS = {"label": "label", "status": "status", "test_pct": "test acc %", "val_pct": "val acc %",
-                 "vs_fp32": "vs FP32 (pts)", "throughput": "inferences/s", "latency_ms": "latency ms",
+                 "vs_fp32": "vs FP32 (pts)", "reason": "reason", "throughput": "inferences/s", "latency_ms": "latency ms",
                  "energy_mj": "energy mJ", "size_kb": "size KB", "steps": "steps", "distill": "distill",
-                 "reason": "reason", "key": "key"}
+                 "key": "key"}
 
 
 class FrontierState(param.Parameterized):
@@ -77,19 +77,20 @@ def _split(y: str) -> str:
 
 
 def y_display(points: pd.DataFrame, y: str) -> pd.Series:
-    """The y column in display units: accuracy in %, the change vs FP32 in percentage points."""
-    return 100.0 * pd.to_numeric(points[y], errors="coerce")
+    """The y column as drawn: a fraction (accuracy, or its change vs FP32); the axis ticks
+    show it as % / points, and data coordinates stay those of the workspace's points."""
+    return pd.to_numeric(points[y], errors="coerce").astype(float)
 
 
 def reference_accuracy(points: pd.DataFrame, y: str) -> float | None:
-    """The FP32 baseline on the same split as ``y``, in display units (0 on the vs-FP32 axes)."""
+    """The FP32 baseline on the same split as ``y``, as a fraction (0 on the vs-FP32 axes)."""
     if y in VS_FP32:
         return 0.0
     col = ACCURACY.get(y)
     if points is None or col not in points.columns:
         return None
     vals = pd.to_numeric(points[col], errors="coerce").dropna()
-    return float(100.0 * vals.median()) if len(vals) else None
+    return float(vals.median()) if len(vals) else None
 
 
 # ---- the scatter ---------------------------------------------------------------------------------
@@ -104,9 +105,9 @@ def plot_frame(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     df["y"] = y_display(df, y)
     ok = df["y"].dropna()
     ref = reference_accuracy(points, y)
-    hi = max([*ok.tolist(), *([ref] if ref is not None else [])], default=100.0)
+    hi = max([*ok.tolist(), *([ref] if ref is not None else [])], default=1.0)
     lo = min([*ok.tolist(), *([ref] if ref is not None else [])], default=0.0)
-    floor = lo - 0.08 * max(hi - lo, 1.0)
+    floor = lo - 0.08 * max(hi - lo, 0.01)
     failed = df["y"].isna()
     df.loc[failed, "y"] = floor
     if failed.any() and df["x"].notna().any():
@@ -119,17 +120,24 @@ def plot_frame(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return df
 
 
+def pct_text(v: float | None, y: str) -> str:
+    """A y value as analysts read it: '97.12 %', or '-1.39 pts' on the vs-FP32 axes."""
+    if v is None or not np.isfinite(v):
+        return "n/a"
+    return f"{100 * v:+.2f} pts" if y in VS_FP32 else f"{100 * v:.2f} %"
+
+
 def _acc_text(row: dict, y: str) -> str:
     if row.get("status") == "failed":
         return "failed: " + str(row.get("reason") or "no reason recorded")
     v = row.get(y)
     if v is None or not np.isfinite(v):
         return "not scored on this split"
-    return f"{100 * v:+.2f} pts vs FP32" if y in VS_FP32 else f"{100 * v:.2f} %"
+    return pct_text(v, y) + (" vs FP32" if y in VS_FP32 else "")
 
 
 def front_frame(front: pd.DataFrame | None, x: str, y: str) -> pd.DataFrame:
-    """The Pareto points as a line in display units, sorted along x."""
+    """The Pareto points as a line, sorted along x."""
     if front is None or len(front) == 0:
         return pd.DataFrame({"x": [], "y": []}, dtype=float)
     f = front.sort_values(x)
@@ -157,9 +165,9 @@ def estimate_links(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
             continue
         est = estimates.get(r.get("plan_digest"))
         if est is None and y.startswith("val") and np.isfinite(r.get("estimate_val_accuracy", np.nan)):
-            est = 100.0 * r["estimate_val_accuracy"]
+            est = r["estimate_val_accuracy"]
             if y in VS_FP32:
-                est -= 100.0 * r.get("baseline_val_accuracy", np.nan)
+                est -= r.get("baseline_val_accuracy", np.nan)
         if est is None or not np.isfinite(est):
             continue
         rows.append({"x0": r[x], "y0": est, "x1": r[x], "y1": yv[i], "label": r["label"], "gain": yv[i] - est})
@@ -262,11 +270,12 @@ def profile_compare_frame(points: pd.DataFrame, costs_b: dict[str, dict], x: str
     """The same points costed on profile A (the workspace's) and profile B, each marked with
     whether it is on that profile's Pareto front."""
     from engine.frontier import pareto
-    cols = ["key", "label", "status", "y", "x_a", "x_b", "front_a", "front_b"]
+    cols = ["key", "label", "status", "y", "acc_text", "x_a", "x_b", "front_a", "front_b"]
     if points is None or points.empty:
         return pd.DataFrame(columns=cols)
     df = points.reset_index(drop=True)
     out = pd.DataFrame({"key": df["key"], "label": df["label"], "status": df["status"], "y": y_display(df, y),
+                        "acc_text": [pct_text(v, y) for v in y_display(df, y)],
                         "x_a": pd.to_numeric(df[x], errors="coerce"),
                         "x_b": pd.to_numeric(df["key"].map(lambda k: costs_b.get(k, {}).get(x)), errors="coerce")})
     for side in ("a", "b"):

@@ -17,9 +17,20 @@ from explorer.state.workspace import X_AXES
 
 def frontier_png(points: pd.DataFrame, front: pd.DataFrame | None, x: str, y: str, title: str = "") -> bytes:
     """The frontier as a PNG: points by status, Pareto line, FP32 reference, legend right of the axes."""
+    import matplotlib.pyplot as plt
+    fig = frontier_figure(points, front, x, y, title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def frontier_figure(points: pd.DataFrame, front: pd.DataFrame | None, x: str, y: str, title: str = ""):
+    """The matplotlib figure behind ``frontier_png`` (the caller closes it)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
     frame = plot_frame(points, x, y)
     fig, ax = plt.subplots(figsize=(8.5, 4.5), dpi=120)
     for _, link in estimate_links(points, x, y).iterrows():
@@ -27,7 +38,7 @@ def frontier_png(points: pd.DataFrame, front: pd.DataFrame | None, x: str, y: st
     for status, grp in frame.groupby("status"):
         failed = status == "failed"
         ax.scatter(grp["x"], grp["y"], label=status, color=STATUS_COLORS.get(status, "#888"), s=60 if failed else 40,
-                   marker="x" if failed else "o", edgecolors=None if failed else "white", zorder=3)
+                   marker="X" if failed else "o", edgecolors=None if failed else "white", zorder=3)
     f = front_frame(front, x, y)
     if len(f) > 1:
         ax.step(f["x"], f["y"], where="pre" if x == "throughput" else "post", color="#333", linestyle="--",
@@ -35,17 +46,15 @@ def frontier_png(points: pd.DataFrame, front: pd.DataFrame | None, x: str, y: st
     ref = reference_accuracy(points, y)
     if ref is not None:
         ax.axhline(ref, color="#5b6ee1", linestyle="-.", lw=1.5,
-                   label="FP32 reference" + ("" if y.endswith("vs_fp32") else f" {ref:.2f} %"))
+                   label="FP32 reference" + ("" if y.endswith("vs_fp32") else f" {100 * ref:.2f} %"))
     ax.set_xscale(X_SCALE[x])
     ax.set_xlabel(X_AXES[x])
     ax.set_ylabel(y_label(y))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:g}"))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8, frameon=False)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
 
 
 def frontier_html(element, title: str = "bitscape frontier") -> str:

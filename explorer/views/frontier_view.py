@@ -47,6 +47,15 @@ def failed_jobs(ws: Workspace) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+def _formatters() -> dict:
+    """Accuracy with 2 decimals; other numbers as rounded (3 significant digits), no trailing zeros."""
+    from bokeh.models.widgets.tables import NumberFormatter
+    fixed = NumberFormatter(format="0.00", text_align="right")
+    plain = NumberFormatter(format="0,0.[000000]", text_align="right")
+    return {**{c: fixed for c in ("test acc %", "val acc %", "vs FP32 (pts)")},
+            **{c: plain for c in ("inferences/s", "latency ms", "energy mJ", "size KB")}}
+
+
 def _axis_picker(ws: Workspace, name: str, labels: dict, title: str, width: int) -> pn.widgets.Select:
     """A select showing the axes' readable names, kept in step with the workspace both ways."""
     sel = pn.widgets.Select(name=title, options={v: k for k, v in labels.items()}, value=getattr(ws, name),
@@ -83,7 +92,7 @@ class FrontierView(pn.viewable.Viewer):
         self.table = pn.widgets.Tabulator(table_frame(None, ws.y_axis), selectable=1, show_index=False,
                                           disabled=True, height=260, sizing_mode="stretch_width",
                                           layout="fit_data_stretch", name="results-table",
-                                          hidden_columns=["key"])
+                                          hidden_columns=["key"], formatters=_formatters())
         self.table.param.watch(self._on_row, "selection")
         self.loss = LossView(workspace=ws)
         self.heatmap = HeatmapView(workspace=ws)
@@ -151,12 +160,12 @@ class FrontierView(pn.viewable.Viewer):
             return ("<i>No points yet: run an estimate (0 steps) or a fine-tune of the plan; "
                     "its point appears here.</i>")
         test, val = reference_accuracy(pts, "test_accuracy"), reference_accuracy(pts, "val_accuracy")
-        parts = [f"{name} {v:.2f} %" for name, v in (("test", test), ("validation", val)) if v is not None]
+        parts = [f"{name} {100 * v:.2f} %" for name, v in (("test", test), ("validation", val)) if v is not None]
         text = (f"FP32 reference ({html.escape(ws.model)} on {html.escape(ws.dataset)}): " + ", ".join(parts)
                 if parts else "No FP32 reference recorded with these points.")
         failed = int((pts["status"] == "failed").sum())
         if failed:
-            text += f" · <span style='color:#c0392b'>{failed} failed (red ×, reason in the table)</span>"
+            text += f" · <span style='color:#c0392b'>{failed} failed (red crossed squares at the bottom; reason in the table)</span>"
         return text
 
     def _mark_selected(self):

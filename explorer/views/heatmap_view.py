@@ -6,7 +6,7 @@ import pandas as pd
 import panel as pn
 import param
 
-from explorer.state.frontier import heatmap_frame, heatmap_keys
+from explorer.state.frontier import heatmap_frame, heatmap_keys, pct_text
 from explorer.state.workspace import Workspace
 
 
@@ -55,9 +55,7 @@ class HeatmapView(pn.viewable.Viewer):
         labels = {}
         for i, k in enumerate(keys):
             r = by_key.loc[k]
-            acc = r[ws.y_axis]
-            score = f"{100 * acc:+.2f} pts" if ws.y_axis.endswith("vs_fp32") else f"{100 * acc:.2f} %"
-            labels[k] = f"{i + 1:0{width}d}. {r['label']} ({score})"
+            labels[k] = f"{i + 1:0{width}d}. {r['label']} ({pct_text(r[ws.y_axis], ws.y_axis)})"
         evals = {k: ws.evaluation(k) for k in keys}
         return heatmap_frame(evals, keys, labels, list(ws.topology.names))
 

@@ -11,6 +11,8 @@ import param
 from explorer.state.frontier import profile_compare_frame, sig, y_label
 from explorer.state.workspace import X_AXES, Workspace
 
+from .frontier_plot import y_ticks
+
 FRONT_COLORS = {"on the Pareto front": "#2a7f62", "dominated": "#9aa5b1"}
 
 
@@ -20,10 +22,10 @@ def profile_plot(df: pd.DataFrame, side: str, profile: str, x: str, y: str) -> h
     d = df.dropna(subset=[xcol, "y"]).assign(
         where=lambda t: t[f"front_{side}"].map({True: "on the Pareto front", False: "dominated"}))
     d = d.rename(columns={xcol: f"x{side}"})
-    pts = hv.Scatter(d, f"x{side}", ["y", "where", "label"]).opts(
+    pts = hv.Scatter(d, f"x{side}", ["y", "where", "label", "acc_text"]).opts(
         color="where", cmap=FRONT_COLORS, size=10, tools=["hover"], responsive=True, height=320,
-        xlabel=f"{X_AXES[x]} on {profile}", ylabel=y_label(y), title=f"profile {profile}", framewise=True, padding=0.1,
-        hover_tooltips=[("plan", "@label"), ("accuracy", "@y{0.00}"), (x, f"@x{side}{{0.000a}}")])
+        xlabel=f"{X_AXES[x]} on {profile}", ylabel=y_label(y), yformatter=y_ticks(), title=f"profile {profile}", framewise=True, padding=0.1,
+        hover_tooltips=[("plan", "@label"), ("accuracy", "@acc_text"), (x, f"@x{side}{{0.000a}}")])
     f = d[d["where"] == "on the Pareto front"].sort_values(f"x{side}")
     line = hv.Curve(f, f"x{side}", "y").opts(color="#333", line_dash="dashed",
                                               interpolation="steps-pre" if x == "throughput" else "steps-post")
