@@ -7,6 +7,7 @@ it never hides the best points.
 from __future__ import annotations
 
 import holoviews as hv
+import holoviews.plotting.bokeh  # noqa: F401 -- registers the Bokeh backend, so .opts works without hv.extension
 import pandas as pd
 
 from explorer.state.frontier import (STATUS_COLORS, X_SCALE, estimate_links, front_frame, plot_frame,

@@ -31,7 +31,8 @@ def frontier_elements(ws: Workspace, points: pd.DataFrame):
 
 
 def failed_jobs(ws: Workspace) -> pd.DataFrame:
-    """This session's failed jobs that left no evaluation behind (a worker crash): label and reason."""
+    """This session's failed jobs on this model and dataset that left no evaluation behind (they
+    failed before scoring, e.g. no FP32 baseline, or the worker died): label and reason."""
     cols = ["id", "label", "reason"]
     jobs = ws.jobs
     if jobs is None or jobs.empty:
@@ -42,7 +43,7 @@ def failed_jobs(ws: Workspace) -> pd.DataFrame:
             info = ws.runner.status(r["id"])
         except KeyError:
             continue
-        if info.result is None:
+        if info.result is None and (info.model, info.dataset) == (ws.model, ws.dataset):
             rows.append({"id": r["id"], "label": r["label"], "reason": r["error"] or r["message"] or "failed"})
     return pd.DataFrame(rows, columns=cols)
 
@@ -139,7 +140,8 @@ class FrontierView(pn.viewable.Viewer):
         ws = self.workspace
         pts = ws.points
         brushed = self.state.brushed
-        self.table.value = table_frame(pts, ws.y_axis, brushed, failed_jobs(ws))
+        self._failed_jobs = failed_jobs(ws)
+        self.table.value = table_frame(pts, ws.y_axis, brushed, self._failed_jobs)
         n = 0 if pts is None else len(pts)
         if brushed is None:
             self.brush_note.object = ("<i>Drag with the box-select tool to list only the points in a region.</i>"
@@ -156,9 +158,13 @@ class FrontierView(pn.viewable.Viewer):
     def _reference_text(self) -> str:
         ws = self.workspace
         pts = ws.points
+        fj = self._failed_jobs
+        unscored = "".join(f"<br><span style='color:#c0392b'>Job {html.escape(str(r['label']))} failed before it "
+                           f"was scored (nothing to plot): {html.escape(str(r['reason']))}</span>"
+                           for r in fj.to_dict("records"))
         if pts is None or pts.empty:
             return ("<i>No points yet: run an estimate (0 steps) or a fine-tune of the plan; "
-                    "its point appears here.</i>")
+                    "its point appears here.</i>") + unscored
         test, val = reference_accuracy(pts, "test_accuracy"), reference_accuracy(pts, "val_accuracy")
         parts = [f"{name} {100 * v:.2f} %" for name, v in (("test", test), ("validation", val)) if v is not None]
         text = (f"FP32 reference ({html.escape(ws.model)} on {html.escape(ws.dataset)}): " + ", ".join(parts)
@@ -166,7 +172,7 @@ class FrontierView(pn.viewable.Viewer):
         failed = int((pts["status"] == "failed").sum())
         if failed:
             text += f" · <span style='color:#c0392b'>{failed} failed (red crossed squares at the bottom; reason in the table)</span>"
-        return text
+        return text + unscored
 
     def _mark_selected(self):
         key = self.workspace.selected
