@@ -92,7 +92,8 @@ def test_frontier_reads_well(app_server, page):
     page.get_by_text("Bits per layer of").scroll_into_view_if_needed()
     page.wait_for_timeout(1000)
     shot(page, "frontier-heatmap-profiles")
-    page.get_by_text("Accuracy vs", exact=False).first.scroll_into_view_if_needed()
+    page.get_by_text("FP32 reference (lenet5 on digits)").scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
 
     # brush the two estimates of the most accurate plan only: the table lists just those points
     best = ws.points.sort_values("test_accuracy").iloc[-1]
