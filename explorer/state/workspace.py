@@ -362,14 +362,18 @@ class Workspace(param.Parameterized):
         if key not in self._cost_memo:
             try:
                 configs = Plan.from_dict(ev.plan).resolve(self._topo.names)
+            except PlanError as e:
+                self._cost_memo[key] = {"summary": f"(plan does not fit: {e})"}
+                return self._cost_memo[key]
+            try:
                 if profile not in self._profiles:
                     self._profiles[profile] = load_profile(profile)
                 rep = cost_topology(self._topo, configs, self._profiles[profile], self.batch)
                 self._cost_memo[key] = {"throughput": rep.throughput, "latency_s": rep.latency_s,
                                         "energy_j": rep.energy_j, "size_bytes": rep.size_bytes,
                                         "summary": summary(configs)}
-            except PlanError as e:
-                self._cost_memo[key] = {"summary": f"(plan does not fit: {e})"}
+            except PlanError:  # a plan the network cannot run (its point failed, with the reason)
+                self._cost_memo[key] = {"summary": summary(configs)}
         return self._cost_memo[key]
 
     def costs_on(self, profile: str) -> dict[str, dict]:
