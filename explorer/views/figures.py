@@ -33,8 +33,9 @@ def frontier_figure(points: pd.DataFrame, front: pd.DataFrame | None, x: str, y:
     from matplotlib.ticker import FuncFormatter
     frame = plot_frame(points, x, y)
     fig, ax = plt.subplots(figsize=(8.5, 4.5), dpi=120)
-    for _, link in estimate_links(points, x, y).iterrows():
-        ax.plot([link.x0, link.x1], [link.y0, link.y1], color=STATUS_COLORS["fine-tuned"], alpha=0.5, lw=2)
+    for i, (_, link) in enumerate(estimate_links(points, x, y).iterrows()):
+        ax.plot([link.x0, link.x1], [link.y0, link.y1], color=STATUS_COLORS["fine-tuned"], alpha=0.5, lw=2,
+                label="estimate → fine-tuned" if i == 0 else None)
     for status, grp in frame.groupby("status"):
         failed = status == "failed"
         ax.scatter(grp["x"], grp["y"], label=status, color=STATUS_COLORS.get(status, "#888"), s=60 if failed else 40,
