@@ -63,7 +63,7 @@ def sig(v, digits: int = 3):
         return float("nan")
     if v == 0:
         return 0.0
-    return round(float(v), digits - 1 - int(math.floor(math.log10(abs(v)))))
+    return round(float(v), digits - 1 - math.floor(math.log10(abs(v))))
 
 
 def y_label(y: str) -> str:

@@ -10,8 +10,15 @@ import io
 
 import pandas as pd
 
-from explorer.state.frontier import (STATUS_COLORS, X_SCALE, estimate_links, front_frame, plot_frame,
-                                     reference_accuracy, y_label)
+from explorer.state.frontier import (
+    STATUS_COLORS,
+    X_SCALE,
+    estimate_links,
+    front_frame,
+    plot_frame,
+    reference_accuracy,
+    y_label,
+)
 from explorer.state.workspace import X_AXES
 
 

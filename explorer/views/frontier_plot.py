@@ -7,17 +7,24 @@ it never hides the best points.
 from __future__ import annotations
 
 import holoviews as hv
-import holoviews.plotting.bokeh  # noqa: F401 -- registers the Bokeh backend, so .opts works without hv.extension
+import holoviews.plotting.bokeh
 import pandas as pd
 
-from explorer.state.frontier import (STATUS_COLORS, X_SCALE, estimate_links, front_frame, plot_frame,
-                                     reference_accuracy, y_label)
+from explorer.state.frontier import (
+    STATUS_COLORS,
+    X_SCALE,
+    estimate_links,
+    front_frame,
+    plot_frame,
+    reference_accuracy,
+    y_label,
+)
 from explorer.state.workspace import X_AXES
 
 POINT_VDIMS = ["y", "status", "label", "summary", "acc_text", "throughput", "size_bytes", "marker_size", "marker",
                "key", "reason"]
 PLOT_HEIGHT = 440
-LEGEND = dict(legend_position="right", show_legend=True)
+LEGEND = {"legend_position": "right", "show_legend": True}
 
 
 def y_ticks():

@@ -11,10 +11,22 @@ import pandas as pd
 import panel as pn
 import param
 
-from explorer.state.frontier import TABLE_COLUMNS, brushed_keys, plot_frame, reference_accuracy, table_frame
+from explorer.state.frontier import (
+    TABLE_COLUMNS,
+    brushed_keys,
+    plot_frame,
+    reference_accuracy,
+    table_frame,
+)
 from explorer.state.workspace import X_AXES, Y_AXES, Workspace
 
-from .frontier_plot import LEGEND, front_element, links_element, points_element, reference_element
+from .frontier_plot import (
+    LEGEND,
+    front_element,
+    links_element,
+    points_element,
+    reference_element,
+)
 from .heatmap_view import HeatmapView
 from .loss_view import LossView
 from .profile_compare_view import ProfileCompareView
@@ -229,4 +241,4 @@ class FrontierView(pn.viewable.Viewer):
                          pn.Row(self.compare_a, self.compare_b), self.compare_table, sizing_mode="stretch_width")
 
 
-__all__ = ["FrontierView", "frontier_elements", "TABLE_COLUMNS"]
+__all__ = ["TABLE_COLUMNS", "FrontierView", "frontier_elements"]

@@ -81,7 +81,7 @@ class ProfileCompareView(pn.viewable.Viewer):
                                + speed)
 
     def __panel__(self):
-        return pn.Column(pn.Row(pn.pane.Markdown(f"**Same plans, two accelerator profiles** "
-                                                 f"(A is the sidebar's profile)"), self.picker),
+        return pn.Column(pn.Row(pn.pane.Markdown("**Same plans, two accelerator profiles** "
+                                                 "(A is the sidebar's profile)"), self.picker),
                          self.summary, pn.Row(self.plot_a, self.plot_b, sizing_mode="stretch_width"),
                          sizing_mode="stretch_width")

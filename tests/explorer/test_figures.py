@@ -5,9 +5,13 @@ import re
 import pandas as pd
 import pytest
 
-from explorer.views.figures import frontier_figure, frontier_html, frontier_page, frontier_png
+from explorer.views.figures import (
+    frontier_figure,
+    frontier_html,
+    frontier_page,
+    frontier_png,
+)
 from tests.explorer.test_frontier_state import evaluation
-
 
 
 def loaded_resources(page: str) -> list[str]:

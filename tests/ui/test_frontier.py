@@ -52,7 +52,7 @@ DRAWN_JS = """
 
 
 def test_frontier_reads_well(app_server, page):
-    url, store, workspaces = app_server
+    url, _store, workspaces = app_server
     errors = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     requests = []
