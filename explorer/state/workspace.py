@@ -25,9 +25,16 @@ from .sessions import AUTOSAVED, MAX_NAME, READ_ONLY, SessionKeeper, SessionList
 
 X_AXES = {"throughput": "throughput (inferences/s)", "latency_s": "latency (s)", "energy_j": "energy (J/inference)",
           "size_bytes": "model size (bytes)"}
-Y_AXES = {"test_accuracy": "test accuracy", "val_accuracy": "validation accuracy"}
+Y_AXES = {"test_accuracy": "test accuracy (%)", "val_accuracy": "validation accuracy (%)",
+          "test_vs_fp32": "test accuracy drop vs FP32 (points)",
+          "val_vs_fp32": "validation accuracy drop vs FP32 (points)"}
 POINT_COLUMNS = ["key", "label", "status", "reason", "test_accuracy", "val_accuracy", "estimate_val_accuracy",
-                 "throughput", "latency_s", "energy_j", "size_bytes", "steps", "distill", "wall_s", "summary"]
+                 "baseline_test_accuracy", "baseline_val_accuracy", "test_vs_fp32", "val_vs_fp32",
+                 "throughput", "latency_s", "energy_j", "size_bytes", "steps", "distill", "wall_s", "summary",
+                 "plan_digest"]
+_NUMERIC_POINT_COLUMNS = ["test_accuracy", "val_accuracy", "estimate_val_accuracy", "baseline_test_accuracy",
+                          "baseline_val_accuracy", "test_vs_fp32", "val_vs_fp32", "throughput", "latency_s",
+                          "energy_j", "size_bytes", "wall_s"]
 JOB_COLUMNS = ["id", "label", "state", "progress", "message", "error"]
 # settings a read-only view may not change (axes and the like stay free: they only change the view)
 LOCKED = ("model", "dataset", "profile", "batch", "steps", "distill", "seed", "preset", "sens_method")
@@ -38,6 +45,13 @@ def _topology(model: str, dataset: str):
     """The layer topology of a zoo model on a dataset; read-only, so shared by every session."""
     spec = dataset_spec(dataset)
     return analyze(build_model(model, spec.input_shape, spec.num_classes), spec.input_shape)
+
+
+def _plan_digest(plan: dict) -> str:
+    try:
+        return Plan.from_dict(plan).digest()
+    except PlanError:
+        return ""
 
 
 def _empty(columns) -> pd.DataFrame:
@@ -422,33 +436,64 @@ class Workspace(param.Parameterized):
     def evaluations(self) -> list[Evaluation]:
         return [e for e in self._evals.values() if e.model == self.model and e.dataset == self.dataset]
 
-    def _point_cost(self, ev: Evaluation) -> dict:
-        key = (ev.key, self.profile, self.batch)
+    def evaluation(self, key: str) -> Evaluation | None:
+        """The evaluation behind a point (None for an unknown key)."""
+        return self._evals.get(key)
+
+    @property
+    def frontier_state(self):
+        """The Frontier tab's state (brush, heat map scope, second profile); made on first use."""
+        fs = getattr(self, "_frontier_state", None)
+        if fs is None:
+            from .frontier import FrontierState
+            fs = self._frontier_state = FrontierState(list(self.param.profile.objects), self.profile)
+        return fs
+
+    def _point_cost(self, ev: Evaluation, profile: str | None = None) -> dict:
+        """A point's plan costed on ``profile`` (the workspace's by default) at the current batch."""
+        profile = profile or self.profile
+        key = (ev.key, profile, self.batch)
         if key not in self._cost_memo:
             try:
                 configs = Plan.from_dict(ev.plan).resolve(self._topo.names)
-                rep = cost_topology(self._topo, configs, self._profile(), self.batch)
+            except PlanError as e:
+                self._cost_memo[key] = {"summary": f"(plan does not fit: {e})"}
+                return self._cost_memo[key]
+            try:
+                if profile not in self._profiles:
+                    self._profiles[profile] = load_profile(profile)
+                rep = cost_topology(self._topo, configs, self._profiles[profile], self.batch)
                 self._cost_memo[key] = {"throughput": rep.throughput, "latency_s": rep.latency_s,
                                         "energy_j": rep.energy_j, "size_bytes": rep.size_bytes,
                                         "summary": summary(configs)}
-            except PlanError as e:
-                self._cost_memo[key] = {"summary": f"(plan does not fit: {e})"}
+            except PlanError:  # a plan the network cannot run (its point failed, with the reason)
+                self._cost_memo[key] = {"summary": summary(configs)}
         return self._cost_memo[key]
 
+    def costs_on(self, profile: str) -> dict[str, dict]:
+        """Every point's cost on another accelerator profile, by key (for the profile comparison)."""
+        return {ev.key: self._point_cost(ev, profile) for ev in self.evaluations()}
+
     def _refresh_points(self) -> None:
+        from .frontier import point_label
         rows = []
         for ev in self.evaluations():
             c = self._point_cost(ev)
-            rows.append({"key": ev.key, "label": ev.plan.get("name") or c.get("summary", ""), "status": ev.status,
+            name = ev.plan.get("name") or c.get("summary", "")
+            bt, bv = ev.baseline_test_accuracy, ev.baseline_val_accuracy
+            rows.append({"key": ev.key, "label": point_label(name, ev.status, ev.steps), "status": ev.status,
                          "reason": ev.reason or "", "test_accuracy": ev.test_accuracy, "val_accuracy": ev.val_accuracy,
                          "estimate_val_accuracy": ev.estimate_val_accuracy,
+                         "baseline_test_accuracy": bt, "baseline_val_accuracy": bv,
+                         "test_vs_fp32": None if ev.test_accuracy is None or bt is None else ev.test_accuracy - bt,
+                         "val_vs_fp32": None if ev.val_accuracy is None or bv is None else ev.val_accuracy - bv,
                          "throughput": c.get("throughput"), "latency_s": c.get("latency_s"),
                          "energy_j": c.get("energy_j"), "size_bytes": c.get("size_bytes"), "steps": ev.steps,
                          "distill": bool(ev.settings.get("distill")), "wall_s": ev.wall_s,
-                         "summary": c.get("summary", "")})
+                         "summary": c.get("summary", ""),
+                         "plan_digest": ev.provenance.get("plan_hash") or _plan_digest(ev.plan)})
         df = pd.DataFrame(rows, columns=POINT_COLUMNS) if rows else _empty(POINT_COLUMNS)
-        for col in ("test_accuracy", "val_accuracy", "estimate_val_accuracy", "throughput", "latency_s",
-                    "energy_j", "size_bytes", "wall_s"):
+        for col in _NUMERIC_POINT_COLUMNS:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
         self.points = df
 
