@@ -29,6 +29,9 @@ STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL = ("done", "failed", "cancelled")
 CANCEL_GRACE_S = 3.0
 PROGRESS_EVERY_S = 0.2
+# Local workers run at the lowest CPU priority: training takes whatever the interactive server
+# (and the user's browser) leave, so an edit is never queued behind two fine-tunes on a small machine.
+WORKER_NICE = 19
 
 
 @dataclass
@@ -108,8 +111,20 @@ def execute(payload: dict, progress=None, should_stop=None) -> dict:
     return ev.to_dict()
 
 
-def _worker_main(tasks, events, cancel_seq) -> None:
+def _lower_priority(increment: int) -> None:
+    """Raise this process's niceness by ``increment`` (best effort: some platforms refuse)."""
+    if increment > 0 and hasattr(os, "nice"):
+        try:
+            os.nice(increment)
+        except OSError:
+            pass
+
+
+def _worker_main(tasks, events, cancel_seq, nice: int = WORKER_NICE) -> None:
     """A local worker process: run tasks until told to stop (None)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole group: the runner stops us
+    _lower_priority(nice)
     import torch
     torch.set_num_threads(1)
     try:
@@ -339,6 +354,20 @@ def _context():
         return ctx
     except ValueError:
         return mp.get_context("spawn")
+
+
+def stop_forkserver() -> None:
+    """Stop multiprocessing's fork server if this process started one (after every runner has shut
+    down): it would otherwise live until this process exits, and a server stopping by signal must
+    leave no process behind. The standard library has no public call for this."""
+    from multiprocessing import forkserver
+    server = getattr(forkserver, "_forkserver", None)
+    stop = getattr(server, "_stop", None)
+    if stop is not None:
+        try:
+            stop()
+        except OSError:
+            pass
 
 
 class _LocalBackend:

@@ -35,8 +35,11 @@ def get_runner():
 
 
 def shutdown() -> None:
+    """Stop the job runner, its worker processes and the fork server they came from."""
     global _runner
     with _lock:
         if _runner is not None:
             _runner.shutdown()
             _runner = None
+    from engine.jobs import stop_forkserver
+    stop_forkserver()
