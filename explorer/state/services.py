@@ -28,9 +28,9 @@ def get_runner():
     store = get_store()  # before taking the lock: get_store takes it too, and it is not reentrant
     with _lock:
         if _runner is None:
-            from engine.jobs import JobRunner
+            from engine.jobs import SERVER_WORKER_NICE, JobRunner
             _runner = JobRunner(workers=_settings.get("workers"), scheduler=_settings.get("scheduler"),
-                                store=store)
+                                store=store, nice=SERVER_WORKER_NICE)
         return _runner
 
 

@@ -38,17 +38,18 @@ def served(tmp_path):
                 time.sleep(0.3)
         raise AssertionError("server did not start")
 
+    start.seen = []  # descendants the test saw: a failed test must not leave them running either
     yield start
-    for p in procs:  # a failed test must not leave its server or workers behind either
+    for p in procs:
         if p.poll() is None:
-            kids = psutil.Process(p.pid).children(recursive=True)
+            start.seen += psutil.Process(p.pid).children(recursive=True)
             p.kill()
             p.wait(30)
-            for k in kids:
-                try:
-                    k.kill()
-                except psutil.NoSuchProcess:
-                    pass
+    for k in _alive(start.seen):
+        try:
+            k.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def _alive(procs):
@@ -87,6 +88,7 @@ def _start_a_finetune(page, url, proc):
 def test_signal_stops_server_workers_and_fork_server(served, page, sig):
     proc, url = served()
     kids = _start_a_finetune(page, url, proc)
+    served.seen += kids
     cmdlines = [" ".join(k.cmdline()) for k in kids]
     assert any("forkserver" in c for c in cmdlines), cmdlines
     page.close()
