@@ -5,6 +5,7 @@ import panel as pn
 from panel.io.callbacks import PeriodicCallback
 
 from explorer.state.workspace import Workspace
+from explorer.views.batch_input import BatchInput
 from explorer.views.cost_view import CostView
 from explorer.views.frontier_view import FrontierView
 from explorer.views.jobs_view import JobsView
@@ -22,7 +23,7 @@ def build_layout(ws: Workspace) -> pn.viewable.Viewable:
         pn.widgets.Select.from_param(ws.param.model, name="model"),
         pn.widgets.Select.from_param(ws.param.dataset, name="dataset"),
         pn.widgets.Select.from_param(ws.param.profile, name="accelerator profile"),
-        pn.widgets.IntInput.from_param(ws.param.batch, name="batch size"),
+        BatchInput(workspace=ws),
         sizing_mode="stretch_width")
     jobs = JobsView(workspace=ws)
     banner = pn.pane.Alert("", alert_type="warning", visible=False, name="readonly-banner")

@@ -102,3 +102,23 @@ def test_signal_stops_server_workers_and_fork_server(served, page, sig):
         time.sleep(0.2)
     assert not _alive(kids), [(k.pid, " ".join(k.cmdline())) for k in _alive(kids)]
     assert proc.returncode == 0, proc.stdout.read()
+
+
+def test_page_requests_nothing_off_loopback(served, page):
+    """Every request the page makes (scripts, styles, fonts, websocket) goes to the local server."""
+    from urllib.parse import urlsplit
+    proc, url = served()
+    urls = []
+    page.on("request", lambda r: urls.append(r.url))
+    page.on("websocket", lambda ws: urls.append(ws.url))
+    page.goto(url)
+    page.wait_for_selector('.tabulator-cell[tabulator-field="layer"]', timeout=120_000)
+    # a job row is built by the background poll, outside any request: its styles must be local too
+    page.get_by_role("button", name="Estimate (no training)").click()
+    page.locator(".job-state", has_text="done").first.wait_for(timeout=180_000)
+    for tab in ("Frontier", "Session & export", "Plan & cost"):
+        page.get_by_text(tab, exact=True).click()
+        page.wait_for_timeout(1500)
+    page.wait_for_load_state("networkidle", timeout=60_000)
+    hosts = {urlsplit(u).hostname for u in urls if not u.startswith(("data:", "blob:", "about:"))}
+    assert len(urls) > 5 and hosts == {"127.0.0.1"}, sorted(u for u in urls if urlsplit(u).hostname != "127.0.0.1")

@@ -1,0 +1,43 @@
+"""The batch-size box refuses bad sizes out loud; the cost cards say what they measure."""
+import pytest
+
+pn = pytest.importorskip("panel")
+
+
+@pytest.mark.parametrize("bad", [0, 100_000, -3])
+def test_bad_batch_size_is_refused_with_a_visible_message(workspace, bad):
+    from explorer.views.batch_input import BatchInput
+    ws = workspace
+    box = BatchInput(workspace=ws)
+    box.input.value = 64
+    assert ws.batch == 64 and ws.totals["batch"] == 64 and not box.error.visible
+    box.input.value = bad
+    assert ws.batch == 64 and ws.totals["batch"] == 64       # the plan is still costed at 64
+    assert box.error.visible and f"batch size {bad} refused" in box.error.object and "1 to 4096" in box.error.object
+    assert box.input.value == 64                              # the box shows the size in use again
+    box.input.value = 8
+    assert ws.batch == 8 and not box.error.visible
+
+
+def test_batch_box_is_in_the_app_and_follows_the_workspace(workspace):
+    from explorer.app import build_layout
+    ws = workspace
+    layout = build_layout(ws)
+    box = [w for w in layout.sidebar[0].select(pn.widgets.IntInput) if w.name == "batch size"]
+    error = [a for a in layout.sidebar[0].select(pn.pane.Alert) if a.name == "batch-error"]
+    assert len(box) == 1 and len(error) == 1
+    ws.batch = 32
+    assert box[0].value == 32
+    box[0].value = 0
+    assert ws.batch == 32 and error[0].visible and "batch size 0 refused" in error[0].object
+
+
+def test_cost_cards_say_what_they_measure(workspace):
+    from explorer.views.cost_view import CostView
+    ws = workspace
+    view = CostView(workspace=ws)
+    ws.batch = 16
+    html = view.totals.object
+    assert "latency (batch 1, one inference)" in html
+    assert "throughput (batch 16)" in html and "energy (per inference, batch 16)" in html
+    assert 'data-metric="latency"' in html and 'data-metric="throughput"' in html
