@@ -48,8 +48,22 @@ def build_layout(ws: Workspace) -> pn.viewable.Viewable:
         busy_indicator=None)  # Panel's busy flag is process-wide: one user's work would spin everyone's indicator
 
 
+def local_resources(doc) -> None:
+    """Point a session document's stylesheets at this server from the start.
+
+    Panel resolves a model's stylesheet URLs (loading.css, the theme, widget CSS) against the
+    document's ``dist_url``, which it sets only when the page's HTML is rendered; models made
+    before that point at the CDN (no network here, and a request off the machine). Setting it
+    first keeps every resource on this server.
+    """
+    from panel.io.resources import LOCAL_DIST
+    if doc is not None and "dist_url" not in doc._template_variables:
+        doc._template_variables["dist_url"] = f"{pn.state.rel_path}/{LOCAL_DIST}" if pn.state.rel_path else LOCAL_DIST
+
+
 def create_app(store=None, runner=None) -> pn.viewable.Viewable:
     """One fresh workspace per browser session; ``?session=<id>`` opens a shared session read-only."""
+    local_resources(pn.state.curdoc)
     ws = Workspace(store=store, runner=runner)
     query = pn.state.location.query_params if pn.state.location else {}
     sid = query.get("session")

@@ -41,3 +41,20 @@ def test_cost_cards_say_what_they_measure(workspace):
     assert "latency (batch 1, one inference)" in html
     assert "throughput (batch 16)" in html and "energy (per inference, batch 16)" in html
     assert 'data-metric="latency"' in html and 'data-metric="throughput"' in html
+
+
+def test_session_models_load_their_stylesheets_from_this_server(services):
+    """Models built when a session starts (before its page is rendered) name no CDN URL."""
+    from bokeh.document import Document
+    from bokeh.models import ImportedStyleSheet
+    from panel.io.state import set_curdoc
+
+    from explorer.app import create_app
+    store, runner = services
+    doc = Document()
+    with set_curdoc(doc):
+        app = create_app(store=store, runner=runner)
+        app.server_doc(doc)
+    urls = {m.url for r in doc.roots for m in r.references() if isinstance(m, ImportedStyleSheet)}
+    assert urls and any("loading.css" in u for u in urls)
+    assert not [u for u in urls if "://" in u], sorted(urls)
