@@ -104,18 +104,22 @@ def test_signal_stops_server_workers_and_fork_server(served, page, sig):
     assert proc.returncode == 0, proc.stdout.read()
 
 
-def test_page_requests_nothing_off_loopback(served, page):
-    """Every request the page makes (scripts, styles, fonts, websocket) goes to the local server."""
+def test_cancel_from_the_page_and_nothing_requested_off_loopback(served, page):
+    """A running fine-tune is cancelled by its row's Cancel button; every request the page makes
+    (scripts, styles, fonts, websocket) goes to the local server."""
     from urllib.parse import urlsplit
     proc, url = served()
     urls = []
     page.on("request", lambda r: urls.append(r.url))
     page.on("websocket", lambda ws: urls.append(ws.url))
-    page.goto(url)
-    page.wait_for_selector('.tabulator-cell[tabulator-field="layer"]', timeout=120_000)
+    _start_a_finetune(page, url, proc)
+    row = page.locator(".job-row").first
+    row.get_by_role("button", name="Cancel").click()
+    row.locator(".job-state", has_text="cancelled").wait_for(timeout=120_000)
     # a job row is built by the background poll, outside any request: its styles must be local too
     page.get_by_role("button", name="Estimate (no training)").click()
     page.locator(".job-state", has_text="done").first.wait_for(timeout=180_000)
+    assert page.locator(".job-state", has_text="cancelled").count() == 1
     for tab in ("Frontier", "Session & export", "Plan & cost"):
         page.get_by_text(tab, exact=True).click()
         page.wait_for_timeout(1500)
