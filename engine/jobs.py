@@ -6,7 +6,9 @@ torch thread each; a worker that dies is replaced and only its job fails). With
 Either way the worker calls ``engine.pipeline.evaluate_plan``; progress flows back to the
 runner (a multiprocessing queue, or Dask worker events) and ``status()`` reads it without
 blocking. Finished Evaluations (fine-tuned, estimated or failed with their reason) are
-written to the Store by the runner, attached to the job's session.
+written to the Store by the runner, attached to the job's session; with a store file, the
+worker also saves the network it evaluated beside it (engine.artifacts), for downloads.
+``nice`` lowers the local workers' CPU priority (``bitscape serve`` uses SERVER_WORKER_NICE).
 """
 from __future__ import annotations
 

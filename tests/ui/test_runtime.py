@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.ui.conftest import free_port
+from tests.ui.conftest import free_port, wait_until
 
 pytest.importorskip("playwright")
 psutil = pytest.importorskip("psutil")
@@ -114,7 +114,12 @@ def test_cancel_from_the_page_and_nothing_requested_off_loopback(served, page):
     page.on("websocket", lambda ws: urls.append(ws.url))
     _start_a_finetune(page, url, proc)
     row = page.locator(".job-row").first
-    row.get_by_role("button", name="Cancel").click()
+    button = row.get_by_role("button", name="Cancel").element_handle()
+    detail = row.locator(".job-detail")
+    shown = detail.inner_text()
+    wait_until(lambda: detail.inner_text() != shown, page, timeout=120_000)  # polls moved the job along...
+    assert button.evaluate("b => b.isConnected"), "the poll replaced the Cancel button under the user's pointer"
+    button.click()                                                       # ...and the same button still works
     row.locator(".job-state", has_text="cancelled").wait_for(timeout=120_000)
     # a job row is built by the background poll, outside any request: its styles must be local too
     page.get_by_role("button", name="Estimate (no training)").click()
