@@ -243,9 +243,12 @@ class JobRunner:
         return jid
 
     def _artifacts_dir(self) -> str | None:
-        """Where workers save the networks they evaluate: beside the store file (none without a store)."""
+        """Where workers save the networks they evaluate: beside the store file. None without a store,
+        and on a Dask cluster, whose workers may not share this machine's disk."""
         from .artifacts import artifacts_dir
-        folder = artifacts_dir(getattr(self.store, "path", None)) if self.store is not None else None
+        if self.store is None or self.kind != "local":
+            return None
+        folder = artifacts_dir(getattr(self.store, "path", None))
         return str(folder) if folder is not None else None
 
     def status(self, job_id: str) -> JobInfo:

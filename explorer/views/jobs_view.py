@@ -35,7 +35,7 @@ class JobRow:
         detail = {"failed": r["error"], "running": r["message"]}.get(state, "")
         html = (f'<b>{escape(str(r["label"] or ""))}</b><br><span class="job-state">{escape(state)}</span> '
                 f'<span class="job-detail" style="color:#666;font-size:11px">{escape(str(detail or ""))}</span>')
-        new = {"html": html, "value": int(round(100 * float(r["progress"]))),
+        new = {"html": html, "value": round(100 * float(r["progress"])),
                "color": COLORS.get(state, "secondary"), "cancellable": state in ACTIVE and not read_only}
         if new == self._shown:
             return

@@ -5,7 +5,7 @@ import pytest
 
 pn = pytest.importorskip("panel")
 
-from .conftest import wait_jobs  # noqa: E402
+from .conftest import wait_jobs
 
 
 def _poll_until(ws, pred, timeout=120.0):
