@@ -395,8 +395,11 @@ def _context():
 def stop_forkserver() -> None:
     """Stop multiprocessing's fork server if this process started one (after every runner has shut
     down): it would otherwise live until this process exits, and a server stopping by signal must
-    leave no process behind. The standard library has no public call for this."""
+    leave no process behind. The standard library has no public call for this. Left running while
+    any worker of this process is alive: a worker outlives its fork server but reads as dead then."""
     from multiprocessing import forkserver
+    if mp.active_children():
+        return
     server = getattr(forkserver, "_forkserver", None)
     stop = getattr(server, "_stop", None)
     if stop is not None:

@@ -130,3 +130,19 @@ def test_workers_run_at_the_asked_niceness_and_save_their_networks(tmp_path):
     assert done.result.provenance["artifact"] == saved.name and store.get(done.key).provenance["artifact"] == saved.name
     _, meta = load_planned(saved)
     assert meta["evaluation"]["key"] == done.key and meta["model"] == "mlp"
+
+
+def test_stop_forkserver_waits_for_every_runner():
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    from engine.jobs import stop_forkserver
+    with JobRunner(workers=1) as other:
+        assert other.wait(other.submit("mlp", "digits", Plan.uniform(4, 4), Settings(steps=0)), 120).state == "done"
+        pid = forkserver._forkserver._forkserver_pid
+        stop_forkserver()          # another runner's worker still needs it: left running
+        assert pid is not None and forkserver._forkserver._forkserver_pid == pid
+        assert other.wait(other.submit("mlp", "digits", Plan.uniform(8, 8), Settings(steps=0)), 120).state == "done"
+    stop_forkserver()
+    # stopped, unless a runner of another test in this process still has live workers
+    assert forkserver._forkserver._forkserver_pid is None or multiprocessing.active_children()
