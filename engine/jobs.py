@@ -6,7 +6,9 @@ torch thread each; a worker that dies is replaced and only its job fails). With
 Either way the worker calls ``engine.pipeline.evaluate_plan``; progress flows back to the
 runner (a multiprocessing queue, or Dask worker events) and ``status()`` reads it without
 blocking. Finished Evaluations (fine-tuned, estimated or failed with their reason) are
-written to the Store by the runner, attached to the job's session.
+written to the Store by the runner, attached to the job's session; with a store file, the
+worker also saves the network it evaluated beside it (engine.artifacts), for downloads.
+``nice`` lowers the local workers' CPU priority (``bitscape serve`` uses SERVER_WORKER_NICE).
 """
 from __future__ import annotations
 
@@ -29,6 +31,11 @@ STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL = ("done", "failed", "cancelled")
 CANCEL_GRACE_S = 3.0
 PROGRESS_EVERY_S = 0.2
+# The niceness `bitscape serve` gives its local workers: the interactive server (and the user's
+# browser) come first, so an edit is not queued behind two fine-tunes on a small machine, while
+# the jobs still get a tenth of a core against a busy normal-priority process (at 19 they all but
+# stop on a shared machine). Batch use (sweeps, tests) keeps the default 0.
+SERVER_WORKER_NICE = 10
 
 
 @dataclass
@@ -105,11 +112,41 @@ def execute(payload: dict, progress=None, should_stop=None) -> dict:
             ev.costs.update(cost_summaries(run.applied.topology, run.applied.configs, payload["profiles"]))
         except Exception as e:  # a cost failure does not lose the accuracy result
             ev.provenance["cost_error"] = f"{type(e).__name__}: {e}"
+    if payload.get("artifacts") and ev.status != "failed" and run.applied is not None:
+        _save_network(run, payload["artifacts"])
     return ev.to_dict()
 
 
-def _worker_main(tasks, events, cancel_seq) -> None:
+def _save_network(run, folder: str) -> None:
+    """Save the evaluated network as ``<folder>/<key>.safetensors`` so downloads need no retraining;
+    the file name goes into the provenance (a failure to save is recorded, not raised)."""
+    from pathlib import Path
+
+    from .pipeline import save_planned
+    ev = run.evaluation
+    name = f"{ev.key}.safetensors"
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        save_planned(run, Path(folder) / name)
+        ev.provenance["artifact"] = name
+    except Exception as e:  # noqa: BLE001 -- the accuracy result stands without its weights
+        ev.provenance["artifact_error"] = f"{type(e).__name__}: {e}"
+
+
+def _lower_priority(increment: int) -> None:
+    """Raise this process's niceness by ``increment`` (best effort: some platforms refuse)."""
+    if increment > 0 and hasattr(os, "nice"):
+        try:
+            os.nice(increment)
+        except OSError:
+            pass
+
+
+def _worker_main(tasks, events, cancel_seq, nice: int = 0) -> None:
     """A local worker process: run tasks until told to stop (None)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole group: the runner stops us
+    _lower_priority(nice)
     import torch
     torch.set_num_threads(1)
     try:
@@ -155,9 +192,13 @@ class JobRunner:
     """Submit evaluations, watch status and progress, cancel, get results."""
 
     def __init__(self, workers: int | None = None, scheduler: str | None = None, store=None, client=None,
-                 profiles: list[str] | tuple[str, ...] | None = None):
+                 profiles: list[str] | tuple[str, ...] | None = None, nice: int = 0):
+        """``nice``: how much lower than this process the local workers run (0-19)."""
         if workers is not None and workers < 1:
             raise UserError("workers must be at least 1")
+        if not 0 <= nice <= 19:
+            raise UserError(f"nice must be between 0 and 19, got {nice}")
+        self.nice = nice
         self.store = store
         self.profiles = list(profiles or [])
         self._jobs: dict[str, JobInfo] = {}
@@ -189,7 +230,8 @@ class JobRunner:
         version = code_version()
         payload = {"id": jid, "seq": next(self._seq), "model": model, "dataset": dataset, "plan": plan.to_dict(),
                    "settings": settings.to_dict(), "code_version": version,
-                   "profiles": list(profiles if profiles is not None else self.profiles)}
+                   "profiles": list(profiles if profiles is not None else self.profiles),
+                   "artifacts": self._artifacts_dir()}
         from .evaluation import evaluation_key
         info = JobInfo(id=jid, label=label, model=model, dataset=dataset, session=session,
                        key=evaluation_key(payload["plan"], model, dataset, payload["settings"], version))
@@ -199,6 +241,15 @@ class JobRunner:
             self._backend.submit(info, payload)
             self._changed.notify_all()
         return jid
+
+    def _artifacts_dir(self) -> str | None:
+        """Where workers save the networks they evaluate: beside the store file. None without a store,
+        and on a Dask cluster, whose workers may not share this machine's disk."""
+        from .artifacts import artifacts_dir
+        if self.store is None or self.kind != "local":
+            return None
+        folder = artifacts_dir(getattr(self.store, "path", None))
+        return str(folder) if folder is not None else None
 
     def status(self, job_id: str) -> JobInfo:
         with self._lock:
@@ -321,10 +372,10 @@ class JobRunner:
 
 # ---- local process pool ----------------------------------------------------------------------
 class _Slot:
-    def __init__(self, ctx, events):
+    def __init__(self, ctx, events, nice: int = 0):
         self.tasks = ctx.Queue()
         self.cancel = ctx.Value("q", 0, lock=False)
-        self.proc = ctx.Process(target=_worker_main, args=(self.tasks, events, self.cancel), daemon=True)
+        self.proc = ctx.Process(target=_worker_main, args=(self.tasks, events, self.cancel, nice), daemon=True)
         self.proc.start()
         self.job: str | None = None
         self.cancel_at: float | None = None
@@ -339,6 +390,23 @@ def _context():
         return ctx
     except ValueError:
         return mp.get_context("spawn")
+
+
+def stop_forkserver() -> None:
+    """Stop multiprocessing's fork server if this process started one (after every runner has shut
+    down): it would otherwise live until this process exits, and a server stopping by signal must
+    leave no process behind. The standard library has no public call for this. Left running while
+    any worker of this process is alive: a worker outlives its fork server but reads as dead then."""
+    from multiprocessing import forkserver
+    if mp.active_children():
+        return
+    server = getattr(forkserver, "_forkserver", None)
+    stop = getattr(server, "_stop", None)
+    if stop is not None:
+        try:
+            stop()
+        except OSError:
+            pass
 
 
 class _LocalBackend:
@@ -461,7 +529,7 @@ class _LocalBackend:
             if slot is None:
                 if len(self.slots) >= self.n:
                     return
-                slot = _Slot(self.ctx, self.events)
+                slot = _Slot(self.ctx, self.events, self.r.nice)
                 self.slots.append(slot)
             jid = self.pending.pop(0)
             slot.job, slot.cancel_at = jid, None

@@ -248,34 +248,47 @@ def rebuild(ev: Evaluation, data: Dataset | None = None) -> Run:
         torch.set_num_threads(threads)
 
 
-def export_network(ev: Evaluation, kind: str) -> tuple[str, bytes, str]:
-    """(file name, bytes, note) of a point's network as ONNX (``onnx``) or a packed file (``packed``)."""
+def export_network(ev: Evaluation, kind: str, checkpoint=None) -> tuple[str, bytes, str]:
+    """(file name, bytes, note) of a point's network as ONNX (``onnx``) or a packed file (``packed``).
+
+    The network is the one its job saved (``checkpoint``, see engine.artifacts); nothing is
+    trained here. A point without saved weights is refused with the reason.
+    """
     import os
     import tempfile
+    from pathlib import Path
 
+    from .artifacts import NO_WEIGHTS
     from .data import load_dataset
+    from .errors import UserError
+    if ev.status == "failed":
+        raise UserError(f"this point failed ({ev.reason}); there is no network to export")
+    if checkpoint is None or not Path(checkpoint).is_file():
+        raise UserError(NO_WEIGHTS)
+    if kind not in ("onnx", "packed"):
+        raise ValueError(f"unknown export kind {kind!r}")
     data = load_dataset(ev.dataset)
-    run = rebuild(ev, data)
-    again = run.evaluation
-    note = (f"rebuilt: test accuracy {again.test_accuracy:.4f}"
-            + ("" if again.test_accuracy == ev.test_accuracy else f" (recorded {ev.test_accuracy:.4f})"))
+    applied, meta = load_planned(checkpoint, data)
+    saved = meta.get("evaluation") or {}
+    if (meta.get("model"), meta.get("dataset"), saved.get("key")) != (ev.model, ev.dataset, ev.key):
+        raise UserError(f"the saved weights in {Path(checkpoint).name} belong to another point; re-run its fine-tune")
+    acc = ev.test_accuracy if ev.test_accuracy is not None else ev.val_accuracy
+    note = "the job's saved weights" + (f" (test accuracy {acc:.4f})" if acc is not None else "")
     stem = f"{ev.model}-{ev.dataset}-{ev.provenance.get('plan_hash', 'plan')}"
     if kind == "onnx":
         from .export.onnx import onnx_model_bytes
-        blob = onnx_model_bytes(run.applied, data.input_shape, ev.plan, ev.model, ev.dataset,
+        blob = onnx_model_bytes(applied, data.input_shape, ev.plan, ev.model, ev.dataset,
                                 check_inputs=data.x_val[:64],
-                                extra_metadata={"status": again.status, "test_accuracy": again.test_accuracy,
+                                extra_metadata={"status": ev.status, "test_accuracy": ev.test_accuracy,
                                                 "settings": ev.settings})
         return f"{stem}.onnx", blob, note
-    if kind == "packed":
-        from .deploy import deploy, save_packed
-        net = deploy(run.applied, meta={"plan": ev.plan, "model": ev.model, "dataset": ev.dataset})
-        fd, tmp = tempfile.mkstemp(suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_packed(net, tmp)
-            with open(tmp, "rb") as f:
-                return f"{stem}.packed.safetensors", f.read(), note
-        finally:
-            os.unlink(tmp)
-    raise ValueError(f"unknown export kind {kind!r}")
+    from .deploy import deploy, save_packed
+    net = deploy(applied, meta={"plan": ev.plan, "model": ev.model, "dataset": ev.dataset})
+    fd, tmp = tempfile.mkstemp(suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_packed(net, tmp)
+        with open(tmp, "rb") as f:
+            return f"{stem}.packed.safetensors", f.read(), note
+    finally:
+        os.unlink(tmp)

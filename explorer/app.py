@@ -5,6 +5,7 @@ import panel as pn
 from panel.io.callbacks import PeriodicCallback
 
 from explorer.state.workspace import Workspace
+from explorer.views.batch_input import BatchInput
 from explorer.views.cost_view import CostView
 from explorer.views.frontier_view import FrontierView
 from explorer.views.jobs_view import JobsView
@@ -23,7 +24,7 @@ def build_pickers(ws: Workspace) -> tuple[pn.Column, list]:
     model = pn.widgets.Select.from_param(ws.param.model, name="model")
     dataset = pn.widgets.Select.from_param(ws.param.dataset, name="dataset")
     profile = pn.widgets.Select.from_param(ws.param.profile, name="accelerator profile")
-    batch = pn.widgets.IntInput.from_param(ws.param.batch, name="batch size")
+    batch = BatchInput(workspace=ws)
 
     def relabel(*_):
         # labelled options: the browser sees the label, the workspace only ever gets a listed value
@@ -32,7 +33,7 @@ def build_pickers(ws: Workspace) -> tuple[pn.Column, list]:
 
     ws.param.watch(relabel, ["model", "dataset"])
     relabel()
-    return pn.Column(model, dataset, profile, batch, sizing_mode="stretch_width"), [model, dataset, profile, batch]
+    return pn.Column(model, dataset, profile, batch, sizing_mode="stretch_width"), [model, dataset, profile, batch.input]
 
 
 def banner_html(ws: Workspace) -> str:
@@ -85,6 +86,19 @@ def build_layout(ws: Workspace) -> pn.viewable.Viewable:
         busy_indicator=None)  # Panel's busy flag is process-wide: one user's work would spin everyone's indicator
 
 
+def local_resources(doc) -> None:
+    """Point a session document's stylesheets at this server from the start.
+
+    Panel resolves a model's stylesheet URLs (loading.css, the theme, widget CSS) against the
+    document's ``dist_url``, which it sets only when the page's HTML is rendered; models made
+    before that point at the CDN (no network here, and a request off the machine). Setting it
+    first keeps every resource on this server.
+    """
+    from panel.io.resources import LOCAL_DIST
+    if doc is not None and "dist_url" not in doc._template_variables:
+        doc._template_variables["dist_url"] = f"{pn.state.rel_path}/{LOCAL_DIST}" if pn.state.rel_path else LOCAL_DIST
+
+
 def _keep_url(ws: Workspace) -> None:
     """Put the working copy's id in the address bar (``?ws=<id>``) so that a reload restores it."""
     loc = pn.state.location
@@ -102,6 +116,7 @@ def _keep_url(ws: Workspace) -> None:
 def create_app(store=None, runner=None) -> pn.viewable.Viewable:
     """One fresh workspace per browser session; ``?session=<id>`` opens a shared session read-only and
     ``?ws=<id>`` reopens this browser's autosaved working copy."""
+    local_resources(pn.state.curdoc)
     ws = Workspace(store=store, runner=runner)
     query = pn.state.location.query_params if pn.state.location else {}
     if query.get("ws"):

@@ -69,8 +69,30 @@ def run(args) -> int:
                       cookie_secret=args.cookie_secret)
     print(f"bitscape dashboard on http://{args.address}:{args.port}/  (Ctrl+C to stop)", file=sys.stderr, flush=True)
     try:
-        pn.serve({"/": create_app}, port=args.port, address=args.address, websocket_origin=origins,
-                 show=args.show, title="bitscape", **kwargs)
+        server = pn.serve({"/": create_app}, port=args.port, address=args.address, websocket_origin=origins,
+                          show=args.show, title="bitscape", start=False, **kwargs)
+        _stop_on_signals(server)
+        server.start()
+        server.io_loop.start()
     finally:
+        _ignore_signals()  # a second Ctrl+C must not cut the shutdown short and orphan the workers
+        print("bitscape: stopping the server and its job workers", file=sys.stderr, flush=True)
         services.shutdown()
     return 0
+
+
+def _stop_on_signals(server) -> None:
+    """Ctrl+C (SIGINT) and SIGTERM stop the server's loop; ``run`` then shuts the job runner down."""
+    import signal
+
+    def stop(*_):
+        server.io_loop.asyncio_loop.call_soon_threadsafe(server.io_loop.stop)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _ignore_signals() -> None:
+    import signal
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)

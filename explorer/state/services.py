@@ -28,15 +28,18 @@ def get_runner():
     store = get_store()  # before taking the lock: get_store takes it too, and it is not reentrant
     with _lock:
         if _runner is None:
-            from engine.jobs import JobRunner
+            from engine.jobs import SERVER_WORKER_NICE, JobRunner
             _runner = JobRunner(workers=_settings.get("workers"), scheduler=_settings.get("scheduler"),
-                                store=store)
+                                store=store, nice=SERVER_WORKER_NICE)
         return _runner
 
 
 def shutdown() -> None:
+    """Stop the job runner, its worker processes and the fork server they came from."""
     global _runner
     with _lock:
         if _runner is not None:
             _runner.shutdown()
             _runner = None
+    from engine.jobs import stop_forkserver
+    stop_forkserver()

@@ -587,16 +587,17 @@ class Workspace(param.Parameterized):
     def export_selected(self, kind: str) -> bytes | None:
         """The selected point's network as ONNX (``onnx``) or a packed file (``packed``).
 
-        The network is rebuilt by re-running the point's seeded plan and settings; the message
-        says the reproduced accuracy. Returns None, with the reason in ``message``, on failure.
+        The network is the one its job saved beside the store (nothing is retrained here).
+        Returns None, with the reason in ``message``, on failure.
         """
+        from engine.artifacts import saved_network
         from engine.pipeline import export_network
         ev = self._evals.get(self.selected)
         if ev is None:
             self.message = "select a point on the frontier first"
             return None
         try:
-            name, blob, note = export_network(ev, kind)
+            name, blob, note = export_network(ev, kind, saved_network(getattr(self.store, "path", None), ev.key))
         except USER_ERRORS as e:
             self.message = f"export refused: {e}"
             return None

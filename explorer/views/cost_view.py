@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from functools import partial
+from html import escape
 
 import panel as pn
 import param
@@ -17,6 +18,17 @@ def _si(v: float, unit: str) -> str:
         if abs(v) >= scale:
             return f"{v / scale:.3g} {prefix}{unit}"
     return f"{v:.3g} {unit}"
+
+
+def cards(t: dict) -> list[tuple[str, str, str]]:
+    """(metric, label, value) of each cost card; the label says what the number measures."""
+    b = int(t["batch"])
+    return [("throughput", f"throughput (batch {b})", _si(t["throughput"], "inf/s")),
+            ("latency", "latency (batch 1, one inference)", _si(t["latency_s"], "s")),
+            ("energy", f"energy (per inference, batch {b})", _si(t["energy_j"], "J")),
+            ("model size", "model size", _si(t["size_bytes"], "B")),
+            ("bit-ops", "bit-ops (per inference)", _si(t["bops"], "")),
+            ("MACs", "MACs (per inference)", _si(t["macs"], ""))]
 
 
 CARDS_CSS = (".bs-cards{display:flex;gap:10px;flex-wrap:wrap}.bs-card{border:1px solid #ddd;border-radius:6px;"
@@ -58,14 +70,12 @@ class CostView(pn.viewable.Viewer):
     def _update(self, *_):
         self._revision += 1
         t = self.workspace.totals
-        cards = [("throughput", _si(t["throughput"], "inf/s")), ("latency", _si(t["latency_s"], "s")),
-                 ("energy", _si(t["energy_j"], "J")), ("model size", _si(t["size_bytes"], "B")),
-                 ("bit-ops", _si(t["bops"], "")), ("MACs", _si(t["macs"], ""))]
-        html = "".join(f'<div class="bs-card"><div class="bs-k">{k}</div><div class="bs-v" data-metric="{k}">{v}</div></div>'
-                       for k, v in cards)
+        html = "".join(f'<div class="bs-card"><div class="bs-k">{escape(label)}</div>'
+                       f'<div class="bs-v" data-metric="{k}">{v}</div></div>' for k, label, v in cards(t))
         self.totals.object = (
             f'<div class="bs-cards" data-revision="{self._revision}">{html}</div><div class="bs-foot">'
-            f'profile <b>{t["profile"]}</b> at batch {t["batch"]}: {t.get("title", "")}</div>')
+            f'profile <b>{escape(str(t["profile"]))}</b> at batch {int(t["batch"])}: '
+            f'{escape(str(t.get("title", "")))}</div>')
         data = self._data()
         doc = self._source.document
         if doc is None:

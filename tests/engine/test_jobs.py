@@ -110,3 +110,39 @@ def test_dask_cluster_runs_jobs_with_progress_and_cancel():
             runner.cancel(long)
             assert runner.wait(long, 30).state == "cancelled"
             assert [e.model for e in store.evaluations()] == ["mlp"]
+
+
+def test_workers_run_at_the_asked_niceness_and_save_their_networks(tmp_path):
+    import psutil
+
+    from engine.artifacts import artifact_path
+    from engine.pipeline import load_planned
+    with pytest.raises(Exception, match="nice must be between 0 and 19"):
+        JobRunner(workers=1, nice=25)
+    store = Store(tmp_path / "s.sqlite")
+    with JobRunner(workers=1, store=store, nice=5) as runner:
+        done = runner.wait(runner.submit("mlp", "digits", Plan.uniform(4, 4), Settings(steps=5)), 120)
+        assert done.state == "done", done
+        worker = psutil.Process(int(done.worker.split()[1]))
+        assert worker.nice() == min(19, os.nice(0) + 5)
+    saved = artifact_path(store.path, done.key)
+    assert saved == tmp_path / "s.sqlite.artifacts" / f"{done.key}.safetensors"
+    assert done.result.provenance["artifact"] == saved.name and store.get(done.key).provenance["artifact"] == saved.name
+    _, meta = load_planned(saved)
+    assert meta["evaluation"]["key"] == done.key and meta["model"] == "mlp"
+
+
+def test_stop_forkserver_waits_for_every_runner():
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    from engine.jobs import stop_forkserver
+    with JobRunner(workers=1) as other:
+        assert other.wait(other.submit("mlp", "digits", Plan.uniform(4, 4), Settings(steps=0)), 120).state == "done"
+        pid = forkserver._forkserver._forkserver_pid
+        stop_forkserver()          # another runner's worker still needs it: left running
+        assert pid is not None and forkserver._forkserver._forkserver_pid == pid
+        assert other.wait(other.submit("mlp", "digits", Plan.uniform(8, 8), Settings(steps=0)), 120).state == "done"
+    stop_forkserver()
+    # stopped, unless a runner of another test in this process still has live workers
+    assert forkserver._forkserver._forkserver_pid is None or multiprocessing.active_children()

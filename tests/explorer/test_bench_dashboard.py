@@ -21,3 +21,20 @@ def test_load_run_edits_through_the_browser_and_counts_errors():
     assert out["errors"] == 0, out["error_samples"]
     assert out["sessions"] == 2 and len(out["first_render_s"]) == 1 and out["first_render_under_load_p50_s"] > 0
     assert out["edits"] >= 2 and 0 < out["interaction_p50_ms"] <= out["interaction_p95_ms"]
+
+
+@pytest.mark.ui
+def test_bench_prints_the_row_with_two_finetunes_running(capsys):
+    """A tiny run of the whole benchmark: the under-load row is measured and printed (figures not judged)."""
+    pytest.importorskip("playwright")
+    import argparse
+
+    import panel as pn
+    args = argparse.Namespace(quick=False, sessions=1, duration=2.0, think=0.3, busy_duration=4.0, json=False)
+    try:
+        assert dashboard.run(args) == 0
+    finally:
+        pn.state.reset()
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if "edit -> cards with 2 fine-tunes running" in line]
+    assert row and "p50" in row[0] and "p95" in row[0] and "2 of 2 fine-tunes still running" in row[0], out

@@ -176,7 +176,7 @@ def test_export_selected_point_as_onnx_and_packed(workspace):
     onnx.checker.check_model(model)
     assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
     recorded = ws.points.iloc[0]["test_accuracy"]
-    assert f"test accuracy {recorded:.4f}" in ws.message and "recorded" not in ws.message
+    assert f"saved weights (test accuracy {recorded:.4f})" in ws.message
     packed = ws.export_selected("packed")
     assert packed[:8] and len(packed) > 1000
 
