@@ -185,7 +185,7 @@ def load_test(sessions: int, duration: float, think: float = 1.0) -> dict:
 
 
 BUSY_JOBS = 2
-BUSY_STEPS = 10_000_000  # far more than the measurement lasts: the fine-tunes are cancelled at its end
+BUSY_STEPS = 1_000_000  # far more than the measurement lasts: the fine-tunes are cancelled at its end
 
 
 def _start_finetunes(runner, steps: int, timeout: float = 300.0) -> list[str]:
