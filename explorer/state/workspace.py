@@ -21,6 +21,7 @@ from engine.presets import PRESETS, preset_plan
 from engine.zoo import ZOO, build_model
 
 from .plan_table import EDITABLE, coerce, configs_from_rows, plan_rows, summary
+from .search import SearchState
 
 X_AXES = {"throughput": "throughput (inferences/s)", "latency_s": "latency (s)", "energy_j": "energy (J/inference)",
           "size_bytes": "model size (bytes)"}
@@ -89,6 +90,7 @@ class Workspace(param.Parameterized):
         self.param.profile.objects = names
         super().__init__(**params)
         self._load_model()
+        self.search = SearchState(self)  # a sweep launched from the dashboard; its points land here
 
     # ---- services (injected in tests, shared per process when served) ----------------------
     @property
@@ -249,6 +251,7 @@ class Workspace(param.Parameterized):
 
     def poll(self) -> None:
         """Refresh job states; finished evaluations become points."""
+        self.search.poll()
         if not self._job_ids:
             return
         rows, changed = [], False
@@ -322,7 +325,12 @@ class Workspace(param.Parameterized):
 
     # ---- points ---------------------------------------------------------------------------
     def add_evaluation(self, ev: Evaluation) -> None:
-        self._evals[ev.key] = ev
+        self.add_evaluations([ev])
+
+    def add_evaluations(self, evs: list[Evaluation]) -> None:
+        """Several points at once: the points table (and every view on it) is rebuilt once."""
+        for ev in evs:
+            self._evals[ev.key] = ev
         self._refresh_points()
 
     def evaluations(self) -> list[Evaluation]:
