@@ -109,7 +109,7 @@ class Sweep:
         pending: dict[int, str] = {}
         for i, plan in enumerate(plans):
             if self.should_stop():
-                self._stop(pending)
+                self._stop(pending, plans, phase)
             self.topo.check(plan.resolve(self.names))
             k = self.key(plan, settings)
             ev = self._memo.get(k)
@@ -133,9 +133,9 @@ class Sweep:
             self.submitted += 1
         self.progress(self.done, self.planned, f"{phase}: {len(pending)} to run, {len(plans) - len(pending)} cached")
         while pending:
-            if self.should_stop():
-                self._stop(pending)
             for i, jid in list(pending.items()):
+                if self.should_stop():
+                    self._stop(pending, plans, phase)
                 info = self.runner.wait(jid, 0.05)
                 if not info.done:
                     continue
@@ -144,7 +144,7 @@ class Sweep:
                 if ev is None:    # raised, crashed or cancelled: a failed record with the reason
                     if info.state == "cancelled":
                         if self.should_stop():
-                            self._stop(pending)
+                            self._stop(pending, plans, phase)
                         raise KeyboardInterrupt(f"job {jid} was cancelled")
                     ev = Evaluation(plan=plans[i].to_dict(), model=self.model, dataset=self.dataset,
                                     settings=settings.to_dict(), status="failed", reason=info.error,
@@ -160,15 +160,20 @@ class Sweep:
             self.records.append((phase, plan, ev))
         return out
 
-    def _stop(self, pending: dict[int, str]) -> None:
-        """Cancel the jobs in flight, wait until each has ended, and raise ``SweepCancelled``."""
+    def _stop(self, pending: dict[int, str], plans: list[Plan], phase: str) -> None:
+        """Cancel the jobs in flight and wait until each has ended (one that finished meanwhile still
+        goes to ``on_evaluation``: it is in the store), then raise ``SweepCancelled``."""
         from .jobs import CANCEL_GRACE_S
         for jid in pending.values():
             self.runner.cancel(jid)
-        for jid in pending.values():
-            self.runner.wait(jid, CANCEL_GRACE_S + 10)
+        for i, jid in pending.items():
+            ev = self.runner.wait(jid, CANCEL_GRACE_S + 10).result
+            if ev is not None:
+                self.done += 1
+                self.on_evaluation(ev, self.row(phase, plans[i], ev))
+        cancelled = sum(self.runner.status(j).state == "cancelled" for j in pending.values())
         raise SweepCancelled(f"sweep cancelled after {self.done} evaluations; "
-                             f"{len(pending)} job(s) in flight were cancelled")
+                             f"{cancelled} job(s) in flight were cancelled")
 
     def row(self, phase: str, plan: Plan, ev: Evaluation) -> dict:
         """One point of the sweep's table (costs on the sweep's profile)."""

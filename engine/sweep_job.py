@@ -161,8 +161,12 @@ class SweepJob:
             s = self.result.summary()
             self.state, self.phase = "done", "done"
             hv = "" if s["hypervolume"] is None else f", hypervolume {s['hypervolume']:.4g}"
+            failed = ""
+            if self.failed:
+                reason = next((r["reason"] for r in self._rows.values() if r["status"] == "failed"), "")
+                failed = f"; {self.failed} failed, e.g. {reason or 'no reason given'}"
             self.message = (f"done: {s['points']} points ({s['submitted']} run, {s['reused']} from the store), "
-                            f"{s['frontier']} on the frontier{hv}")
+                            f"{s['frontier']} on the frontier{hv}{failed}")
         except (SweepCancelled, KeyboardInterrupt) as e:
             self.state, self.phase = "cancelled", "cancelled"
             self.message = str(e) if isinstance(e, SweepCancelled) else f"cancelled: {e}"

@@ -63,5 +63,6 @@ def create_app(store=None, runner=None) -> pn.viewable.Viewable:
         cb = PeriodicCallback(callback=ws.poll, period=POLL_MS, background=True)
         cb.start()
         pn.state.on_session_destroyed(lambda ctx: cb.stop())
+        pn.state.on_session_destroyed(lambda ctx: ws.search.cancel())  # no one is left to watch it
     layout.workspace = ws  # for tests
     return layout
