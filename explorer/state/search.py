@@ -42,6 +42,7 @@ class SearchState(param.Parameterized):
         self.workspace = workspace
         self.job: SweepJob | None = None
         self._timings: dict[tuple[str, str], list] = {}
+        self._timed = False    # judge the time from the store only once a view or a search needs it
         super().__init__(hv_history=pd.DataFrame(columns=HV_COLUMNS), **params)
         self.param.profile.objects = list(workspace.param.profile.objects)
         self.profile = workspace.profile
@@ -67,14 +68,25 @@ class SearchState(param.Parameterized):
         else:
             what = f"{est} estimates (no training), then {ft} fine-tune{'s' if ft != 1 else ''}"
             what += f" of {self.steps} steps" if ft else ""
+        self.plan_text = f"{what} on {ws.model}/{ws.dataset}, throughput on {self.profile}{self._time_text(est, ft)}."
+
+    def _time_text(self, est: int, ft: int) -> str:
+        ws = self.workspace
+        if not self._timed:
+            return ""
         key = (ws.model, ws.dataset)
         if key not in self._timings:
             self._timings[key] = ws.store.evaluations(model=ws.model, dataset=ws.dataset)
         secs = worker_seconds(self._timings[key], est, ft, self.steps)
-        when = (f"about {_duration(secs)} of worker time, judged from {len(self._timings[key])} past "
-                f"evaluations of this model" if secs is not None else
-                "no past runs of this model to judge its time from")
-        self.plan_text = f"{what} on {ws.model}/{ws.dataset}, throughput on {self.profile}; {when}."
+        if secs is None:
+            return "; no past runs of this model to judge its time from"
+        return (f"; about {_duration(secs)} of worker time, judged from {len(self._timings[key])} past "
+                f"evaluations of this model")
+
+    def describe_time(self) -> None:
+        """Add to ``plan_text`` how long the search is likely to take (reads the store)."""
+        self._timed = True
+        self._describe()
 
     # ---- actions ------------------------------------------------------------------------------
     def start(self) -> bool:
@@ -86,6 +98,7 @@ class SearchState(param.Parameterized):
         if ws.read_only:
             self.message = "this session is read-only; save a copy to run a search"
             return False
+        self._timed = True
         self.job = SweepJob(ws.model, ws.dataset, self.profile, self.budget, self.finetune, self.steps,
                             method=self.method, seed=self.seed, n_layers=len(ws.topology.names),
                             store=ws.store, runner=ws.runner, session=ws.ensure_session()).start()

@@ -58,6 +58,7 @@ class SearchView(pn.viewable.Viewer):
         s.param.watch(self._render, ["status", "running", "phase", "done", "total", "message", "elapsed_s",
                                      "plan_text", "hv_history"])
         ws.param.watch(self._render, ["read_only"])
+        s.describe_time()
         self._render()
 
     def _render(self, *_):

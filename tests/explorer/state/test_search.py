@@ -39,7 +39,7 @@ def test_points_stream_in_and_the_hypervolume_history_matches_the_sweep(workspac
     assert len(res.points) == 7 and s.done == 7
     # streamed: the workspace showed points while the sweep was still running, a few at a time
     during = [n for n, finished in seen if not finished]
-    assert during and 0 < max(during) < 7 and len(seen) >= 3, seen
+    assert during and 0 < min(during) < 7 and len(set(during)) >= 3, seen
     assert set(res.points.key) <= set(ws.points.key)
     # the points went to the workspace's session
     assert set(res.points.key) <= {e.key for e in store.evaluations(session=ws.session_id)}
@@ -55,6 +55,8 @@ def test_points_stream_in_and_the_hypervolume_history_matches_the_sweep(workspac
     assert hist.hv.iloc[-1] == pytest.approx(res.hypervolume)
     assert hist.hv_finetuned.iloc[-1] == pytest.approx(res.hypervolume)
     assert "done: 7 points" in s.message and all(j.done for j in runner.jobs())
+    # the next search's time is judged from these 7
+    assert "of worker time, judged from 7 past evaluations of this model" in s.plan_text
 
 
 def test_cancel_mid_run_stops_the_search_and_leaves_no_jobs(workspace, services):
@@ -103,3 +105,17 @@ def test_a_search_that_cannot_run_says_why_in_one_line(workspace, monkeypatch):
     assert s.status == "failed"
     assert s.message == "failed: no trained baseline for lenet5 on digits: run train-baseline"
     assert "Traceback" not in s.message and "\n" not in s.message
+
+
+def test_a_workspace_opens_no_store_until_a_view_or_a_search_needs_it(monkeypatch):
+    """``Workspace()`` alone (the dashboard benchmark's) must not open the user's default store."""
+    from explorer.state import services
+    from explorer.state.workspace import Workspace
+
+    def no(*a, **k):
+        raise AssertionError("the default store was opened")
+    monkeypatch.setattr(services, "get_store", no)
+    ws = Workspace()
+    ws.search.param.update(budget=10, finetune=3)
+    assert ws.search.plan_text.startswith("10 estimates (no training), then 3 fine-tunes of 150 steps")
+    assert "worker time" not in ws.search.plan_text
