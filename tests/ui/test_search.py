@@ -82,8 +82,7 @@ def test_search_streams_points_draws_hypervolume_and_cancels(app_server, page):
     assert min(streamed) < 7
     # the hypervolume chart has drawn both series
     wait_until(lambda: (glyph_rows(page, "Hypervolume", "Line") or 0) >= 7, page, timeout=60_000)
-    status = page.locator(".search-state").first.inner_text()
-    assert status == "done"
+    wait_until(lambda: page.locator(".search-state").first.inner_text() == "done", page)
     page.wait_for_timeout(1000)
     shot(page, "search-done")
 
@@ -91,11 +90,13 @@ def test_search_streams_points_draws_hypervolume_and_cancels(app_server, page):
     page.get_by_label("method", exact=True).select_option("random")
     set_number(page, "estimates", 12)
     set_number(page, "fine-tunes", 2)
-    wait_until(lambda: (s.method, s.budget, s.finetune) == ("random", 12, 2), page)
+    set_number(page, "steps each", 3000)     # long fine-tunes: the search cannot end before the click lands
+    wait_until(lambda: (s.method, s.budget, s.finetune, s.steps) == ("random", 12, 2, 3000), page)
     page.get_by_role("button", name="Start search").click()
     wait_until(lambda: s.running and s.done >= 8, page, timeout=300_000)
     page.get_by_role("button", name="Cancel search").click()
-    wait_until(lambda: s.status == "cancelled", page, timeout=120_000)
+    wait_until(lambda: not s.running, page, timeout=120_000)
+    assert s.status == "cancelled", (s.status, s.message, s.done, s.job.state)
     wait_until(lambda: page.locator(".search-state").first.inner_text() == "cancelled", page)
     assert not [j for j in ws.runner.jobs() if j.state in ("queued", "running")]
     assert s.done < 14
