@@ -25,6 +25,23 @@ from .search import SearchSpace, greedy_search, joint_search, plan_label
 
 METHODS = ("nsga2", "random", "greedy")
 THIRD = (None, "size_bytes", "energy_j")
+POINT_COLUMNS = ["key", "phase", "status", "reason", "val_accuracy", "test_accuracy", "estimate_val_accuracy",
+                 "throughput", "latency_s", "energy_j", "size_bytes", "bops", "steps", "seed", "profile", "label",
+                 "plan"]
+NUMERIC = ("val_accuracy", "test_accuracy", "estimate_val_accuracy", "throughput", "latency_s", "energy_j",
+           "size_bytes", "bops")
+
+
+class SweepCancelled(Exception):
+    """The sweep was asked to stop (its ``should_stop`` said so); its in-flight jobs were cancelled."""
+
+
+def points_frame(rows: list[dict]) -> pd.DataFrame:
+    """A sweep's points table from ``Sweep.row`` dicts (numeric columns as floats)."""
+    df = pd.DataFrame(rows, columns=POINT_COLUMNS)
+    for c in NUMERIC:
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    return df
 
 
 @dataclass
@@ -49,7 +66,8 @@ class Sweep:
     """One model x dataset x profile: costs plans, evaluates them (store cache first, then jobs)."""
 
     def __init__(self, model: str, dataset: str, profile: str, runner=None, store=None, session: str | None = None,
-                 progress: Callable | None = None, baseline=None, data=None):
+                 progress: Callable | None = None, baseline=None, data=None, on_evaluation: Callable | None = None,
+                 should_stop: Callable | None = None):
         from .baselines import load_baseline
         from .cost import load_profile
         from .data import load_dataset
@@ -58,6 +76,8 @@ class Sweep:
         self.profile = load_profile(profile).name
         self.store, self.runner, self.session = store, runner, session
         self.progress = progress or (lambda done, total, msg: None)
+        self.on_evaluation = on_evaluation or (lambda ev, row: None)   # each Evaluation as it lands
+        self.should_stop = should_stop or (lambda: False)
         data = data or load_dataset(dataset)
         base = baseline if baseline is not None else load_baseline(model, dataset, data)
         self.topo = analyze(base, data.input_shape)
@@ -77,7 +97,10 @@ class Sweep:
         return evaluation_key(plan.to_dict(), self.model, self.dataset, settings.to_dict(), code_version())
 
     def evaluate(self, plans: list[Plan], settings: Settings, labels: list[str] | None = None) -> list[Evaluation]:
-        """Evaluations of ``plans`` in order: reused from the store where present, else run as jobs."""
+        """Evaluations of ``plans`` in order: reused from the store where present, else run as jobs.
+
+        Each one goes to ``on_evaluation(ev, row)`` as it lands; once ``should_stop()`` is true no
+        job is submitted, the batch's jobs in flight are cancelled, and ``SweepCancelled`` is raised."""
         from .jobs import JobRunner
         labels = labels or [None] * len(plans)
         phase = "estimate" if settings.steps == 0 else "fine-tune"
@@ -85,6 +108,8 @@ class Sweep:
         out: list[Evaluation | None] = [None] * len(plans)
         pending: dict[int, str] = {}
         for i, plan in enumerate(plans):
+            if self.should_stop():
+                self._stop(pending, plans, phase)
             self.topo.check(plan.resolve(self.names))
             k = self.key(plan, settings)
             ev = self._memo.get(k)
@@ -99,6 +124,7 @@ class Sweep:
                 out[i] = ev
                 self.reused += 1
                 self.done += 1
+                self.on_evaluation(ev, self.row(phase, plan, ev))
                 continue
             if self.runner is None:
                 self.runner = JobRunner(store=self.store)
@@ -108,6 +134,8 @@ class Sweep:
         self.progress(self.done, self.planned, f"{phase}: {len(pending)} to run, {len(plans) - len(pending)} cached")
         while pending:
             for i, jid in list(pending.items()):
+                if self.should_stop():
+                    self._stop(pending, plans, phase)
                 info = self.runner.wait(jid, 0.05)
                 if not info.done:
                     continue
@@ -115,12 +143,15 @@ class Sweep:
                 ev = info.result
                 if ev is None:    # raised, crashed or cancelled: a failed record with the reason
                     if info.state == "cancelled":
+                        if self.should_stop():
+                            self._stop(pending, plans, phase)
                         raise KeyboardInterrupt(f"job {jid} was cancelled")
                     ev = Evaluation(plan=plans[i].to_dict(), model=self.model, dataset=self.dataset,
                                     settings=settings.to_dict(), status="failed", reason=info.error,
                                     provenance={"code_version": code_version()})
                 out[i] = ev
                 self.done += 1
+                self.on_evaluation(ev, self.row(phase, plans[i], ev))
                 acc = "-" if ev.val_accuracy is None else f"{100 * ev.val_accuracy:.1f}%"
                 self.progress(self.done, self.planned,
                               f"{phase} {labels[i] or ''}: {ev.status} val {acc} {plan_label(plans[i], self.names)}")
@@ -129,27 +160,40 @@ class Sweep:
             self.records.append((phase, plan, ev))
         return out
 
+    def _stop(self, pending: dict[int, str], plans: list[Plan], phase: str) -> None:
+        """Cancel the jobs in flight and wait until each has ended (one that finished meanwhile still
+        goes to ``on_evaluation``: it is in the store), then raise ``SweepCancelled``."""
+        from .jobs import CANCEL_GRACE_S
+        for jid in pending.values():
+            self.runner.cancel(jid)
+        for i, jid in pending.items():
+            ev = self.runner.wait(jid, CANCEL_GRACE_S + 10).result
+            if ev is not None:
+                self.done += 1
+                self.on_evaluation(ev, self.row(phase, plans[i], ev))
+        cancelled = sum(self.runner.status(j).state == "cancelled" for j in pending.values())
+        raise SweepCancelled(f"sweep cancelled after {self.done} evaluations; "
+                             f"{cancelled} job(s) in flight were cancelled")
+
+    def row(self, phase: str, plan: Plan, ev: Evaluation) -> dict:
+        """One point of the sweep's table (costs on the sweep's profile)."""
+        c = ev.costs.get(self.profile) or (self.costs(plan) if ev.status != "failed" else {})
+        return {"key": ev.key, "phase": phase, "status": ev.status, "reason": ev.reason,
+                "val_accuracy": ev.val_accuracy, "test_accuracy": ev.test_accuracy,
+                "estimate_val_accuracy": ev.estimate_val_accuracy,
+                "throughput": c.get("throughput"), "latency_s": c.get("latency_s"),
+                "energy_j": c.get("energy_j"), "size_bytes": c.get("size_bytes"), "bops": c.get("bops"),
+                "steps": ev.steps, "seed": ev.settings.get("seed"), "profile": self.profile,
+                "label": plan_label(plan, self.names), "plan": json.dumps(plan.to_dict(), sort_keys=True)}
+
     def frame(self) -> pd.DataFrame:
         rows, seen = [], set()
         for phase, plan, ev in self.records:
             if ev.key in seen:
                 continue
             seen.add(ev.key)
-            c = ev.costs.get(self.profile) or (self.costs(plan) if ev.status != "failed" else {})
-            rows.append({"key": ev.key, "phase": phase, "status": ev.status, "reason": ev.reason,
-                         "val_accuracy": ev.val_accuracy, "test_accuracy": ev.test_accuracy,
-                         "estimate_val_accuracy": ev.estimate_val_accuracy,
-                         "throughput": c.get("throughput"), "latency_s": c.get("latency_s"),
-                         "energy_j": c.get("energy_j"), "size_bytes": c.get("size_bytes"), "bops": c.get("bops"),
-                         "steps": ev.steps, "seed": ev.settings.get("seed"), "profile": self.profile,
-                         "label": plan_label(plan, self.names), "plan": json.dumps(plan.to_dict(), sort_keys=True)})
-        cols = ["key", "phase", "status", "reason", "val_accuracy", "test_accuracy", "estimate_val_accuracy",
-                "throughput", "latency_s", "energy_j", "size_bytes", "bops", "steps", "seed", "profile", "label", "plan"]
-        df = pd.DataFrame(rows, columns=cols)
-        for c in ("val_accuracy", "test_accuracy", "estimate_val_accuracy", "throughput", "latency_s", "energy_j",
-                  "size_bytes", "bops"):
-            df[c] = pd.to_numeric(df[c], errors="coerce")
-        return df
+            rows.append(self.row(phase, plan, ev))
+        return points_frame(rows)
 
 
 def frontier_of(points: pd.DataFrame, third: str | None = None) -> pd.DataFrame:
@@ -197,7 +241,8 @@ def run_sweep(model: str, dataset: str, profile: str, budget: int, finetune: int
               out: str | Path | None = None, progress: Callable | None = None, order: str = "eagl",
               sparsity: tuple[str, ...] | None = None, population: int | None = None, baseline=None, data=None,
               settings: Settings | None = None, eval_limit: int | None = None,
-              rounds: int | None = None, path_seeds: bool = True) -> SweepResult:
+              rounds: int | None = None, path_seeds: bool = True, on_evaluation: Callable | None = None,
+              should_stop: Callable | None = None) -> SweepResult:
     """Run one sweep; every Evaluation goes to the store (and the session), the frontier to ``out``.
 
     budget: candidates scored by the no-training estimate (nsga2/random) or points on the greedy path;
@@ -209,6 +254,9 @@ def run_sweep(model: str, dataset: str, profile: str, budget: int, finetune: int
     order: the sensitivity order of the greedy path, and of the greedy seed plans (uniform 4 bits
     lowered to 2 one layer at a time) that nsga2 and random both start from with the uniform seeds
     (``path_seeds=False``: the uniform seeds alone, e.g. for plain random search).
+    on_evaluation(ev, row): called with each Evaluation (and its row of the points table) as it
+    lands; should_stop(): polled while jobs run; once true the sweep submits nothing more, cancels
+    its jobs in flight and raises ``SweepCancelled`` (see ``SweepJob`` to run a sweep in the background).
 
     The reported hypervolume is of (test accuracy, throughput) with the reference point
     (FP32 test accuracy - 0.10, throughput 0).
@@ -237,7 +285,7 @@ def run_sweep(model: str, dataset: str, profile: str, budget: int, finetune: int
     runner = runner or JobRunner(store=store)
     try:
         sw = Sweep(model, dataset, profile, runner=runner, store=store, session=session, progress=progress,
-                   baseline=baseline, data=data)
+                   baseline=baseline, data=data, on_evaluation=on_evaluation, should_stop=should_stop)
         base = settings or Settings()
         ft = Settings(**{**base.to_dict(), "steps": steps, "seed": seed, "distill": distill, "eval_limit": None,
                          "score_test": True})

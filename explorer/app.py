@@ -11,6 +11,7 @@ from explorer.views.frontier_view import FrontierView
 from explorer.views.jobs_view import JobsView
 from explorer.views.notice import notice_html
 from explorer.views.plan_editor import PlanEditor
+from explorer.views.search_view import SearchView
 from explorer.views.sensitivity_view import SensitivityView
 from explorer.views.session_view import SessionView
 
@@ -81,7 +82,8 @@ def build_layout(ws: Workspace) -> pn.viewable.Viewable:
     # internet, and their web components cost each browser seconds of script time)
     return pn.template.BootstrapTemplate(
         title="bitscape: low-precision, wide and sparse network explorer",
-        sidebar=[pickers, pn.pane.Markdown("### Jobs"), jobs], main=[pn.Column(banner, tabs, sizing_mode="stretch_width")],
+        sidebar=[pickers, pn.Card(SearchView(workspace=ws), title="Search", sizing_mode="stretch_width"),
+                 pn.pane.Markdown("### Jobs"), jobs], main=[pn.Column(banner, tabs, sizing_mode="stretch_width")],
         sidebar_width=330, header_background="#24445c",
         busy_indicator=None)  # Panel's busy flag is process-wide: one user's work would spin everyone's indicator
 
@@ -138,6 +140,7 @@ def create_app(store=None, runner=None) -> pn.viewable.Viewable:
             for cb in cbs:
                 cb.stop()
             ws.autosave()  # the last edits before the tab closed
+            ws.search.cancel()  # no one is left to watch it
         pn.state.on_session_destroyed(_stop)
     layout.workspace = ws  # for tests
     return layout

@@ -21,6 +21,7 @@ from engine.zoo import build_model
 
 from . import catalog
 from .plan_table import EDITABLE, coerce, configs_from_rows, plan_rows, summary
+from .search import SearchState
 from .sessions import AUTOSAVED, MAX_NAME, READ_ONLY, SessionKeeper, SessionList
 
 X_AXES = {"throughput": "throughput (inferences/s)", "latency_s": "latency (s)", "energy_j": "energy (J/inference)",
@@ -114,6 +115,7 @@ class Workspace(param.Parameterized):
         self._load_model()
         self.param.watch(self._guard, list(LOCKED))
         self.param.watch(self._touch, ["rows", "points", *AUTOSAVED])
+        self.search = SearchState(self)  # a sweep launched from the dashboard; its points land here
 
     # ---- services (injected in tests, shared per process when served) ----------------------
     @property
@@ -341,6 +343,7 @@ class Workspace(param.Parameterized):
 
     def poll(self) -> None:
         """Refresh job states; finished evaluations become points."""
+        self.search.poll()
         if not self._job_ids:
             return
         rows, changed = [], False
@@ -430,7 +433,12 @@ class Workspace(param.Parameterized):
 
     # ---- points ---------------------------------------------------------------------------
     def add_evaluation(self, ev: Evaluation) -> None:
-        self._evals[ev.key] = ev
+        self.add_evaluations([ev])
+
+    def add_evaluations(self, evs: list[Evaluation]) -> None:
+        """Several points at once: the points table (and every view on it) is rebuilt once."""
+        for ev in evs:
+            self._evals[ev.key] = ev
         self._refresh_points()
 
     def evaluations(self) -> list[Evaluation]:
