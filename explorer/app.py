@@ -4,6 +4,7 @@ from __future__ import annotations
 import panel as pn
 from panel.io.callbacks import PeriodicCallback
 
+from explorer.identity import current_owner
 from explorer.state.workspace import Workspace
 from explorer.views.cost_view import CostView
 from explorer.views.frontier_view import FrontierView
@@ -101,8 +102,10 @@ def _keep_url(ws: Workspace) -> None:
 
 def create_app(store=None, runner=None) -> pn.viewable.Viewable:
     """One fresh workspace per browser session; ``?session=<id>`` opens a shared session read-only and
-    ``?ws=<id>`` reopens this browser's autosaved working copy."""
-    ws = Workspace(store=store, runner=runner)
+    ``?ws=<id>`` reopens this browser's autosaved working copy (another browser's: read-only).
+
+    The workspace's owner is this browser's identity (identity.current_owner)."""
+    ws = Workspace(store=store, runner=runner, owner=current_owner())
     query = pn.state.location.query_params if pn.state.location else {}
     if query.get("ws"):
         ws.restore(str(query["ws"]))
