@@ -148,7 +148,8 @@ class SessionView(pn.viewable.Viewer):
 
     def __panel__(self):
         return pn.Column(self.status, pn.Row(self.name_input, pn.Column(pn.Spacer(height=18), self.save)),
-                         pn.Row(self.sessions, pn.Column(pn.Spacer(height=18), pn.Row(self.open, self.delete, self.refresh))),
+                         pn.Row(self.sessions,
+                                pn.Column(pn.Spacer(height=18), pn.Row(self.open, self.delete, self.refresh))),
                          self.link, pn.Row(self.link_input, pn.Column(pn.Spacer(height=18), self.copy)),
                          pn.Row(self.export_file, self.import_file),
                          pn.pane.Markdown("**Downloads**"), pn.Row(self.csv, self.png, self.html),

@@ -42,7 +42,7 @@ def test_same_name_sessions_stay_apart_with_date_and_short_id(services, evs):
 def test_list_refreshes_when_another_tab_saves(services, evs):
     store, runner = services
     # two tabs of one browser: one owner
-    a, b = Workspace(store=store, runner=runner, owner="anon:me"), Workspace(store=store, runner=runner, owner="anon:me")
+    a, b = (Workspace(store=store, runner=runner, owner="anon:me") for _ in range(2))
     a.session_list.refresh()
     assert a.session_list.entries == []
     seen = []
@@ -248,8 +248,8 @@ def test_session_label_is_plain_text_of_the_name():
 def test_session_list_options_are_unique():
     class FakeStore:
         def sessions(self, visible_to=None):
-            return [{"id": "abcdef1", "name": "x", "model": "m", "dataset": "d", "created": 1.0, "meta": {"saved": True}},
-                    {"id": "abcdef2", "name": "x", "model": "m", "dataset": "d", "created": 1.0, "meta": {"saved": True}}]
+            return [{"id": f"abcdef{i}", "name": "x", "model": "m", "dataset": "d", "created": 1.0,
+                     "meta": {"saved": True}} for i in (1, 2)]
 
     sl = SessionList(lambda: FakeStore())
     sl.refresh()
