@@ -86,20 +86,34 @@ def force_click(page, name):
     btn.evaluate("el => { el.disabled = false; el.removeAttribute('disabled'); el.click(); }")
 
 
-def force_file(page, path, which="last"):
+def force_file(page, path, which):
+    """Send a file through a file input, disabled or not."""
     inp = getattr(page.locator('input[type="file"]'), which)
     inp.evaluate("el => { el.disabled = false; el.removeAttribute('disabled'); }")
     inp.set_input_files(str(path))
 
 
+READY = {"Plan & cost": "Apply preset", "Session & export": "Refresh list"}
+
+
 def tab(page, name):
+    """Switch tabs and wait until the tab's own controls are on the page (tabs render on demand)."""
     page.get_by_text(name, exact=True).click()
+    page.get_by_role("button", name=READY[name]).first.wait_for(state="visible", timeout=60_000)
     page.wait_for_timeout(300)
+
+
+def fresh_copy(path):
+    """The file under a new name: sending the same file again to the same input changes no value."""
+    copy = path.with_name(f"try-{len(list(path.parent.glob('try-*')))}-{path.name}")
+    copy.write_bytes(path.read_bytes())
+    return copy
 
 
 def try_everything(page, store, owner, tmp_path, n_evals, plan_file, session_file):
     """B forces every mutating control on the page; A's sessions and the evaluations stay as they were."""
     before = owned_by(store, owner)
+    plan_file, session_file = fresh_copy(plan_file), fresh_copy(session_file)
     tab(page, "Plan & cost")
     force_click(page, "Apply preset")
     wait_until(lambda: page.get_by_text(READ_ONLY).count() > 0, page, timeout=60_000)  # the server said no
@@ -111,9 +125,10 @@ def try_everything(page, store, owner, tmp_path, n_evals, plan_file, session_fil
     cell.dblclick()
     page.keyboard.type("2")
     page.keyboard.press("Enter")
-    force_file(page, plan_file, "first")
+    force_file(page, plan_file, "first")  # the plan upload
     tab(page, "Session & export")
-    force_file(page, session_file, "last")
+    force_file(page, session_file, "last")  # the session import
+    wait_until(lambda: page.get_by_text("session file refused").count() > 0, page)  # the server said no
     page.wait_for_timeout(3000)  # let an autosave tick (1.5 s) pass: nothing may be written
     assert owned_by(store, owner) == before
     assert n_evaluations(store) == n_evals
