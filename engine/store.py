@@ -5,6 +5,11 @@ one transaction (``BEGIN IMMEDIATE``), a busy timeout plus retries so several pr
 write at once. Evaluations are upserted by their cache key, so rerunning a sweep never
 duplicates a point. Session files are JSON with a checksum; importing validates everything
 before one transaction writes anything.
+
+Sessions have an owner (an opaque string: ``user:<name>`` or ``anon:<token>``, given by the
+dashboard; NULL for sessions made on the command line). Every method that changes a session
+takes ``owner``: None skips the check (the command line), anything else must equal the
+session's owner or the change is refused with NotOwnerError and nothing is written.
 """
 from __future__ import annotations
 
@@ -50,7 +55,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     dataset TEXT NOT NULL,
     profile TEXT NOT NULL,
     created REAL NOT NULL,
-    meta TEXT NOT NULL
+    meta TEXT NOT NULL,
+    owner TEXT
 );
 CREATE TABLE IF NOT EXISTS session_evaluations (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -59,7 +65,16 @@ CREATE TABLE IF NOT EXISTS session_evaluations (
     UNIQUE(session, key)
 );
 CREATE INDEX IF NOT EXISTS session_evaluations_s ON session_evaluations(session);
+CREATE TABLE IF NOT EXISTS session_visits (
+    owner TEXT NOT NULL,
+    session TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    PRIMARY KEY(owner, session)
+);
 """
+
+
+class NotOwnerError(UserError):
+    """A change to a session refused because the caller does not own it."""
 
 
 def default_path() -> str:
@@ -131,7 +146,7 @@ class Store:
             if not self._memory:
                 self._retry(lambda: self._conn.execute("PRAGMA journal_mode=WAL").fetchone())
                 self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._write(lambda c: c.executescript_in_tx(_SCHEMA))
+            self._write(lambda c: (c.executescript_in_tx(_SCHEMA), _migrate(c)))
         except sqlite3.DatabaseError as e:
             if self._conn is not None:
                 self._conn.close()
@@ -208,13 +223,23 @@ class Store:
             raise UserError(f"no session {sid!r} in the store")
         cur.execute("INSERT OR IGNORE INTO session_evaluations(session, key) VALUES (?,?)", (sid, key))
 
-    def put(self, ev: Evaluation, session: str | None = None) -> str:
-        """Insert or replace the Evaluation with the same key; optionally attach it to a session."""
-        return self._write(lambda cur: self._put(cur, ev, session))
+    def put(self, ev: Evaluation, session: str | None = None, owner: str | None = None) -> str:
+        """Insert or replace the Evaluation with the same key; optionally attach it to a session
+        (which ``owner``, when given, must own)."""
+        def fn(cur):
+            if session is not None:
+                self._check_owner(cur, session, owner)
+            return self._put(cur, ev, session)
+        return self._write(fn)
 
-    def put_many(self, evs: Iterable[Evaluation], session: str | None = None) -> list[str]:
+    def put_many(self, evs: Iterable[Evaluation], session: str | None = None, owner: str | None = None) -> list[str]:
         evs = list(evs)
-        return self._write(lambda cur: [self._put(cur, ev, session) for ev in evs])
+
+        def fn(cur):
+            if session is not None:
+                self._check_owner(cur, session, owner)
+            return [self._put(cur, ev, session) for ev in evs]
+        return self._write(fn)
 
     def get(self, key: str) -> Evaluation | None:
         rows = self._read("SELECT data FROM evaluations WHERE key=?", (key,))
@@ -255,14 +280,29 @@ class Store:
 
     # ---- sessions ------------------------------------------------------------------------
     @staticmethod
-    def _create_session(cur, name, model, dataset, profile, meta) -> str:
+    def _create_session(cur, name, model, dataset, profile, meta, owner=None) -> str:
         sid = secrets.token_urlsafe(16)
-        cur.execute("INSERT INTO sessions(id, name, model, dataset, profile, created, meta) VALUES (?,?,?,?,?,?,?)",
-                    (sid, str(name), str(model), str(dataset), str(profile), time.time(), json.dumps(meta or {})))
+        cur.execute("INSERT INTO sessions(id, name, model, dataset, profile, created, meta, owner) "
+                    "VALUES (?,?,?,?,?,?,?,?)",
+                    (sid, str(name), str(model), str(dataset), str(profile), time.time(), json.dumps(meta or {}),
+                     None if owner is None else str(owner)))
         return sid
 
-    def create_session(self, name: str, model: str, dataset: str, profile: str, meta: dict | None = None) -> str:
-        """A new session; its id is random (secrets.token_urlsafe), never guessable."""
+    @staticmethod
+    def _check_owner(cur, sid: str, owner: str | None) -> None:
+        """Refuse (NotOwnerError) a change to session ``sid`` by anyone but its owner; None: no check."""
+        if owner is None:
+            return
+        row = cur.execute("SELECT owner FROM sessions WHERE id=?", (sid,)).fetchone()
+        if row is None:
+            raise UserError(f"no session {sid!r} in the store")
+        if row[0] is None or not secrets.compare_digest(str(row[0]).encode(), str(owner).encode()):
+            raise NotOwnerError("this session belongs to someone else; save a copy to change it")
+
+    def create_session(self, name: str, model: str, dataset: str, profile: str, meta: dict | None = None,
+                       owner: str | None = None) -> str:
+        """A new session owned by ``owner`` (None: made on the command line); its id is random
+        (secrets.token_urlsafe), never guessable."""
         if meta is not None and not isinstance(meta, dict):
             raise UserError("session meta must be a JSON object")
         for what, text in (("name", name), ("model", model), ("dataset", dataset), ("profile", profile)):
@@ -270,37 +310,57 @@ class Store:
                 str(text).encode("utf-8")
             except UnicodeEncodeError:
                 raise UserError(f"session {what} holds text that is not valid Unicode (a lone surrogate)") from None
-        return self._write(lambda cur: self._create_session(cur, name, model, dataset, profile, meta))
+        return self._write(lambda cur: self._create_session(cur, name, model, dataset, profile, meta, owner))
+
+    _COLUMNS = "id, name, model, dataset, profile, created, meta, owner"
 
     @staticmethod
     def _session_row(r) -> dict:
         return {"id": r[0], "name": r[1], "model": r[2], "dataset": r[3], "profile": r[4], "created": r[5],
-                "meta": json.loads(r[6])}
+                "meta": json.loads(r[6]), "owner": r[7]}
 
     def session(self, sid: str) -> dict | None:
-        rows = self._read("SELECT id, name, model, dataset, profile, created, meta FROM sessions WHERE id=?", (sid,))
+        rows = self._read(f"SELECT {self._COLUMNS} FROM sessions WHERE id=?", (sid,))
         return self._session_row(rows[0]) if rows else None
 
-    def sessions(self) -> list[dict]:
-        rows = self._read("SELECT id, name, model, dataset, profile, created, meta FROM sessions ORDER BY created, rowid")
+    def sessions(self, visible_to: str | None = None) -> list[dict]:
+        """Every session, oldest first; with ``visible_to``: only those it owns, those it visited
+        (remember_visit) and the command line's (no owner)."""
+        if visible_to is None:
+            rows = self._read(f"SELECT {self._COLUMNS} FROM sessions ORDER BY created, rowid")
+        else:
+            rows = self._read(f"SELECT {self._COLUMNS} FROM sessions WHERE owner IS NULL OR owner=? OR id IN "
+                              "(SELECT session FROM session_visits WHERE owner=?) ORDER BY created, rowid",
+                              (str(visible_to), str(visible_to)))
         return [self._session_row(r) for r in rows]
 
-    def delete_session(self, sid: str) -> None:
+    def remember_visit(self, owner: str, sid: str) -> None:
+        """Note that ``owner`` opened session ``sid`` by its link (it is then in their list, read-only)."""
+        def fn(cur):
+            if cur.execute("SELECT 1 FROM sessions WHERE id=?", (sid,)).fetchone():
+                cur.execute("INSERT OR IGNORE INTO session_visits(owner, session) VALUES (?,?)", (str(owner), sid))
+        self._write(fn)
+
+    def delete_session(self, sid: str, owner: str | None = None) -> None:
         """Remove the session and its membership list (the Evaluations stay: others may share them)."""
         def fn(cur):
+            self._check_owner(cur, sid, owner)
             cur.execute("DELETE FROM session_evaluations WHERE session=?", (sid,))
+            cur.execute("DELETE FROM session_visits WHERE session=?", (sid,))
             cur.execute("DELETE FROM sessions WHERE id=?", (sid,))
         self._write(fn)
 
-    def attach(self, sid: str, key: str) -> None:
+    def attach(self, sid: str, key: str, owner: str | None = None) -> None:
         def fn(cur):
+            self._check_owner(cur, sid, owner)
             if not cur.execute("SELECT 1 FROM evaluations WHERE key=?", (key,)).fetchone():
                 raise UserError(f"no evaluation {key!r} in the store")
             self._attach(cur, sid, key)
         self._write(fn)
 
-    def update_session_meta(self, sid: str, meta: dict) -> None:
+    def update_session_meta(self, sid: str, meta: dict, owner: str | None = None) -> None:
         def fn(cur):
+            self._check_owner(cur, sid, owner)
             if cur.execute("UPDATE sessions SET meta=? WHERE id=?", (json.dumps(meta), sid)).rowcount == 0:
                 raise UserError(f"no session {sid!r} in the store")
         self._write(fn)
@@ -319,16 +379,24 @@ class Store:
     def export_session_json(self, sid: str, indent: int | None = 1) -> str:
         return json.dumps(self.export_session(sid), indent=indent, allow_nan=False)
 
-    def import_session(self, doc: dict | str | bytes) -> str:
-        """Validate a session file completely, then write it in one transaction; returns the new id."""
+    def import_session(self, doc: dict | str | bytes, owner: str | None = None) -> str:
+        """Validate a session file completely, then write it in one transaction; returns the new id
+        (a session owned by ``owner``).
+
+        An evaluation already in the store is attached as it is, never replaced: a file must not
+        change the results that other sessions show."""
         doc = _parse_session(doc)
         evs = _validate_session(doc)
         s = doc["session"]
 
         def fn(cur):
-            sid = self._create_session(cur, s["name"], s["model"], s["dataset"], s["profile"], s.get("meta") or {})
+            sid = self._create_session(cur, s["name"], s["model"], s["dataset"], s["profile"], s.get("meta") or {},
+                                       owner)
             for ev in evs:
-                self._put(cur, ev, sid)
+                if cur.execute("SELECT 1 FROM evaluations WHERE key=?", (ev.key,)).fetchone():
+                    self._attach(cur, sid, ev.key)
+                else:
+                    self._put(cur, ev, sid)
             return sid
         return self._write(fn)
 
@@ -346,6 +414,13 @@ class _Cursor:
         for stmt in script.split(";"):
             if stmt.strip():
                 self._conn.execute(stmt)
+
+
+def _migrate(cur: _Cursor) -> None:
+    """Bring a store made by an older bitscape up to date (sessions gained an owner column)."""
+    columns = {r[1] for r in cur.execute("PRAGMA table_info(sessions)").fetchall()}
+    if "owner" not in columns:
+        cur.execute("ALTER TABLE sessions ADD COLUMN owner TEXT")
 
 
 def _decode(text: str) -> Evaluation:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import panel as pn
 from panel.io.callbacks import PeriodicCallback
 
+from explorer.identity import current_owner
 from explorer.state.workspace import Workspace
 from explorer.views.batch_input import BatchInput
 from explorer.views.cost_view import CostView
@@ -117,9 +118,11 @@ def _keep_url(ws: Workspace) -> None:
 
 def create_app(store=None, runner=None) -> pn.viewable.Viewable:
     """One fresh workspace per browser session; ``?session=<id>`` opens a shared session read-only and
-    ``?ws=<id>`` reopens this browser's autosaved working copy."""
+    ``?ws=<id>`` reopens this browser's autosaved working copy (another browser's: read-only).
+
+    The workspace's owner is this browser's identity (identity.current_owner)."""
     local_resources(pn.state.curdoc)
-    ws = Workspace(store=store, runner=runner)
+    ws = Workspace(store=store, runner=runner, owner=current_owner())
     query = pn.state.location.query_params if pn.state.location else {}
     if query.get("ws"):
         ws.restore(str(query["ws"]))

@@ -13,7 +13,9 @@ def register(sub) -> None:
                    help="extra origins allowed to connect (needed when serving on a shared host)")
     p.add_argument("--basic-auth", default=None,
                    help="a password, or a JSON file of {user: password}: Panel's basic auth (needs --cookie-secret)")
-    p.add_argument("--cookie-secret", default=None)
+    p.add_argument("--cookie-secret", default=None,
+                   help="signs the login and session-owner cookies; without it a random one per process "
+                        "(a restart then forgets which browser owns which session)")
     p.add_argument("--oauth-provider", default=None, help="Panel OAuth provider (github, google, azure, okta, generic...)")
     p.add_argument("--oauth-key", default=None)
     p.add_argument("--oauth-secret", default=None)
@@ -50,6 +52,7 @@ def run(args) -> int:
 
     from engine.errors import UserError
     from explorer.app import create_app
+    from explorer.identity import serve_options
     from explorer.state import services
 
     if (args.basic_auth or args.oauth_provider) and not args.cookie_secret:
@@ -60,13 +63,12 @@ def run(args) -> int:
     services.configure(store_path=args.store, workers=args.workers, scheduler=args.scheduler)
     origins = [f"{args.address}:{args.port}", f"localhost:{args.port}", f"127.0.0.1:{args.port}",
                *args.allow_websocket_origin]
-    kwargs = {}
+    kwargs = serve_options(args.cookie_secret, login=bool(args.basic_auth or args.oauth_provider))
     if args.basic_auth:
-        kwargs.update(basic_auth=args.basic_auth, cookie_secret=args.cookie_secret)
+        kwargs.update(basic_auth=args.basic_auth)
     if args.oauth_provider:
         kwargs.update(oauth_provider=args.oauth_provider, oauth_key=args.oauth_key, oauth_secret=args.oauth_secret,
-                      oauth_redirect_uri=args.oauth_redirect_uri, oauth_encryption_key=args.oauth_encryption_key,
-                      cookie_secret=args.cookie_secret)
+                      oauth_redirect_uri=args.oauth_redirect_uri, oauth_encryption_key=args.oauth_encryption_key)
     print(f"bitscape dashboard on http://{args.address}:{args.port}/  (Ctrl+C to stop)", file=sys.stderr, flush=True)
     try:
         server = pn.serve({"/": create_app}, port=args.port, address=args.address, websocket_origin=origins,

@@ -5,11 +5,16 @@ A named session (saved, imported or made by ``bitscape sweep --session``) is a s
 share link opens read-only. A workspace autosaves to a separate working copy (unlisted, reached
 by ``?ws=<id>``), so that a reload loses nothing. The list labels each session with its name,
 model and dataset, creation time and a short id, so same-name sessions stay apart.
+
+Every session has an owner (the browser or user that saved it; see explorer.identity). The list
+shows a browser only its own sessions, those it opened by link and the command line's; a
+session it does not own opens read-only, and the store itself refuses its changes.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import secrets
 
 import param
 
@@ -19,6 +24,7 @@ from engine.plan import Plan, PlanError
 SHORT_ID = 6
 MAX_NAME = 200
 READ_ONLY = "this session is read-only; save a copy to change it"
+NOT_YOURS = "it belongs to someone else"
 # what a working copy remembers besides the plan and the points (restored on reload)
 AUTOSAVED = ("model", "dataset", "profile", "batch", "steps", "distill", "seed", "preset", "x_axis", "y_axis",
              "only_finetuned")
@@ -48,32 +54,40 @@ def created_text(ts: float) -> str:
         return "unknown date"
 
 
-def session_label(s: dict) -> str:
-    """One line for the picker, e.g. 'my study · lenet5 on digits · 2026-12-04 13:29 UTC · a1b2c3'.
+def session_label(s: dict, mine: bool = True) -> str:
+    """One line for the picker, e.g. 'my study · lenet5 on digits · 2026-12-04 13:29 UTC · a1b2c3'
+    ('(read-only)' after the name of a session that is not ``mine``).
 
     Plain text: widgets show it as text, never as markup.
     """
     kind = session_kind(s)
     tag = f" ({kind})" if kind in ("imported", "sweep") else ""
+    tag += "" if mine else " (read-only)"
     name = " ".join(str(s.get("name", "")).split())[:120] or "(no name)"
     return f"{name}{tag} · {s.get('model')} on {s.get('dataset')} · {created_text(s.get('created'))} · {str(s['id'])[:SHORT_ID]}"
 
 
 class SessionList(param.Parameterized):
-    """The listed sessions of a store, newest first; ``refresh()`` rereads it (cheap: one query)."""
+    """The sessions one owner may list, newest first: its own, those it opened by link, the command
+    line's; ``refresh()`` rereads the store (cheap: one query)."""
 
-    entries = param.List(default=[], doc="listed sessions, newest first: dicts with id, name, kind, label...")
+    entries = param.List(default=[], doc="listed sessions, newest first: dicts with id, name, kind, mine, label...")
 
-    def __init__(self, store_getter, **params):
+    def __init__(self, store_getter, owner: str | None = None, **params):
         self._store_getter = store_getter
+        self.owner = owner
         super().__init__(**params)
 
     def refresh(self) -> bool:
         """Reread the store; returns True when the list changed (only then do watchers fire)."""
-        rows = [s for s in self._store_getter().sessions() if is_listed(s)]
+        rows = [s for s in self._store_getter().sessions(visible_to=self.owner) if is_listed(s)]
         rows.sort(key=lambda s: (s.get("created") or 0.0), reverse=True)
-        entries = [{"id": s["id"], "name": s["name"], "model": s["model"], "dataset": s["dataset"],
-                    "created": s.get("created"), "kind": session_kind(s), "label": session_label(s)} for s in rows]
+        entries = []
+        for s in rows:
+            mine = self.owner is None or s.get("owner") == self.owner
+            entries.append({"id": s["id"], "name": s["name"], "model": s["model"], "dataset": s["dataset"],
+                            "created": s.get("created"), "kind": session_kind(s), "mine": mine,
+                            "label": session_label(s, mine)})
         if entries != self.entries:
             self.entries = entries
             return True
@@ -105,23 +119,34 @@ def clean_name(name) -> str:
     return name
 
 
-class SessionKeeper:
-    """Saves, opens, autosaves, imports and exports the sessions of one Workspace (composed into it)."""
+def new_owner() -> str:
+    """An owner for a workspace whose browser has no identity (outside a server): this page only."""
+    return f"anon:{secrets.token_urlsafe(24)}"
 
-    def __init__(self, ws):
+
+class SessionKeeper:
+    """Saves, opens, autosaves, imports, exports and deletes the sessions of one Workspace (composed
+    into it), as ``owner``: every write names the owner, so the store refuses other people's sessions."""
+
+    def __init__(self, ws, owner: str | None = None):
         self.ws = ws
+        self.owner = owner or new_owner()
         self.attached: set[str] = set()  # evaluation keys already in the working copy
         self.dirty = False               # something changed since the last autosave
+        self.viewing = ""                # the session shown read-only (what "export" writes out)
 
     @property
     def store(self):
         return self.ws.store
 
+    def owns(self, s: dict) -> bool:
+        return s.get("owner") is not None and s.get("owner") == self.owner
+
     def ensure(self) -> str:
         ws = self.ws
         if not ws.work_id:
             ws.work_id = self.store.create_session("working copy", ws.model, ws.dataset, ws.profile,
-                                                   meta={"saved": False, "autosave": True})
+                                                   meta={"saved": False, "autosave": True}, owner=self.owner)
             self.attached, self.dirty = set(), True
         return ws.work_id
 
@@ -137,18 +162,23 @@ class SessionKeeper:
         self.dirty = False
         meta = {"saved": False, "autosave": True, **self.snapshot(),
                 "named": {"id": ws.session_id, "name": ws.session_name}}
-        self.store.update_session_meta(sid, meta)
-        new = [ev for k, ev in ws._evals.items() if k not in self.attached]
-        if new:
-            self.store.put_many(new, session=sid)
-            self.attached.update(ev.key for ev in new)
+        try:
+            self.store.update_session_meta(sid, meta, owner=self.owner)
+            new = [ev for k, ev in ws._evals.items() if k not in self.attached]
+            if new:
+                self.store.put_many(new, session=sid, owner=self.owner)
+                self.attached.update(ev.key for ev in new)
+        except USER_ERRORS as e:  # e.g. another owner's working copy: nothing was written
+            ws.message = f"not saved: {e}"
+            return False
         return True
 
     def save(self, name: str) -> str:
         ws = self.ws
         name = clean_name(name)
-        sid = self.store.create_session(name, ws.model, ws.dataset, ws.profile, meta={"saved": True, **self.snapshot()})
-        self.store.put_many(ws.evaluations(), session=sid)
+        sid = self.store.create_session(name, ws.model, ws.dataset, ws.profile, meta={"saved": True, **self.snapshot()},
+                                        owner=self.owner)
+        self.store.put_many(ws.evaluations(), session=sid, owner=self.owner)
         ws.session_id, ws.session_name, ws.read_only = sid, name, False
         self.dirty = True  # the working copy learns its new name (and is made, after a read-only view)
         ws.message = f"saved session {name!r}"
@@ -203,37 +233,71 @@ class SessionKeeper:
         return True
 
     def open(self, sid: str, read_only: bool = False) -> bool:
+        """Open a named session; one this owner does not own opens read-only (and joins its list)."""
         ws = self.ws
         s = self.store.session(str(sid)) if sid else None
-        if s is None:
+        if s is None or session_kind(s) == "working":
             ws.message = "no such session (the link may be wrong or the session deleted)"
             return False
+        mine = self.owns(s)
+        read_only = read_only or not mine
         if not self.load(s, read_only):
             return False
         ws.session_id, ws.session_name = s["id"], s["name"]
+        self.viewing = s["id"] if read_only else ""
         if not read_only:
             ws.work_id, self.attached, self.dirty = "", set(), True
-        ws.message = f"opened session {s['name']!r}" + (" (read-only)" if read_only else "")
+        if not mine:
+            self.store.remember_visit(self.owner, s["id"])
+            ws.session_list.refresh()
+        why = "" if not read_only else f" (read-only: {NOT_YOURS}; save a copy to change it)" if not mine \
+            else " (read-only)"
+        ws.message = f"opened session {s['name']!r}{why}"
         return True
 
     def restore(self, work_id: str) -> bool:
+        """Reopen a working copy: this owner's, writable as it was left; another's, read-only."""
         ws = self.ws
         s = self.store.session(str(work_id)) if work_id else None
         if s is None or session_kind(s) != "working":
             ws.message = "that workspace link is not valid (the working copy may have been deleted)"
             return False
-        if not self.load(s, read_only=False):
+        mine = self.owns(s)
+        if not self.load(s, read_only=not mine):
             return False
         named = (s.get("meta") or {}).get("named") or {}
         ws.session_id, ws.session_name = str(named.get("id") or ""), str(named.get("name") or "")
-        ws.work_id, self.attached, self.dirty = s["id"], set(ws._evals), False
-        ws.message = ""
+        if mine:
+            ws.work_id, self.attached, self.dirty, self.viewing = s["id"], set(ws._evals), False, ""
+            ws.message = ""
+        else:  # another browser's working copy: shown, never written (no work_id: nothing autosaves)
+            ws.session_name = ws.session_name or "working copy"
+            ws.work_id, self.attached, self.dirty, self.viewing = "", set(), False, s["id"]
+            ws.message = f"this workspace link is another browser's: read-only ({NOT_YOURS}); save a copy to change it"
+        return True
+
+    def delete(self, sid: str) -> bool:
+        """Delete a session this owner owns; another's is refused (by the store) and stays."""
+        ws = self.ws
+        s = self.store.session(str(sid)) if sid else None
+        if s is None:
+            ws.message = "no such session (the link may be wrong or the session deleted)"
+            return False
+        try:
+            self.store.delete_session(s["id"], owner=self.owner)
+        except USER_ERRORS as e:
+            ws.message = f"session not deleted: {e}"
+            return False
+        if ws.session_id == s["id"]:
+            ws.session_id = ""
+        ws.session_list.refresh()
+        ws.message = f"deleted session {s['name']!r}"
         return True
 
     def export_file(self) -> str:
         ws = self.ws
-        if ws.read_only and ws.session_id:
-            return json.dumps(self.store.export_session(ws.session_id), indent=1)
+        if ws.read_only and (self.viewing or ws.session_id):
+            return json.dumps(self.store.export_session(self.viewing or ws.session_id), indent=1)
         self.autosave(force=True)
         return json.dumps(self.store.export_session(ws.work_id), indent=1)
 
@@ -246,7 +310,7 @@ class SessionKeeper:
             ws.message = "session file refused: the file is empty (export a session to get a session file)"
             return False
         try:
-            sid = self.store.import_session(data)
+            sid = self.store.import_session(data, owner=self.owner)
         except USER_ERRORS as e:
             ws.message = f"session file refused: {e}"
             return False
@@ -254,7 +318,8 @@ class SessionKeeper:
             ws.message = "session file refused: it is nested too deeply to be a session file"
             return False
         s = self.store.session(sid)
-        self.store.update_session_meta(sid, {**(s.get("meta") or {}), "imported": True, "autosave": False})
+        self.store.update_session_meta(sid, {**(s.get("meta") or {}), "imported": True, "autosave": False},
+                                       owner=self.owner)
         ws.session_list.refresh()
         if not self.open(sid):
             return False

@@ -96,7 +96,7 @@ class Workspace(param.Parameterized):
     read_only = param.Boolean(default=False)
     work_id = param.String(default="", doc="this workspace's autosaved working copy (``?ws=<id>``)")
 
-    def __init__(self, store=None, runner=None, **params):
+    def __init__(self, store=None, runner=None, owner: str | None = None, **params):
         self._store, self._runner = store, runner
         self._evals: dict[str, Evaluation] = {}
         self._job_ids: list[str] = []
@@ -110,8 +110,8 @@ class Workspace(param.Parameterized):
         self.param.model.objects = catalog.model_names()
         self.param.dataset.objects = catalog.dataset_names()
         super().__init__(**params)
-        self.session_list = SessionList(lambda: self.store)
-        self.keeper = SessionKeeper(self)
+        self.keeper = SessionKeeper(self, owner)  # owner None: an owner for this workspace only
+        self.session_list = SessionList(lambda: self.store, self.keeper.owner)
         self._load_model()
         self.param.watch(self._guard, list(LOCKED))
         self.param.watch(self._touch, ["rows", "points", *AUTOSAVED])
@@ -565,12 +565,23 @@ class Workspace(param.Parameterized):
         self.session_list.refresh()
         return list(self.session_list.entries)
 
+    @property
+    def owner(self) -> str:
+        """Who this workspace saves sessions as (the browser's or logged-in user's identity)."""
+        return self.keeper.owner
+
     def open_session(self, sid: str, read_only: bool = False) -> bool:
-        """Open a named session; writable, it gets a fresh working copy (the named one stays as saved)."""
+        """Open a named session; writable (only your own), it gets a fresh working copy (the named one
+        stays as saved); someone else's opens read-only."""
         return self.keeper.open(sid, read_only)
 
+    def delete_session(self, sid: str) -> bool:
+        """Delete one of your sessions; someone else's is refused and stays."""
+        return self.keeper.delete(sid)
+
     def restore(self, work_id: str) -> bool:
-        """Reopen this browser's working copy (``?ws=<id>`` after a reload), writable, as it was left."""
+        """Reopen this browser's working copy (``?ws=<id>`` after a reload), writable, as it was left;
+        another browser's opens read-only."""
         return self.keeper.restore(work_id)
 
     def share_link(self, base: str = "") -> str:

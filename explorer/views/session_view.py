@@ -41,9 +41,12 @@ class SessionView(pn.viewable.Viewer):
                                                max_length=Workspace.MAX_NAME)
         self.save = pn.widgets.Button(name="Save session", button_type="primary", width=130)
         self.save.on_click(self._on_save)
-        self.sessions = pn.widgets.Select(name="sessions (name · model · created · id)", options={}, width=420)
+        self.sessions = pn.widgets.Select(name="your sessions and those opened by link (name · model · created · id)",
+                                          options={}, width=420)
         self.open = pn.widgets.Button(name="Open", width=80)
         self.open.on_click(self._on_open)
+        self.delete = pn.widgets.Button(name="Delete", button_type="danger", width=80)
+        self.delete.on_click(self._on_delete)
         self.refresh = pn.widgets.Button(name="Refresh list", width=100)
         self.refresh.on_click(lambda e: self.refresh_sessions())
         self.link = pn.pane.HTML("", name="share-link")
@@ -95,6 +98,10 @@ class SessionView(pn.viewable.Viewer):
         if self.sessions.value:
             self.workspace.open_session(self.sessions.value)
 
+    def _on_delete(self, _):
+        if self.sessions.value:
+            self.workspace.delete_session(self.sessions.value)
+
     def _on_import(self, *_):
         value, fname = self.import_file.value, self.import_file.filename
         if value is None and not fname:
@@ -133,14 +140,16 @@ class SessionView(pn.viewable.Viewer):
         self.link_input.value = url
         self.link_input.visible = self.copy.visible = bool(url)
         msg = ws.message
-        bad = any(w in msg for w in ("refused", "no such", "not opened", "not saved", "not valid", "read-only;"))
+        bad = any(w in msg for w in ("refused", "no such", "not opened", "not saved", "not valid", "read-only;",
+                                       "not deleted", "someone else"))
         self.status.show(msg, "danger" if bad else "info")
         self.save.name = "Save a copy" if ws.read_only else "Save session"
         self.import_file.disabled = ws.read_only
 
     def __panel__(self):
         return pn.Column(self.status, pn.Row(self.name_input, pn.Column(pn.Spacer(height=18), self.save)),
-                         pn.Row(self.sessions, pn.Column(pn.Spacer(height=18), pn.Row(self.open, self.refresh))),
+                         pn.Row(self.sessions,
+                                pn.Column(pn.Spacer(height=18), pn.Row(self.open, self.delete, self.refresh))),
                          self.link, pn.Row(self.link_input, pn.Column(pn.Spacer(height=18), self.copy)),
                          pn.Row(self.export_file, self.import_file),
                          pn.pane.Markdown("**Downloads**"), pn.Row(self.csv, self.png, self.html),

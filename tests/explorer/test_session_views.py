@@ -116,10 +116,12 @@ def test_session_list_widget_follows_the_store(services):
     from explorer.state.workspace import Workspace
     from explorer.views.session_view import SessionView
     store, runner = services
-    a, b = Workspace(store=store, runner=runner), Workspace(store=store, runner=runner)
+    # two tabs of one browser (one owner), and a stranger whose sessions never show up
+    a, b = (Workspace(store=store, runner=runner, owner="anon:me") for _ in range(2))
     view = SessionView(workspace=a)
     assert view.sessions.options == {}
     sid = b.save_session("elsewhere")
+    Workspace(store=store, runner=runner, owner="anon:stranger").save_session("not yours")
     view.refresh_sessions()
     assert list(view.sessions.options.values()) == [sid]
 
@@ -142,8 +144,8 @@ def test_opening_the_session_tab_rereads_the_list(services):
     store, runner = services
     app = create_app(store=store, runner=runner)
     tabs = next(o for o in app.main[0].objects if isinstance(o, pn.Tabs))
-    other = Workspace(store=store, runner=runner)
+    other = Workspace(store=store, runner=runner, owner=app.workspace.owner)  # another tab of this browser
     sid = other.save_session("made elsewhere")
     tabs.active = 2
-    lists = [w for w in tabs[2].select(pn.widgets.Select) if w.name.startswith(("sessions", "saved sessions"))]
+    lists = [w for w in tabs[2].select(pn.widgets.Select) if w.name.startswith(("your sessions", "sessions"))]
     assert lists and sid in lists[0].options.values()

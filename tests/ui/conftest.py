@@ -47,8 +47,9 @@ def app_server(tmp_path):
         return app
 
     port = free_port()
+    from explorer.identity import serve_options
     server = pn.serve({"/": factory}, port=port, address="127.0.0.1", threaded=True, show=False,
-                      websocket_origin=[f"127.0.0.1:{port}"])
+                      websocket_origin=[f"127.0.0.1:{port}"], **serve_options(None, login=False))
     deadline = time.time() + 30
     while time.time() < deadline:
         try:

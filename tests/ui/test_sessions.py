@@ -92,6 +92,9 @@ def test_hostile_names_are_text_and_the_share_view_is_locked(app_server, page, b
     from engine.store import checksum
     doc["session"]["name"] = HOSTILE2
     doc["evaluations"][0]["plan"]["name"] = HOSTILE_LABEL  # a plan label: shown in the frontier's table
+    # another seed: a new evaluation (an import never replaces one the store already holds)
+    doc["evaluations"][0]["settings"]["seed"] = 4242
+    doc["evaluations"][0].pop("key", None)
     doc["checksum"] = checksum(doc)
     f = tmp_path / "hostile-session.json"
     f.write_text(json.dumps(doc))

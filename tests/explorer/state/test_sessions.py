@@ -39,9 +39,10 @@ def test_same_name_sessions_stay_apart_with_date_and_short_id(services, evs):
     assert set(a.session_list.options.values()) == {first, second}
 
 
-def test_list_refreshes_when_another_browser_saves(services, evs):
+def test_list_refreshes_when_another_tab_saves(services, evs):
     store, runner = services
-    a, b = Workspace(store=store, runner=runner), Workspace(store=store, runner=runner)
+    # two tabs of one browser: one owner
+    a, b = (Workspace(store=store, runner=runner, owner="anon:me") for _ in range(2))
     a.session_list.refresh()
     assert a.session_list.entries == []
     seen = []
@@ -66,7 +67,7 @@ def test_sweep_sessions_are_listed_and_open(tmp_path):
     entries = ws.saved_sessions()
     assert [(e["name"], e["kind"]) for e in entries] == [("cli sweep", "sweep")]
     assert "(sweep)" in entries[0]["label"]
-    assert ws.open_session(entries[0]["id"])
+    assert ws.open_session(entries[0]["id"]) and ws.read_only  # the command line's: read-only in a browser
     assert len(ws.points) == len(store.evaluations(session=entries[0]["id"])) >= 2
 
 
@@ -97,7 +98,7 @@ def test_empty_session_file_is_refused_with_a_reason(services):
 
 def test_autosave_and_restore_lose_nothing(services, evs):
     store, runner = services
-    a = Workspace(store=store, runner=runner)
+    a = Workspace(store=store, runner=runner, owner="anon:me")
     assert not a.autosave() and a.work_id == ""  # nothing changed: no working copy litter
     a.profile = "bitfusion"
     a.batch = 8
@@ -109,7 +110,7 @@ def test_autosave_and_restore_lose_nothing(services, evs):
     assert a.autosave() and a.work_id
     assert not a.autosave()  # debounced: nothing new
     assert a.saved_sessions() == []  # the working copy is not listed
-    b = Workspace(store=store, runner=runner)
+    b = Workspace(store=store, runner=runner, owner="anon:me")  # the same browser, after a reload
     assert b.restore(a.work_id)
     assert (b.profile, b.batch, b.steps, b.distill) == ("bitfusion", 8, 123, True)
     assert b.configs == a.configs and b.rows.loc[2, "w_bits"] == 3
@@ -118,7 +119,7 @@ def test_autosave_and_restore_lose_nothing(services, evs):
     # keeps saving to the same working copy after the reload
     b.set_cell(3, "a_bits", 8)
     assert b.autosave()
-    c = Workspace(store=store, runner=runner)
+    c = Workspace(store=store, runner=runner, owner="anon:me")
     assert c.restore(a.work_id) and c.rows.loc[3, "a_bits"] == 8
 
 
@@ -246,9 +247,9 @@ def test_session_label_is_plain_text_of_the_name():
 
 def test_session_list_options_are_unique():
     class FakeStore:
-        def sessions(self):
-            return [{"id": "abcdef1", "name": "x", "model": "m", "dataset": "d", "created": 1.0, "meta": {"saved": True}},
-                    {"id": "abcdef2", "name": "x", "model": "m", "dataset": "d", "created": 1.0, "meta": {"saved": True}}]
+        def sessions(self, visible_to=None):
+            return [{"id": f"abcdef{i}", "name": "x", "model": "m", "dataset": "d", "created": 1.0,
+                     "meta": {"saved": True}} for i in (1, 2)]
 
     sl = SessionList(lambda: FakeStore())
     sl.refresh()
