@@ -47,7 +47,7 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if p.suffix in (".pt", ".pth"):
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - torch raises many kinds on bad files
+        except Exception as e:
             raise UserError(f"checkpoint {str(p)!r} cannot be read as a weights-only torch file: "
                             f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
         if isinstance(obj, dict) and "state_dict" in obj:

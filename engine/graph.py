@@ -217,7 +217,7 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
     model = model.eval()
     try:
         gm = trace(model)
-    except Exception as e:  # noqa: BLE001 - any tracing failure is reported the same way
+    except Exception as e:
         raise PlanError(f"bitscape cannot trace this model with torch.fx ({type(e).__name__}: {e}); "
                         "models need a static forward (no data-dependent control flow)") from None
     example = torch.zeros((1, *input_shape))

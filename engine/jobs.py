@@ -129,7 +129,7 @@ def _save_network(run, folder: str) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
         save_planned(run, Path(folder) / name)
         ev.provenance["artifact"] = name
-    except Exception as e:  # noqa: BLE001 -- the accuracy result stands without its weights
+    except Exception as e:
         ev.provenance["artifact_error"] = f"{type(e).__name__}: {e}"
 
 
@@ -177,7 +177,7 @@ def _worker_main(tasks, events, cancel_seq, nice: int = 0) -> None:
             events.put(("done", jid, execute(payload, progress, should_stop)))
         except Cancelled:
             events.put(("cancelled", jid, None))
-        except BaseException as e:  # noqa: BLE001 -- every failure becomes the job's reason
+        except BaseException as e:
             events.put(("error", jid, _reason(e)))
 
 
@@ -346,7 +346,7 @@ class JobRunner:
             if result is not None:
                 try:
                     ev = Evaluation.from_dict(result)
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     state, error = "failed", f"worker returned an unreadable result: {e}"
             if ev is not None and ev.status == "failed":
                 state, error = "failed", ev.reason or "failed"
@@ -362,7 +362,7 @@ class JobRunner:
         if ev is not None and store is not None:
             try:
                 store.put(ev, session=info.session)
-            except Exception as e:  # noqa: BLE001 -- the result stays on the JobInfo
+            except Exception as e:
                 with self._lock:
                     info.message = f"{info.message}; not stored: {e}"
         with self._lock:
@@ -572,7 +572,7 @@ def _close_queue(q) -> None:
     try:
         q.close()
         q.join_thread()
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
 
 
@@ -583,6 +583,7 @@ _TOPIC = "bitscape-jobs"
 def _dask_task(payload: dict) -> dict:
     """Runs on a Dask worker: progress as worker events, cancellation through a Dask Event."""
     from distributed import Event, get_worker
+
     from .finetune import Cancelled
     worker = get_worker()
     jid = payload["id"]
@@ -604,7 +605,7 @@ def _dask_task(payload: dict) -> dict:
             checked[0] = now
             try:
                 checked[1] = stop_event.is_set()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         return checked[1]
     if should_stop():
@@ -659,7 +660,7 @@ class _DaskBackend:
                     self.r._finish(info, "failed", error=_reason(exc) if exc else "failed")
             else:
                 self.r._finish(info, "done", result=fut.result())
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             self.r._finish(info, "failed", error=f"{type(e).__name__}: {e}")
         finally:
             self.futures.pop(jid, None)
@@ -669,7 +670,7 @@ class _DaskBackend:
         fut = self.futures.get(info.id)
         try:
             Event(f"bitscape-cancel-{info.id}", client=self.client).set()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         if info.state == "queued" and fut is not None:
             fut.cancel()
@@ -682,11 +683,11 @@ class _DaskBackend:
         for fut in list(self.futures.values()):
             try:
                 fut.cancel()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         try:
             self.client.unsubscribe_topic(_TOPIC)
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         if self.own:
             self.client.close()

@@ -8,7 +8,6 @@ back from the store's cache.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 

@@ -205,7 +205,7 @@ def alps(model_id: str, dataset_id: str, bits: int = 2, base_bits: int = 8, step
          runner=None, store=None, session: str | None = None, progress=None, baseline=None, data=None,
          distill: bool = False) -> Sensitivity:
     """One short fine-tune per layer (plus the reference), run in parallel; score = val accuracy drop."""
-    from .evaluation import Settings, evaluation_key, code_version
+    from .evaluation import Settings, code_version, evaluation_key
     from .jobs import JobRunner
     base, data, topo = _load(model_id, dataset_id, baseline, data)
     plans = alps_plans(topo, bits, base_bits)

@@ -173,7 +173,7 @@ class SweepJob:
         except USER_ERRORS as e:
             self.state, self.phase, self.error = "failed", "failed", str(e)
             self.message = f"failed: {e}"
-        except Exception as e:  # noqa: BLE001 -- one line for the analyst, the traceback to the log
+        except Exception as e:
             log.exception("sweep failed")
             self.state, self.phase = "failed", "failed"
             self.error = f"{type(e).__name__}: {e}".splitlines()[0]

@@ -46,7 +46,7 @@ def measure(quick: bool = False, seeds: int = 1, log=None) -> list[dict]:
             steps = 100
         try:
             data = load_dataset(dataset)
-        except Exception as e:  # noqa: BLE001 - reported as a skipped case
+        except Exception as e:
             rows.append({"model": model, "dataset": dataset, "skipped": str(e)})
             continue
         base = load_baseline(model, dataset, data)

@@ -63,7 +63,6 @@ def measure(quick=False, budget=None, finetune=None, steps=None, profile="bismo"
     from engine.evaluation import Settings
     from engine.graph import analyze
     from engine.jobs import JobRunner
-    from engine.plan import Plan
     from engine.presets import preset_plan
     from engine.sensitivity import alps, correlations, eagl, hessian
     from engine.store import Store

@@ -31,7 +31,8 @@ def run(args) -> int:
         return 2
     cfg = Config.make(quick=args.quick, workers=args.workers)
     t0 = time.perf_counter()
-    say = (lambda m: print(f"[{time.perf_counter() - t0:7.1f} s] {m}", file=sys.stderr, flush=True))
+    def say(m):
+        print(f"[{time.perf_counter() - t0:7.1f} s] {m}", file=sys.stderr, flush=True)
     if getattr(args, "render_only", False) and not getattr(args, "resume", None):
         print("--render-only needs --resume FILE", file=sys.stderr)
         return 2

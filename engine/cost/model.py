@@ -8,7 +8,7 @@ Every layer carries a note saying what the target really runs and what it falls 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping, Sequence
 
 from .formulas import E_ADD_BIT_PJ, FLOAT, k_tiles, nm_bits_per_weight

@@ -43,7 +43,7 @@ def _enc(a, names):
 def _bind(node, params: list[tuple[str, object]]) -> dict:
     """Positional + keyword arguments of an fx node as {param: value}, with defaults."""
     out = {}
-    for (name, default), v in zip(params, node.args):
+    for (name, _default), v in zip(params, node.args):
         out[name] = v
     for name, default in params[len(node.args):]:
         out[name] = node.kwargs.get(name, default)
@@ -115,7 +115,8 @@ def _module_op(mod, node, names, layer_names, where):
 
 def _function_op(node, names, where):
     fn = node.target
-    enc = lambda v: _enc(v, names)
+    def enc(v):
+        return _enc(v, names)
     if fn in (F.relu, torch.relu):
         return {"op": "relu", "args": [enc(node.args[0])]}
     if fn in (torch.tanh, F.tanh):
@@ -153,7 +154,8 @@ def _function_op(node, names, where):
 
 
 def _method_op(node, names, where):
-    enc = lambda v: _enc(v, names)
+    def enc(v):
+        return _enc(v, names)
     m = node.target
     args = [enc(a) for a in node.args]
     if m in ("relu", "tanh", "sigmoid"):

@@ -124,7 +124,7 @@ def load_packed(path) -> PackedNetwork:
             md = f.metadata() or {}
     except (SafetensorError, ValueError, OSError, UnicodeDecodeError) as e:
         raise DeployError(f"packed network {str(p)!r} is not a valid safetensors file: {e}") from None
-    from ..fileio import load_json   # nesting and integer-size limits, like every file bitscape reads
+    from ..fileio import load_json  # nesting and integer-size limits, like every file bitscape reads
     meta = load_json(md.get(META_KEY, "{}"), f"packed network {str(p)!r}: its metadata", error=DeployError)
     if not isinstance(meta, dict) or meta.get("kind") != PACKED_KIND:
         raise DeployError(f"{str(p)!r} is not a packed network written by `bitscape deploy`")

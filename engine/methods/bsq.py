@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.parametrize as P
 
+from .. import finetune as ft
 from ..apply import apply_plan, calibrate
 from ..data import Dataset
 from ..errors import UserError
@@ -36,7 +37,6 @@ from ..finetune import accuracy
 from ..layers import QuantRecurrent
 from ..plan import FLOAT_BITS, LayerConfig, Plan
 from ..quant.ste import round_ste
-from .. import finetune as ft
 
 
 class BitWeight(nn.Module):

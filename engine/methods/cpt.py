@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from .. import finetune as ft
 from ..apply import Applied, quant_layers
 from ..data import Dataset
 from ..errors import UserError
@@ -36,7 +37,6 @@ from ..layers import act_quantizers, weight_quantizers
 from ..plan import Plan
 from ..quant import lsq
 from ..quant.modules import WeightQuantizer
-from .. import finetune as ft
 
 WHICH = ("both", "weights", "activations")
 RESCALE = ("range", "memory")

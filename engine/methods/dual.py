@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import finetune as ft
 from ..apply import Applied, apply_plan, calibrate, quant_layers
 from ..data import Dataset
 from ..distill import kd_loss
@@ -39,11 +40,17 @@ from ..evaluation import Settings
 from ..finetune import accuracy, reestimate_bn
 from ..layers import QuantRecurrent
 from ..plan import FLOAT_BITS, Plan
-from .. import finetune as ft
 from .dual_planes import planes_agreement, planes_model  # noqa: F401 - part of this module's face
-from .dual_quant import (LOW_WEIGHTS, MODES, DualActQuantizer, DualWeightQuantizer,  # noqa: F401
-                         _DualMixin, dual_quantizers, get_mode, set_mode)
-
+from .dual_quant import (  # noqa: F401
+    LOW_WEIGHTS,
+    MODES,
+    DualActQuantizer,
+    DualWeightQuantizer,
+    _DualMixin,
+    dual_quantizers,
+    get_mode,
+    set_mode,
+)
 
 # ============================================================================ building
 
@@ -102,13 +109,13 @@ def make_dual(model: nn.Module, input_shape: tuple[int, ...], high=(8, 8), low=(
     calibrate(applied.model, calib, init=init)
     for name, mod in quant_layers(applied.model):
         lc = low_cfgs[name]
-        for attr, w in _weight_slots(mod):
+        for attr, _w in _weight_slots(mod):
             dq = DualWeightQuantizer(getattr(mod, attr), lc.w_bits, low_weights, midpoint, couple)
             setattr(mod, attr, dq)
         for attr in _act_slots(mod):
             setattr(mod, attr, DualActQuantizer(getattr(mod, attr), lc.a_bits))
     # the low mode's steps: weights fitted, activations calibrated on the same batches
-    for name, mod in quant_layers(applied.model):
+    for _name, mod in quant_layers(applied.model):
         for attr, w in _weight_slots(mod):
             getattr(mod, attr).fit_low_step(w.detach())
     set_mode(applied.model, "low")

@@ -86,7 +86,7 @@ def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIM
             t1 = time.perf_counter()
             try:
                 done[f"{m.ID}-final"] = dict(m.final(cfg, ctx, done), _wall=time.perf_counter() - t1)
-            except Exception as e:  # noqa: BLE001 - reported in the section
+            except Exception as e:
                 done[f"{m.ID}-final"] = {"error": f"{type(e).__name__}: {e}"}
             log(f"{m.ID}: final measurements ({time.perf_counter() - t1:.1f} s)")
     if not render_only:
@@ -99,7 +99,7 @@ def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIM
     for m in mods:
         try:
             sections.append(m.section(cfg, ctx, done, plots))
-        except Exception as e:  # noqa: BLE001 - a broken section says so instead of losing the report
+        except Exception as e:
             from .core import failed_section
             sections.append(failed_section(m, [f"section failed: {type(e).__name__}: {e}"]))
     task_walls = sorted(((k, r.get("_wall", 0.0)) for k, r in done.items()), key=lambda kv: -kv[1])
@@ -118,6 +118,7 @@ def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIM
 
 def _machine() -> dict:
     import torch
+
     from ..evaluation import code_version
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "platform": platform.platform(), "code_version": code_version()}

@@ -129,6 +129,7 @@ def resolve_plan(spec, topo, model: str):
 def weight_zero_fraction(applied) -> dict[str, float]:
     """Per quantized layer: fraction of zero quantized weights (what a zero-skipping datapath skips)."""
     import torch
+
     from ..apply import quant_layers
     from ..layers import QuantLSTM
     out = {}
@@ -167,7 +168,7 @@ def _call(fn: str, cfg: Config, kwargs: dict) -> dict:
         mod, _, name = fn.partition(":")
         res = getattr(importlib.import_module(mod), name)(cfg, **kwargs)
         res = dict(res) if isinstance(res, dict) else {"value": res}
-    except Exception as e:  # noqa: BLE001 - a failed task is a result the section reports
+    except Exception as e:
         res = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=6)}
     res["_wall"] = round(time.perf_counter() - t0, 3)
     return res

@@ -56,7 +56,7 @@ def section(cfg, ctx, done, plots):
              f"{ctx['train_size']}-image training split"
              + (" (within the 'at most one epoch' of the claim). " if ep <= 1 else
                 " (more than the claim's one epoch: this training split is tiny). ")
-             + 
+             +
              "These are the LSQ section's runs; the no-training column calibrates the step sizes (MSE search) "
              "and evaluates.",
              "FAQ keeps the first and last layers at 8 bits, uses ImageNet networks and a learning-rate schedule "

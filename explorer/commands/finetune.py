@@ -1,8 +1,6 @@
 """``bitscape finetune``: apply a plan to the pretrained model, fine-tune, print the Evaluation."""
 from __future__ import annotations
 
-import sys
-
 from .common import add_model_args, check_epochs, check_out, load_data, model_dataset, print_json, progress_bar
 
 
@@ -44,11 +42,10 @@ def settings_from(args):
 def run(args) -> int:
     from engine.baselines import load_baseline
     from engine.errors import UserError
+    from engine.evaluation import MAX_STEPS
     from engine.graph import analyze
     from engine.pipeline import evaluate_plan, save_planned
     from engine.plan import Plan
-
-    from engine.evaluation import MAX_STEPS
 
     check_epochs(args.epochs)
     check_out(args.save, "--save", inputs={"--plan": args.plan, "--baseline": args.baseline})

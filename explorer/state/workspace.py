@@ -20,7 +20,7 @@ from engine.presets import PRESETS, preset_plan
 from engine.zoo import build_model
 
 from . import catalog
-from .plan_table import EDITABLE, coerce, configs_from_rows, plan_rows, summary
+from .plan_table import coerce, configs_from_rows, plan_rows, summary
 from .search import SearchState
 from .sessions import AUTOSAVED, MAX_NAME, READ_ONLY, SessionKeeper, SessionList
 

@@ -2,8 +2,15 @@
 import pytest
 
 from engine.cost import cost_plan, load_profile
-from engine.cost.calibrate import (Measurement, compare_measured, fit_cpu_profile, fit_from_measured, fit_profile,
-                                   kernel_bits, predict_layer)
+from engine.cost.calibrate import (
+    Measurement,
+    compare_measured,
+    fit_cpu_profile,
+    fit_from_measured,
+    fit_profile,
+    kernel_bits,
+    predict_layer,
+)
 from engine.cost.speed import synthetic_layers
 from engine.plan import LayerConfig
 

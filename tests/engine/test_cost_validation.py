@@ -7,8 +7,15 @@ from engine.cost import cost_plan, load_profile
 from engine.cost.calibrate import fit_profile
 from engine.cost.formulas import bitfusion_perf_factor, mac_energy_pj, nm_bits_per_weight
 from engine.cost.geometry import geometry
-from engine.cost.reference import (HAWQ_PARAMS, HAWQ_T4_BATCH, HAWQ_T4_INT4_MS, HAWQ_T4_INT8_MS,
-                                   hawq_t4_measurements, resnet18_bitfusion_layers, resnet18_hawq_layers)
+from engine.cost.reference import (
+    HAWQ_PARAMS,
+    HAWQ_T4_BATCH,
+    HAWQ_T4_INT4_MS,
+    HAWQ_T4_INT8_MS,
+    hawq_t4_measurements,
+    resnet18_bitfusion_layers,
+    resnet18_hawq_layers,
+)
 from engine.plan import LayerConfig
 
 

@@ -4,7 +4,6 @@ import json
 import numpy as np
 import onnx
 import pytest
-import torch
 import torch.nn as nn
 
 from engine.data import load_dataset
@@ -160,7 +159,7 @@ def test_unsupported_layer_is_named():
 
 
 def test_a_layer_that_would_silently_differ_is_refused(monkeypatch):
-    from engine.export import qdq as ex   # the quantizer parameters every layer handler reads
+    from engine.export import qdq as ex  # the quantizer parameters every layer handler reads
     plan = Plan.uniform(4, 4)
     applied, data = _tuned("mlp", "digits", plan, steps=1)
     real = ex.act_params

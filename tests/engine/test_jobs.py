@@ -9,7 +9,6 @@ from engine.jobs import JobInfo, JobRunner
 from engine.plan import Plan
 from engine.store import Store
 
-
 _SHARED = None
 
 

@@ -158,9 +158,10 @@ def test_flipped_checkpoint_fails_every_command(ckpt, tmp_path, cmd, capsys):
 
 
 def test_hash_covers_the_metadata(ckpt, tmp_path):
-    from engine.checkpoint import HASH_KEY
-    from safetensors.torch import load, save
     from safetensors import safe_open
+    from safetensors.torch import load, save
+
+    from engine.checkpoint import HASH_KEY
     raw = ckpt.read_bytes()
     with safe_open(str(ckpt), framework="pt") as f:
         md = f.metadata()
@@ -202,8 +203,8 @@ def test_out_equal_to_checkpoint_is_refused_before_any_work(ckpt, tmp_path, cmd,
 
 
 def test_legacy_checkpoint_without_hash_still_loads(ckpt, tmp_path):
-    from safetensors.torch import load, save
     from safetensors import safe_open
+    from safetensors.torch import load, save
     with safe_open(str(ckpt), framework="pt") as f:
         md = f.metadata()
     old = tmp_path / "old.safetensors"

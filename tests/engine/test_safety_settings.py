@@ -21,9 +21,9 @@ from engine.pipeline import evaluate_plan, rebuild
 from engine.plan import Plan, PlanError
 from engine.store import Store, checksum
 from engine.zoo import MLP
+from explorer.cli import main
 
 MAX_STEPS = 1_000_000
-from explorer.cli import main
 
 
 @pytest.mark.parametrize("kw", [
@@ -77,7 +77,7 @@ def test_training_loop_with_no_batches_ends():
     def go():
         try:
             optimise(model, _empty_data(), Settings(steps=5), default_loss(Settings()))
-        except Exception as e:  # noqa: BLE001 - recorded for the assertion below
+        except Exception as e:
             box["error"] = e
     t = threading.Thread(target=go, daemon=True)
     t.start()
@@ -129,8 +129,8 @@ def test_sane_fine_tune_is_not_flagged():
 
 
 def test_nan_loss_reason_says_diverged():
-    from engine.zoo import trusted_references
     from engine.data import load_dataset
+    from engine.zoo import trusted_references
     from tests.engine.fixtures import tiny_model
     with trusted_references("tests.engine.fixtures:nan_dataset"):
         data = load_dataset("tests.engine.fixtures:nan_dataset")

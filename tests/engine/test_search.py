@@ -37,7 +37,6 @@ def test_greedy_path_plans_lower_one_layer_at_a_time():
 
 
 def test_greedy_search_on_a_tiny_model_gives_a_monotone_frontier():
-    from engine.jobs import JobRunner
     from engine.sensitivity import eagl
     from tests.engine.test_jobs import shared_runner
     runner = shared_runner()

@@ -4,8 +4,17 @@ import numpy as np
 import pytest
 
 from engine.errors import UserError
-from engine.sensitivity import (Sensitivity, LayerScore, alps, alps_plans, correlations, eagl, hessian,
-                                rank_correlation, sensitivity)
+from engine.sensitivity import (
+    LayerScore,
+    Sensitivity,
+    alps,
+    alps_plans,
+    correlations,
+    eagl,
+    hessian,
+    rank_correlation,
+    sensitivity,
+)
 from explorer.cli import main
 
 
@@ -50,7 +59,6 @@ def test_alps_plans_lower_one_layer_each():
 
 
 def test_alps_through_jobs_and_cli(capsys):
-    from engine.jobs import JobRunner
     from engine.store import Store
     store = Store(":memory:")
     from tests.engine.test_jobs import shared_runner

@@ -5,7 +5,6 @@ import pytest
 
 from engine.baselines import load_baseline
 from engine.data import load_dataset
-from engine.errors import UserError
 from engine.graph import analyze
 from engine.jobs import JobRunner
 from engine.plan import Plan

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from engine.checkpoint import load_state, save_state
+from engine.checkpoint import load_state
 from engine.errors import UserError
 from engine.evaluation import Settings
 from engine.pipeline import evaluate_plan, save_planned
@@ -46,6 +46,7 @@ def ckpt(tmp_path_factory):
 def raw_meta_checkpoint(src, dst, text: str):
     """A checkpoint whose metadata is exactly ``text`` (with a valid content hash where hashes exist)."""
     from safetensors.torch import save
+
     from engine.checkpoint import META_KEY
     state, _ = load_state(src)
     md = {META_KEY: text}

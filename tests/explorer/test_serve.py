@@ -44,7 +44,7 @@ def serve(tmp_path):
                 return port
             except OSError:
                 if p.poll() is not None:
-                    raise AssertionError(p.stdout.read())
+                    raise AssertionError(p.stdout.read()) from None
                 time.sleep(0.3)
         raise AssertionError("server did not start")
 

@@ -85,7 +85,7 @@ def served(tmp_path):
             break
         except OSError:
             if proc.poll() is not None:
-                raise AssertionError(proc.stdout.read())
+                raise AssertionError(proc.stdout.read()) from None
             time.sleep(0.3)
     yield f"http://127.0.0.1:{port}/"
     proc.send_signal(signal.SIGTERM)
@@ -113,7 +113,7 @@ def edit_cell(page, field: str, row: int, value: str, tries: int = 3):
             page.locator(f'.tabulator-cell[tabulator-field="{field}"]').nth(row).click()
             page.locator(".tabulator-edit-list-item", has_text=value).first.click(timeout=5_000)
             return
-        except Exception:  # noqa: BLE001 - the editor was replaced under us: try again
+        except Exception:
             if attempt == tries - 1:
                 raise
             page.keyboard.press("Escape")

@@ -51,7 +51,7 @@ def edit_cell(page, field: str, row: int, value: str, tries: int = 3):
             page.locator(f'.tabulator-cell[tabulator-field="{field}"]').nth(row).click()
             page.locator(".tabulator-edit-list-item", has_text=value).first.click(timeout=5_000)
             return
-        except Exception:  # noqa: BLE001 - playwright timeout: the editor was replaced under us
+        except Exception:
             if attempt == tries - 1:
                 raise
             page.keyboard.press("Escape")

@@ -34,7 +34,7 @@ def served(tmp_path):
                 return p, f"http://127.0.0.1:{port}/"
             except OSError:
                 if p.poll() is not None:
-                    raise AssertionError(p.stdout.read())
+                    raise AssertionError(p.stdout.read()) from None
                 time.sleep(0.3)
         raise AssertionError("server did not start")
 

@@ -79,7 +79,7 @@ def test_mse_step_beats_or_matches_paper_init():
     for bits in (2, 4, 8):
         q_n, q_p = lsq.levels(bits, True)
 
-        def err(s):
+        def err(s, q_n=q_n, q_p=q_p):
             return float(((lsq.fake_quant(v, s, q_n, q_p, 1.0) - v) ** 2).mean())
 
         assert err(lsq.mse_step(v, q_n, q_p)) <= err(lsq.init_step(v, q_p)) + 1e-9

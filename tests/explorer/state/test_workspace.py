@@ -1,7 +1,5 @@
 import json
 
-import pytest
-
 from engine.plan import Plan
 from explorer.state.workspace import Workspace
 from tests.explorer.conftest import wait_jobs
