@@ -138,6 +138,11 @@ def job_rows(page):
     return page.locator(".job-row")
 
 
+def state_of(row) -> str:
+    """A job row's state as the page shows it (Panel renders the row's parts in shadow roots)."""
+    return row.locator(".job-state").first.inner_text()
+
+
 def tab(page, name):
     page.get_by_text(name, exact=True).first.click()
     page.wait_for_timeout(300)
@@ -164,12 +169,12 @@ def test_an_analysts_session(served, page, browser, tmp_path):
     page.get_by_role("button", name="Fine-tune plan").click()
     wait_until(lambda: job_rows(page).count() >= 2, page)
     second = job_rows(page).first  # newest first
-    wait_until(lambda: "running" in second.inner_text(), page, timeout=180_000)
+    wait_until(lambda: state_of(second) == "running", page, timeout=180_000)
     second.get_by_role("button", name="Cancel").click()
-    wait_until(lambda: "cancelled" in second.inner_text(), page, timeout=60_000)
+    wait_until(lambda: state_of(second) == "cancelled", page, timeout=60_000)
 
     first = job_rows(page).nth(1)
-    wait_until(lambda: "done" in first.inner_text(), page, timeout=300_000)
+    wait_until(lambda: state_of(first) == "done", page, timeout=300_000)
     tab(page, "Frontier")
     wait_until(lambda: page.locator(".tabulator-row", has_text="fine-tuned").count() >= 1, page)
     wait_until(lambda: any(p["visible"] for p in page.evaluate(POINTS_JS)), page, timeout=60_000)

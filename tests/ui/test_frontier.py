@@ -51,6 +51,12 @@ DRAWN_JS = """
 """
 
 
+def preset(page, name: str) -> None:
+    page.locator(".bk-input-group", has_text="preset").locator("select").first.select_option(name)
+    page.get_by_role("button", name="Apply preset").click()
+    page.wait_for_timeout(500)
+
+
 def test_frontier_reads_well(app_server, page):
     url, _store, workspaces = app_server
     errors = []
@@ -60,11 +66,18 @@ def test_frontier_reads_well(app_server, page):
     page.goto(url)
     page.wait_for_selector('.tabulator-cell[tabulator-field="layer"]', timeout=120_000)
     ws = workspaces[-1]
-    ws.apply_preset("w4a4")
-    ws.submit(steps=0)
-    ws.apply_preset("w2a2")
-    ws.submit(steps=0)
-    ws.submit(steps=20)  # a short fine-tune of the same W2A2 plan: linked to its estimate
+    # through the page, as a person does (a test thread calling the workspace races Panel's session state)
+    preset(page, "w4a4")
+    page.get_by_role("button", name="Estimate (no training)").click()
+    wait_until(lambda: len(ws.jobs) == 1, page)
+    preset(page, "w2a2")
+    page.get_by_role("button", name="Estimate (no training)").click()
+    wait_until(lambda: len(ws.jobs) == 2, page)
+    steps = page.locator(".bk-input-group", has_text="fine-tune steps").locator("input").first
+    steps.fill("20")
+    steps.press("Enter")
+    wait_until(lambda: ws.steps == 20, page)
+    page.get_by_role("button", name="Fine-tune plan").click()  # the same W2A2 plan: linked to its estimate
     wait_until(lambda: (ws.poll() or True) and len(ws.points) == 3 and not ws.busy, page, timeout=300_000)
 
     page.get_by_text("Frontier", exact=True).click()
