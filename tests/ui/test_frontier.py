@@ -69,10 +69,10 @@ def test_frontier_reads_well(app_server, page):
     # through the page, as a person does (a test thread calling the workspace races Panel's session state)
     preset(page, "w4a4")
     page.get_by_role("button", name="Estimate (no training)").click()
-    wait_until(lambda: len(ws.jobs) == 1, page)
+    wait_until(lambda: ws.jobs is not None and len(ws.jobs) == 1, page)
     preset(page, "w2a2")
     page.get_by_role("button", name="Estimate (no training)").click()
-    wait_until(lambda: len(ws.jobs) == 2, page)
+    wait_until(lambda: ws.jobs is not None and len(ws.jobs) == 2, page)
     steps = page.locator(".bk-input-group", has_text="fine-tune steps").locator("input").first
     steps.fill("20")
     steps.press("Enter")
