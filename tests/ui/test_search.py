@@ -51,6 +51,9 @@ def test_search_streams_points_draws_hypervolume_and_cancels(app_server, page):
     url, store, workspaces = app_server
     errors = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    off = []   # requests that leave the machine (the page must make none)
+    page.on("request", lambda r: off.append(r.url) if not r.url.startswith(("http://127.0.0.1", "ws://127.0.0.1",
+                                                                           "data:", "blob:")) else None)
     page.goto(url)
     page.wait_for_selector('.tabulator-cell[tabulator-field="layer"]', timeout=120_000)
     ws = workspaces[-1]
@@ -102,4 +105,5 @@ def test_search_streams_points_draws_hypervolume_and_cancels(app_server, page):
     assert s.done < 14
     page.wait_for_timeout(1000)
     shot(page, "search-cancelled")
+    assert not off, off
     assert not errors, errors
