@@ -23,7 +23,7 @@ import traceback
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .errors import UserError
+from .errors import USER_ERRORS, UserError
 from .evaluation import Evaluation, Settings, code_version
 from .plan import Plan
 
@@ -99,7 +99,10 @@ def execute(payload: dict, progress=None, should_stop=None) -> dict:
     plan = Plan.from_dict(payload["plan"])
     settings = Settings.from_dict(payload["settings"])
     model, dataset = payload["model"], payload["dataset"]
-    baseline, data = _baseline_and_data(model, dataset)
+    try:
+        baseline, data = _baseline_and_data(model, dataset)
+    except USER_ERRORS:   # no baseline or no data: evaluate_plan meets the same error and records a failed point
+        baseline, data = None, None
     run = evaluate_plan(model, dataset, plan, settings, progress=progress, should_stop=should_stop,
                         baseline=baseline, data=data)
     ev = run.evaluation
@@ -617,7 +620,10 @@ class _DaskBackend:
     kind = "dask"
 
     def __init__(self, runner: JobRunner, address: str | None, client=None):
-        from distributed import Client
+        try:
+            from distributed import Client
+        except ImportError:
+            raise UserError("jobs on a Dask cluster need Dask: pip install 'bitscape[cluster]'") from None
         self.r = runner
         self.own = client is None
         if client is None:

@@ -145,3 +145,14 @@ def test_stop_forkserver_waits_for_every_runner():
     stop_forkserver()
     # stopped, unless a runner of another test in this process still has live workers
     assert forkserver._forkserver._forkserver_pid is None or multiprocessing.active_children()
+
+
+def test_a_scheduler_without_dask_installed_is_a_clear_refusal(monkeypatch):
+    """Dask is the 'cluster' extra: without it, --scheduler says what to install."""
+    import sys
+
+    from engine.errors import UserError
+    from engine.jobs import JobRunner
+    monkeypatch.setitem(sys.modules, "distributed", None)  # what an install without the extra looks like
+    with pytest.raises(UserError, match=r"bitscape\[cluster\]"):
+        JobRunner(scheduler="tcp://127.0.0.1:1")

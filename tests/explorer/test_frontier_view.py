@@ -110,9 +110,9 @@ def test_heatmap_and_profile_comparison_render(view):
     hv.render(view.profiles.plot_b.object, backend="bokeh")
 
 
-def test_failed_job_from_the_runner_shows_with_its_reason(workspace):
-    """A job the runner marks failed before scoring (no FP32 baseline for the dataset: the worker
-    raises before an Evaluation exists) is a table row and a red note carrying the runner's reason."""
+def test_failed_job_from_the_runner_is_a_point_with_its_reason(workspace):
+    """A job that cannot start its work (no FP32 baseline for the dataset) ends as a failed
+    Evaluation: a point on the failed strip, with the runner's reason in the table and the hover."""
     from explorer.views.frontier_view import FrontierView
     view = FrontierView(workspace=workspace)
     workspace.dataset = "fashion-mnist"  # lenet5 ships no fashion-mnist baseline
@@ -121,11 +121,14 @@ def test_failed_job_from_the_runner_shows_with_its_reason(workspace):
     wait_jobs(workspace)
     info = workspace.runner.status(jid)
     assert info.state == "failed" and "baseline" in info.error
-    assert info.result is None and workspace.points.empty
+    assert info.result is not None and info.result.status == "failed" and info.result.reason == info.error
+    points = workspace.points
+    assert list(points["status"]) == ["failed"] and points["reason"].iloc[0] == info.error
+    assert points["throughput"].notna().all()  # the plan is still costed: the point has its place on x
     row = view.table.value.iloc[0]
     assert row["status"] == "failed" and row["reason"] == info.error and row["label"].endswith("· failed")
-    assert "failed before it was scored" in view.reference.object
-    assert html.escape(info.error) in view.reference.object
+    drawn = view._drawn()
+    assert (drawn["status"] == "failed").sum() == 1
     workspace.dataset = "digits"  # another dataset's failures are not listed
     assert view.table.value.empty and "failed" not in view.reference.object
 
