@@ -1,9 +1,9 @@
 """Regenerate the README's screenshots from the product as a user runs it.
 
-Starts `bitscape serve` (a temporary store), drives Debian's chromium: edits the plan, then
+Starts `bitscape serve` (a temporary store), drives Debian's chromium: applies a preset, then
 launches a search from the dashboard's Search card on a bit-serial profile and waits for it to
-finish; screenshots the plan editor, the frontier (Pareto line, FP32 reference, estimate ->
-fine-tune links), the heat map and the search card.
+finish; screenshots the plan editor and the frontier (Pareto line, FP32 reference) beside the
+search card with its hypervolume chart.
 
     .venv/bin/python docs/make_screenshots.py [--estimates 24] [--finetunes 3] [--profile bismo]
 """
@@ -93,13 +93,12 @@ def main() -> int:
                                                     ("done:", "search failed", "cancelled")):
                     page.wait_for_timeout(2000)
                 page.wait_for_timeout(3000)
-                page.screenshot(path=str(OUT / "frontier.png"), full_page=False)
-                page.screenshot(path=str(OUT / "frontier-full.png"), full_page=True)
+                page.screenshot(path=str(OUT / "frontier.png"))
                 browser.close()
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
-    print(f"wrote {OUT}/plan.png, frontier.png, frontier-full.png")
+    print(f"wrote {OUT}/plan.png and frontier.png")
     return 0
 
 

@@ -35,3 +35,20 @@ def pytest_runtest_setup(item):
         if os.environ.get("BITSCAPE_STRICT") == "1":
             pytest.fail(f"required resource missing under BITSCAPE_STRICT=1: {why}", pytrace=False)
         pytest.skip(why)
+
+
+# The fast inner loop is `pytest -m "not slow"`; CI runs everything. Slow: real browsers, the
+# Fashion-MNIST networks, benchmarks run as tests, and the modules listed here (each over ~4 s
+# a test on this 2-core machine, measured with --durations).
+SLOW_MODULES = {
+    "tests/explorer/test_bench_dashboard.py", "tests/engine/test_study.py", "tests/explorer/test_serve.py",
+    "tests/engine/test_fuzz_inputs.py", "tests/explorer/state/test_search.py", "tests/explorer/state/test_sessions.py",
+    "tests/engine/test_sweep.py", "tests/engine/test_search.py", "tests/engine/test_distill.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = item.path.relative_to(config.rootpath).as_posix()
+        if item.get_closest_marker("ui") or item.get_closest_marker("fashion") or path in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

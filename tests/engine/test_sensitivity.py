@@ -80,6 +80,7 @@ def test_order_and_ranks():
     assert s.order() == ["b", "a", "c"] and s.ranks() == {"c": 1, "a": 2, "b": 3}
 
 
+@pytest.mark.slow
 def test_hessian_trace_matches_the_exact_trace_on_a_tiny_network():
     """Hutchinson's estimate of each layer's Hessian trace converges to the exact trace, computed
     here by differentiating twice (torch.func.hessian) with respect to that layer's weights."""
