@@ -32,7 +32,8 @@ POINTS_JS = """
   }
   for (const root of Object.values(window.Bokeh.index)) {
     for (const v of walk(root)) {
-      if (!(v.frame && v.renderer_views)) continue;
+      const title = v.model && v.model.title && v.model.title.text;
+      if (!(v.frame && v.renderer_views && title && title.startsWith("Accuracy vs"))) continue;  // the frontier plot
       for (const r of v.renderer_views.values()) {
         const g = r.model.glyph;
         if (!g || g.type !== "Scatter" || !r.model.data_source) continue;

@@ -20,7 +20,8 @@ TAP_JS = """
   }
   for (const root of Object.values(window.Bokeh.index)) {
     for (const v of walk(root)) {
-      if (v.frame && v.model && v.model.type === "Figure" && v.renderer_views) {
+      const title = v.model && v.model.title && v.model.title.text;
+      if (v.frame && v.model && v.model.type === "Figure" && v.renderer_views && title && title.startsWith("Accuracy vs")) {
         const glyphs = [...v.renderer_views.values()].filter(r => r.model.glyph && r.model.glyph.type === "Scatter");
         if (!glyphs.length) continue;
         const rect = v.el.getBoundingClientRect();
