@@ -1,0 +1,65 @@
+"""``bitscape measure``: tidy rows for the packed and onnxruntime targets (schema only, never timing)."""
+import json
+
+import pandas as pd
+import pytest
+
+from engine.cost.measure import (COLUMNS, MeasureError, attribute_nodes, measure, plans_path, random_plans,
+                                 read_rows, uniform_plans, write)
+
+LENET = ["conv1", "conv2", "fc1", "fc2", "fc3"]
+
+
+def test_packed_and_onnxruntime_rows_are_tidy(tmp_path):
+    plans = uniform_plans([2]) + random_plans(LENET, 1, seed=3)
+    rows, plan_map = measure("lenet5", "digits", plans, ["packed", "onnxruntime"], batches=[1], repeats=2)
+    out, side = write(rows, plan_map, tmp_path / "m.csv")
+    df = pd.read_csv(out, dtype={"plan_hash": str})
+    assert list(df.columns) == COLUMNS
+    assert set(df["target"]) == {"packed", "onnxruntime"}
+    assert set(df["plan_hash"]) == {p.digest() for p in plans} == set(json.loads(side.read_text()))
+    assert (df["seconds"] > 0).all() and (df["repeats"] == 2).all() and (df["batch"] == 1).all()
+    assert (df["weights"] == "baseline").all() and df["machine"].str.len().gt(0).all()
+    for (target, h), g in df.groupby(["target", "plan_hash"]):
+        assert list(g["layer"]) == LENET + ["total"], (target, h)   # one row per layer, then the total
+    assert side == plans_path(out)
+
+
+def test_random_plans_are_seeded_and_in_range():
+    a, b = random_plans(LENET, 3, seed=7), random_plans(LENET, 3, seed=7)
+    assert [p.digest() for p in a] == [p.digest() for p in b]
+    assert len({p.digest() for p in a}) == 3
+    for p in a:
+        for name, c in p.resolve(LENET).items():
+            assert 1 <= c.w_bits <= 8 and 1 <= c.a_bits <= 8
+            assert (c.quantizer == "binary") == (c.w_bits == 1)
+
+
+def test_ort_profile_nodes_go_to_their_layer_and_unnamed_ones_to_the_layer_before():
+    ev = [{"cat": "Node", "name": "conv1/Conv_kernel_time", "dur": 10},
+          {"cat": "Node", "name": "MaxPool_kernel_time", "dur": 5},
+          {"cat": "Node", "name": "fc1/Gemm_kernel_time", "dur": 7},
+          {"cat": "Node", "name": "fc1/Gemm_fence_before", "dur": 99},
+          {"cat": "Session", "name": "model_run", "dur": 40},
+          {"cat": "Node", "name": "conv1/Conv_kernel_time", "dur": 12},
+          {"cat": "Session", "name": "model_run", "dur": 20}]
+    runs = attribute_nodes(ev, ["conv1", "fc1"])
+    assert runs == [{"conv1": pytest.approx(15e-6), "fc1": pytest.approx(7e-6)}, {"conv1": pytest.approx(12e-6)}]
+
+
+def test_bad_requests_are_clear_errors(tmp_path):
+    with pytest.raises(MeasureError, match="unknown target 'tpu'"):
+        measure("lenet5", "digits", uniform_plans([8]), ["tpu"])
+    import torch
+    if not torch.cuda.is_available():
+        with pytest.raises(MeasureError, match="no GPU"):
+            measure("lenet5", "digits", uniform_plans([8]), ["torch-cuda"])
+    with pytest.raises(MeasureError, match="no FP32 baseline"):
+        measure("resnet20", "cifar10", uniform_plans([8]), ["packed"])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("target,model,plan_hash,layer,batch\npacked,lenet5,x,total,1\n")
+    with pytest.raises(MeasureError, match="missing column"):
+        read_rows(bad)
+    bad.write_text("target,model,plan_hash,layer,batch,seconds\npacked,lenet5,x,total,1,-3\n")
+    with pytest.raises(MeasureError, match="row 2: seconds must be a positive"):
+        read_rows(bad)
