@@ -106,7 +106,7 @@ class ModelSource:
 
 
 def model_source(model: str, dataset: str, data_root: str | None = None, random_weights: bool = False,
-                 seed: int = 0) -> ModelSource:
+                 seed: int = 0, calib_size: int = 256) -> ModelSource:
     """The shipped/cached FP32 baseline and its dataset; with ``random_weights``, where either is
     missing, a seeded fresh network calibrated on standard-normal inputs (timing only)."""
     import torch
@@ -123,7 +123,7 @@ def model_source(model: str, dataset: str, data_root: str | None = None, random_
         base = load_baseline(model, dataset, data)
         shape, weights = data.input_shape, "baseline"
         gen = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(len(data.x_train), generator=gen)[:256]
+        idx = torch.randperm(len(data.x_train), generator=gen)[:calib_size]
         calib = [data.x_train[idx]]
         sample = data.x_test.numpy()
     except UserError as e:
@@ -134,7 +134,7 @@ def model_source(model: str, dataset: str, data_root: str | None = None, random_
         base = build_model(model, spec.input_shape, spec.num_classes).eval()
         shape, weights = tuple(spec.input_shape), "random-init"
         gen = torch.Generator().manual_seed(seed)
-        calib = [torch.randn(256, *shape, generator=gen)]
+        calib = [torch.randn(calib_size, *shape, generator=gen)]
         sample = torch.randn(256, *shape, generator=gen).numpy()
     topo = analyze(base, shape)
     return ModelSource(model, dataset, base, tuple(shape), calib, np.ascontiguousarray(sample, dtype=np.float32),
@@ -295,11 +295,14 @@ def has_cuda() -> bool:
 def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[str] = ("packed",),
             batches: Sequence[int] = (1,), repeats: int = 5, data_root: str | None = None,
             random_weights: bool = False, per_layer: bool = True, threads: int = 1,
-            progress: Callable[[str], None] | None = None) -> tuple[list[dict], dict]:
+            progress: Callable[[str], None] | None = None, calib_size: int = 256,
+            skipped: list | None = None) -> tuple[list[dict], dict]:
     """Time ``plans`` of ``model`` on each target; returns (tidy rows, {plan_hash: plan dict}).
 
     Each target's points (plan x batch) are timed in interleaved rounds; the whole-network time is
-    taken around the call, per-layer times from the runtime's own spans / profile."""
+    taken around the call, per-layer times from the runtime's own spans / profile. A target that
+    cannot run a plan (e.g. the exporter refuses it) raises, or, when ``skipped`` is a list, is
+    left out and noted there as {target, model, reason}."""
     for t in targets:
         if t not in TARGETS:
             raise MeasureError(f"unknown target {t!r}; targets are {', '.join(TARGETS)}")
@@ -315,7 +318,7 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
     if "torch-cuda" in targets:
         raise MeasureError("target 'torch-cuda' is not implemented yet")
     say = progress or (lambda m: None)
-    src = model_source(model, dataset, data_root, random_weights)
+    src = model_source(model, dataset, data_root, random_weights, calib_size=calib_size)
     preps = []
     for plan in plans:
         src_names = src.names
@@ -337,9 +340,17 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
 
     for target in targets:
         keys, points, blobs = [], [], {}
+        try:
+            for prep in preps:
+                if target == "onnxruntime":
+                    blobs[id(prep)] = ort_bytes(prep)
+        except UserError as e:
+            if skipped is None:
+                raise
+            skipped.append({"target": target, "model": model, "reason": f"plan {plan_label(prep.plan)}: {e}"})
+            say(f"{target} {model}: skipped ({e})")
+            continue
         for prep in preps:
-            if target == "onnxruntime":
-                blobs[id(prep)] = ort_bytes(prep)
             for b in batches:
                 keys.append((prep, b))
                 if target == "packed":

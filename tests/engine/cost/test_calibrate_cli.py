@@ -2,8 +2,11 @@
 chooses the structure by held-out plans, and writes a profile ``cost --profile-file`` loads."""
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -94,20 +97,64 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "unknown parameter 'compute.warp_speed'" in capsys.readouterr().err
 
 
+def readme_commands() -> list[list[str]]:
+    """The bash block of the README's 'Measuring and calibrating' subsection, one argv per line."""
+    text = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = text.split("### Measuring and calibrating", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.+?)\n```", section, flags=re.S).group(1)
+    return [shlex.split(line.split("#", 1)[0]) for line in block.splitlines() if line.strip()]
+
+
 def test_readme_commands_as_subprocesses(tmp_path):
-    """measure then calibrate then cost, exactly as the README's 'Command line' section runs them."""
-    env = dict(os.environ)
-    run = lambda *a: subprocess.run([sys.executable, "-m", "explorer.cli", *a], cwd=tmp_path, env=env,  # noqa: E731
-                                    capture_output=True, text=True, timeout=900)
-    r = run("measure", "--model", "lenet5", "--target", "packed", "--uniform", "2,8", "--repeats", "2",
-            "--out", "m.csv")
-    assert r.returncode == 0, r.stderr
+    """measure, calibrate and cost run as subprocesses exactly as the README writes them (measure with
+    one random plan and one repeat, to stay small)."""
+    cmds = {c[1]: c[2:] for c in readme_commands()}
+    assert cmds["measure"][0:2] == ["--model", "lenet5"] and "calibrate" in cmds and "cost" in cmds
+
+    def run(name, args):
+        r = subprocess.run([sys.executable, "-m", "explorer.cli", name, *args], cwd=tmp_path, env=dict(os.environ),
+                           capture_output=True, text=True, timeout=1200)
+        assert r.returncode == 0, f"{name}: {r.stderr}"
+        return r
+    small = {"--random": "1", "--repeats": "1"}
+    measure = [small.get(prev, a) for prev, a in zip([""] + cmds["measure"], cmds["measure"])]
+    run("measure", measure)
     df = pd.read_csv(tmp_path / "m.csv")
-    assert list(df.columns) == COLUMNS and len(df) == 2 * (len(LENET) + 1)
-    r = run("calibrate", "--profile", "cpu", "--measurements", "m.csv", "--out", "fitted.json", "--folds", "2")
-    assert r.returncode == 0, r.stderr
+    assert list(df.columns) == COLUMNS and set(df["target"]) == {"packed", "onnxruntime"}
+    assert df["plan_hash"].nunique() == 9 and len(df) == 2 * 9 * (len(LENET) + 1)
+    r = run("calibrate", cmds["calibrate"])
     assert "held-out" in r.stdout and (tmp_path / "fitted.json").is_file()
-    r = run("cost", "--model", "lenet5", "--profile-file", "fitted.json", "--json")
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["profile"] == "fitted"
-    assert np.isfinite(json.loads(r.stdout)["latency_s"])
+    (tmp_path / "plan.json").write_text(json.dumps({"version": 1, "default": {"w_bits": 4, "a_bits": 4}}))
+    r = run("cost", cmds["cost"] + ["--json"])
+    d = json.loads(r.stdout)
+    assert d["profile"] == "fitted" and np.isfinite(d["latency_s"])
+
+
+def test_sweep_profile_file_is_found_by_name(tmp_path, monkeypatch):
+    from engine.cost.profiles import ENV_PATH
+    from explorer.commands.sweep import use_profile_file
+    monkeypatch.setenv(ENV_PATH, "")
+    d = load_profile("bismo").to_dict()
+    d["name"] = "mine"
+    (tmp_path / "mine.json").write_text(json.dumps(d))
+    assert use_profile_file(str(tmp_path / "mine.json")) == "mine"
+    assert load_profile("mine").path == str(tmp_path / "mine.json")     # how the sweep's workers find it
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "other.json").write_text(json.dumps(d))
+    from engine.errors import UserError
+    with pytest.raises(UserError, match="rename the file to mine.json"):
+        use_profile_file(str(other / "other.json"))
+
+
+def test_bench_mixed_protocol_scores_synthetic_measurements():
+    """bench cost --mixed's scoring, on rows a known packed-like profile generated: calibrated on the
+    uniform plans only, it predicts the mixed ones (no timing involved)."""
+    from engine.benchmarks import cost as B
+    truth = B.packed_base().with_changes({"compute.efficiency.default": 0.2, "compute.efficiency.1": 0.05,
+                                          "compute.efficiency.2": 0.1})
+    df, plans = synthetic(truth, target="packed", batches=(1,))
+    res = B.score_mixed(df, plans, "packed", {p.digest() for p in uniform_plans(range(1, 9))})
+    assert res["mixed"]["n"] == 8 and res["bops"]["n"] == 8
+    assert res["mixed"]["median_abs_error"] < 0.05 and res["mixed"]["spearman"] > 0.9
+    assert res["use"] in ("both", "total") and np.isfinite(res["bops"]["median_abs_error"])
