@@ -401,8 +401,8 @@ def _print(r: dict) -> None:
 MIXED_TARGET_ERROR = 0.15
 MIXED_TARGET_SPEARMAN = 0.8
 MIXED_MODELS = (("lenet5", "digits"), ("cnn", "fashion-mnist"), ("resnet20", "cifar10"))
-MIXED_FULL = dict(random=200, repeats=5)
-MIXED_QUICK = dict(random=20, repeats=3)
+MIXED_FULL = dict(random=200, repeats=15)
+MIXED_QUICK = dict(random=20, repeats=9)
 CALIB_SIZE = 16           # calibration images per plan: timing needs a calibrated plan, not a good one
 
 
@@ -503,6 +503,8 @@ def validate_mixed(targets=("packed", "onnxruntime"), models=MIXED_MODELS, n_ran
         wall = time.perf_counter() - t0
         if save_dir:
             write(rows, plans, Path(save_dir) / f"{model}-{dataset}.csv")
+        if not rows:
+            continue
         df = pd.DataFrame(rows)
         for target in sorted(set(df["target"]), key=list(targets).index):
             res = score_mixed(df, plans, target, {p.digest() for p in uni}, seed)
