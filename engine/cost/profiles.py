@@ -541,3 +541,19 @@ def describe_parameters() -> list[dict]:
     rows = [{"path": p, "unit": u, "meaning": m, "classes": c, "kind": "parameter"} for p, u, m, c in PARAMETERS]
     rows += [{"path": p, "unit": "", "meaning": m, "classes": "all", "kind": "structure"} for p, m in STRUCTURES]
     return rows
+
+
+def add_profile_file(path: str | Path) -> str:
+    """Make a profile file findable by name: its folder goes first on $BITSCAPE_PROFILE_PATH (so worker
+    processes, the sweep and the dashboard's profile list see it too); returns its name. The name
+    must be the file's stem, as for every profile found by name."""
+    p = Path(path)
+    if not p.is_file():
+        raise ProfileError(f"profile file {str(path)!r} does not exist")
+    prof = load_profile(p)
+    if prof.name != p.stem:
+        raise ProfileError(f"profile file {str(path)!r}: its name is {prof.name!r}; rename the file to "
+                           f"{prof.name}.json (profiles are found by name)")
+    old = os.environ.get(ENV_PATH, "")
+    os.environ[ENV_PATH] = os.pathsep.join([str(p.resolve().parent)] + ([old] if old else []))
+    return prof.name

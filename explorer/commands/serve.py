@@ -23,6 +23,8 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="local worker processes for jobs (default: cores)")
     p.add_argument("--scheduler", default=None, help="run jobs on an existing Dask cluster, tcp://HOST:PORT")
     p.add_argument("--show", action="store_true", help="open a browser tab")
+    p.add_argument("--profile-file", action="append", default=[], metavar="JSON",
+                   help="add a profile file (e.g. from 'bitscape calibrate') to the dashboard's profiles (repeatable)")
     p.set_defaults(func=run)
 
 
@@ -37,6 +39,9 @@ def run(args) -> int:
         raise UserError("--basic-auth and --oauth-provider need --cookie-secret")
     if args.basic_auth and args.oauth_provider:
         raise UserError("choose --basic-auth or --oauth-provider, not both")
+    from engine.cost.profiles import add_profile_file
+    for path in args.profile_file:
+        add_profile_file(path)
     services.configure(store_path=args.store, workers=args.workers, scheduler=args.scheduler)
     origins = [f"{args.address}:{args.port}", f"localhost:{args.port}", f"127.0.0.1:{args.port}",
                *args.allow_websocket_origin]

@@ -54,24 +54,9 @@ def _progress(json_mode: bool):
 
 
 def use_profile_file(path: str) -> str:
-    """Put a profile file's folder first on the profile path (workers inherit it) and return its name:
-    the sweep keeps profiles by name, so the file's 'name' must be its stem."""
-    import os
-    from pathlib import Path
-
-    from engine.cost import load_profile
-    from engine.cost.profiles import ENV_PATH
-    from engine.errors import UserError
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"--profile-file {path!r} does not exist")
-    prof = load_profile(p)
-    if prof.name != p.stem:
-        raise UserError(f"--profile-file {path!r}: its name is {prof.name!r}; rename the file to "
-                        f"{prof.name}.json (the sweep finds profiles by name)")
-    old = os.environ.get(ENV_PATH, "")
-    os.environ[ENV_PATH] = os.pathsep.join([str(p.resolve().parent)] + ([old] if old else []))
-    return prof.name
+    """The sweep keeps profiles by name: make the file's profile findable by its name (workers too)."""
+    from engine.cost.profiles import add_profile_file
+    return add_profile_file(path)
 
 
 def run(args) -> int:

@@ -145,6 +145,8 @@ def test_sweep_profile_file_is_found_by_name(tmp_path, monkeypatch):
     from engine.errors import UserError
     with pytest.raises(UserError, match="rename the file to mine.json"):
         use_profile_file(str(other / "other.json"))
+    from engine.cost import list_profiles
+    assert "mine" in [r["name"] for r in list_profiles()]     # what the dashboard's profile picker lists
 
 
 def test_bench_mixed_protocol_scores_synthetic_measurements():
@@ -158,3 +160,17 @@ def test_bench_mixed_protocol_scores_synthetic_measurements():
     assert res["mixed"]["n"] == 8 and res["bops"]["n"] == 8
     assert res["mixed"]["median_abs_error"] < 0.05 and res["mixed"]["spearman"] > 0.9
     assert res["use"] in ("both", "total") and np.isfinite(res["bops"]["median_abs_error"])
+
+
+def test_dashboard_profile_picker_lists_a_profile_file(tmp_path, monkeypatch):
+    """serve --profile-file: the fitted profile appears among the Workspace's profile choices."""
+    from engine.cost.profiles import ENV_PATH, add_profile_file
+    from engine.store import Store
+    from explorer.state.workspace import Workspace
+    monkeypatch.setenv(ENV_PATH, "")
+    d = load_profile("bismo").to_dict()
+    d["name"] = "fitted-dash"
+    (tmp_path / "fitted-dash.json").write_text(json.dumps(d))
+    add_profile_file(tmp_path / "fitted-dash.json")
+    ws = Workspace(store=Store(tmp_path / "s.sqlite"), runner=None)
+    assert "fitted-dash" in ws.param.profile.objects
