@@ -63,3 +63,31 @@ def test_bad_requests_are_clear_errors(tmp_path):
     bad.write_text("target,model,plan_hash,layer,batch,seconds\npacked,lenet5,x,total,1,-3\n")
     with pytest.raises(MeasureError, match="row 2: seconds must be a positive"):
         read_rows(bad)
+
+
+def test_plans_from_a_file_or_a_directory(tmp_path):
+    from engine.cost.measure import load_plans
+    d = tmp_path / "plans"
+    d.mkdir()
+    for p in uniform_plans([2, 4]):
+        (d / f"{p.name.lower()}.json").write_text(p.to_json())
+    (d / "unnamed.json").write_text(json.dumps({"version": 1, "default": {"w_bits": 3, "a_bits": 5}}))
+    plans = load_plans(d)
+    assert [p.name for p in plans] == ["unnamed", "W2A2", "W4A4"]     # sorted by file name; stem names the rest
+    assert [p.name for p in load_plans(d / "w4a4.json")] == ["W4A4"]
+    with pytest.raises(MeasureError, match="does not exist"):
+        load_plans(tmp_path / "nope.json")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MeasureError, match="holds no .json plan"):
+        load_plans(empty)
+
+
+def test_append_keeps_earlier_rows_and_plans(tmp_path):
+    row = {"target": "packed", "model": "lenet5", "dataset": "digits", "plan_hash": "a", "plan": "A",
+           "layer": "total", "batch": 1, "seconds": 1e-3, "repeats": 1, "machine": "m", "weights": "baseline"}
+    write([row], {"a": {"plan": {}}}, tmp_path / "m.csv")
+    write([{**row, "plan_hash": "b", "plan": "B"}], {"b": {"plan": {}}}, tmp_path / "m.csv", append=True)
+    df = read_rows(tmp_path / "m.csv")
+    assert list(df["plan_hash"]) == ["a", "b"]
+    assert set(json.loads(plans_path(tmp_path / "m.csv").read_text())) == {"a", "b"}
