@@ -462,8 +462,9 @@ def score_mixed(df, plans: dict, target: str, uniform: set, seed: int = 0) -> di
     test = rows_from_frame(df_m, plans, target, "total")
     meas = np.array([r.seconds for r in test])
     pred = predict_all(test, cal.profile)
-    w8 = next(r for r in rows_from_frame(df_u[df_u["plan"] == "W8A8"], plans, target, "total"))
-    bops = np.array([_bops(r) for r in test]) * (w8.seconds / _bops(w8))
+    w8 = df_u[(df_u["plan"] == "W8A8") & (df_u["layer"] == "total")]
+    w8 = rows_from_frame(w8, plans, target, "total")[0] if len(w8) else None
+    bops = np.array([_bops(r) for r in test]) * (w8.seconds / _bops(w8) if w8 else float("nan"))
     res = {"target": target, "model": str(df["model"].iloc[0]), "dataset": str(df["dataset"].iloc[0]),
            "weights": str(df["weights"].iloc[0]), "structure": cal.structure, "use": use, "params": cal.params,
            "bound_hits": [p for p, _, _ in cal.bound_hits],

@@ -301,8 +301,8 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
 
     Each target's points (plan x batch) are timed in interleaved rounds; the whole-network time is
     taken around the call, per-layer times from the runtime's own spans / profile. A target that
-    cannot run a plan (e.g. the exporter refuses it) raises, or, when ``skipped`` is a list, is
-    left out and noted there as {target, model, reason}."""
+    cannot run a plan (e.g. the exporter refuses it) raises, or, when ``skipped`` is a list, that
+    plan is left out on that target and noted there as {target, model, plan, reason}."""
     for t in targets:
         if t not in TARGETS:
             raise MeasureError(f"unknown target {t!r}; targets are {', '.join(TARGETS)}")
@@ -339,18 +339,22 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
         rows.append({**base, "layer": TOTAL, "seconds": float(total)})
 
     for target in targets:
-        keys, points, blobs = [], [], {}
-        try:
-            for prep in preps:
-                if target == "onnxruntime":
-                    blobs[id(prep)] = ort_bytes(prep)
-        except UserError as e:
-            if skipped is None:
-                raise
-            skipped.append({"target": target, "model": model, "reason": f"plan {plan_label(prep.plan)}: {e}"})
-            say(f"{target} {model}: skipped ({e})")
-            continue
+        keys, points, blobs, runnable = [], [], {}, []
         for prep in preps:
+            if target == "onnxruntime":
+                try:
+                    blobs[id(prep)] = ort_bytes(prep)
+                except UserError as e:
+                    if skipped is None:
+                        raise
+                    skipped.append({"target": target, "model": model, "plan": plan_label(prep.plan),
+                                    "reason": f"plan {plan_label(prep.plan)}: {e}"})
+                    say(f"{target} {model} {plan_label(prep.plan)}: skipped ({e})")
+                    continue
+            runnable.append(prep)
+        if not runnable:
+            continue
+        for prep in runnable:
             for b in batches:
                 keys.append((prep, b))
                 if target == "packed":

@@ -91,3 +91,22 @@ def test_append_keeps_earlier_rows_and_plans(tmp_path):
     df = read_rows(tmp_path / "m.csv")
     assert list(df["plan_hash"]) == ["a", "b"]
     assert set(json.loads(plans_path(tmp_path / "m.csv").read_text())) == {"a", "b"}
+
+
+def test_a_plan_the_target_cannot_run_is_skipped_not_the_target(monkeypatch):
+    from engine.cost import measure as M
+    from engine.errors import UserError
+    real = M.ort_bytes
+
+    def refuse_w2(prep):
+        if prep.plan.name == "W2A2":
+            raise UserError("exporter refuses it")
+        return real(prep)
+    monkeypatch.setattr(M, "ort_bytes", refuse_w2)
+    plans = uniform_plans([2, 8])
+    with pytest.raises(UserError, match="exporter refuses it"):
+        measure("lenet5", "digits", plans, ["onnxruntime"], repeats=1, per_layer=False)
+    skipped: list = []
+    rows, _ = measure("lenet5", "digits", plans, ["onnxruntime"], repeats=1, per_layer=False, skipped=skipped)
+    assert [r["plan"] for r in rows] == ["W8A8"]
+    assert skipped[0]["plan"] == "W2A2" and "exporter refuses it" in skipped[0]["reason"]
