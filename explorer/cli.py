@@ -10,7 +10,8 @@ import os
 import sys
 
 # Each module in explorer.commands exposes register(subparsers); order sets the help listing.
-COMMAND_MODULES = ["serve", "plan", "finetune", "baseline", "bench", "cost", "deploy", "export", "sweep", "sensitivity", "methods"]
+COMMAND_MODULES = ["serve", "plan", "finetune", "baseline", "bench", "cost", "deploy", "export", "sweep", "sensitivity", "methods",
+                   "measure", "calibrate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

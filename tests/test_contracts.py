@@ -1,5 +1,5 @@
 """The architecture's rules, checked on every run: engine stays Panel-free, explorer does no
-tensor math, the C extension is reached only through engine/kernels.py."""
+tensor math, the C extension is reached only through engine/kernels.py, and ruff is clean."""
 import ast
 import shutil
 import subprocess
@@ -52,3 +52,9 @@ def test_the_c_extension_is_reached_only_through_engine_kernels():
     assert not offenders, f"import engine._bitpack through engine.kernels, not directly: {offenders}"
     assert any("_bitpack" in n for n in _imports(ROOT / "engine" / "kernels.py"))
 
+
+
+def test_ruff_is_clean():
+    r = subprocess.run([_tool("ruff"), "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]

@@ -54,6 +54,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="cpu", help="profile to check (default cpu)")
     parser.add_argument("--write-profile", default=None, metavar="PATH",
                         help="write the profile re-fitted on the fit plans to PATH (e.g. data/profiles/cpu.json)")
+    parser.add_argument("--mixed", action="store_true",
+                        help="the uniform-to-mixed protocol instead: per target (packed, onnxruntime) calibrate on "
+                             "uniform W1A1..W8A8 plans, predict random mixed plans (lenet5, cnn, resnet20)")
+    parser.add_argument("--random", type=int, default=None, metavar="N",
+                        help="--mixed: random mixed plans per model (default 200; 20 with --quick)")
+    parser.add_argument("--targets", default="packed,onnxruntime", help="--mixed: comma-separated targets")
+    parser.add_argument("--save-measurements", default=None, metavar="DIR",
+                        help="--mixed: also write each model's measurements (CSV + plans) to DIR")
+    parser.add_argument("--models", default=None,
+                        help="--mixed: comma-separated model:dataset pairs (default lenet5:digits,"
+                             "cnn:fashion-mnist,resnet20:cifar10)")
 
 
 # ----------------------------------------------------------------------------- plans
@@ -303,6 +314,8 @@ def run(args) -> int:
     from engine.errors import UserError
     if args.repeats is not None and args.repeats < 1:
         raise UserError("--repeats must be at least 1")
+    if getattr(args, "mixed", False):
+        return run_mixed(args)
     prof = load_profile(args.profile)
     say = (lambda m: print(m, file=sys.stderr)) if not args.json and sys.stderr.isatty() else None
     records = measure(quick=args.quick, repeats=args.repeats, progress=say)
@@ -377,3 +390,180 @@ def _print(r: dict) -> None:
         print(f"  {label}: " + ", ".join(f"{k.replace('_met', '')} {'MET' if v else 'MISSED'}" for k, v in met.items()))
     if r.get("wrote_profile"):
         print(f"\nwrote the re-fitted profile to {r['wrote_profile']}")
+
+
+# ----------------------------------------------------------------------------- uniform -> mixed (issue 16)
+#
+# Per target and model: time uniform W1A1..W8A8 and N random mixed plans (bits 1..8 per layer and
+# operand) at batch 1; calibrate a base profile on the uniform plans only ('bitscape calibrate''s fit:
+# per-layer and whole-network rows, weighted, structure by plan-held-out CV); predict the mixed plans'
+# whole-network latency. BOPs scaled to the measured uniform W8A8 is the baseline on the same plans.
+MIXED_TARGET_ERROR = 0.15
+MIXED_TARGET_SPEARMAN = 0.8
+MIXED_MODELS = (("lenet5", "digits"), ("cnn", "fashion-mnist"), ("resnet20", "cifar10"))
+MIXED_FULL = dict(random=200, repeats=15)
+MIXED_QUICK = dict(random=20, repeats=9)
+CALIB_SIZE = 16           # calibration images per plan: timing needs a calibrated plan, not a good one
+
+
+def packed_base():
+    """The ``cpu`` profile set up for the packed deployment's kernel choice: W<=2 A<=2 layers run the
+    bit-serial kernel (time ~ w x a bit planes), everything else the int8 kernel. The lut picks the
+    fastest kernel that handles a cell, so the bit-serial rows are put just above the int8 rate at
+    W2A2 (x2 per plane fewer); the fitted efficiencies .1 / .2 / default then set the real rates."""
+    from engine.cost import load_profile
+    from engine.cost.profiles import Profile
+    d = load_profile("cpu").to_dict()
+    c = d["compute"]
+    int8 = next(r["macs_per_s"] for r in c["table"] if (r["w"], r["a"]) == (8, 8))
+    c["table"] = [{"w": w, "a": a, "macs_per_s": 1.1 * int8 * 4 / (w * a), "kernel": "bitserial"}
+                  for w in (1, 2) for a in (1, 2)] + [{"w": 8, "a": 8, "macs_per_s": int8, "kernel": "int8"}]
+    d["name"], d["title"] = "cpu-packed", d["title"] + " (bit-serial for W<=2 A<=2, as the deployment runs)"
+    return Profile(d, "<packed base>")
+
+
+def ort_base():
+    """onnxruntime runs a QDQ model: integer or float kernels whatever the bit-width, 4-bit tensors as
+    int4. A fixed-width profile with INT4 / INT8 / FP32 rates from the cpu profile's int8 and float
+    figures and its host terms (quantize, rescale, per-call); the fit sets the efficiencies."""
+    from engine.cost import load_profile
+    from engine.cost.profiles import Profile
+    d = load_profile("cpu").to_dict()
+    c = d["compute"]
+    int8 = next(r["macs_per_s"] for r in c["table"] if (r["w"], r["a"]) == (8, 8))
+    d["compute"] = {"class": "fixed", "float_bits": 32, "rates": {"4": int8, "8": int8, "32": c["float_macs_per_s"]},
+                    "efficiency": {"4": 1.0, "8": 1.0, "32": 1.0}, "overhead_s": 0.0,
+                    "storage_widths": [4, 8, 32]}
+    d["name"], d["title"] = "cpu-ort", "Host CPU, onnxruntime QDQ (INT4 / INT8 / FP32 paths)"
+    d["combine"] = "sum"
+    return Profile(d, "<onnxruntime base>")
+
+
+BASES = {"packed": packed_base, "onnxruntime": ort_base}
+
+
+def _bops(row) -> float:
+    from engine.cost.profiles import BITS
+    return float(sum(g.macs * BITS[wi] * BITS[ai] for g, wi, ai, *_ in row.cells)) * row.batch
+
+
+def score_mixed(df, plans: dict, target: str, uniform: set, seed: int = 0) -> dict:
+    """Calibrate ``target``'s base profile on the rows of the ``uniform`` plan hashes; predict the
+    whole-network rows of every other plan; errors of the prediction and of scaled BOPs."""
+    from engine.cost.calibrate_measured import calibrate, predict_all, quality, rows_from_frame
+    df = df[df["target"] == target]
+    df_u, df_m = df[df["plan_hash"].isin(uniform)], df[~df["plan_hash"].isin(uniform)]
+    # which rows to fit (per-layer + whole network, or whole network only) is a structure choice too:
+    # chosen by the held-out whole-network error on the uniform plans
+    cals = {use: calibrate(BASES[target](), rows_from_frame(df_u, plans, target, use), folds=4, seed=seed)
+            for use in ("both", "total")}
+    use = min(cals, key=lambda u: cals[u].held_out["total"]["median_abs_error"])
+    cal = cals[use]
+    test = rows_from_frame(df_m, plans, target, "total")
+    meas = np.array([r.seconds for r in test])
+    pred = predict_all(test, cal.profile)
+    w8 = df_u[(df_u["plan"] == "W8A8") & (df_u["layer"] == "total")]
+    w8 = rows_from_frame(w8, plans, target, "total")[0] if len(w8) else None
+    bops = np.array([_bops(r) for r in test]) * (w8.seconds / _bops(w8) if w8 else float("nan"))
+    res = {"target": target, "model": str(df["model"].iloc[0]), "dataset": str(df["dataset"].iloc[0]),
+           "weights": str(df["weights"].iloc[0]), "structure": cal.structure, "use": use, "params": cal.params,
+           "bound_hits": [p for p, _, _ in cal.bound_hits],
+           "fit_in_sample": cal.in_sample, "fit_held_out_uniform": cal.held_out,
+           "mixed": quality(pred, meas), "bops": quality(bops, meas),
+           "measured_ms": {"min": float(meas.min() * 1e3), "median": float(np.median(meas) * 1e3),
+                           "max": float(meas.max() * 1e3)}}
+    res["met"] = bool(res["mixed"]["median_abs_error"] <= MIXED_TARGET_ERROR
+                      and res["mixed"]["spearman"] >= MIXED_TARGET_SPEARMAN)
+    return res
+
+
+def validate_mixed(targets=("packed", "onnxruntime"), models=MIXED_MODELS, n_random=20, repeats=3, seed=0,
+                   progress=None, save_dir=None) -> dict:
+    """Measure uniform and mixed plans in the same interleaved rounds, then ``score_mixed`` per target."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from engine.cost.measure import measure as time_plans
+    from engine.cost.measure import model_source, random_plans, uniform_plans, write
+    from engine.errors import UserError
+    say = progress or (lambda m: None)
+    out = {"targets": list(targets), "random": n_random, "repeats": repeats, "results": [], "skipped": []}
+    for model, dataset in models:
+        try:
+            names = model_source(model, dataset, random_weights=True).names
+        except UserError as e:
+            out["skipped"].append({"model": model, "dataset": dataset, "reason": str(e)})
+            continue
+        uni = uniform_plans(range(1, 9))
+        t0 = time.perf_counter()
+        skipped: list = []
+        rows, plans = time_plans(model, dataset, uni + random_plans(names, n_random, seed), targets, (1,), repeats,
+                                 random_weights=True, progress=say, calib_size=CALIB_SIZE, skipped=skipped)
+        out["skipped"] += [{**x, "dataset": dataset} for x in skipped]
+        wall = time.perf_counter() - t0
+        if save_dir:
+            write(rows, plans, Path(save_dir) / f"{model}-{dataset}.csv")
+        if not rows:
+            continue
+        df = pd.DataFrame(rows)
+        for target in sorted(set(df["target"]), key=list(targets).index):
+            res = score_mixed(df, plans, target, {p.digest() for p in uni}, seed)
+            res["measure_wall_s"] = wall
+            out["results"].append(res)
+            say(f"{target} {model}: mixed median |error| {res['mixed']['median_abs_error']:.1%}, "
+                f"Spearman {res['mixed']['spearman']:.3f}")
+    return out
+
+
+def run_mixed(args) -> int:
+    """``bitscape bench cost --mixed``: the uniform-to-mixed protocol, printed or as JSON."""
+    from engine.cost.measure import TARGETS, machine
+    from engine.errors import UserError
+    cfg = dict(MIXED_QUICK if args.quick else MIXED_FULL)
+    n = args.random if args.random is not None else cfg["random"]
+    if n < 3:
+        raise UserError(f"--random must be at least 3 for a rank correlation (got {n})")
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    for t in targets:
+        if t not in BASES:
+            raise UserError(f"--targets: {t!r} is not measured here (targets with a base profile: "
+                            f"{', '.join(BASES)}; all runtimes: {', '.join(TARGETS)})")
+    models = MIXED_MODELS
+    if args.models:
+        try:
+            models = tuple(tuple(x.split(":", 1)) for x in args.models.split(",") if x.strip())
+            assert all(len(m) == 2 for m in models)
+        except AssertionError:
+            raise UserError(f"--models must be model:dataset pairs (got {args.models!r})") from None
+    say = (lambda m: print(m, file=sys.stderr)) if not args.json else None
+    r = validate_mixed(targets, models, n, args.repeats or cfg["repeats"], progress=say,
+                       save_dir=args.save_measurements)
+    r["machine"] = machine()
+    r["loadavg"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    r["targets_set"] = {"median_abs_error": MIXED_TARGET_ERROR, "spearman": MIXED_TARGET_SPEARMAN}
+    if args.json:
+        print(json.dumps(_finite(r)))
+        return 0
+    print(f"uniform -> mixed: calibrate on W1A1..W8A8, predict {n} random mixed plans, batch 1, medians of "
+          f"{args.repeats or cfg['repeats']} runs; {r['machine']}; load average {r['loadavg']}")
+    for s in r["skipped"]:
+        print(f"  skipped {s.get('target', 'all targets')} for {s['model']} on {s['dataset']}: {s['reason']}")
+    print(f"  {'target':<12} {'model':<9} {'median |err|':>12} {'Spearman':>9}   {'BOPs |err|':>10} {'BOPs rho':>9}"
+          f"   {'measured ms (min/med/max)':<26} structure; weights")
+    for x in r["results"]:
+        m, b = x["mixed"], x["bops"]
+        print(f"  {x['target']:<12} {x['model']:<9} {m['median_abs_error']:>12.1%} {m['spearman']:>9.3f}   "
+              f"{b['median_abs_error']:>10.1%} {b['spearman']:>9.3f}   "
+              f"{x['measured_ms']['min']:.3f}/{x['measured_ms']['median']:.3f}/{x['measured_ms']['max']:.3f}"
+              f"{'':<6} {_structure(x['structure'])}, fit on {x['use']}; {x['weights']}" + ("" if x["met"] else "   MISSED"))
+        if x["bound_hits"]:
+            print(f"  {'':<12} {'':<9} warning: at a bound: {', '.join(x['bound_hits'])}")
+    print(f"targets: median |error| <= {MIXED_TARGET_ERROR:.0%} and Spearman >= {MIXED_TARGET_SPEARMAN} per target "
+          f"and model: {sum(x['met'] for x in r['results'])}/{len(r['results'])} met")
+    return 0
+
+
+def _structure(s: dict) -> str:
+    from engine.cost.calibrate_measured import structure_label
+    return structure_label(s)

@@ -9,8 +9,6 @@ a handful of lookups per layer (the HAQ lookup-table structure, costmodel.md 2.9
 from __future__ import annotations
 
 import copy
-import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +41,8 @@ _nonneg = {"type": "number", "minimum": 0}
 _frac = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
 _width_map = {"type": "object", "patternProperties": {"^([0-9]+|default)$": _pos}, "additionalProperties": False,
               "minProperties": 1}
-_eff = {"oneOf": [_frac, {"type": "object", "patternProperties": {"^([0-9]+|default)$": _frac},
+# efficiencies scale a peak rate; a fit may find the device faster than the base (> 1), so no cap at 1
+_eff = {"oneOf": [_pos, {"type": "object", "patternProperties": {"^([0-9]+|default)$": _pos},
                           "additionalProperties": False, "minProperties": 1}]}
 
 _kind_map = {"type": "object", "additionalProperties": False,
@@ -116,7 +115,7 @@ SCHEMA: dict[str, Any] = {
         "memory": {
             "type": "object", "additionalProperties": False,
             "properties": {"bytes_per_s": {"oneOf": [_pos, {"type": "null"}]},
-                           "efficiency": _frac,
+                           "efficiency": _pos,
                            "weight_buffer_bytes": {"oneOf": [_pos, {"type": "null"}]},
                            "act_buffer_bytes": {"oneOf": [_pos, {"type": "null"}]},
                            "double_buffered": {"type": "boolean"},
@@ -168,10 +167,12 @@ class Profile:
 
     data: dict
     path: str = "<memory>"
+    check: bool = field(default=True, repr=False)   # False: data already validated (a fit changing numbers)
     tables: Tables = field(init=False, repr=False)
 
     def __post_init__(self):
-        validate(self.data, self.path)
+        if self.check:
+            validate(self.data, self.path)
         self.tables = compile_tables(self.data)
         self.memo: dict = {}
         d = self.data
@@ -491,3 +492,63 @@ def list_profiles() -> list[dict]:
                          "path": str(p), "error": str(e)})
     return rows
 
+
+
+# ---- fittable parameters ------------------------------------------------------------------------
+# (dotted path, unit, one-line meaning, compute classes it applies to or "all")
+PARAMETERS: tuple[tuple[str, str, str, str], ...] = (
+    ("compute.efficiency", "fraction of peak (may exceed 1)",
+     "scales the compute rate of every (w, a) cell: time = MACs / (rate x efficiency)", "bitserial fusion"),
+    ("compute.efficiency.<width>", "fraction of peak (may exceed 1)",
+     "efficiency of one executed width: INT<width> units (fixed) or max(w, a) = width (lut, bitserial)", "all"),
+    ("compute.efficiency.default", "fraction of peak (may exceed 1)",
+     "efficiency of every width without its own entry", "all"),
+    ("compute.binary_macs_per_s", "MAC/s", "peak 1-bit x 1-bit MAC rate; W{w}A{a} runs at it / (w x a) "
+     "(/ w or / a alone when compute.serial names one operand)", "bitserial"),
+    ("compute.macs_per_s_8bit", "MAC/s", "peak 8-bit x 8-bit MAC rate (Bit Fusion scales it by bit-width)", "fusion"),
+    ("compute.rates.<width>", "MAC/s", "peak dense MAC rate of INT<width> units", "fixed"),
+    ("compute.float_macs_per_s", "MAC/s", "rate of float layers (and widths no kernel handles)", "lut"),
+    ("compute.overhead_s", "s per layer call", "fixed time added to every layer (launch, call cost)", "all"),
+    ("memory.bytes_per_s", "bytes/s", "peak off-chip (or last-level) bandwidth", "all"),
+    ("memory.efficiency", "fraction of peak (may exceed 1)", "scales the bandwidth: memory time = bytes / (bw x eff)",
+     "all"),
+    ("memory.traffic_factor", "x (>= 1)", "multiplies the modeled DRAM traffic (re-reads a tiling misses)", "all"),
+    ("sparsity.nm.speedup", "x (>= 1)", "speedup of the N:M sparse math path over dense", "all"),
+    ("host.layer_s.<kind>", "s per layer call", "host call cost of a layer kind (linear, conv2d, lstm)", "all"),
+    ("host.step_s", "s per time step", "host cost per recurrent time step", "all"),
+    ("host.quant_s", "s per element", "quantizing one activation element before a GEMM", "all"),
+    ("host.out_s.<kind>", "s per element", "rescale / epilogue of one GEMM output element of a layer kind", "all"),
+    ("host.im2col_s", "s per element", "im2col gather of one element (convolutions)", "all"),
+    ("host.binary_s", "s per layer call", "extra call cost of a layer with 1-bit {-1, +1} weights", "all"),
+    ("host.binary_out_s", "s per element", "sum correction of one output element of a 1-bit-weight layer", "all"),
+)
+# structure choices 'bitscape calibrate' selects by cross-validation (not fitted numbers)
+STRUCTURES: tuple[tuple[str, str], ...] = (
+    ("compute.serial", "which operands run bit-serially on a bitserial profile: [w, a], [w], [a] or [] "
+                       "(time follows w x a bits, w bits, a bits, or neither)"),
+    ("combine", "how compute and memory time combine: max (roofline: a layer is bound by one) or sum"),
+    ("memory", "whether the memory term is modeled at all (off: every layer compute-bound)"),
+)
+
+
+def describe_parameters() -> list[dict]:
+    """The fittable parameters (path, unit, meaning, classes) and the structure choices."""
+    rows = [{"path": p, "unit": u, "meaning": m, "classes": c, "kind": "parameter"} for p, u, m, c in PARAMETERS]
+    rows += [{"path": p, "unit": "", "meaning": m, "classes": "all", "kind": "structure"} for p, m in STRUCTURES]
+    return rows
+
+
+def add_profile_file(path: str | Path) -> str:
+    """Make a profile file findable by name: its folder goes first on $BITSCAPE_PROFILE_PATH (so worker
+    processes, the sweep and the dashboard's profile list see it too); returns its name. The name
+    must be the file's stem, as for every profile found by name."""
+    p = Path(path)
+    if not p.is_file():
+        raise ProfileError(f"profile file {str(path)!r} does not exist")
+    prof = load_profile(p)
+    if prof.name != p.stem:
+        raise ProfileError(f"profile file {str(path)!r}: its name is {prof.name!r}; rename the file to "
+                           f"{prof.name}.json (profiles are found by name)")
+    old = os.environ.get(ENV_PATH, "")
+    os.environ[ENV_PATH] = os.pathsep.join([str(p.resolve().parent)] + ([old] if old else []))
+    return prof.name

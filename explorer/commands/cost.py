@@ -12,8 +12,9 @@ def register(sub) -> None:
     p = sub.add_parser("cost", help="per-layer cost of a plan on an accelerator profile")
     add_model_args(p)
     p.add_argument("--plan", default=None, help="plan JSON file (default: every layer in float)")
-    p.add_argument("--profile", required=True,
-                   help="profile name (see 'bitscape profiles') or path to a profile .json file")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--profile", help="profile name (see 'bitscape profiles') or path to a profile .json file")
+    which.add_argument("--profile-file", metavar="JSON", help="a profile .json file, e.g. one 'bitscape calibrate' wrote")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the profile's)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--speed", action="store_true",
@@ -21,6 +22,8 @@ def register(sub) -> None:
     p.set_defaults(func=run_cost)
     q = sub.add_parser("profiles", help="list accelerator profiles and their sources")
     q.add_argument("--json", action="store_true", help="print a JSON list")
+    q.add_argument("--describe", action="store_true",
+                   help="list the parameters 'bitscape calibrate' can fit: meaning and unit")
     q.set_defaults(func=run_profiles)
 
 
@@ -52,7 +55,7 @@ def run_cost(args) -> int:
 
     if args.batch is not None and args.batch < 1:
         raise UserError(f"--batch must be at least 1 (got {args.batch})")
-    prof = load_profile(args.profile)
+    prof = load_profile(profile_arg(args))
     plan = Plan.load(args.plan) if args.plan else Plan(default=LayerConfig())
     plan.check_model(args.model)
     topo = topology_for(args)
@@ -88,8 +91,34 @@ def run_cost(args) -> int:
     return 0
 
 
+def profile_arg(args) -> str:
+    """The profile a command was given: --profile-file (must be an existing file) or --profile."""
+    path = getattr(args, "profile_file", None)
+    if path:
+        from pathlib import Path
+        if not Path(path).is_file():
+            raise UserError(f"--profile-file {path!r} does not exist")
+        return str(Path(path))
+    return args.profile
+
+
 def run_profiles(args) -> int:
     from engine.cost import list_profiles
+    if args.describe:
+        from engine.cost.profiles import describe_parameters
+        rows = describe_parameters()
+        if args.json:
+            print_json(rows)
+            return 0
+        print("fittable parameters (bitscape calibrate --params a,b,...):")
+        for r in rows:
+            if r["kind"] == "parameter":
+                print(f"  {r['path']:<28} [{r['unit']}; {r['classes']}] {r['meaning']}")
+        print("structure choices (selected by cross-validation over held-out plans):")
+        for r in rows:
+            if r["kind"] == "structure":
+                print(f"  {r['path']:<28} {r['meaning']}")
+        return 0
     rows = list_profiles()
     if args.json:
         print_json(rows)

@@ -31,6 +31,8 @@ def register(sub) -> None:
                    help="offer your own dataset in the dataset picker (repeatable); FN() returns "
                         "(x_train, y_train, x_test, y_test) with images as (N, C, H, W). Loaded once at start-up")
     p.add_argument("--show", action="store_true", help="open a browser tab")
+    p.add_argument("--profile-file", action="append", default=[], metavar="JSON",
+                   help="add a profile file (e.g. from 'bitscape calibrate') to the dashboard's profiles (repeatable)")
     p.set_defaults(func=run)
 
 
@@ -60,6 +62,9 @@ def run(args) -> int:
     if args.basic_auth and args.oauth_provider:
         raise UserError("choose --basic-auth or --oauth-provider, not both")
     register_user_code(args.model, args.dataset)
+    from engine.cost.profiles import add_profile_file
+    for path in args.profile_file:
+        add_profile_file(path)
     services.configure(store_path=args.store, workers=args.workers, scheduler=args.scheduler)
     origins = [f"{args.address}:{args.port}", f"localhost:{args.port}", f"127.0.0.1:{args.port}",
                *args.allow_websocket_origin]

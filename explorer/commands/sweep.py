@@ -17,7 +17,10 @@ def add_job_args(p) -> None:
 def register(sub) -> None:
     p = sub.add_parser("sweep", help="search mixed-precision plans; every point to the store, the frontier to a file")
     add_model_args(p)
-    p.add_argument("--profile", required=True, help="accelerator profile whose throughput is an objective")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--profile", help="accelerator profile whose throughput is an objective")
+    which.add_argument("--profile-file", metavar="JSON",
+                       help="a profile .json file (e.g. from 'bitscape calibrate'); its name must be the file's stem")
     p.add_argument("--budget", type=int, required=True,
                    help="candidate plans scored by the no-training estimate (greedy: points on the path)")
     p.add_argument("--finetune", type=int, default=None,
@@ -50,6 +53,12 @@ def _progress(json_mode: bool):
     return say
 
 
+def use_profile_file(path: str) -> str:
+    """The sweep keeps profiles by name: make the file's profile findable by its name (workers too)."""
+    from engine.cost.profiles import add_profile_file
+    return add_profile_file(path)
+
+
 def run(args) -> int:
     from engine.errors import UserError
     from engine.jobs import JobRunner
@@ -57,6 +66,8 @@ def run(args) -> int:
     from engine.sweep import run_sweep
 
     model, dataset = model_dataset(args)
+    if args.profile_file:
+        args.profile = use_profile_file(args.profile_file)
     if args.steps < 0:
         raise UserError("--steps must be 0 or more")
     check_out(args.out)

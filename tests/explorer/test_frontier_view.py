@@ -1,5 +1,4 @@
 """The Frontier tab without a browser: model switch, legend, brushing, tap, failed jobs, loss, heat map."""
-import html
 
 import holoviews as hv
 import pandas as pd

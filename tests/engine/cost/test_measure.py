@@ -1,0 +1,121 @@
+"""``bitscape measure``: tidy rows for the packed and onnxruntime targets (schema only, never timing)."""
+import json
+
+import pandas as pd
+import pytest
+
+from engine.cost.measure import (
+    COLUMNS,
+    MeasureError,
+    attribute_nodes,
+    measure,
+    plans_path,
+    random_plans,
+    read_rows,
+    uniform_plans,
+    write,
+)
+
+LENET = ["conv1", "conv2", "fc1", "fc2", "fc3"]
+
+
+def test_packed_and_onnxruntime_rows_are_tidy(tmp_path):
+    plans = uniform_plans([2]) + random_plans(LENET, 1, seed=3)
+    rows, plan_map = measure("lenet5", "digits", plans, ["packed", "onnxruntime"], batches=[1], repeats=2)
+    out, side = write(rows, plan_map, tmp_path / "m.csv")
+    df = pd.read_csv(out, dtype={"plan_hash": str})
+    assert list(df.columns) == COLUMNS
+    assert set(df["target"]) == {"packed", "onnxruntime"}
+    assert set(df["plan_hash"]) == {p.digest() for p in plans} == set(json.loads(side.read_text()))
+    assert (df["seconds"] > 0).all() and (df["repeats"] == 2).all() and (df["batch"] == 1).all()
+    assert (df["weights"] == "baseline").all() and df["machine"].str.len().gt(0).all()
+    for (target, h), g in df.groupby(["target", "plan_hash"]):
+        assert list(g["layer"]) == LENET + ["total"], (target, h)   # one row per layer, then the total
+    assert side == plans_path(out)
+
+
+def test_random_plans_are_seeded_and_in_range():
+    a, b = random_plans(LENET, 3, seed=7), random_plans(LENET, 3, seed=7)
+    assert [p.digest() for p in a] == [p.digest() for p in b]
+    assert len({p.digest() for p in a}) == 3
+    for p in a:
+        for name, c in p.resolve(LENET).items():
+            assert 1 <= c.w_bits <= 8 and 1 <= c.a_bits <= 8
+            assert (c.quantizer == "binary") == (c.w_bits == 1)
+
+
+def test_ort_profile_nodes_go_to_their_layer_and_unnamed_ones_to_the_layer_before():
+    ev = [{"cat": "Node", "name": "conv1/Conv_kernel_time", "dur": 10},
+          {"cat": "Node", "name": "MaxPool_kernel_time", "dur": 5},
+          {"cat": "Node", "name": "fc1/Gemm_kernel_time", "dur": 7},
+          {"cat": "Node", "name": "fc1/Gemm_fence_before", "dur": 99},
+          {"cat": "Session", "name": "model_run", "dur": 40},
+          {"cat": "Node", "name": "conv1/Conv_kernel_time", "dur": 12},
+          {"cat": "Session", "name": "model_run", "dur": 20}]
+    runs = attribute_nodes(ev, ["conv1", "fc1"])
+    assert runs == [{"conv1": pytest.approx(15e-6), "fc1": pytest.approx(7e-6)}, {"conv1": pytest.approx(12e-6)}]
+
+
+def test_bad_requests_are_clear_errors(tmp_path):
+    with pytest.raises(MeasureError, match="unknown target 'tpu'"):
+        measure("lenet5", "digits", uniform_plans([8]), ["tpu"])
+    import torch
+    if not torch.cuda.is_available():
+        with pytest.raises(MeasureError, match="no GPU"):
+            measure("lenet5", "digits", uniform_plans([8]), ["torch-cuda"])
+    with pytest.raises(MeasureError, match="no FP32 baseline"):
+        measure("resnet20", "cifar10", uniform_plans([8]), ["packed"])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("target,model,plan_hash,layer,batch\npacked,lenet5,x,total,1\n")
+    with pytest.raises(MeasureError, match="missing column"):
+        read_rows(bad)
+    bad.write_text("target,model,plan_hash,layer,batch,seconds\npacked,lenet5,x,total,1,-3\n")
+    with pytest.raises(MeasureError, match="row 2: seconds must be a positive"):
+        read_rows(bad)
+
+
+def test_plans_from_a_file_or_a_directory(tmp_path):
+    from engine.cost.measure import load_plans
+    d = tmp_path / "plans"
+    d.mkdir()
+    for p in uniform_plans([2, 4]):
+        (d / f"{p.name.lower()}.json").write_text(p.to_json())
+    (d / "unnamed.json").write_text(json.dumps({"version": 1, "default": {"w_bits": 3, "a_bits": 5}}))
+    plans = load_plans(d)
+    assert [p.name for p in plans] == ["unnamed", "W2A2", "W4A4"]     # sorted by file name; stem names the rest
+    assert [p.name for p in load_plans(d / "w4a4.json")] == ["W4A4"]
+    with pytest.raises(MeasureError, match="does not exist"):
+        load_plans(tmp_path / "nope.json")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MeasureError, match="holds no .json plan"):
+        load_plans(empty)
+
+
+def test_append_keeps_earlier_rows_and_plans(tmp_path):
+    row = {"target": "packed", "model": "lenet5", "dataset": "digits", "plan_hash": "a", "plan": "A",
+           "layer": "total", "batch": 1, "seconds": 1e-3, "repeats": 1, "machine": "m", "weights": "baseline"}
+    write([row], {"a": {"plan": {}}}, tmp_path / "m.csv")
+    write([{**row, "plan_hash": "b", "plan": "B"}], {"b": {"plan": {}}}, tmp_path / "m.csv", append=True)
+    df = read_rows(tmp_path / "m.csv")
+    assert list(df["plan_hash"]) == ["a", "b"]
+    assert set(json.loads(plans_path(tmp_path / "m.csv").read_text())) == {"a", "b"}
+
+
+def test_a_plan_the_target_cannot_run_is_skipped_not_the_target(monkeypatch):
+    from engine.cost import measure as M
+    from engine.errors import UserError
+    real = M.ort_bytes
+
+    def refuse_w2(prep):
+        if prep.plan.name == "W2A2":
+            raise UserError("exporter refuses it")
+        return real(prep)
+    monkeypatch.setattr(M, "ort_bytes", refuse_w2)
+    plans = uniform_plans([2, 8])
+    with pytest.raises(UserError, match="exporter refuses it"):
+        measure("lenet5", "digits", plans, ["onnxruntime"], repeats=1, per_layer=False)
+    skipped: list = []
+    rows, _ = measure("lenet5", "digits", plans, ["onnxruntime"], repeats=1, per_layer=False, skipped=skipped)
+    assert [r["plan"] for r in rows] == ["W8A8"]
+    assert skipped[0]["plan"] == "W2A2" and "exporter refuses it" in skipped[0]["reason"]
