@@ -39,7 +39,7 @@ def test_random_plans_are_seeded_and_in_range():
     assert [p.digest() for p in a] == [p.digest() for p in b]
     assert len({p.digest() for p in a}) == 3
     for p in a:
-        for name, c in p.resolve(LENET).items():
+        for c in p.resolve(LENET).values():
             assert 1 <= c.w_bits <= 8 and 1 <= c.a_bits <= 8
             assert (c.quantizer == "binary") == (c.w_bits == 1)
 
