@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS evaluations (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS evaluations_md ON evaluations(model, dataset);
+CREATE TABLE IF NOT EXISTS imported_evaluations (
+    key TEXT PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -229,6 +232,7 @@ class Store:
         def fn(cur):
             if session is not None:
                 self._check_owner(cur, session, owner)
+            cur.execute("DELETE FROM imported_evaluations WHERE key=?", (ev.key,))  # computed here now
             return self._put(cur, ev, session)
         return self._write(fn)
 
@@ -243,6 +247,13 @@ class Store:
 
     def get(self, key: str) -> Evaluation | None:
         rows = self._read("SELECT data FROM evaluations WHERE key=?", (key,))
+        return _decode(rows[0][0]) if rows else None
+
+    def computed(self, key: str) -> Evaluation | None:
+        """The Evaluation with this key if it was computed here, not read from a session file:
+        what a sweep may reuse as done (a file's results are shown, never trusted as work)."""
+        rows = self._read("SELECT data FROM evaluations WHERE key=? AND key NOT IN "
+                          "(SELECT key FROM imported_evaluations)", (key,))
         return _decode(rows[0][0]) if rows else None
 
     def has(self, key: str) -> bool:
@@ -397,6 +408,7 @@ class Store:
                     self._attach(cur, sid, ev.key)
                 else:
                     self._put(cur, ev, sid)
+                    cur.execute("INSERT OR IGNORE INTO imported_evaluations(key) VALUES (?)", (ev.key,))
             return sid
         return self._write(fn)
 

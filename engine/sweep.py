@@ -113,7 +113,7 @@ class Sweep:
             k = self.key(plan, settings)
             ev = self._memo.get(k)
             if ev is None and self.store is not None:
-                ev = self.store.get(k)
+                ev = self.store.computed(k)  # never a result imported from a session file
                 if ev is not None and self.profile not in ev.costs and ev.status != "failed":
                     ev.costs[self.profile] = self.costs(plan)
                     self.store.put(ev)

@@ -124,3 +124,24 @@ def test_path_seeds_off_starts_from_the_uniform_plans_alone():
     alone = run_sweep("mlp", "digits", "bismo", store=store, runner=runner, method="random", path_seeds=False, **kw)
     assert len(path) == 2 and path <= digests(with_path)
     assert not path & digests(alone) and len(digests(alone)) == 12
+
+
+def test_a_sweep_never_reuses_results_imported_from_a_file(tmp_path):
+    """A session file's evaluations are claims: a sweep over the same plans runs them again
+    instead of taking a (possibly forged) accuracy from the store as done."""
+    from engine.store import checksum
+    kw = dict(budget=3, finetune=0, steps=10, seed=3, population=3)
+    source = Store(tmp_path / "a.sqlite")
+    first = run_sweep("mlp", "digits", "bismo", store=source, runner=shared_runner(source), **kw)
+    doc = source.export_session(first.session)
+    for ev in doc["evaluations"]:
+        ev["test_accuracy"] = ev["val_accuracy"] = 0.999  # forged
+    del doc["checksum"]
+    doc["checksum"] = checksum(doc)
+    target = Store(tmp_path / "b.sqlite")
+    target.import_session(doc)
+    assert all(target.get(e.key) is not None and target.computed(e.key) is None for e in target.evaluations())
+    again = run_sweep("mlp", "digits", "bismo", store=target, runner=shared_runner(target), **kw)
+    assert again.reused == 0 and again.submitted == len(again.points) == len(first.points)
+    assert 0.999 not in set(again.points.test_accuracy)
+    assert sorted(again.points.test_accuracy) == sorted(first.points.test_accuracy)
