@@ -1,4 +1,5 @@
 """`bitscape serve` as a user starts it: loopback by default, basic auth when asked."""
+import json
 import socket
 import subprocess
 import sys
@@ -74,26 +75,34 @@ def test_auth_without_cookie_secret_is_refused():
     assert p.returncode == 2 and "--cookie-secret" in p.stderr
 
 
-def picker_options(port) -> dict[str, list[str]]:
-    """The labels each Select of a fresh dashboard session offers (read over the Bokeh websocket)."""
-    import importlib
-    import pkgutil
-
-    import holoviews.plotting.bokeh  # noqa: F401 - registers the models the page uses
-    import panel.models
-    from bokeh.client import pull_session
-    from bokeh.models import Select
-    for m in pkgutil.iter_modules(panel.models.__path__):
-        try:
-            importlib.import_module(f"panel.models.{m.name}")
-        except ImportError:
-            pass
-    s = pull_session(url=f"http://127.0.0.1:{port}/")
+_PICKERS = """
+import importlib, json, pkgutil, sys
+import holoviews.plotting.bokeh  # registers the models the page uses
+import panel.models
+from bokeh.client import pull_session
+from bokeh.models import Select
+for m in pkgutil.iter_modules(panel.models.__path__):
     try:
-        return {m.title: [o if isinstance(o, str) else o[1] for o in m.options]
-                for m in s.document.select({"type": Select})}
-    finally:
-        s.close()
+        importlib.import_module(f"panel.models.{m.name}")
+    except ImportError:
+        pass
+s = pull_session(url=f"http://127.0.0.1:{sys.argv[1]}/")
+try:
+    print(json.dumps({m.title: [o if isinstance(o, str) else o[1] for o in m.options]
+                      for m in s.document.select({"type": Select})}))
+finally:
+    s.close()
+"""
+
+
+def picker_options(port) -> dict[str, list[str]]:
+    """The labels each Select of a fresh dashboard session offers (read over the Bokeh websocket).
+
+    Runs in a child process: importing every Panel model here would make later pages served by
+    this test process ask for those models' CDN scripts."""
+    p = subprocess.run([sys.executable, "-c", _PICKERS, str(port)], capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def test_own_model_and_dataset_join_the_pickers(serve):
