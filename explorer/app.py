@@ -125,9 +125,9 @@ def create_app(store=None, runner=None) -> pn.viewable.Viewable:
     ws = Workspace(store=store, runner=runner, owner=current_owner())
     query = pn.state.location.query_params if pn.state.location else {}
     if query.get("ws"):
-        ws.restore(str(query["ws"]))
+        ws.sessions.restore(str(query["ws"]))
     elif query.get("session"):
-        ws.open_session(str(query["session"]), read_only=True)
+        ws.sessions.open(str(query["session"]), read_only=True)
     layout = build_layout(ws)
     if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
         # background callbacks: a foreground one would raise Panel's process-wide busy flag, and with
@@ -142,7 +142,7 @@ def create_app(store=None, runner=None) -> pn.viewable.Viewable:
         def _stop(ctx):
             for cb in cbs:
                 cb.stop()
-            ws.autosave()  # the last edits before the tab closed
+            ws.sessions.autosave()  # the last edits before the tab closed
             ws.search.cancel()  # no one is left to watch it
         pn.state.on_session_destroyed(_stop)
     layout.workspace = ws  # for tests

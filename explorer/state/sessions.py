@@ -19,7 +19,7 @@ import secrets
 import param
 
 from engine.errors import USER_ERRORS, UserError
-from engine.plan import Plan, PlanError
+from engine.plans.plan import Plan, PlanError
 
 SHORT_ID = 6
 MAX_NAME = 200
@@ -293,6 +293,15 @@ class SessionKeeper:
         ws.session_list.refresh()
         ws.message = f"deleted session {s['name']!r}"
         return True
+
+    def saved(self) -> list[dict]:
+        """The sessions the list offers: saved, imported and sweep-made, newest first."""
+        self.ws.session_list.refresh()
+        return list(self.ws.session_list.entries)
+
+    def share_link(self, base: str = "") -> str:
+        """The read-only link of the named session; ``base`` is the page's address without its query."""
+        return f"{base}?session={self.ws.session_id}" if self.ws.session_id else ""
 
     def export_file(self) -> str:
         ws = self.ws

@@ -11,18 +11,19 @@ import pandas as pd
 import param
 
 from engine.cost import cost_topology, list_profiles, load_profile
-from engine.data import dataset_spec
 from engine.errors import USER_ERRORS
 from engine.evaluation import Evaluation, Settings
-from engine.graph import analyze
-from engine.plan import LayerConfig, Plan, PlanError
-from engine.presets import PRESETS, preset_plan
-from engine.zoo import build_model
+from engine.models.data import dataset_spec
+from engine.models.zoo import build_model
+from engine.plans.graph import analyze
+from engine.plans.plan import LayerConfig, Plan, PlanError
+from engine.plans.presets import PRESETS, preset_plan
 
 from . import catalog
 from .plan_table import coerce, configs_from_rows, plan_rows, summary
 from .search import SearchState
-from .sessions import AUTOSAVED, MAX_NAME, READ_ONLY, SessionKeeper, SessionList
+from .sensitivity import SensitivityState
+from .sessions import AUTOSAVED, READ_ONLY, SessionKeeper, SessionList
 
 X_AXES = {"throughput": "throughput (inferences/s)", "latency_s": "latency (s)", "energy_j": "energy (J/inference)",
           "size_bytes": "model size (bytes)"}
@@ -38,7 +39,7 @@ _NUMERIC_POINT_COLUMNS = ["test_accuracy", "val_accuracy", "estimate_val_accurac
                           "energy_j", "size_bytes", "wall_s"]
 JOB_COLUMNS = ["id", "label", "state", "progress", "message", "error"]
 # settings a read-only view may not change (axes and the like stay free: they only change the view)
-LOCKED = ("model", "dataset", "profile", "batch", "steps", "distill", "seed", "preset", "sens_method")
+LOCKED = ("model", "dataset", "profile", "batch", "steps", "distill", "seed", "preset")
 
 
 @functools.lru_cache(maxsize=16)
@@ -86,10 +87,6 @@ class Workspace(param.Parameterized):
     compare_a = param.String(default="")
     compare_b = param.String(default="")
 
-    sens_method = param.Selector(default="eagl", objects=["eagl", "hessian", "alps"],
-                                 doc="per-layer sensitivity method (ALPS runs one short fine-tune per layer)")
-    sensitivity = param.DataFrame(doc="per-layer sensitivity scores of the current model (higher = more sensitive)")
-    sens_status = param.String(default="")
 
     session_id = param.String(default="", doc="the named session last saved or opened (what the share link opens)")
     session_name = param.String(default="")
@@ -110,8 +107,9 @@ class Workspace(param.Parameterized):
         self.param.model.objects = catalog.model_names()
         self.param.dataset.objects = catalog.dataset_names()
         super().__init__(**params)
-        self.keeper = SessionKeeper(self, owner)  # owner None: an owner for this workspace only
-        self.session_list = SessionList(lambda: self.store, self.keeper.owner)
+        self.sessions = SessionKeeper(self, owner)  # owner None: an owner for this workspace only
+        self.session_list = SessionList(lambda: self.store, self.sessions.owner)
+        self.sens = SensitivityState(self)
         self._load_model()
         self.param.watch(self._guard, list(LOCKED))
         self.param.watch(self._touch, ["rows", "points", *AUTOSAVED])
@@ -171,7 +169,7 @@ class Workspace(param.Parameterized):
 
     def _touch(self, *_) -> None:
         if not self._quiet and not self.read_only:
-            self.keeper.dirty = True
+            self.sessions.dirty = True
 
     @property
     def model_options(self) -> dict[str, str]:
@@ -194,8 +192,7 @@ class Workspace(param.Parameterized):
         self._topo, self._loaded = topo, (self.model, self.dataset)
         self._set_configs({n: LayerConfig() for n in self._topo.names})
         self.edit_error = ""
-        self.sensitivity = pd.DataFrame(columns=["layer", "score", "rank"])
-        self.sens_status = ""
+        self.sens.reset()
         self._refresh_points()
         why = catalog.usable(self.model, self.dataset)
         if why:
@@ -326,7 +323,7 @@ class Workspace(param.Parameterized):
             return None
         s = Settings(steps=self.steps if steps is None else steps, distill=self.distill, seed=self.seed)
         plan = self.current_plan(name=label or summary(self._configs))
-        sid = self.ensure_session()
+        sid = self.sessions.ensure()
         jid = self.runner.submit(self.model, self.dataset, plan, s, session=sid,
                                  label=(label or summary(self._configs)) + (" (estimate)" if s.steps == 0 else ""))
         self._job_ids.append(jid)
@@ -364,72 +361,6 @@ class Workspace(param.Parameterized):
     @property
     def busy(self) -> bool:
         return self.jobs is not None and bool((self.jobs["state"].isin(["queued", "running"])).any())
-
-    # ---- sensitivity ----------------------------------------------------------------------
-    def compute_sensitivity(self, background: bool = True):
-        """Score every layer with ``sens_method``; in the background when served."""
-        import threading
-
-        if self.read_only:
-            self.sens_status = READ_ONLY
-            return None
-        method, model, dataset = self.sens_method, self.model, self.dataset
-        self.sens_status = f"computing {method} sensitivity..."
-
-        def work():
-            from engine.sensitivity import sensitivity
-            try:
-                kw = {"runner": self.runner, "steps": 60} if method == "alps" else {}
-                res = sensitivity(method, model, dataset, **kw)
-            except USER_ERRORS as e:
-                self.sens_status = f"sensitivity failed: {e}"
-                return
-            if (model, dataset) != (self.model, self.dataset):
-                return
-            ranks = res.ranks()
-            self.sensitivity = pd.DataFrame([{"layer": r.layer, "score": r.score, "rank": ranks[r.layer]}
-                                             for r in res.rows])
-            self.sens_status = f"{method} sensitivity: rank 1 is the most sensitive layer"
-
-        if background:
-            t = threading.Thread(target=work, daemon=True, name="bitscape-sensitivity")
-            t.start()
-            return t
-        work()
-        return None
-
-    def apply_suggestion(self, ladder: tuple[int, ...] = (8, 4, 2)) -> bool:
-        """A mixed plan from the sensitivity ranks: the most sensitive third of the layers gets
-        ladder[0] bits (weights and activations), the middle third ladder[1], the rest ladder[2].
-
-        A layer on the binary or ternary quantizer (fixed 1 or 2 weight bits) moves to LSQ when its
-        suggested width differs; the message names those layers.
-        """
-        if self.read_only:
-            return self._refuse(READ_ONLY)
-        if self.sensitivity is None or self.sensitivity.empty:
-            return self._refuse("compute a sensitivity first")
-        order = list(self.sensitivity.sort_values("rank")["layer"])
-        n = len(order)
-        configs = dict(self._configs)
-        moved = []
-        try:
-            for i, name in enumerate(order):
-                bits = ladder[min(len(ladder) - 1, i * len(ladder) // n)]
-                change = {"w_bits": bits, "a_bits": bits}
-                fixed = {"binary": 1, "ternary": 2}.get(configs[name].quantizer)
-                if fixed is not None and fixed != bits:
-                    change["quantizer"] = "lsq"
-                    moved.append(name)
-                configs[name] = configs[name].replace(**change)
-            self._set_configs(configs)
-        except (PlanError, KeyError) as e:
-            return self._refuse(f"suggestion not applied: {e}")
-        self.edit_error = ""
-        if moved:
-            self.message = (f"suggestion applied; {', '.join(moved)} moved from the binary/ternary quantizer to "
-                            "LSQ to take the suggested bits")
-        return True
 
     # ---- points ---------------------------------------------------------------------------
     def add_evaluation(self, ev: Evaluation) -> None:
@@ -507,7 +438,7 @@ class Workspace(param.Parameterized):
 
     def frontier(self) -> pd.DataFrame:
         """The Pareto points on the current axes (accuracy up; throughput up, the others down)."""
-        from engine.frontier import pareto
+        from engine.explore.frontier import pareto
         df = self.points
         if df is None or df.empty:
             return df
@@ -544,58 +475,6 @@ class Workspace(param.Parameterized):
                          "sparsity_b": y.sparsity, "differs": x != y})
         return pd.DataFrame(rows, columns=cols)
 
-    # ---- sessions (the work is in sessions.SessionKeeper) ---------------------------------
-    MAX_NAME = MAX_NAME
-
-    def ensure_session(self) -> str:
-        """The working copy this workspace autosaves to (jobs attach their points to it)."""
-        return self.keeper.ensure()
-
-    def autosave(self, force: bool = False) -> bool:
-        """Write the plan, settings and new points to the working copy if anything changed."""
-        return self.keeper.autosave(force)
-
-    def save_session(self, name: str) -> str:
-        """Save the points of this model and dataset and the plan as a named session (in a
-        read-only view: "Save a copy", which is yours to edit)."""
-        return self.keeper.save(name)
-
-    def saved_sessions(self) -> list[dict]:
-        """The sessions the list offers: saved, imported and sweep-made, newest first."""
-        self.session_list.refresh()
-        return list(self.session_list.entries)
-
-    @property
-    def owner(self) -> str:
-        """Who this workspace saves sessions as (the browser's or logged-in user's identity)."""
-        return self.keeper.owner
-
-    def open_session(self, sid: str, read_only: bool = False) -> bool:
-        """Open a named session; writable (only your own), it gets a fresh working copy (the named one
-        stays as saved); someone else's opens read-only."""
-        return self.keeper.open(sid, read_only)
-
-    def delete_session(self, sid: str) -> bool:
-        """Delete one of your sessions; someone else's is refused and stays."""
-        return self.keeper.delete(sid)
-
-    def restore(self, work_id: str) -> bool:
-        """Reopen this browser's working copy (``?ws=<id>`` after a reload), writable, as it was left;
-        another browser's opens read-only."""
-        return self.keeper.restore(work_id)
-
-    def share_link(self, base: str = "") -> str:
-        """The read-only link of the named session; ``base`` is the page's address without its query."""
-        return f"{base}?session={self.session_id}" if self.session_id else ""
-
-    def export_session_file(self) -> str:
-        """This workspace as a session file: the opened session in a read-only view, else the working copy."""
-        return self.keeper.export_file()
-
-    def import_session_file(self, data: bytes | str | None) -> bool:
-        """Open a session file from someone else; a bad, empty or tampered file changes nothing."""
-        return self.keeper.import_file(data)
-
     # ---- exports --------------------------------------------------------------------------
     def plan_json(self) -> str:
         return self.current_plan().to_json() + "\n"
@@ -609,8 +488,8 @@ class Workspace(param.Parameterized):
         The network is the one its job saved beside the store (nothing is retrained here).
         Returns None, with the reason in ``message``, on failure.
         """
-        from engine.artifacts import saved_network
-        from engine.pipeline import export_network
+        from engine.explore.pipeline import export_network
+        from engine.models.artifacts import saved_network
         ev = self._evals.get(self.selected)
         if ev is None:
             self.message = "select a point on the frontier first"

@@ -7,6 +7,7 @@ import io
 import panel as pn
 import param
 
+from explorer.state.sessions import MAX_NAME
 from explorer.state.workspace import Workspace
 
 from .figures import frontier_html, frontier_png
@@ -38,7 +39,7 @@ class SessionView(pn.viewable.Viewer):
         ws = self.workspace
         self.base = page_base()
         self.name_input = pn.widgets.TextInput(name="session name", placeholder="e.g. lenet5 4-bit study", width=220,
-                                               max_length=Workspace.MAX_NAME)
+                                               max_length=MAX_NAME)
         self.save = pn.widgets.Button(name="Save session", button_type="primary", width=130)
         self.save.on_click(self._on_save)
         self.sessions = pn.widgets.Select(name="your sessions and those opened by link (name · model · created · id)",
@@ -57,7 +58,7 @@ class SessionView(pn.viewable.Viewer):
         self.status = Notice(name="session-status")
         self.import_file = pn.widgets.FileInput(accept=".json", name="import session file", width=230)
         self.import_file.param.watch(self._on_import, ["value", "filename"])
-        self.export_file = pn.widgets.FileDownload(callback=lambda: io.StringIO(ws.export_session_file()),
+        self.export_file = pn.widgets.FileDownload(callback=lambda: io.StringIO(ws.sessions.export_file()),
                                                    filename="bitscape-session.json", label="Export session file",
                                                    width=180)
         self.csv = pn.widgets.FileDownload(callback=lambda: io.StringIO(ws.results_csv()), filename="results.csv",
@@ -90,23 +91,23 @@ class SessionView(pn.viewable.Viewer):
 
     def _on_save(self, _):
         try:
-            self.workspace.save_session(self.name_input.value)
+            self.workspace.sessions.save(self.name_input.value)
         except ValueError as e:
             self.workspace.message = f"session not saved: {e}"
 
     def _on_open(self, _):
         if self.sessions.value:
-            self.workspace.open_session(self.sessions.value)
+            self.workspace.sessions.open(self.sessions.value)
 
     def _on_delete(self, _):
         if self.sessions.value:
-            self.workspace.delete_session(self.sessions.value)
+            self.workspace.sessions.delete(self.sessions.value)
 
     def _on_import(self, *_):
         value, fname = self.import_file.value, self.import_file.filename
         if value is None and not fname:
             return  # the widget was cleared
-        ok = self.workspace.import_session_file(value if value is not None else b"")
+        ok = self.workspace.sessions.import_file(value if value is not None else b"")
         if not ok and fname and self.workspace.message.startswith("session file refused"):
             rest = self.workspace.message[len("session file refused"):]
             self.workspace.message = f"session file refused ({fname}){rest}"
@@ -126,7 +127,7 @@ class SessionView(pn.viewable.Viewer):
         return io.StringIO(frontier_html(scatter * curve))
 
     def share_url(self) -> str:
-        return self.workspace.share_link(self.base)
+        return self.workspace.sessions.share_link(self.base)
 
     def _sync(self, *_):
         ws = self.workspace

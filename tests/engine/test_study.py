@@ -8,7 +8,7 @@ import re
 import pytest
 
 from engine.benchmarks import BENCHMARKS
-from engine.benchmarks import seeds as bench
+from engine.benchmarks import study as bench
 from engine.study import CLAIMS, VERDICTS, modules
 from engine.study.core import compare
 
@@ -28,7 +28,7 @@ def quick(tmp_path_factory):
 
 
 def test_registered():
-    assert BENCHMARKS["seeds"] == "engine.benchmarks.seeds"
+    assert BENCHMARKS["study"] == "engine.benchmarks.study"
 
 
 def test_quick_runs_every_claim(quick):

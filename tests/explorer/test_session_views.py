@@ -7,8 +7,8 @@ import pytest
 pn = pytest.importorskip("panel")
 
 from engine.evaluation import Settings
-from engine.pipeline import evaluate_plan
-from engine.plan import Plan
+from engine.explore.pipeline import evaluate_plan
+from engine.plans.plan import Plan
 
 HOSTILE = '<img src=x onerror="window.__xss=1;alert(1)">'
 
@@ -21,9 +21,9 @@ def shared(services):
     store, runner = services
     a = Workspace(store=store, runner=runner)
     a.add_evaluation(evaluate_plan("lenet5", "digits", Plan.uniform(4, 4), Settings(steps=0)).evaluation)
-    sid = a.save_session(HOSTILE)
+    sid = a.sessions.save(HOSTILE)
     app = create_app(store=store, runner=runner)
-    assert app.workspace.open_session(sid, read_only=True)
+    assert app.workspace.sessions.open(sid, read_only=True)
     return app, sid
 
 
@@ -50,7 +50,7 @@ def test_read_only_disables_every_control_that_changes_state(services, shared):
     assert names == []
     assert editor.table.disabled and session.save.name == "Save a copy" and not session.save.disabled
     # saving a copy unlocks them all
-    ws.save_session("mine")
+    ws.sessions.save("mine")
     assert not any(w.disabled for w in pickers + [jobs.steps, editor.upload, editor.bulk_apply, session.import_file])
 
 
@@ -77,7 +77,7 @@ def test_plan_error_and_sensitivity_status_are_escaped(workspace):
     bad = json.dumps({"version": 1, "layers": {"<script>window.__xss=1</script>": {"w_bits": 4}}})
     assert not workspace.load_plan_json(bad)
     assert editor.error.visible and "&lt;script&gt;" in editor.error.object and "<script>" not in editor.error.object
-    workspace.sens_status = "<b onmouseover=alert(1)>x</b>"
+    workspace.sens.status = "<b onmouseover=alert(1)>x</b>"
     assert "<b " not in sens.status.object and "&lt;b onmouseover" in sens.status.object
 
 
@@ -89,7 +89,7 @@ def test_share_link_is_absolute_and_copyable(services):
     view = SessionView(workspace=ws)
     view.base = "http://127.0.0.1:5006/"
     assert not view.link_input.visible and not view.copy.visible
-    sid = ws.save_session("s")
+    sid = ws.sessions.save("s")
     assert view.link_input.value == f"http://127.0.0.1:5006/?session={sid}" and view.link_input.visible
     assert f'href="http://127.0.0.1:5006/?session={sid}"' in view.link.object
     assert view.copy.visible and "clipboard" in view.copy_callback.code["event:button_click"]
@@ -120,7 +120,7 @@ def test_session_list_widget_follows_the_store(services):
     a, b = (Workspace(store=store, runner=runner, owner="anon:me") for _ in range(2))
     view = SessionView(workspace=a)
     assert view.sessions.options == {}
-    sid = b.save_session("elsewhere")
+    sid = b.sessions.save("elsewhere")
     Workspace(store=store, runner=runner, owner="anon:stranger").save_session("not yours")
     view.refresh_sessions()
     assert list(view.sessions.options.values()) == [sid]
@@ -132,8 +132,8 @@ def test_same_name_sessions_are_two_entries_in_the_list(services):
     store, runner = services
     ws = Workspace(store=store, runner=runner)
     view = SessionView(workspace=ws)
-    first = ws.save_session("study")
-    second = ws.save_session("study")
+    first = ws.sessions.save("study")
+    second = ws.sessions.save("study")
     view.refresh_sessions()
     assert sorted(view.sessions.options.values()) == sorted([first, second])
 
@@ -144,8 +144,8 @@ def test_opening_the_session_tab_rereads_the_list(services):
     store, runner = services
     app = create_app(store=store, runner=runner)
     tabs = next(o for o in app.main[0].objects if isinstance(o, pn.Tabs))
-    other = Workspace(store=store, runner=runner, owner=app.workspace.owner)  # another tab of this browser
-    sid = other.save_session("made elsewhere")
+    other = Workspace(store=store, runner=runner, owner=app.workspace.sessions.owner)  # another tab of this browser
+    sid = other.sessions.save("made elsewhere")
     tabs.active = 2
     lists = [w for w in tabs[2].select(pn.widgets.Select) if w.name.startswith(("your sessions", "sessions"))]
     assert lists and sid in lists[0].options.values()

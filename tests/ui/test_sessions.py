@@ -88,8 +88,8 @@ def test_hostile_names_are_text_and_the_share_view_is_locked(app_server, page, b
     ctx.close()
 
     # a session file carrying a hostile name: imported, listed and announced as text
-    doc = json.loads(ws.export_session_file())
-    from engine.store import checksum
+    doc = json.loads(ws.sessions.export_file())
+    from engine.explore.store import checksum
     doc["session"]["name"] = HOSTILE2
     doc["evaluations"][0]["plan"]["name"] = HOSTILE_LABEL  # a plan label: shown in the frontier's table
     # another seed: a new evaluation (an import never replaces one the store already holds)

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from engine.evaluation import Settings
-from engine.pipeline import evaluate_plan
-from engine.plan import Plan
+from engine.explore.pipeline import evaluate_plan
+from engine.plans.plan import Plan
 from explorer.state.workspace import READ_ONLY, Workspace
 
 A, B = "anon:alice", "anon:bob"
@@ -28,8 +28,8 @@ def alice_session(store, runner, evs):
     for ev in evs:
         a.add_evaluation(ev)
     a.apply_preset("w4a4")
-    sid = a.save_session("alice's study")
-    assert a.autosave() and a.work_id
+    sid = a.sessions.save("alice's study")
+    assert a.sessions.autosave() and a.work_id
     return a, sid
 
 
@@ -42,10 +42,10 @@ def try_every_mutation(v: Workspace, store, other_file: str) -> None:
         "bulk_edit": lambda: v.bulk_edit([0, 1], "a_bits", 2),
         "apply_preset": lambda: v.apply_preset("w2a2"),
         "load_plan_json": lambda: v.load_plan_json(plan),
-        "apply_suggestion": lambda: v.apply_suggestion(),
+        "apply_suggestion": lambda: v.sens.suggest(),
         "submit": lambda: v.submit(),
         "cancel": lambda: v.cancel("some-job"),
-        "import_session_file": lambda: v.import_session_file(other_file),
+        "import_session_file": lambda: v.sessions.import_file(other_file),
     }
     for name, call in attempts.items():
         v.edit_error = v.message = ""
@@ -55,7 +55,7 @@ def try_every_mutation(v: Workspace, store, other_file: str) -> None:
         old = getattr(v, name)
         setattr(v, name, value)
         assert getattr(v, name) == old, name
-    assert not v.autosave(force=True)
+    assert not v.sessions.autosave(force=True)
     assert v.rows.equals(rows) and v.points.equals(points) and v.read_only
     assert store_state(store) == before
 
@@ -64,24 +64,24 @@ def test_bob_cannot_change_alices_session_by_link_or_list(services, evs):
     store, runner = services
     a, sid = alice_session(store, runner, evs)
     b = Workspace(store=store, runner=runner, owner=B)
-    assert b.saved_sessions() == []  # alice's sessions are not in bob's list
-    assert b.open_session(sid, read_only=True)  # the share link
+    assert b.sessions.saved() == []  # alice's sessions are not in bob's list
+    assert b.sessions.open(sid, read_only=True)  # the share link
     assert b.read_only and "read-only" in b.message
-    assert [(e["id"], e["mine"]) for e in b.saved_sessions()] == [(sid, False)]  # opened by link: listed
-    assert "(read-only)" in b.saved_sessions()[0]["label"]
-    try_every_mutation(b, store, a.export_session_file())
+    assert [(e["id"], e["mine"]) for e in b.sessions.saved()] == [(sid, False)]  # opened by link: listed
+    assert "(read-only)" in b.sessions.saved()[0]["label"]
+    try_every_mutation(b, store, a.sessions.export_file())
     # from the list, asking for a writable open: still read-only
     c = Workspace(store=store, runner=runner, owner=B)
-    assert c.open_session(sid) and c.read_only and "belongs to someone else" in c.message
-    try_every_mutation(c, store, a.export_session_file())
+    assert c.sessions.open(sid) and c.read_only and "belongs to someone else" in c.message
+    try_every_mutation(c, store, a.sessions.export_file())
     before = store_state(store)
-    assert not c.delete_session(sid) and "not deleted" in c.message and "someone else" in c.message
+    assert not c.sessions.delete(sid) and "not deleted" in c.message and "someone else" in c.message
     assert store_state(store) == before
     # "Save a copy" is bob's, and writable
-    copy = c.save_session("bob's copy")
+    copy = c.sessions.save("bob's copy")
     assert store.session(copy)["owner"] == B and not c.read_only
-    assert c.set_cell(0, "w_bits", 2) and c.autosave()
-    assert {e["id"]: e["mine"] for e in c.saved_sessions()} == {sid: False, copy: True}
+    assert c.set_cell(0, "w_bits", 2) and c.sessions.autosave()
+    assert {e["id"]: e["mine"] for e in c.sessions.saved()} == {sid: False, copy: True}
     # alice still owns hers: opens it writable, edits, deletes it
     a2 = Workspace(store=store, runner=runner, owner=A)
     assert a2.open_session(sid) and not a2.read_only and a2.set_cell(0, "w_bits", 3)
@@ -93,19 +93,19 @@ def test_bob_with_alices_workspace_link_gets_a_read_only_view(services, evs):
     store, runner = services
     a, _ = alice_session(store, runner, evs)
     a.set_cell(1, "w_bits", 5)
-    assert a.autosave()
+    assert a.sessions.autosave()
     work = a.work_id
     b = Workspace(store=store, runner=runner, owner=B)
-    assert b.restore(work)  # alice's ?ws= URL in bob's browser
+    assert b.sessions.restore(work)  # alice's ?ws= URL in bob's browser
     assert b.read_only and b.work_id == "" and "another browser" in b.message
     assert b.rows.loc[1, "w_bits"] == 5  # he sees it...
-    try_every_mutation(b, store, a.export_session_file())  # ...and changes nothing
-    assert json.loads(b.export_session_file())["session"]["name"] == "working copy"
+    try_every_mutation(b, store, a.sessions.export_file())  # ...and changes nothing
+    assert json.loads(b.sessions.export_file())["session"]["name"] == "working copy"
     # even with the workspace's own guard lifted, the store refuses a write to alice's copy
     b.read_only, b.work_id = False, work
-    b.keeper.dirty = True
+    b.sessions.dirty = True
     before = store_state(store)
-    assert not b.autosave() and "belongs to someone else" in b.message
+    assert not b.sessions.autosave() and "belongs to someone else" in b.message
     assert store_state(store) == before
     # alice, after a reload, keeps writing to it
     a2 = Workspace(store=store, runner=runner, owner=A)
@@ -119,5 +119,5 @@ def test_a_workspace_without_an_owner_gets_one_of_its_own(services, evs):
     store, runner = services
     a, sid = alice_session(store, runner, evs)
     anonymous = Workspace(store=store, runner=runner)
-    assert anonymous.owner.startswith("anon:") and anonymous.owner != A
-    assert anonymous.open_session(sid) and anonymous.read_only
+    assert anonymous.sessions.owner.startswith("anon:") and anonymous.sessions.owner != A
+    assert anonymous.sessions.open(sid) and anonymous.read_only

@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from engine.sweep import frontier_of, hypervolume_of
+from engine.explore.sweep import frontier_of, hypervolume_of
 
 TINY = dict(method="nsga2", budget=6, finetune=1, steps=20)
 
@@ -42,7 +42,7 @@ def test_points_stream_in_and_the_hypervolume_history_matches_the_sweep(workspac
     assert during and 0 < min(during) < 7 and len(set(during)) >= 3, seen
     assert set(res.points.key) <= set(ws.points.key)
     # the points went to the workspace's session
-    assert set(res.points.key) <= {e.key for e in store.evaluations(session=ws.ensure_session())}
+    assert set(res.points.key) <= {e.key for e in store.evaluations(session=ws.sessions.ensure())}
 
     hist = s.hv_history
     assert list(hist.evaluations) == list(range(1, 8))
@@ -70,15 +70,15 @@ def test_cancel_mid_run_stops_the_search_and_leaves_no_jobs(workspace, services)
     drive(ws, lambda: not s.running, timeout=120)
     assert s.status == "cancelled", s.message
     assert "cancelled" in s.message
-    mine = [j for j in runner.jobs() if j.session == ws.ensure_session()]
+    mine = [j for j in runner.jobs() if j.session == ws.sessions.ensure()]
     assert mine and all(j.state in ("done", "failed", "cancelled") for j in mine)
     assert not [j for j in runner.jobs() if j.state in ("queued", "running")]
     assert s.done < 14 and len(ws.points) == s.done
     # nothing more lands after the cancel
-    n = len(store.evaluations(session=ws.ensure_session()))
+    n = len(store.evaluations(session=ws.sessions.ensure()))
     time.sleep(1.0)
     ws.poll()
-    assert len(store.evaluations(session=ws.ensure_session())) == n and not s.running
+    assert len(store.evaluations(session=ws.sessions.ensure())) == n and not s.running
     assert not s.cancel() and "no search is running" in s.message
     # and a new search can start afterwards
     s.param.update(method="greedy", budget=2, finetune=0)
@@ -94,11 +94,11 @@ def test_a_search_that_cannot_run_says_why_in_one_line(workspace, monkeypatch):
     ws.read_only = True
     assert not s.start() and "read-only" in s.message
     ws.read_only = False
-    import engine.baselines
+    import engine.models.baselines
 
     def missing(*a, **k):
-        raise engine.baselines.UserError("no trained baseline for lenet5 on digits: run train-baseline")
-    monkeypatch.setattr(engine.baselines, "load_baseline", missing)
+        raise engine.models.baselines.UserError("no trained baseline for lenet5 on digits: run train-baseline")
+    monkeypatch.setattr(engine.models.baselines, "load_baseline", missing)
     s.param.update(**TINY)
     assert s.start()
     drive(ws, lambda: not s.running, timeout=120)

@@ -1,6 +1,6 @@
 import json
 
-from engine.plan import Plan
+from engine.plans.plan import Plan
 from explorer.state.workspace import Workspace
 from tests.explorer.conftest import wait_jobs
 
@@ -106,17 +106,17 @@ def test_sessions_save_share_read_only_and_isolation(services):
     wait_jobs(a)
     a.set_cell(1, "w_bits", 3)
     assert b.rows.loc[1, "w_bits"] == 32  # another browser session does not see unsaved edits
-    sid = a.save_session("my study")
-    assert a.share_link("http://h/") == f"http://h/?session={sid}"
+    sid = a.sessions.save("my study")
+    assert a.sessions.share_link("http://h/") == f"http://h/?session={sid}"
     assert len(sid) >= 20
     c = Workspace(store=store, runner=runner)
-    assert c.open_session(sid, read_only=True)
+    assert c.sessions.open(sid, read_only=True)
     assert c.read_only and len(c.points) == len(a.points) == 1
     assert c.rows.loc[1, "w_bits"] == 3
     assert not c.set_cell(0, "w_bits", 4) and "read-only" in c.edit_error
     assert c.submit() is None
-    assert not c.open_session("not-a-session") and "no such session" in c.message
-    assert [s["name"] for s in c.saved_sessions()] == ["my study"]
+    assert not c.sessions.open("not-a-session") and "no such session" in c.message
+    assert [s["name"] for s in c.sessions.saved()] == ["my study"]
 
 
 def test_session_file_round_trip_and_tampered_file_refused(services):
@@ -124,18 +124,18 @@ def test_session_file_round_trip_and_tampered_file_refused(services):
     a = Workspace(store=store, runner=runner)
     a.submit(steps=0)
     wait_jobs(a)
-    a.save_session("to share")
-    doc = a.export_session_file()
+    a.sessions.save("to share")
+    doc = a.sessions.export_file()
     b = Workspace(store=store, runner=runner)
-    assert b.import_session_file(doc.encode())
+    assert b.sessions.import_file(doc.encode())
     assert list(b.points["key"]) == list(a.points["key"])
     c = Workspace(store=store, runner=runner)
     rows, points = c.rows.copy(), c.points.copy()
     bad = json.loads(doc)
     bad["evaluations"][0]["test_accuracy"] = 0.999
-    assert not c.import_session_file(json.dumps(bad))
+    assert not c.sessions.import_file(json.dumps(bad))
     assert "refused" in c.message
-    assert not c.import_session_file(b"\x00not json")
+    assert not c.sessions.import_file(b"\x00not json")
     assert c.rows.equals(rows) and c.points.equals(points) and c.session_id == ""
 
 
@@ -181,18 +181,18 @@ def test_export_selected_point_as_onnx_and_packed(workspace):
 
 def test_sensitivity_and_suggestion(workspace):
     ws = workspace
-    assert not ws.apply_suggestion() and "compute a sensitivity first" in ws.edit_error
-    ws.sens_method = "eagl"
-    ws.compute_sensitivity(background=False)
-    df = ws.sensitivity
+    assert not ws.sens.suggest() and "compute a sensitivity first" in ws.edit_error
+    ws.sens.method = "eagl"
+    ws.sens.compute(background=False)
+    df = ws.sens.scores
     assert list(df["layer"]) == ws.topology.names and sorted(df["rank"]) == [1, 2, 3, 4, 5]
-    assert ws.apply_suggestion()
+    assert ws.sens.suggest()
     bits = dict(zip(ws.rows["layer"], ws.rows["w_bits"]))
     first = df.sort_values("rank").iloc[0]["layer"]
     last = df.sort_values("rank").iloc[-1]["layer"]
     assert bits[first] == 8 and bits[last] == 2
     ws.model = "mlp"
-    assert ws.sensitivity.empty
+    assert ws.sens.scores.empty
 
 
 def test_cancel_stops_a_long_job_and_others_finish(workspace):

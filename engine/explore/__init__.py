@@ -1,0 +1,1 @@
+"""Exploring plans: searches, sweeps, the frontier, the job runner and the store."""

@@ -1,0 +1,1 @@
+"""Networks and data: the zoo, datasets, shipped baselines and planned checkpoints."""

@@ -1,0 +1,1 @@
+"""Training a planned network: the fine-tune, distillation, its control, sensitivity, methods."""
