@@ -133,7 +133,7 @@ def create_app(store=None, runner=None) -> pn.viewable.Viewable:
         # background callbacks: a foreground one would raise Panel's process-wide busy flag, and with
         # it a message to every open session, twice a second per session
         cbs = [PeriodicCallback(callback=ws.poll, period=POLL_MS, background=True),
-               PeriodicCallback(callback=ws.autosave, period=AUTOSAVE_MS, background=True),
+               PeriodicCallback(callback=ws.sessions.autosave, period=AUTOSAVE_MS, background=True),
                PeriodicCallback(callback=ws.session_list.refresh, period=SESSION_LIST_MS, background=True)]
         for cb in cbs:
             cb.start()

@@ -121,7 +121,7 @@ def test_session_list_widget_follows_the_store(services):
     view = SessionView(workspace=a)
     assert view.sessions.options == {}
     sid = b.sessions.save("elsewhere")
-    Workspace(store=store, runner=runner, owner="anon:stranger").save_session("not yours")
+    Workspace(store=store, runner=runner, owner="anon:stranger").sessions.save("not yours")
     view.refresh_sessions()
     assert list(view.sessions.options.values()) == [sid]
 

@@ -84,9 +84,9 @@ def test_bob_cannot_change_alices_session_by_link_or_list(services, evs):
     assert {e["id"]: e["mine"] for e in c.sessions.saved()} == {sid: False, copy: True}
     # alice still owns hers: opens it writable, edits, deletes it
     a2 = Workspace(store=store, runner=runner, owner=A)
-    assert a2.open_session(sid) and not a2.read_only and a2.set_cell(0, "w_bits", 3)
-    assert [e["id"] for e in a2.saved_sessions()] == [sid]  # bob's copy is not in alice's list
-    assert a2.delete_session(sid) and store.session(sid) is None
+    assert a2.sessions.open(sid) and not a2.read_only and a2.set_cell(0, "w_bits", 3)
+    assert [e["id"] for e in a2.sessions.saved()] == [sid]  # bob's copy is not in alice's list
+    assert a2.sessions.delete(sid) and store.session(sid) is None
 
 
 def test_bob_with_alices_workspace_link_gets_a_read_only_view(services, evs):
@@ -109,10 +109,10 @@ def test_bob_with_alices_workspace_link_gets_a_read_only_view(services, evs):
     assert store_state(store) == before
     # alice, after a reload, keeps writing to it
     a2 = Workspace(store=store, runner=runner, owner=A)
-    assert a2.restore(work) and not a2.read_only and a2.work_id == work
-    assert a2.set_cell(2, "w_bits", 6) and a2.autosave()
+    assert a2.sessions.restore(work) and not a2.read_only and a2.work_id == work
+    assert a2.set_cell(2, "w_bits", 6) and a2.sessions.autosave()
     a3 = Workspace(store=store, runner=runner, owner=A)
-    assert a3.restore(work) and a3.rows.loc[2, "w_bits"] == 6 and a3.rows.loc[1, "w_bits"] == 5
+    assert a3.sessions.restore(work) and a3.rows.loc[2, "w_bits"] == 6 and a3.rows.loc[1, "w_bits"] == 5
 
 
 def test_a_workspace_without_an_owner_gets_one_of_its_own(services, evs):
