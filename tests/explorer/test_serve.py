@@ -22,7 +22,7 @@ def get(url):
             return None
     opener = urllib.request.build_opener(NoRedirect)
     try:
-        r = opener.open(url, timeout=30)
+        r = opener.open(url, timeout=180)  # the first render is slow on a loaded 2-core machine
         return r.status, r.headers, r.read().decode(errors="replace")
     except urllib.error.HTTPError as e:
         return e.code, e.headers, ""
