@@ -610,8 +610,9 @@ TGT void fa_avx2(const fa_args *p, int64_t nb0, int64_t nb1)
     }
 }
 
-/* ---- depthwise: 16 channels per step; products in int16 (exact: |w| <= 128, a in [-128, 255]),
- * widened to int32 before summing over the taps. Channel tails run the portable loop. ---- */
+/* ---- depthwise: per output pixel, NB x 16 channels held in int32 accumulators over the taps;
+ * products in int16 (exact: |w| <= 128, a in [-128, 255]) widened to int32 before summing.
+ * The activation signedness is a compile-time constant of each instantiation. ---- */
 
 TILE __m256i dw_load_a(const uint8_t *a, int sgn)
 {
@@ -619,30 +620,41 @@ TILE __m256i dw_load_a(const uint8_t *a, int sgn)
     return sgn ? _mm256_cvtepi8_epi16(v) : _mm256_cvtepu8_epi16(v);
 }
 
-TGT void dw_avx2(const dw_args *p, int64_t r0, int64_t r1)
+TILE void dw_block(const dw_args *p, const uint8_t *a0, const int8_t *w0, int32_t *o, int nb, int sgn)
 {
-    const int64_t C = p->C, C16 = C / 16 * 16;
-    const int sgn = p->a_signed;
+    __m256i acc[8];
+    for (int b = 0; b < 2 * nb; b++)
+        acc[b] = _mm256_setzero_si256();
+    const int64_t C = p->C;
+    for (int i = 0; i < p->kh; i++)
+        for (int j = 0; j < p->kw; j++) {
+            const uint8_t *a = a0 + ((int64_t)i * p->Wp + j) * C;
+            const int8_t *w = w0 + (int64_t)(i * p->kw + j) * C;
+            for (int b = 0; b < nb; b++) {
+                const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + 16 * b)));
+                const __m256i prod = _mm256_mullo_epi16(dw_load_a(a + 16 * b, sgn), wv);
+                acc[2 * b] = _mm256_add_epi32(acc[2 * b], _mm256_cvtepi16_epi32(_mm256_castsi256_si128(prod)));
+                acc[2 * b + 1] = _mm256_add_epi32(acc[2 * b + 1], _mm256_cvtepi16_epi32(_mm256_extracti128_si256(prod, 1)));
+            }
+        }
+    for (int b = 0; b < 2 * nb; b++)
+        _mm256_storeu_si256((__m256i *)(o + 8 * b), acc[b]);
+}
+
+TILE void dw_rows(const dw_args *p, int64_t r0, int64_t r1, int sgn)
+{
+    const int64_t C = p->C;
     for (int64_t r = r0; r < r1; r++) {
         const int64_t b = r / p->Ho, y = r % p->Ho;
         for (int64_t x = 0; x < p->Wo; x++) {
             int32_t *o = p->out + (r * p->Wo + x) * C;
             const int64_t base = ((b * p->Hp + y * p->sh) * p->Wp + x * p->sw) * C;
-            for (int64_t c = 0; c < C16; c += 16) {
-                __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
-                for (int i = 0; i < p->kh; i++)
-                    for (int j = 0; j < p->kw; j++) {
-                        const uint8_t *a = p->a + base + ((int64_t)i * p->Wp + j) * C + c;
-                        const int8_t *w = p->w + (int64_t)(i * p->kw + j) * C + c;
-                        const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w));
-                        const __m256i prod = _mm256_mullo_epi16(dw_load_a(a, sgn), wv);
-                        lo = _mm256_add_epi32(lo, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(prod)));
-                        hi = _mm256_add_epi32(hi, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(prod, 1)));
-                    }
-                _mm256_storeu_si256((__m256i *)(o + c), lo);
-                _mm256_storeu_si256((__m256i *)(o + c + 8), hi);
-            }
-            for (int64_t c = C16; c < C; c++) {
+            int64_t c = 0;
+            for (; c + 64 <= C; c += 64)
+                dw_block(p, p->a + base + c, p->w + c, o + c, 4, sgn);
+            for (; c + 16 <= C; c += 16)
+                dw_block(p, p->a + base + c, p->w + c, o + c, 1, sgn);
+            for (; c < C; c++) {
                 int32_t acc = 0;
                 for (int i = 0; i < p->kh; i++)
                     for (int j = 0; j < p->kw; j++) {
@@ -654,6 +666,14 @@ TGT void dw_avx2(const dw_args *p, int64_t r0, int64_t r1)
             }
         }
     }
+}
+
+TGT void dw_avx2(const dw_args *p, int64_t r0, int64_t r1)
+{
+    if (p->a_signed)
+        dw_rows(p, r0, r1, 1);
+    else
+        dw_rows(p, r0, r1, 0);
 }
 
 #endif /* BP_X86 */
