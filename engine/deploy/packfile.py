@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import kernels as K
+from .grouped import group_parts
 from .operands import KERNELS, ActSpec, DeployError, Gemm
 from .ops import _OPS, _refs
-from .grouped import group_parts
 from .runtime import KINDS, Layer, PackedNetwork
 
 PACKED_KIND = "packed-network"
