@@ -158,3 +158,16 @@ def test_corrupt_grouped_files_and_wrong_inputs_are_clear_errors(tmp_path):
         net.layers["dw"](np.zeros((1, 6, 8, 7), np.float32))
     with pytest.raises(DeployError, match="layer 'grouped' expects \\(B, 4, H, W\\)"):
         net.layers["grouped"](np.zeros((1, 6, 8, 7), np.float32))
+
+
+@pytest.mark.parametrize("plan_name", ["W4A4", "W2A2", "W1A1-binary"])
+def test_grouped_and_depthwise_layers_export_to_onnx_with_agreement_1(plan_name):
+    torch.manual_seed(0)
+    applied = apply_plan(_Convs(), PLANS[plan_name], (4, 8, 7))
+    calibrate(applied.model, [torch.randn(16, 4, 8, 7)])
+    applied.model.eval()
+    x = torch.randn(48, 4, 8, 7)
+    blob = onnx_model_bytes(applied, (4, 8, 7), PLANS[plan_name], check_inputs=x[:8])
+    y = applied.model(x).argmax(1)
+    r = verify(blob, applied.model, x, y)
+    assert r.agreement == 1.0 and r.disagreements == 0, r
