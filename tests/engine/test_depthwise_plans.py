@@ -119,3 +119,22 @@ def test_depthwise_cost_is_its_work_not_a_padded_gemm(mobilenet, profile):
     assert padded > 2 * dw.compute_s     # what the GEMM view would have charged
     if profile in ("a100", "bitfusion"):
         assert dw.memory_s > dw.compute_s   # its time follows the bits it moves (beyond fixed overhead)
+
+
+def test_a_widened_depthwise_block_deploys_and_exports(mobilenet):
+    from engine.export import onnx_model_bytes, verify
+    model, _ = mobilenet
+    plan = Plan(default=LayerConfig(4, 4), layers={"blocks.1.expand.0": {"widen": 2.0},
+                                                   "blocks.1.dw": {"widen": 2.0, "w_bits": 8, "a_bits": 8}})
+    applied = apply_plan(model, plan, (1, 28, 28))
+    dw = dict(applied.model.named_modules())["blocks.1.dw"]
+    assert dw.groups == dw.in_channels == dw.out_channels == 128
+    calibrate(applied.model, [torch.randn(16, 1, 28, 28)])
+    applied.model.eval()
+    x = torch.randn(24, 1, 28, 28)
+    net = deploy(applied)
+    assert {r["name"]: r["type"] for r in net.summary()["layers"]}["blocks.1.dw"] == "dwconv2d"
+    assert_same_predictions(reference_logits(applied, x), net.predict(x.numpy()))
+    blob = onnx_model_bytes(applied, (1, 28, 28), plan, check_inputs=x[:4])
+    r = verify(blob, applied.model, x, applied.model(x).argmax(1))
+    assert r.agreement == 1.0, r
