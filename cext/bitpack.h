@@ -98,6 +98,7 @@ typedef struct {
     int64_t B, Hp, Wp, C, Ho, Wo;
     int kh, kw, sh, sw;
     int32_t *out;
+    const int16_t *wp;      /* AVX2 path: taps in pairs, interleaved for vpmaddwd (dw_prep_avx2) */
 } dw_args;
 
 /* Slot order of 2:4 values inside a 64-k block (32 kept values): slot s takes group
@@ -128,6 +129,9 @@ void i8_prep_avx2(const uint8_t *src, int64_t M, int64_t K, int64_t kb, int oa, 
 void nm_avx2(const nm_args *p, int64_t n0, int64_t n1);
 void fa_avx2(const fa_args *p, int64_t nb0, int64_t nb1);
 void dw_avx2(const dw_args *p, int64_t r0, int64_t r1);
+/* Bytes of the pair-interleaved taps dw_prep_avx2 writes (0 when C < 16). */
+size_t dw_prep_bytes(int64_t T, int64_t C);
+void dw_prep_avx2(const int8_t *w, int64_t T, int64_t C, int16_t *wp);
 #endif
 
 #endif

@@ -709,9 +709,26 @@ static PyObject *py_conv_depthwise(PyObject *self, PyObject *args)
     p.sw = sw;
     p.out = o.buf;
     p.simd = simd();
+    int16_t *wp = NULL;
+#ifdef BP_X86
+    const size_t nwp = dw_prep_bytes((int64_t)kh * kw, C);
+    if (p.simd && nwp) {
+        wp = PyMem_RawMalloc(nwp);
+        if (!wp) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+    }
+#endif
     Py_BEGIN_ALLOW_THREADS
+#ifdef BP_X86
+    if (wp)
+        dw_prep_avx2(p.w, (int64_t)kh * kw, C, wp);
+#endif
+    p.wp = wp;
     bp_run(dw_task, &p, parts_for(threads, B * Ho));
     Py_END_ALLOW_THREADS
+    PyMem_RawFree(wp);
     rel(&w);
     rel(&a);
     rel(&o);
