@@ -171,3 +171,40 @@ def test_grouped_and_depthwise_layers_export_to_onnx_with_agreement_1(plan_name)
     y = applied.model(x).argmax(1)
     r = verify(blob, applied.model, x, y)
     assert r.agreement == 1.0 and r.disagreements == 0, r
+
+
+class _Grouped24(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pw = nn.Conv2d(3, 8, 1)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)   # 4 input channels per group
+        self.fc = nn.Linear(8 * 6 * 6, 4)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.relu(self.grouped(torch.relu(self.pw(x)))), 1))
+
+
+def test_two_four_on_a_grouped_conv_runs_the_sparse_kernel_per_group():
+    from engine.graph import analyze
+    torch.manual_seed(0)
+    plan = Plan(default=LayerConfig(4, 8), layers={"grouped": {"w_bits": 4, "a_bits": 8, "sparsity": "2:4"}})
+    applied = apply_plan(_Grouped24(), plan, (3, 6, 6))
+    calibrate(applied.model, [torch.randn(16, 3, 6, 6)])
+    applied.model.eval()
+    net = deploy(applied)
+    gemms = net.summary()["layers"][1]["gemms"]
+    assert set(gemms) == {"g0", "g1"} and {g["kernel"] for g in gemms.values()} == {"nm"}
+    x = torch.randn(24, 3, 6, 6)
+    assert_same_predictions(reference_logits(applied, x), net.predict(x.numpy()))
+    from engine.plan import PlanError
+    topo = analyze(_Convs(), (4, 8, 7))
+    cfgs = {n: LayerConfig(4, 8) for n in topo.names}
+    cfgs["multiplier"] = LayerConfig(4, 8, sparsity="2:4")   # depthwise with a depth multiplier: 3x3 per filter
+    with pytest.raises(PlanError, match="layer 'multiplier': sparsity='2:4' is not possible on a depthwise "
+                                        "convolution: each channel's filter has 9 weights"):
+        topo.check(cfgs)
+    cfgs["multiplier"] = LayerConfig(4, 8)
+    cfgs["grouped"] = LayerConfig(4, 8, sparsity="2:4")      # 2 input channels per group
+    with pytest.raises(PlanError, match="layer 'grouped': sparsity='2:4' needs the input dimension to be "
+                                        "divisible by 4, but it is 2"):
+        topo.check(cfgs)
