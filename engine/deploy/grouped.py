@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels as K
-from .operands import DeployError, Gemm
-from .ops import _im2col_nhwc_padded
+from engine import kernels as K
+from engine.deploy.operands import DeployError, Gemm
+from engine.deploy.ops import _im2col_nhwc_padded
 
 
 def group_parts(groups: int) -> frozenset:

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .grouped import depthwise_forward, grouped_forward
-from .operands import FLOAT, DeployError, Gemm
-from .ops import _OPS, _bn_fn, _getter, _im2col_nhwc_padded, _sigmoid
+from engine.deploy.grouped import depthwise_forward, grouped_forward
+from engine.deploy.operands import FLOAT, DeployError, Gemm
+from engine.deploy.ops import _OPS, _bn_fn, _getter, _im2col_nhwc_padded, _sigmoid
 
 # ============================================================================ layers
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from engine.apply import apply_plan, calibrate
-from engine.data import load_dataset
+from engine.plans.apply import apply_plan, calibrate
+from engine.models.data import load_dataset
 from engine.deploy import DeployError, deploy, load_packed, reference_logits, save_packed
 from engine.evaluation import Settings
 from engine.export import onnx_model_bytes, verify
-from engine.pipeline import prepare
-from engine.plan import LayerConfig, Plan
+from engine.explore.pipeline import prepare
+from engine.plans.plan import LayerConfig, Plan
 from tests.engine.test_deploy import assert_same_predictions
 
 MIXED = {"stem": {"w_bits": 8, "a_bits": 8}, "fc": {"w_bits": 8, "a_bits": 8},
@@ -185,7 +185,7 @@ class _Grouped24(nn.Module):
 
 
 def test_two_four_on_a_grouped_conv_runs_the_sparse_kernel_per_group():
-    from engine.graph import analyze
+    from engine.plans.graph import analyze
     torch.manual_seed(0)
     plan = Plan(default=LayerConfig(4, 8), layers={"grouped": {"w_bits": 4, "a_bits": 8, "sparsity": "2:4"}})
     applied = apply_plan(_Grouped24(), plan, (3, 6, 6))
@@ -196,7 +196,7 @@ def test_two_four_on_a_grouped_conv_runs_the_sparse_kernel_per_group():
     assert set(gemms) == {"g0", "g1"} and {g["kernel"] for g in gemms.values()} == {"nm"}
     x = torch.randn(24, 3, 6, 6)
     assert_same_predictions(reference_logits(applied, x), net.predict(x.numpy()))
-    from engine.plan import PlanError
+    from engine.plans.plan import PlanError
     topo = analyze(_Convs(), (4, 8, 7))
     cfgs = {n: LayerConfig(4, 8) for n in topo.names}
     cfgs["multiplier"] = LayerConfig(4, 8, sparsity="2:4")   # depthwise with a depth multiplier: 3x3 per filter

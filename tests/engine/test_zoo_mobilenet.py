@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from engine.baselines import SHIPPED, load_baseline
-from engine.checkpoint import load_state
-from engine.zoo import ZOO, MobileNetV2, build_model
+from engine.models.baselines import SHIPPED, load_baseline
+from engine.models.checkpoint import load_state
+from engine.models.zoo import ZOO, MobileNetV2, build_model
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
