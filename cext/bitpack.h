@@ -85,6 +85,22 @@ typedef struct {
     float *out;
 } fa_args;
 
+/* Depthwise convolution, direct (no im2col): one k x k filter per channel, channels-last.
+ * out[b,y,x,c] = sum_{i<kh, j<kw} w[i*kw+j, c] * a[b, y*sh+i, x*sw+j, c]
+ * w int8 (T, C) weight values (T = kh*kw taps); a (B, Hp, Wp, C) zero-padded activation codes,
+ * int8 (a_signed) or uint8; out int32 (B, Ho, Wo, C). Every product fits int16 (|w| <= 128,
+ * a in [-128, 255]); the sum of T products fits int32 for T <= DW_MAX_TAPS. */
+#define DW_MAX_TAPS 4096
+typedef struct {
+    const int8_t *w;
+    const uint8_t *a;
+    int a_signed, simd;
+    int64_t B, Hp, Wp, C, Ho, Wo;
+    int kh, kw, sh, sw;
+    int32_t *out;
+    const int16_t *wp;      /* AVX2 path: taps in pairs, interleaved for vpmaddwd (dw_prep_avx2) */
+} dw_args;
+
 /* Slot order of 2:4 values inside a 64-k block (32 kept values): slot s takes group
  * nm_group(s) (k = 4*group + pos); chosen so each 128-bit lane gathers from one 16-byte window. */
 static inline int nm_group(int s)
@@ -99,6 +115,8 @@ void bs_portable(const bs_args *p, int64_t n0, int64_t n1);
 void i8_portable(const i8_args *p, int64_t n0, int64_t n1);
 void nm_portable(const nm_args *p, int64_t n0, int64_t n1);
 void fa_portable(const fa_args *p, int64_t nb0, int64_t nb1);
+/* Output rows r0..r1 of the B*Ho rows. */
+void dw_portable(const dw_args *p, int64_t r0, int64_t r1);
 
 #if defined(__x86_64__) || defined(__i386__)
 #define BP_X86 1
@@ -110,6 +128,10 @@ void i8_avx2(const i8_args *p, int64_t n0, int64_t n1);
 void i8_prep_avx2(const uint8_t *src, int64_t M, int64_t K, int64_t kb, int oa, int8_t *dst, int64_t *asum);
 void nm_avx2(const nm_args *p, int64_t n0, int64_t n1);
 void fa_avx2(const fa_args *p, int64_t nb0, int64_t nb1);
+void dw_avx2(const dw_args *p, int64_t r0, int64_t r1);
+/* Bytes of the pair-interleaved taps dw_prep_avx2 writes (0 when C < 16). */
+size_t dw_prep_bytes(int64_t T, int64_t C);
+void dw_prep_avx2(const int8_t *w, int64_t T, int64_t C, int16_t *wp);
 #endif
 
 #endif

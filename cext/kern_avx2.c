@@ -610,4 +610,99 @@ TGT void fa_avx2(const fa_args *p, int64_t nb0, int64_t nb1)
     }
 }
 
+/* ---- depthwise: per output pixel, up to 64 channels of int32 accumulators held over the taps,
+ * which are taken in pairs: the two taps' int16 codes interleaved per channel meet the pair's
+ * interleaved weights in one vpmaddwd (exact: |w| <= 128, a in [-128, 255], so no pair sum
+ * saturates). vpunpck works within 128-bit lanes, so the accumulators hold channels
+ * [0-3 | 8-11] and [4-7 | 12-15] of each 16 and are put back in order when stored.
+ * The activation signedness is a compile-time constant of each instantiation. ---- */
+
+size_t dw_prep_bytes(int64_t T, int64_t C)
+{
+    return (size_t)((T + 1) / 2) * (size_t)(C / 16) * 32 * sizeof(int16_t);
+}
+
+void dw_prep_avx2(const int8_t *w, int64_t T, int64_t C, int16_t *wp)
+{
+    const int64_t nblk = C / 16;
+    for (int64_t q = 0; q < (T + 1) / 2; q++)
+        for (int64_t cb = 0; cb < nblk; cb++) {
+            int16_t *d = wp + (q * nblk + cb) * 32;   /* 16 for the low unpack, 16 for the high */
+            for (int h = 0; h < 2; h++)
+                for (int i = 0; i < 4; i++)
+                    for (int half = 0; half < 2; half++) {
+                        const int64_t c = cb * 16 + h * 8 + half * 4 + i;
+                        d[half * 16 + h * 8 + 2 * i] = w[2 * q * C + c];
+                        d[half * 16 + h * 8 + 2 * i + 1] = 2 * q + 1 < T ? w[(2 * q + 1) * C + c] : 0;
+                    }
+        }
+}
+
+TILE __m256i dw_load_a(const uint8_t *a, int sgn)
+{
+    const __m128i v = _mm_loadu_si128((const __m128i *)a);
+    return sgn ? _mm256_cvtepi8_epi16(v) : _mm256_cvtepu8_epi16(v);
+}
+
+TILE void dw_block(const dw_args *p, const uint8_t *a0, int64_t cb, int32_t *o, int nb, int sgn)
+{
+    __m256i lo[4], hi[4];
+    for (int b = 0; b < nb; b++)
+        lo[b] = hi[b] = _mm256_setzero_si256();
+    const int64_t C = p->C, T = (int64_t)p->kh * p->kw, nblk = C / 16;
+    for (int64_t q = 0; q < (T + 1) / 2; q++) {
+        const int64_t t0 = 2 * q, t1 = 2 * q + 1;
+        const uint8_t *x0 = a0 + ((t0 / p->kw) * p->Wp + t0 % p->kw) * C;
+        const uint8_t *x1 = t1 < T ? a0 + ((t1 / p->kw) * p->Wp + t1 % p->kw) * C : NULL;
+        const int16_t *w = p->wp + (q * nblk + cb) * 32;
+        for (int b = 0; b < nb; b++) {
+            const __m256i v0 = dw_load_a(x0 + 16 * b, sgn);
+            const __m256i v1 = x1 ? dw_load_a(x1 + 16 * b, sgn) : _mm256_setzero_si256();
+            const __m256i wl = _mm256_loadu_si256((const __m256i *)(w + 32 * b));
+            const __m256i wh = _mm256_loadu_si256((const __m256i *)(w + 32 * b + 16));
+            lo[b] = _mm256_add_epi32(lo[b], _mm256_madd_epi16(_mm256_unpacklo_epi16(v0, v1), wl));
+            hi[b] = _mm256_add_epi32(hi[b], _mm256_madd_epi16(_mm256_unpackhi_epi16(v0, v1), wh));
+        }
+    }
+    for (int b = 0; b < nb; b++) {
+        _mm256_storeu_si256((__m256i *)(o + 16 * b), _mm256_permute2x128_si256(lo[b], hi[b], 0x20));
+        _mm256_storeu_si256((__m256i *)(o + 16 * b + 8), _mm256_permute2x128_si256(lo[b], hi[b], 0x31));
+    }
+}
+
+TILE void dw_rows(const dw_args *p, int64_t r0, int64_t r1, int sgn)
+{
+    const int64_t C = p->C;
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t b = r / p->Ho, y = r % p->Ho;
+        for (int64_t x = 0; x < p->Wo; x++) {
+            int32_t *o = p->out + (r * p->Wo + x) * C;
+            const int64_t base = ((b * p->Hp + y * p->sh) * p->Wp + x * p->sw) * C;
+            int64_t c = 0;
+            for (; c + 64 <= C; c += 64)
+                dw_block(p, p->a + base + c, c / 16, o + c, 4, sgn);
+            for (; c + 16 <= C; c += 16)
+                dw_block(p, p->a + base + c, c / 16, o + c, 1, sgn);
+            for (; c < C; c++) {
+                int32_t acc = 0;
+                for (int i = 0; i < p->kh; i++)
+                    for (int j = 0; j < p->kw; j++) {
+                        const int64_t at = base + ((int64_t)i * p->Wp + j) * C + c;
+                        const int32_t av = sgn ? (int32_t)(int8_t)p->a[at] : (int32_t)p->a[at];
+                        acc += (int32_t)p->w[(int64_t)(i * p->kw + j) * C + c] * av;
+                    }
+                o[c] = acc;
+            }
+        }
+    }
+}
+
+TGT void dw_avx2(const dw_args *p, int64_t r0, int64_t r1)
+{
+    if (p->a_signed)
+        dw_rows(p, r0, r1, 1);
+    else
+        dw_rows(p, r0, r1, 0);
+}
+
 #endif /* BP_X86 */

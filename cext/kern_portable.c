@@ -104,3 +104,28 @@ void fa_portable(const fa_args *p, int64_t nb0, int64_t nb1)
             }
         }
 }
+
+void dw_portable(const dw_args *p, int64_t r0, int64_t r1)
+{
+    const int64_t C = p->C;
+    const int8_t *as = (const int8_t *)p->a;
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t b = r / p->Ho, y = r % p->Ho;
+        for (int64_t x = 0; x < p->Wo; x++) {
+            int32_t *o = p->out + (r * p->Wo + x) * C;
+            for (int64_t c = 0; c < C; c++)
+                o[c] = 0;
+            for (int i = 0; i < p->kh; i++)
+                for (int j = 0; j < p->kw; j++) {
+                    const int64_t at = ((b * p->Hp + y * p->sh + i) * p->Wp + x * p->sw + j) * C;
+                    const int8_t *w = p->w + (int64_t)(i * p->kw + j) * C;
+                    if (p->a_signed)
+                        for (int64_t c = 0; c < C; c++)
+                            o[c] += (int32_t)w[c] * as[at + c];
+                    else
+                        for (int64_t c = 0; c < C; c++)
+                            o[c] += (int32_t)w[c] * p->a[at + c];
+                }
+        }
+    }
+}

@@ -257,6 +257,22 @@ static void fa_task(void *ctx, int part, int nparts)
     fa_portable(p, b0, b1);
 }
 
+static void dw_task(void *ctx, int part, int nparts)
+{
+    const dw_args *p = ctx;
+    int64_t r0, r1;
+    bp_split(p->B * p->Ho, part, nparts, &r0, &r1);
+    if (r0 >= r1)
+        return;
+#ifdef BP_X86
+    if (p->simd) {
+        dw_avx2(p, r0, r1);
+        return;
+    }
+#endif
+    dw_portable(p, r0, r1);
+}
+
 static int parts_for(int threads, int64_t units) { return units < threads ? (int)units : threads; }
 
 /* ---------------------------------------------------------------- pack / unpack */
@@ -639,6 +655,91 @@ fail:
     return NULL;
 }
 
+/* ---------------------------------------------------------------- depthwise convolution */
+
+/* conv_depthwise(w, kh, kw, sh, sw, a, ba, as, out, threads):
+ * w int8 (kh*kw, C) weight values; a (B, Hp, Wp, C) padded activation codes (int8 when as, else
+ * uint8) of ba bits; out int32 (B, Ho, Wo, C) with Ho = (Hp-kh)/sh+1, Wo = (Wp-kw)/sw+1. */
+static PyObject *py_conv_depthwise(PyObject *self, PyObject *args)
+{
+    static const char *fn = "conv_depthwise";
+    PyObject *wo, *ao, *oo;
+    int kh, kw, sh, sw, ba, as, threads;
+    Py_buffer w = {0}, a = {0}, o = {0};
+    dw_args p;
+    memset(&p, 0, sizeof p);
+    if (!PyArg_ParseTuple(args, "OiiiiOipOi", &wo, &kh, &kw, &sh, &sw, &ao, &ba, &as, &oo, &threads))
+        return NULL;
+    if (check_bits(fn, "activation bits", ba, 1, 8) < 0 || check_threads(fn, threads) < 0 ||
+        check_bits(fn, "kernel height", kh, 1, DW_MAX_TAPS) < 0 || check_bits(fn, "kernel width", kw, 1, DW_MAX_TAPS) < 0 ||
+        check_bits(fn, "stride height", sh, 1, 1 << 20) < 0 || check_bits(fn, "stride width", sw, 1, 1 << 20) < 0)
+        return NULL;
+    if ((int64_t)kh * kw > DW_MAX_TAPS) {
+        PyErr_Format(PyExc_ValueError, "%s: a %dx%d kernel has more than %d taps", fn, kh, kw, DW_MAX_TAPS);
+        return NULL;
+    }
+    if (get_buf(fn, "weights", wo, 'i', 1, 2, 0, &w) < 0 || get_buf(fn, "activations", ao, 'I', 1, 4, 0, &a) < 0 ||
+        get_buf(fn, "out", oo, 'i', 4, 4, 1, &o) < 0)
+        goto fail;
+    const Py_ssize_t B = a.shape[0], Hp = a.shape[1], Wp = a.shape[2], C = a.shape[3];
+    if (check_dim(fn, "weights.shape[0] (taps kh*kw)", w.shape[0], (Py_ssize_t)kh * kw) < 0 ||
+        check_dim(fn, "weights.shape[1] (channels)", w.shape[1], C) < 0 || check_codes(fn, "activations", &a, ba, as) < 0)
+        goto fail;
+    if (Hp < kh || Wp < kw) {
+        PyErr_Format(PyExc_ValueError, "%s: kernel %dx%d is larger than the padded input %zdx%zd", fn, kh, kw, Hp, Wp);
+        goto fail;
+    }
+    const Py_ssize_t Ho = (Hp - kh) / sh + 1, Wo = (Wp - kw) / sw + 1;
+    if (o.shape[0] != B || o.shape[1] != Ho || o.shape[2] != Wo || o.shape[3] != C) {
+        PyErr_Format(PyExc_ValueError, "%s: out must have shape (%zd, %zd, %zd, %zd)", fn, B, Ho, Wo, C);
+        goto fail;
+    }
+    p.w = w.buf;
+    p.a = a.buf;
+    p.a_signed = as;
+    p.B = B;
+    p.Hp = Hp;
+    p.Wp = Wp;
+    p.C = C;
+    p.Ho = Ho;
+    p.Wo = Wo;
+    p.kh = kh;
+    p.kw = kw;
+    p.sh = sh;
+    p.sw = sw;
+    p.out = o.buf;
+    p.simd = simd();
+    int16_t *wp = NULL;
+#ifdef BP_X86
+    const size_t nwp = dw_prep_bytes((int64_t)kh * kw, C);
+    if (p.simd && nwp) {
+        wp = PyMem_RawMalloc(nwp);
+        if (!wp) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+    }
+#endif
+    Py_BEGIN_ALLOW_THREADS
+#ifdef BP_X86
+    if (wp)
+        dw_prep_avx2(p.w, (int64_t)kh * kw, C, wp);
+#endif
+    p.wp = wp;
+    bp_run(dw_task, &p, parts_for(threads, B * Ho));
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(wp);
+    rel(&w);
+    rel(&a);
+    rel(&o);
+    Py_RETURN_NONE;
+fail:
+    rel(&w);
+    rel(&a);
+    rel(&o);
+    return NULL;
+}
+
 /* ---------------------------------------------------------------- path selection */
 
 static PyObject *py_has_avx2(PyObject *self, PyObject *noargs) { return PyBool_FromLong(cpu_avx2); }
@@ -665,6 +766,7 @@ static PyMethodDef methods[] = {
     {"gemm_int8", py_gemm_int8, METH_VARARGS, "gemm_int8(w, usum, bw, ws, a, ba, as, out, threads)"},
     {"gemm_nm", py_gemm_nm, METH_VARARGS, "gemm_nm(values, pos, wsum, bw, ws, a, ba, as, out, threads)"},
     {"gemm_float", py_gemm_float, METH_VARARGS, "gemm_float(w, bits, signed, top, N, x, out, threads)"},
+    {"conv_depthwise", py_conv_depthwise, METH_VARARGS, "conv_depthwise(w, kh, kw, sh, sw, a, ba, as, out, threads)"},
     {"has_avx2", py_has_avx2, METH_NOARGS, "True when the CPU supports AVX2 and POPCNT"},
     {"path", py_path, METH_NOARGS, "the kernel path in use: 'avx2' or 'portable'"},
     {"set_portable", py_set_portable, METH_VARARGS, "set_portable(flag) -> previous flag; forces the portable path"},

@@ -23,9 +23,11 @@ __all__ = [
     "PackedWeights", "pack_weights", "pack_activations", "pack_nm", "unpack",
     "gemm_bitserial", "gemm_int8", "gemm_nm", "gemm_float_act", "conv2d",
     "has_avx2", "simd_path", "set_portable", "portable", "bind_gemm",
+    "pack_depthwise", "conv2d_depthwise", "bind_depthwise",
 ]
 
 LAYOUTS = ("planes", "int8", "nm", "float")
+"""GEMM layouts of ``pack_weights``; depthwise filters have their own layout "dw" (``pack_depthwise``)."""
 MAX_THREADS = 8
 
 
@@ -277,6 +279,8 @@ def unpack(w: PackedWeights) -> np.ndarray:
         raise TypeError(f"unpack needs a PackedWeights, got {type(w).__name__}")
     rows, k = w.shape
     dt = np.int8 if w.signed else np.uint8
+    if w.layout == "dw":
+        return np.ascontiguousarray(w.arrays["taps"].T).astype(dt)
     if w.layout == "planes":
         out = np.empty((rows, k), dtype=dt)
         _bitpack.unpack_planes(w.arrays["planes"], w.bits, w.signed, out)
@@ -533,3 +537,88 @@ def bind_gemm(w: PackedWeights, a_bits: int | None = None, a_signed: bool | None
             return out
         return run_nm
     raise ValueError(f"bind_gemm: unknown layout {w.layout!r}")
+
+
+# ----------------------------------------------------------------------------- depthwise convolution
+
+def pack_depthwise(codes, bits: int, signed: bool, kernel_size) -> PackedWeights:
+    """Depthwise filters (C, kh*kw) -- or (C, 1, kh, kw) as torch stores them -- as int8 taps (kh*kw, C).
+
+    A direct depthwise kernel reads one k x k filter per channel; im2col would copy each input k*k
+    times for a C x (k*k) product. Codes are the integer weight values (any bits <= 8, signed or not;
+    unsigned 8-bit codes above 127 do not fit and are refused)."""
+    bits = _check_bits(bits)
+    kh, kw = _pair(kernel_size, "kernel_size")
+    if min(kh, kw) < 1:
+        raise ValueError(f"kernel_size must be >= 1, got {(kh, kw)}")
+    a = _array(codes, "codes")
+    if a.ndim == 4:
+        if a.shape[1] != 1 or tuple(a.shape[2:]) != (kh, kw):
+            raise ValueError(f"depthwise weights must be (C, 1, {kh}, {kw}), got shape {a.shape}")
+        a = np.ascontiguousarray(a.reshape(a.shape[0], kh * kw))
+    c = _codes(a, "codes", bits, bool(signed))
+    if c.shape[1] != kh * kw:
+        raise ValueError(f"depthwise weights have {c.shape[1]} taps per channel, but the kernel is {kh}x{kw}")
+    if not signed and bits == 8 and int(c.max()) > 127:
+        raise ValueError("unsigned 8-bit depthwise codes above 127 do not fit the kernel's int8 taps")
+    taps = np.ascontiguousarray(c.astype(np.int8).T)
+    sums = c.sum(axis=1, dtype=np.int64)
+    sums.setflags(write=False)
+    return PackedWeights("dw", bits, bool(signed), (c.shape[0], kh * kw), _frozen(taps=taps), sums)
+
+
+def _dw_geometry(w: PackedWeights, kernel_size, fn: str) -> tuple[int, int]:
+    _packed(w, "dw", fn)
+    kh, kw = _pair(kernel_size, "kernel_size")
+    if kh * kw != w.shape[1]:
+        raise ValueError(f"{fn}: the weights have {w.shape[1]} taps, but the kernel is {kh}x{kw}")
+    return kh, kw
+
+
+def conv2d_depthwise(x, w: PackedWeights, kernel_size, stride=1, padding=0, a_bits: int = 8,
+                     a_signed: bool = True, threads: int = 1) -> np.ndarray:
+    """Exact NCHW depthwise convolution of integer codes (groups = channels); int32 (B, C, Ho, Wo).
+
+    ``w`` from ``pack_depthwise``; padding inserts code 0. Runs the direct kernel on channels-last data."""
+    kh, kw = _dw_geometry(w, kernel_size, "conv2d_depthwise")
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    if min(sh, sw) < 1 or min(ph, pw) < 0:
+        raise ValueError("stride must be >= 1 and padding >= 0")
+    a_bits = _check_bits(a_bits, "a_bits")
+    threads = _check_threads(threads)
+    xa = _array(x, "x")
+    if xa.ndim != 4 or xa.size == 0:
+        raise ValueError(f"conv2d_depthwise: x must be a non-empty (B, C, H, W) array, got shape {xa.shape}")
+    if xa.shape[1] != w.shape[0]:
+        raise ValueError(f"conv2d_depthwise: x has {xa.shape[1]} channels, the weights {w.shape[0]}")
+    c = _codes(np.ascontiguousarray(xa), "x", a_bits, bool(a_signed), ndim=4)
+    xp = np.pad(c.transpose(0, 2, 3, 1), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    if xp.shape[1] < kh or xp.shape[2] < kw:
+        raise ValueError(f"kernel {kh}x{kw} is larger than the padded input {xp.shape[1]}x{xp.shape[2]}")
+    run = bind_depthwise(w, (kh, kw), (sh, sw), a_bits, a_signed, threads)
+    return np.ascontiguousarray(run(np.ascontiguousarray(xp)).transpose(0, 3, 1, 2))
+
+
+def bind_depthwise(w: PackedWeights, kernel_size, stride, a_bits: int, a_signed: bool, threads: int = 1):
+    """``f(xp) -> int32 (B, Ho, Wo, C)`` for zero-padded channels-last codes ``xp`` (B, Hp, Wp, C),
+    int8 (signed) / uint8; weights, geometry and threads are checked once (the C extension checks
+    every call's buffers, shapes and code range again)."""
+    kh, kw = _dw_geometry(w, kernel_size, "bind_depthwise")
+    sh, sw = _pair(stride, "stride")
+    if min(sh, sw) < 1:
+        raise ValueError(f"stride must be >= 1, got {(sh, sw)}")
+    ab, as_ = _check_bits(a_bits, "a_bits"), bool(a_signed)
+    threads = _check_threads(threads)
+    taps, ch, conv = w.arrays["taps"], w.shape[0], _bitpack.conv_depthwise
+    adt = np.dtype(np.int8 if as_ else np.uint8)
+
+    def run_depthwise(xp):
+        if xp.ndim != 4 or xp.shape[3] != ch or xp.dtype != adt:
+            raise ValueError(f"bound depthwise conv: codes must be {adt} (B, H, W, {ch}), got {xp.dtype}{xp.shape}")
+        if xp.shape[1] < kh or xp.shape[2] < kw:
+            raise ValueError(f"kernel {kh}x{kw} is larger than the padded input {xp.shape[1]}x{xp.shape[2]}")
+        out = np.empty((xp.shape[0], (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1, ch), np.int32)
+        conv(taps, kh, kw, sh, sw, xp, ab, as_, out, threads)
+        return out
+    return run_depthwise

@@ -5,6 +5,10 @@ each figure is the median over rounds; ratios compare figures from the same run 
 2*M*N*K / time (dense-equivalent for 2:4). What each row times: bit-serial rows take activations
 already packed into bit-planes (``pack`` rows time that packing); int8-dot and 2:4 rows take
 int8/uint8 codes; the float GEMV takes float32 x; torch int8 quantizes x inside the call.
+
+Depthwise rows (a list of their own): the direct depthwise kernel on zero-padded channels-last
+int8 codes vs torch fp32 ``F.conv2d(groups=C)`` on the same-shaped float NCHW input, 3x3,
+stride 1, padding 1, interleaved the same way; GOPS = 2*B*H*W*C*9 / time.
 """
 from __future__ import annotations
 
@@ -19,8 +23,9 @@ import warnings
 
 import numpy as np
 
-FULL = dict(ms=(1, 16, 256), ks=(1024, 4096), threads=(1, 2), repeats=7, min_sample_s=0.02)
-QUICK = dict(ms=(1, 256), ks=(1024,), threads=(1,), repeats=3, min_sample_s=0.005)
+FULL = dict(ms=(1, 16, 256), ks=(1024, 4096), threads=(1, 2), repeats=7, min_sample_s=0.02,
+            dw=((1, 144, 28), (16, 96, 28), (16, 144, 14)))
+QUICK = dict(ms=(1, 256), ks=(1024,), threads=(1,), repeats=3, min_sample_s=0.005, dw=((16, 96, 28),))
 
 # (name, test on the rows) -- the issue's targets, checked on the rows of the same run
 TARGETS = [
@@ -130,6 +135,70 @@ def measure(quick: bool = False, repeats: int | None = None, shapes=None, thread
     return rows
 
 
+def _dw_cases(b: int, c: int, hw: int, threads: int, rng: np.random.Generator) -> dict:
+    """Name -> zero-argument callable: torch fp32 depthwise 3x3 and the packed kernel (W8A8, W4A8)."""
+    import torch
+
+    from engine import kernels as K
+
+    x = torch.randn(b, c, hw, hw)
+    w = torch.randn(c, 1, 3, 3)
+    xp = np.zeros((b, hw + 2, hw + 2, c), np.int8)
+    xp[:, 1:-1, 1:-1, :] = rng.integers(-128, 128, size=(b, hw, hw, c))
+    w8 = K.bind_depthwise(K.pack_depthwise(rng.integers(-128, 128, size=(c, 9)), 8, True, 3), 3, 1, 8, True, threads)
+    w4 = K.bind_depthwise(K.pack_depthwise(rng.integers(-8, 8, size=(c, 9)), 4, True, 3), 3, 1, 8, True, threads)
+    return {
+        "torch-fp32 dw": lambda: torch.nn.functional.conv2d(x, w, padding=1, groups=c),
+        "dw W8A8": lambda: w8(xp),
+        "dw W4A8": lambda: w4(xp),
+    }
+
+
+def measure_depthwise(quick: bool = False, repeats: int | None = None, shapes=None, threads=None) -> list[dict]:
+    """Depthwise 3x3 rows: kernel, b, c, hw, threads, gops, seconds, vs_fp32 (torch fp32 depthwise conv
+    timed in the same interleaved rounds), path."""
+    import torch
+
+    from engine import kernels as K
+
+    cfg = dict(QUICK if quick else FULL)
+    if repeats:
+        cfg["repeats"] = repeats
+    rng = np.random.default_rng(0)
+    rows = []
+    old_threads = torch.get_num_threads()
+    try:
+        for b, c, hw in shapes or cfg["dw"]:
+            for t in threads or cfg["threads"]:
+                torch.set_num_threads(t)
+                cases = _dw_cases(b, c, hw, t, rng)
+                inner = {}
+                for name, fn in cases.items():
+                    fn()
+                    inner[name] = max(1, int(cfg["min_sample_s"] / max(_sample(fn, 1), 1e-7)))
+                times = {name: [] for name in cases}
+                names = list(cases)
+                for r in range(cfg["repeats"]):
+                    for name in names[r % len(names):] + names[:r % len(names)]:
+                        times[name].append(_sample(cases[name], inner[name]))
+                med = {name: statistics.median(ts) for name, ts in times.items()}
+                ops = 2.0 * b * hw * hw * c * 9
+                for name, sec in med.items():
+                    rows.append(dict(kernel=name, b=b, c=c, hw=hw, threads=t, gops=ops / sec / 1e9, seconds=sec,
+                                     vs_fp32=med["torch-fp32 dw"] / sec, path=K.simd_path()))
+    finally:
+        torch.set_num_threads(old_threads)
+    return rows
+
+
+def _dw_table(rows: list[dict]) -> str:
+    lines = [f"{'depthwise 3x3':<20} {'B':>4} {'C':>5} {'HxW':>7} {'thr':>3} {'GOPS':>8} {'vs fp32':>8}"]
+    for r in rows:
+        lines.append(f"{r['kernel']:<20} {r['b']:>4} {r['c']:>5} {str(r['hw']) + 'x' + str(r['hw']):>7} "
+                     f"{r['threads']:>3} {r['gops']:>8.2f} {r['vs_fp32']:>7.2f}x")
+    return "\n".join(lines)
+
+
 def check_targets(rows: list[dict]) -> list[dict]:
     """The issue's 1-thread targets, evaluated on rows from one run (None when not measured)."""
     out = []
@@ -153,16 +222,19 @@ def run(args) -> int:
     from engine import kernels as K
 
     rows = measure(quick=args.quick, repeats=args.repeats)
+    dw_rows = measure_depthwise(quick=args.quick, repeats=args.repeats)
     targets = check_targets(rows)
     machine = dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), path=K.simd_path(),
                    loadavg=os.getloadavg() if hasattr(os, "getloadavg") else None)
     if args.json:
-        json.dump(dict(rows=rows, targets=targets, machine=machine), sys.stdout)
+        json.dump(dict(rows=rows, depthwise=dw_rows, targets=targets, machine=machine), sys.stdout)
         sys.stdout.write("\n")
         return 0
     print(f"bit-packed kernels, path={machine['path']}, load average {machine['loadavg']}, "
           f"medians of interleaved rounds (ratios from this run only)")
     print(_table(rows))
+    print()
+    print(_dw_table(dw_rows))
     print()
     for t in targets:
         state = "not measured" if t["met"] is None else ("MET" if t["met"] else "MISSED")

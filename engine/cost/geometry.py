@@ -29,6 +29,11 @@ class Geom(NamedTuple):
     bias: bool
     nm_dims: tuple
 
+    @property
+    def depthwise(self) -> bool:
+        """A depthwise convolution (groups = in = out channels): a k x k reduction per channel."""
+        return self.kind == "conv2d" and self.groups > 1 and self.groups == self.cin == self.cout
+
 
 def _get(layer, key, default=None):
     if isinstance(layer, dict):

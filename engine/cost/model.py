@@ -125,10 +125,14 @@ def _numbers(g: Geom, wi: int, ai: int, nm, density: float, ni: int, prof: Profi
     skip = min(1.0, d / prof.skip_eff + prof.skip_idx) if d < 1.0 else 1.0
     d_exec = d if skip < 1.0 else 1.0      # skipping engages only where it pays
 
-    # compute: padded GEMM on the array at the executed precision
+    # compute: padded GEMM on the array at the executed precision; a depthwise layer is no GEMM:
+    # each channel's k x k reduction runs unpadded (its time then follows the bits it moves)
     tm, tn = prof.tile_m, prof.tile_n
-    np_ = g.groups * (-(-(g.gemm_n // g.groups) // tn)) * tn
-    kp = k_tiles(g.cin_g, g.kh, g.kw, tk, prof.k_mode) * tk
+    if g.depthwise:
+        np_, kp, tm = g.gemm_n, g.reduction, 1
+    else:
+        np_ = g.groups * (-(-(g.gemm_n // g.groups) // tn)) * tn
+        kp = k_tiles(g.cin_g, g.kh, g.kw, tk, prof.k_mode) * tk
     per_row = np_ * kp / (rate * eff) * skip
     if nm_used:
         per_row /= prof.nm_speedup * prof.nm_eff
@@ -187,7 +191,7 @@ def host_terms(g: Geom, wi: int, ai: int, prof: Profile) -> tuple[float, float]:
     fixed = prof.host_layer.get("lstm" if lstm else g.kind, 0.0) + (prof.host_step * g.positions if lstm else 0.0)
     q_el = 0 if ai == 8 else g.act_in + (g.act_out if lstm else 0)
     o_el = g.gemm_n * g.positions * (2 if lstm else 1)
-    i_el = g.positions * g.reduction if g.kind == "conv2d" else 0
+    i_el = g.positions * g.reduction if g.kind == "conv2d" and not g.depthwise else 0  # direct kernel: no im2col
     per = prof.host_quant * q_el + prof.host_out["lstm" if lstm else g.kind] * o_el + prof.host_im2col * i_el
     if wi == 0:
         fixed += prof.host_binary
@@ -219,6 +223,8 @@ def _note(g: Geom, cfg, prof: Profile, wi: int, ai: int, nums: tuple, bound: str
         msgs.append(f"W{w}A{a} runs at W{we}A{ae} speed")
     elif prof.klass == "lut" and FLOAT not in (w, a) and we == prof.float_bits:
         msgs.append(f"no W{w}A{a} kernel: runs in float")
+    if g.depthwise:
+        msgs.append(f"depthwise: {g.kh}x{g.kw} reduction per channel, no GEMM padding")
     if nm:
         if nm_used:
             msgs.append(f"{cfg.sparsity} sparse math (x{prof.nm_speedup:g} peak)")

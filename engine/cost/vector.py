@@ -210,8 +210,10 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
     wi, ai = _bidx(np.asarray(plans.w_bits)), _bidx(np.asarray(plans.a_bits))
     a_next = np.concatenate([ai[:, 1:], np.full((ai.shape[0], 1), NB - 1)], axis=1)
     cin, cout, valid = table.widened(np.asarray(plans.widen, dtype=float))
-    kind, g = table.kind, table.groups
+    kind = table.kind
     conv, lstm = kind == 0, (kind == 2) | (kind == 3)  # lstm: any recurrent layer
+    dw = conv & (table.groups > 1) & (table.groups == table.cin) & (table.groups == table.cout)
+    g = np.where(dw, cin, table.groups)   # a widened depthwise layer keeps groups = channels
     gemm_n = np.where(kind == 2, 4 * cout, np.where(kind == 3, 3 * cout, cout))
     cin_g = np.where(conv, cin // g, np.where(lstm, cin + cout, cin))
     reduction = cin_g * table.kh * table.kw
@@ -240,13 +242,13 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
 
     rate, eff, tk, ovh = T["rate"][wi, ai], T["eff"][wi, ai], T["tile_k"][wi, ai], T["overhead"][wi, ai]
     ng = gemm_n // g
-    np_ = (g * _ceil_div(ng, prof.tile_n) * prof.tile_n).astype(float)
+    np_ = np.where(dw, gemm_n, g * _ceil_div(ng, prof.tile_n) * prof.tile_n).astype(float)
     khw = table.kh * table.kw
     if prof.k_mode == "cin":
         kt = np.minimum(khw * _ceil_div(cin_g, tk), _ceil_div(khw * cin_g, tk))
     else:
         kt = _ceil_div(khw * cin_g, tk)
-    kp = (kt * tk).astype(float)
+    kp = np.where(dw, reduction, kt * tk).astype(float)   # depthwise: unpadded k x k per channel
     nm_div = np.where(nm_used, prof.nm_speedup * prof.nm_eff, 1.0)
 
     wbits = T["w_store"][wi]
@@ -267,7 +269,7 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
         h_fixed = h_layer + np.where(lstm, prof.host_step * pos, 0.0)
         q_el = np.where(ai == NB - 1, 0.0, act_in + np.where(lstm, act_out, 0.0))
         o_el = gemm_n * pos * np.where(lstm, 2, 1)
-        i_el = np.where(conv, pos * reduction, 0)
+        i_el = np.where(conv & ~dw, pos * reduction, 0)
         h_out = np.select([conv, lstm], [prof.host_out["conv2d"], prof.host_out["lstm"]], prof.host_out["linear"])
         h_per = prof.host_quant * q_el + h_out * o_el + prof.host_im2col * i_el
         h_fixed = h_fixed + np.where(wi == 0, prof.host_binary, 0.0)
@@ -275,7 +277,7 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
 
     def times(bb: int):
         m = bb * table.positions
-        mp = (_ceil_div(m, prof.tile_m) * prof.tile_m).astype(float)
+        mp = np.where(dw, m, _ceil_div(m, prof.tile_m) * prof.tile_m).astype(float)
         compute = mp * np_ * kp / (rate * eff) * skip / nm_div
         a_in = bb * act_in * a_store_in / 8.0
         a_out = bb * act_out * a_store_out / 8.0

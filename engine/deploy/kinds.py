@@ -90,6 +90,13 @@ def make_gemm(name, cfg, w_float, wq, act, k_order=None, threads=1, rows=None) -
         note = f"{cfg.sparsity} zeros stored dense in float" if cfg.sparsity != "none" else ""
         return Gemm(name, "float", n, wf.shape[1], act, w_float=wf, note=note, threads=threads)
     codes, scale = weight_codes(w_float, wq, f"layer {name!r}")
+    return _gemm_from_codes(name, cfg, codes, scale, act, k_order, threads, rows)
+
+
+def _gemm_from_codes(name, cfg, codes, scale, act, k_order=None, threads=1, rows=None) -> Gemm:
+    """``make_gemm`` from integer weight codes (N, K...) and their per-row scales."""
+    n = codes.shape[0]
+    perm = (lambda t: t.permute(*k_order)) if k_order else (lambda t: t)
     codes = perm(torch.from_numpy(codes)).reshape(n, -1).contiguous().numpy()
     if rows is not None:
         codes, scale = np.ascontiguousarray(codes[rows]), np.ascontiguousarray(scale[rows])
@@ -154,8 +161,6 @@ def linear(name, mod, cfg, per, threads) -> Layer:
 @LOWER.register(nn.Conv2d)
 def conv2d(name, mod, cfg, per, threads) -> Layer:
     where = f"layer {name!r}"
-    if mod.groups != 1:
-        raise DeployError(f"{where}: grouped convolution (groups={mod.groups}) is not supported")
     if tuple(mod.dilation) != (1, 1):
         raise DeployError(f"{where}: dilated convolution is not supported")
     if isinstance(mod.padding, str) or mod.padding_mode != "zeros":
@@ -164,10 +169,54 @@ def conv2d(name, mod, cfg, per, threads) -> Layer:
     q = _quantized(mod)
     act = act_spec(mod.aq, per.get(f"{name}.aq"), where, affine_ok=False) if q else None
     w = mod.masked_weight() if q else mod.weight
-    g = make_gemm(name, cfg, w, mod.wq if q else None, act, k_order=(0, 2, 3, 1), threads=threads)
     conv = {"kernel_size": list(mod.kernel_size), "stride": list(mod.stride), "padding": list(mod.padding),
             "in_channels": mod.in_channels}
+    if mod.groups == mod.in_channels == mod.out_channels and mod.groups > 1:
+        g = make_depthwise(name, cfg, w, mod.wq if q else None, act, threads)
+        return Layer(name, "dwconv2d", {"w": g}, _bias(mod.bias), cfg.to_dict(), conv=conv)
+    if mod.groups > 1:   # one GEMM per group, on its slice of the input and output channels
+        n = mod.out_channels // mod.groups
+        wq = mod.wq if q else None
+        gemms = {}
+        codes = scale = None
+        if wq is not None and wq.active:   # the quantizer's per-channel codes and scales, sliced per group
+            codes, scale = weight_codes(w, wq, where)
+        for i in range(mod.groups):
+            if codes is not None:
+                gemms[f"g{i}"] = _gemm_from_codes(f"{name}.g{i}", cfg, codes[i * n:(i + 1) * n], scale[i * n:(i + 1) * n],
+                                                  act, (0, 2, 3, 1), threads)
+            else:
+                gemms[f"g{i}"] = make_gemm(f"{name}.g{i}", cfg, w[i * n:(i + 1) * n], None, act,
+                                           k_order=(0, 2, 3, 1), threads=threads)
+        conv["groups"] = mod.groups
+        return Layer(name, "gconv2d", gemms, _bias(mod.bias), cfg.to_dict(), conv=conv)
+    g = make_gemm(name, cfg, w, mod.wq if q else None, act, k_order=(0, 2, 3, 1), threads=threads)
     return Layer(name, "conv2d", {"w": g}, _bias(mod.bias), cfg.to_dict(), conv=conv)
+
+
+@torch.no_grad()
+def make_depthwise(name, cfg, w_float, wq, act, threads) -> Gemm:
+    """The depthwise filters (C, 1, kh, kw) for the direct kernel: int8 taps of the weight codes
+    with per-channel scales; float weights (or float activations) run the float depthwise loop."""
+    c = w_float.shape[0]
+    note = f"{cfg.sparsity} zeros stored dense" if cfg.sparsity != "none" else ""
+    if wq is None or not wq.active or act is None:
+        if wq is not None and wq.active:   # quantized weights, float activations: their float values
+            wf = wq(w_float).detach().float().reshape(c, -1).numpy().astype(np.float32)
+            note = "float activations: the depthwise layer runs in float on its quantized weights"
+        else:
+            wf = w_float.detach().float().reshape(c, -1).contiguous().numpy().astype(np.float32)
+        return Gemm(name, "float", c, wf.shape[1], act, w_float=np.ascontiguousarray(wf), note=note,
+                    w_bits=int(cfg.w_bits) if wq is not None and wq.active else 32, threads=threads)
+    codes, scale = weight_codes(w_float, wq, f"layer {name!r}")
+    codes = codes.reshape(c, -1)
+    lo, hi = int(codes.min()), int(codes.max())
+    bits, signed = bits_for(min(lo, 0), max(hi, 0))
+    if bits > 8:
+        raise DeployError(f"layer {name!r}: its weight codes span [{lo}, {hi}], wider than 8 bits")
+    packed = K.pack_depthwise(codes, bits, signed, tuple(w_float.shape[2:]))
+    return Gemm(name, "depthwise", c, codes.shape[1], act, packed=packed, w_scale=scale,
+                w_bits=int(cfg.w_bits), note=note, threads=threads)
 
 
 @LOWER.register(QuantLSTM)

@@ -23,7 +23,7 @@ PACKED_KIND = "packed-network"
 PACKED_VERSION = 1
 META_KEY = "bitscape"
 FLOAT = 32
-KERNELS = ("bitserial", "int8", "nm", "float-act", "float")
+KERNELS = ("bitserial", "int8", "nm", "float-act", "float", "depthwise")
 
 
 class DeployError(UserError):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import kernels as K
+from engine.deploy.grouped import group_parts
 from engine.deploy.operands import KERNELS, ActSpec, DeployError, Gemm
 from engine.deploy.ops import _OPS, _refs
 from engine.deploy.runtime import KINDS, Layer, PackedNetwork
@@ -77,7 +78,7 @@ def _load_gemm(arrs: dict, prefix: str, gm: dict, where: str) -> Gemm:
             raise ValueError("activation quantizer does not match the kernel")
         layout, bits, signed = gm["layout"], int(gm["bits"]), bool(gm["signed"])
         if not 1 <= bits <= 8 or layout != {"bitserial": "planes", "int8": "int8", "nm": "nm",
-                                             "float-act": "float"}[kernel]:
+                                             "float-act": "float", "depthwise": "dw"}[kernel]:
             raise ValueError(f"layout {layout!r} with {bits} bits")
         w_p, w_q = int(gm.get("w_p", 1)), int(gm.get("w_q", 0))
         if (w_p, w_q) not in ((1, 0), (2, -1)):
@@ -99,6 +100,11 @@ def _load_gemm(arrs: dict, prefix: str, gm: dict, where: str) -> Gemm:
                   "wsum": _expect(arrs, f"{prefix}.wsum", np.int64, (n,), where)}
         if int(arrays["positions"].max(initial=0)) > 3:
             raise DeployError(f"{where}: 2:4 positions out of range (corrupt file)")
+    elif layout == "dw":
+        arrays = {"taps": _expect(arrs, f"{prefix}.taps", np.int8, (k, n), where)}
+        lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+        if arrays["taps"].size and (int(arrays["taps"].min()) < lo or int(arrays["taps"].max()) > hi):
+            raise DeployError(f"{where}: depthwise taps outside the {bits}-bit range (corrupt file)")
     else:
         arrays = {"lanes": _expect(arrs, f"{prefix}.lanes", np.uint32, ((n + 7) // 8, (k + 29) // 30, bits, 8),
                                    where)}
@@ -109,6 +115,25 @@ def _load_gemm(arrs: dict, prefix: str, gm: dict, where: str) -> Gemm:
     pw = K.PackedWeights(layout, bits, signed, (n, k), arrays, sums)
     return Gemm(gm["name"], kernel, n, k, act, packed=pw, w_scale=scale, w_p=w_p, w_q=w_q,
                 w_bits=int(gm.get("w_bits", bits)), note=gm.get("note", ""))
+
+
+def _conv_geometry(conv: dict, kind: str, gemms: dict, where: str) -> dict:
+    """A convolution's stored geometry, checked against its weights."""
+    out = {"kernel_size": [int(v) for v in conv["kernel_size"]], "stride": [int(v) for v in conv["stride"]],
+           "padding": [int(v) for v in conv["padding"]], "in_channels": int(conv["in_channels"])}
+    kh, kw = out["kernel_size"]
+    cin = out["in_channels"]
+    if kind == "conv2d":
+        ok = kh * kw * cin == gemms["w"].k
+    elif kind == "dwconv2d":
+        ok = kh * kw == gemms["w"].k and cin == gemms["w"].n
+    else:
+        out["groups"] = groups = int(conv["groups"])
+        ok = 1 < groups == len(gemms) and cin % groups == 0 and all(g.k == kh * kw * cin // groups for g in gemms.values()) \
+            and len({g.n for g in gemms.values()}) == 1
+    if not ok or min(out["stride"]) < 1 or min(out["padding"]) < 0 or min(kh, kw) < 1:
+        raise DeployError(f"{where}: convolution geometry does not match its weights")
+    return out
 
 
 def load_packed(path) -> PackedNetwork:
@@ -141,20 +166,16 @@ def load_packed(path) -> PackedNetwork:
             where = f"{where0}, layer {name!r}"
             gemms = {part: _load_gemm(arrs, f"layers.{name}.{part}", gm, where) for part, gm in lm["gemms"].items()}
             kind = lm["kind"]
-            need = KINDS.get(kind)
-            if need is None or set(gemms) != need:
+            conv = lm.get("conv") or {}
+            need = group_parts(len(gemms)) if kind == "gconv2d" else KINDS.get(kind)
+            if kind not in KINDS or not need or set(gemms) != need:
                 raise DeployError(f"{where}: invalid layer kind {kind!r} / parts {sorted(gemms)}")
-            nb = 4 * int(lm["hidden"]) if kind == "lstm" else gemms["w"].n
+            nb = 4 * int(lm["hidden"]) if kind == "lstm" else sum(g.n for g in gemms.values())
             bias = _expect(arrs, f"layers.{name}.bias", np.float32, (nb,), where) if lm["bias"] else None
             if kind == "lstm" and (gemms["ih"].n != nb or gemms["hh"].n != nb or gemms["hh"].k != nb // 4):
                 raise DeployError(f"{where}: LSTM weight shapes do not match hidden size {lm['hidden']}")
-            conv = lm.get("conv") or {}
-            if kind == "conv2d":
-                conv = {"kernel_size": [int(v) for v in conv["kernel_size"]], "stride": [int(v) for v in conv["stride"]],
-                        "padding": [int(v) for v in conv["padding"]], "in_channels": int(conv["in_channels"])}
-                kh, kw = conv["kernel_size"]
-                if kh * kw * conv["in_channels"] != gemms["w"].k or min(conv["stride"]) < 1 or min(conv["padding"]) < 0:
-                    raise DeployError(f"{where}: convolution geometry does not match its weights")
+            if kind in ("conv2d", "dwconv2d", "gconv2d"):
+                conv = _conv_geometry(conv, kind, gemms, where)
             layers[name] = Layer(name, kind, gemms, bias, lm.get("config", {}), conv, int(lm.get("hidden", 0)))
         norms = {}
         for nname in meta.get("norms", []):

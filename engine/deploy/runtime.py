@@ -20,13 +20,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.deploy.grouped import depthwise_forward, grouped_forward
 from engine.deploy.operands import FLOAT, DeployError, Gemm
 from engine.deploy.ops import _OPS, _bn_fn, _getter, _im2col_nhwc_padded, _sigmoid
 
 # ============================================================================ layers
 
-KINDS = {"linear": frozenset({"w"}), "conv2d": frozenset({"w"}), "lstm": frozenset({"ih", "hh"})}
-"""Layer kinds the executor runs, with the GEMM parts each holds (``Layer._<kind>`` runs it)."""
+KINDS = {"linear": frozenset({"w"}), "conv2d": frozenset({"w"}), "lstm": frozenset({"ih", "hh"}),
+         "dwconv2d": frozenset({"w"}), "gconv2d": None}
+"""Layer kinds the executor runs, with the GEMM parts each holds (``Layer._<kind>`` runs it);
+None: the parts depend on the layer (a grouped convolution holds g0..g{groups-1})."""
 
 
 @dataclass
@@ -38,7 +41,7 @@ class Layer:
     gemms: dict[str, Gemm]
     bias: np.ndarray | None
     config: dict
-    conv: dict = field(default_factory=dict)     # kernel_size, stride, padding, in_channels
+    conv: dict = field(default_factory=dict)     # kernel_size, stride, padding, in_channels (, groups)
     hidden: int = 0
 
     def __call__(self, x: np.ndarray):
@@ -88,6 +91,12 @@ class Layer:
         if self.bias is not None:
             np.add(y, self.bias, out=y)
         return y.reshape(b, ho, wo, g.n).transpose(0, 3, 1, 2)
+
+    def _dwconv2d(self, x):
+        return depthwise_forward(self.name, self.gemms["w"], self.conv, self.bias, x)
+
+    def _gconv2d(self, x):
+        return grouped_forward(self.name, self.gemms, self.conv, self.bias, x)
 
     def _lstm(self, x):
         gi, gh = self.gemms["ih"], self.gemms["hh"]

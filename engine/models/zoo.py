@@ -157,6 +157,70 @@ class RowGRU(_RowRecurrent):
     cell, layer_name = nn.GRU, "gru"
 
 
+def _divisible(v: float, d: int = 8) -> int:
+    """Channels rounded to a multiple of ``d`` (never below 90% of ``v``), as MobileNetV2 does."""
+    n = max(d, int(v + d / 2) // d * d)
+    return n + d if n < 0.9 * v else n
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expansion, depthwise 3x3 (groups = channels), linear 1x1 projection;
+    a residual add when the shape is kept."""
+
+    def __init__(self, cin, cout, stride, expand):
+        super().__init__()
+        hidden = cin * expand
+        self.use_res = stride == 1 and cin == cout
+        self.expand = None
+        if expand != 1:
+            self.expand = nn.Sequential(nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU())
+        self.dw = nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False)
+        self.bn_dw = nn.BatchNorm2d(hidden)
+        self.project = nn.Conv2d(hidden, cout, 1, bias=False)
+        self.bn_project = nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        out = self.expand(x) if self.expand is not None else x
+        out = F.relu(self.bn_dw(self.dw(out)))
+        out = self.bn_project(self.project(out))
+        return x + out if self.use_res else out
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2-style network for 28x28 / 32x32 images: inverted residuals with depthwise 3x3
+    convolutions and a width multiplier; ReLU (not ReLU6) so every deployment path runs it."""
+
+    # (expansion, channels, blocks, first stride), sized for small images: with the stride-2 stem,
+    # 28x28 -> 14 -> 7 -> 4 (32x32 -> 16 -> 8 -> 4)
+    SETTINGS = ((1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 2, 2), (4, 64, 1, 1))
+
+    def __init__(self, input_shape, num_classes, width=1.0, head=128):
+        super().__init__()
+        c = input_shape[0]
+        stem = _divisible(16 * width)
+        self.stem = nn.Conv2d(c, stem, 3, 2, 1, bias=False)
+        self.bn_stem = nn.BatchNorm2d(stem)
+        blocks, cin = [], stem
+        for t, ch, n, s in self.SETTINGS:
+            cout = _divisible(ch * width)
+            for i in range(n):
+                blocks.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        head = _divisible(head * max(1.0, width))
+        self.head = nn.Conv2d(cin, head, 1, bias=False)
+        self.bn_head = nn.BatchNorm2d(head)
+        self.fc = nn.Linear(head, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn_stem(self.stem(x)))
+        x = self.blocks(x)
+        x = F.relu(self.bn_head(self.head(x)))
+        x = F.adaptive_avg_pool2d(x, 1)
+        x = torch.flatten(x, 1)
+        return self.fc(x)
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     name: str
@@ -172,6 +236,8 @@ ZOO = {
     "resnet20": ZooEntry("resnet20", ResNet20, "ResNet-20 for CIFAR-10 (GPU recommended)", ("cifar10",)),
     "lstm": ZooEntry("lstm", RowLSTM, "LSTM reading the image row by row (hidden 64)", ("digits", "fashion-mnist", "mnist")),
     "gru": ZooEntry("gru", RowGRU, "GRU reading the image row by row (hidden 64)", ("digits", "fashion-mnist", "mnist")),
+    "mobilenetv2": ZooEntry("mobilenetv2", MobileNetV2, "MobileNetV2-style: inverted residuals, depthwise 3x3 "
+                            "(width 1.0)", ("fashion-mnist", "mnist", "cifar10")),
 }
 
 

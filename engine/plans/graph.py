@@ -114,6 +114,7 @@ class Space:
     norms: list[str] = field(default_factory=list)
     consumers: list[tuple[str, int]] = field(default_factory=list)  # (layer, features per channel)
     fixed: str | None = None  # why this space cannot be widened
+    depthwise: list[str] = field(default_factory=list)  # depthwise layers carrying these channels through
 
 
 @dataclass
@@ -155,9 +156,24 @@ class Topology:
     def check(self, configs: dict[str, LayerConfig]) -> dict[int, float]:
         """Raise PlanError for configs this network cannot take; return the space factors."""
         factors = self.space_factors(configs)
+        for sid, sp in self.spaces.items():
+            for name in sp.depthwise:
+                k = float(configs[name].widen) if name in configs else 1.0
+                if k != 1.0 and k != factors.get(sid, 1.0):
+                    who = ", ".join(repr(p) for p in sp.producers) or "its input"
+                    raise PlanError(f"layer {name!r} is depthwise: its channels widen with {who} "
+                                    f"(widen={factors.get(sid, 1.0):g}), not on their own (widen={k:g})")
         for layer in self.widened(configs, factors):
             cfg = configs[layer.name]
             nm = cfg.nm
+            if nm and layer.kind == "conv2d" and layer.groups > 1 and layer.groups == layer.in_channels:
+                taps = layer.kernel[0] * layer.kernel[1]
+                if taps % nm[1]:
+                    raise PlanError(
+                        f"layer {layer.name!r}: sparsity={cfg.sparsity!r} is not possible on a depthwise "
+                        f"convolution: each channel's filter has {taps} weights ({layer.kernel[0]}x"
+                        f"{layer.kernel[1]}), not a multiple of {nm[1]}")
+                continue
             if nm:
                 for dim in layer.nm_dims:
                     if dim % nm[1]:
@@ -178,13 +194,18 @@ class Topology:
                 rep = layer.in_channels // self.spaces[layer.in_space].size
                 d["in_channels"] = self.widened_size(layer.in_space, factors) * rep
             if layer.kind == "conv2d" and layer.groups > 1:
-                d["groups"] = layer.groups
+                dw = layer.groups == layer.in_channels == layer.out_channels
+                d["groups"] = d["in_channels"] if dw else layer.groups
             rows.append(LayerInfo(**d))
         return rows
 
     def to_dict(self) -> dict:
         return {"input_shape": list(self.input_shape), "layers": [layer.to_dict() for layer in self.layers],
                 "spaces": [asdict(s) for s in self.spaces.values()]}
+
+
+def _is_depthwise(mod: nn.Conv2d) -> bool:
+    return mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
 
 
 def widened(size: int, k: float) -> int:
@@ -251,6 +272,7 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
         sa.producers += sb.producers
         sa.norms += sb.norms
         sa.consumers += sb.consumers
+        sa.depthwise += sb.depthwise
         sa.fixed = sa.fixed or sb.fixed
         return a
 
@@ -293,6 +315,18 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
             if isinstance(mod, QUANTIZABLE):
                 in_shape = shape(node.args[0])
                 if isinstance(mod, nn.Conv2d):
+                    if _is_depthwise(mod) and src is not None and src.repeat == 1:
+                        # one filter per channel: its channels are its producer's, widened together
+                        sp = find(src.space)
+                        info = LayerInfo(name, "conv2d", mod.in_channels, mod.out_channels,
+                                         kernel=tuple(mod.kernel_size), stride=tuple(mod.stride), groups=mod.groups,
+                                         in_hw=tuple(in_shape[2:4]), out_hw=tuple(out_shape[2:4]),
+                                         bias=mod.bias is not None, in_space=sp, out_space=sp)
+                        spaces[sp].depthwise.append(name)
+                        state[node] = _T(sp, 1)
+                        layers.append(info)
+                        infos[name] = info
+                        continue
                     if mod.groups > 1:
                         if src is not None:
                             fix(src.space, f"grouped convolution {name!r} follows it")

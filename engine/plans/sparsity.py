@@ -39,8 +39,9 @@ def nm_mask(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
         raise ValueError(f"N:M needs 1 <= N < M, got {n}:{m}")
     v = _input_last(w.detach())
     cin = v.shape[-1]
-    if cin % m:
+    if cin % m and not (w.dim() == 4 and cin == 1 and v[0].numel() % m == 0):
         raise ValueError(f"input dimension {cin} is not divisible by M={m}")
+    # (a depthwise filter, one input channel, groups along its k*k taps in (kh, kw) order)
     groups = v.abs().reshape(-1, m)
     top = torch.topk(groups, n, dim=1, sorted=False).indices
     mask = torch.zeros_like(groups, dtype=torch.bool)
@@ -51,7 +52,7 @@ def nm_mask(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
 def is_nm(mask: torch.Tensor, n: int, m: int) -> bool:
     """True when every input group of M holds at most N kept weights."""
     v = _input_last(mask)
-    if v.shape[-1] % m:
+    if v.shape[-1] % m and not (mask.dim() == 4 and v.shape[-1] == 1 and v[0].numel() % m == 0):
         return False
     return bool((v.reshape(-1, m).sum(1) <= n).all())
 

@@ -98,6 +98,9 @@ def widen_model(model: nn.Module, topo: Topology, factors: dict[int, float], see
             _widen_out(mods[p], g)
         for n in sp.norms:
             _widen_norm(mods[n], g)
+        for d in sp.depthwise:   # copy j's filter is filter j: outputs replicate, the consumers split them
+            _widen_out(mods[d], g)
+            mods[d].in_channels = mods[d].groups = g.numel()
         for c, repeat in sp.consumers:
             mod = mods[c]
             recurrent = isinstance(mod, (nn.LSTM, nn.GRU)) and c in sp.producers

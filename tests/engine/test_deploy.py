@@ -159,11 +159,11 @@ def test_bad_packed_files_and_inputs_are_clear_errors(tmp_path, digits):
         load_packed(tampered)
 
 
-class _Grouped(nn.Module):
+class _Dilated(nn.Module):
     def __init__(self):
         super().__init__()
-        self.conv1 = nn.Conv2d(2, 4, 3, groups=2)
-        self.fc = nn.Linear(4 * 6 * 6, 3)
+        self.conv1 = nn.Conv2d(2, 4, 3, dilation=2)
+        self.fc = nn.Linear(4 * 4 * 4, 3)
 
     def forward(self, x):
         return self.fc(torch.flatten(self.conv1(x), 1))
@@ -182,9 +182,9 @@ class _Gated(nn.Module):
 
 def test_unsupported_layers_are_named():
     torch.manual_seed(0)
-    applied = apply_plan(_Grouped(), Plan.uniform(4, 4), (2, 8, 8))
+    applied = apply_plan(_Dilated(), Plan.uniform(4, 4), (2, 8, 8))
     calibrate(applied.model, [torch.randn(8, 2, 8, 8)])
-    with pytest.raises(DeployError, match="layer 'conv1': grouped convolution"):
+    with pytest.raises(DeployError, match="layer 'conv1': dilated convolution"):
         deploy(applied)
     applied = apply_plan(_Gated(), Plan.uniform(4, 4), (1, 4, 4))
     calibrate(applied.model, [torch.randn(8, 1, 4, 4)])
