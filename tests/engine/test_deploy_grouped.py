@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from engine.plans.apply import apply_plan, calibrate
-from engine.models.data import load_dataset
 from engine.deploy import DeployError, deploy, load_packed, reference_logits, save_packed
 from engine.evaluation import Settings
-from engine.export import onnx_model_bytes, verify
 from engine.explore.pipeline import prepare
+from engine.export import onnx_model_bytes, verify
+from engine.models.data import load_dataset
+from engine.plans.apply import apply_plan, calibrate
 from engine.plans.plan import LayerConfig, Plan
 from tests.engine.test_deploy import assert_same_predictions
 

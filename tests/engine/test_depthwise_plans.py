@@ -5,13 +5,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from engine.plans.apply import apply_plan, calibrate
 from engine.cost import cost_plan
 from engine.deploy import deploy, reference_logits
+from engine.models.zoo import build_model
+from engine.plans.apply import apply_plan, calibrate
 from engine.plans.graph import analyze
 from engine.plans.plan import LayerConfig, Plan, PlanError
 from engine.plans.widen import widen_model
-from engine.models.zoo import build_model
 from tests.engine.test_deploy import assert_same_predictions
 
 
