@@ -215,3 +215,13 @@ def test_cli_epochs_and_patience_reach_the_record(tmp_path, capsys):
     ft = ev["provenance"]["finetune"]
     assert ev["settings"]["epochs"] == 0.1 and ev["settings"]["patience"] == 2
     assert ft["budget_steps"] == math.ceil(0.1 * 1294 / 64) and ft["steps_run"] <= ft["budget_steps"]
+
+
+def test_a_job_carries_its_device_and_budget_through_settings():
+    from engine.jobs import execute
+    payload = {"plan": Plan.uniform(8, 8).to_dict(), "model": "mlp", "dataset": "digits",
+               "settings": Settings(steps=50, epochs=0.05, device="cpu", patience=5).to_dict()}
+    ev = execute(payload)
+    assert ev["status"] == "fine-tuned" and ev["provenance"]["device"] == "cpu"
+    assert ev["provenance"]["finetune"]["budget_steps"] == math.ceil(0.05 * 1294 / 64)
+    assert ev["settings"]["epochs"] == 0.05 and ev["settings"]["patience"] == 5
