@@ -1,9 +1,11 @@
 """A short learning-rate range test (Smith, 2017) to choose a fine-tune's learning rate.
 
 On a copy of the network, Adam runs ``steps`` steps while every group's rate grows
-geometrically by a common factor; the choice is a tenth of the factor at which the smoothed loss
-was lowest, applied to ``lr`` and ``lr_step`` alike (their ratio is kept). The network itself
-is not changed.
+geometrically by a common factor. A pretrained network starts near a minimum, so at small rates
+the loss is flat and its lowest point is noise; the choice is instead a tenth of the factor at
+which the smoothed loss first rose to 1.5 times its starting value (the edge of stability), or a
+tenth of the highest factor tried when it never did. It applies to ``lr`` and ``lr_step`` alike
+(their ratio is kept). The network itself is not changed.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from .data import Dataset, batches
 from .evaluation import MAX_LR, Settings
 
 LOW, HIGH, STEPS = 1e-3, 1e2, 60   # factors of the configured rates, and the test's length
+START, RISE = 5, 1.5               # the step whose smoothed loss is the reference, and the rise that ends the test
 
 
 def lr_range_test(model: nn.Module, data: Dataset, s: Settings, loss_fn, groups_fn, steps: int = STEPS,
@@ -34,8 +37,8 @@ def lr_range_test(model: nn.Module, data: Dataset, s: Settings, loss_fn, groups_
     bases = [g["lr"] for g in opt.param_groups]
     gen = torch.Generator().manual_seed(s.seed)
     seen: list[tuple[float, float]] = []
-    smooth, lowest, i = None, math.inf, 0
-    while i < steps:
+    smooth, start, edge, i = None, None, None, 0
+    while i < steps and edge is None:
         before = i
         for xb, yb in batches(data.x_train, data.y_train, s.batch_size, gen):
             if i >= steps:
@@ -45,14 +48,12 @@ def lr_range_test(model: nn.Module, data: Dataset, s: Settings, loss_fn, groups_
                 g["lr"] = base * factor
             loss = loss_fn(net, xb, yb, i)
             v = float(loss.detach())
-            if not math.isfinite(v):
-                i = steps
-                break
             smooth = v if smooth is None else 0.8 * smooth + 0.2 * v
+            if i == START:
+                start = smooth
             seen.append((factor, smooth))
-            lowest = min(lowest, smooth)
-            if smooth > 4 * lowest and i > 5:   # blown up: later factors only get worse
-                i = steps
+            if not math.isfinite(v) or (start is not None and smooth > RISE * start):
+                edge = factor
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -60,9 +61,8 @@ def lr_range_test(model: nn.Module, data: Dataset, s: Settings, loss_fn, groups_
             i += 1
         if i == before:   # no training batch at all
             break
-    best = min(seen, key=lambda t: t[1])[0] if seen else 1.0
-    factor = max(low, best / 10)
+    factor = max(low, (edge if edge is not None else high) / 10)
     cap = MAX_LR / max(s.lr, s.lr_step)
     factor = min(factor, cap)
     return {"lr": s.lr * factor, "lr_step": s.lr_step * factor, "factor": round(factor, 6),
-            "range_steps": len(seen)}
+            "range_steps": len(seen), "edge_factor": None if edge is None else round(edge, 6)}
