@@ -225,3 +225,18 @@ def test_a_job_carries_its_device_and_budget_through_settings():
     assert ev["status"] == "fine-tuned" and ev["provenance"]["device"] == "cpu"
     assert ev["provenance"]["finetune"]["budget_steps"] == math.ceil(0.05 * 1294 / 64)
     assert ev["settings"]["epochs"] == 0.05 and ev["settings"]["patience"] == 5
+
+
+def test_lr_range_test_takes_a_tenth_of_the_edge_and_leaves_the_network_alone():
+    from engine.lr_range import HIGH, LOW, STEPS, lr_range_test
+    data = blobs()
+    net = trained(data)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    s = Settings(lr=1e-3, lr_step=4e-3)
+    # flat for 30 steps, then the loss jumps: the edge is the factor of step 30
+    jump = lambda m, x, y, i: F.cross_entropy(m(x), y) * 0 + (1.0 if i < 30 else 5.0)   # noqa: E731
+    r = lr_range_test(net, data, s, jump, lambda m: param_groups(m, s))
+    edge = LOW * (HIGH / LOW) ** (30 / (STEPS - 1))
+    assert r["edge_factor"] == pytest.approx(edge, rel=1e-5) and r["factor"] == pytest.approx(edge / 10, rel=1e-5)
+    assert r["lr"] == pytest.approx(1e-3 * edge / 10, rel=1e-5) and r["lr_step"] == pytest.approx(4 * r["lr"])
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
