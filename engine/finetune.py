@@ -230,7 +230,8 @@ def optimise(model: nn.Module, data: Dataset, s: Settings, loss_fn: LossFn, step
                 if freeze_bn:
                     _freeze_bn(model)
         if stop:
-            result.stopped = "patience"
+            if result.steps < n:
+                result.stopped = "patience"
             break
         if result.steps == before:   # a pass with no batch would repeat forever
             raise UserError(f"no training batches: the training split has {len(data.y_train)} examples")
