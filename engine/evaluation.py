@@ -63,7 +63,7 @@ class Settings:
     # split, or ``patience`` validations in a row without a better score
     epochs: float | None = None
     patience: int | None = None
-    val_every: int | None = None    # steps between validations (None: a tenth of an epoch or of the budget)
+    val_every: int | None = None    # steps between validations (None: 1/20 of the budget or half an epoch)
     lr_find: bool = False           # choose lr (and lr_step, same ratio) by a short learning-rate range test
     device: str = "cpu"             # "cpu", "cuda", or "auto" (CUDA when torch sees one)
 

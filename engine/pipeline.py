@@ -79,7 +79,8 @@ def validation_subset(data: Dataset, s: Settings) -> tuple[torch.Tensor, torch.T
 def evaluate_plan(model_id: str, dataset_id: str, plan: Plan, settings: Settings | None = None,
                   progress: Progress | None = None, should_stop=None, baseline: nn.Module | None = None,
                   data: Dataset | None = None) -> Run:
-    """Evaluate one plan; ``settings.steps == 0`` gives the no-training estimate.
+    """Evaluate one plan; ``settings.steps == 0`` gives the no-training estimate. A fine-tune
+    ends on its validation-best state, the estimate's included (see ``finetune_kept_best``).
 
     Validation accuracy is on ``settings.eval_limit`` examples when set (a seeded subset), test
     accuracy only when ``settings.score_test``; provenance records ``val_examples`` and
