@@ -12,9 +12,9 @@ from typing import Callable
 
 import torch.nn as nn
 
-from .errors import UserError
-from .evaluation import MAX_STEPS, Settings
-from .fileio import clip
+from engine.errors import UserError
+from engine.evaluation import MAX_STEPS, Settings
+from engine.fileio import clip
 
 
 def epoch_steps(s: Settings, n_train: int) -> int:

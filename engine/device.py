@@ -5,7 +5,7 @@ import dataclasses
 
 import torch
 
-from .errors import UserError
+from engine.errors import UserError
 
 
 def resolve_device(name: str) -> torch.device:

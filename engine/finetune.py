@@ -3,7 +3,7 @@
 Start from the pretrained FP32 weights with calibrated step sizes, fine-tune with Adam and a
 cosine-annealed learning rate (weights, step sizes and batch-norm in separate groups, as LSQ
 and FAQ do), batch-norm statistics frozen during the steps. Given a validation score, the
-fine-tune ends on the validation-best state it saw, the start included (see engine.budget).
+fine-tune ends on the validation-best state it saw, the start included (see engine.training.budget).
 Seeded and deterministic on CPU.
 """
 from __future__ import annotations
@@ -18,13 +18,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .apply import quant_layers
-from .budget import BestState, budget_steps, val_interval
-from .data import Dataset, batches
-from .distill import kd_loss
-from .errors import UserError
-from .evaluation import MAX_STEPS, Settings
-from .fileio import clip
+from engine.plans.apply import quant_layers
+from engine.training.budget import BestState, budget_steps, val_interval
+from engine.models.data import Dataset, batches
+from engine.training.distill import kd_loss
+from engine.errors import UserError
+from engine.evaluation import MAX_STEPS, Settings
+from engine.fileio import clip
 
 Progress = Callable[[float, str], None]
 
@@ -249,7 +249,7 @@ def train(model: nn.Module, data: Dataset, s: Settings, teacher: nn.Module | Non
     loss = default_loss(s, teacher)
     lr = {"lr": s.lr, "lr_step": s.lr_step, "lr_source": "settings"}
     if s.lr_find:
-        from .lr_range import lr_range_test
+        from engine.training.lr_range import lr_range_test
         found = lr_range_test(model, data, s, loss, lambda m: param_groups(m, s))
         s = dataclasses.replace(s, lr=found["lr"], lr_step=found["lr_step"], lr_find=False)
         lr = {**found, "lr_source": "range test"}

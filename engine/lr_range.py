@@ -15,8 +15,8 @@ import math
 import torch
 import torch.nn as nn
 
-from .data import Dataset, batches
-from .evaluation import MAX_LR, Settings
+from engine.models.data import Dataset, batches
+from engine.evaluation import MAX_LR, Settings
 
 LOW, HIGH, STEPS = 1e-3, 1e2, 60   # factors of the configured rates, and the test's length
 START, RISE = 5, 1.5               # the step whose smoothed loss is the reference, and the rise that ends the test
@@ -28,7 +28,7 @@ def lr_range_test(model: nn.Module, data: Dataset, s: Settings, loss_fn, groups_
 
     ``loss_fn(model, xb, yb, step)`` is the fine-tune's loss, ``groups_fn(model)`` its optimiser groups.
     """
-    from .finetune import _freeze_bn
+    from engine.training.finetune import _freeze_bn
     net = copy.deepcopy(model)
     net.train()
     _freeze_bn(net)

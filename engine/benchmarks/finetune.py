@@ -38,12 +38,12 @@ def measure(cases=CASES, seeds: int = 3, device: str = "cpu", log=None, override
             recipe: dict | None = None) -> list[dict]:
     """Rows per case and plan: mean test accuracies of the plan, its FP32 twin and its estimate,
     validation of the fine-tune and of its start, and seconds per fine-tune."""
-    from engine.baselines import load_baseline
-    from engine.data import load_dataset
+    from engine.models.baselines import load_baseline
+    from engine.models.data import load_dataset
     from engine.evaluation import Settings
-    from engine.graph import analyze
-    from engine.pipeline import evaluate_plan
-    from engine.presets import preset_plan
+    from engine.plans.graph import analyze
+    from engine.explore.pipeline import evaluate_plan
+    from engine.plans.presets import preset_plan
 
     rows = []
     for model, dataset, budget, plans in cases:
@@ -119,7 +119,7 @@ def _line(r: dict) -> str:
 def run(args) -> int:
     import torch
 
-    from engine.device import resolve_device
+    from engine.training.device import resolve_device
     from engine.errors import UserError
     try:
         device = resolve_device(args.device).type

@@ -38,11 +38,11 @@ from __future__ import annotations
 
 import torch
 
-from ..layers import QUANT_LAYERS, act_quantizers
-from ..plan import FLOAT_BITS, Plan
-from .builder import Built, build_onnx, metadata_for
-from .checks import check_layers, predict_onnx, read_metadata, session, verify
-from .qdq import (
+from engine.plans.layers import QUANT_LAYERS, act_quantizers
+from engine.plans.plan import FLOAT_BITS, Plan
+from engine.export.builder import Built, build_onnx, metadata_for
+from engine.export.checks import check_layers, predict_onnx, read_metadata, session, verify
+from engine.export.qdq import (
     INPUT_NAME,
     IR_VERSION,
     OPSET,

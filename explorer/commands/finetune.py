@@ -28,7 +28,7 @@ def register(sub) -> None:
 
 
 def settings_from(args):
-    from engine.device import resolve_device
+    from engine.training.device import resolve_device
     from engine.errors import UserError
     from engine.evaluation import MAX_STEPS, Settings
     s = Settings(seed=args.seed, distill=args.distill)
@@ -57,12 +57,12 @@ def settings_from(args):
 
 
 def run(args) -> int:
-    from engine.baselines import load_baseline
-    from engine.budget import budget_steps
+    from engine.models.baselines import load_baseline
+    from engine.training.budget import budget_steps
     from engine.errors import UserError
-    from engine.graph import analyze
-    from engine.pipeline import evaluate_plan, save_planned
-    from engine.plan import Plan
+    from engine.plans.graph import analyze
+    from engine.explore.pipeline import evaluate_plan, save_planned
+    from engine.plans.plan import Plan
 
     check_epochs(args.epochs)
     check_out(args.save, "--save", inputs={"--plan": args.plan, "--baseline": args.baseline})

@@ -9,13 +9,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.apply import apply_plan
-from engine.data import Dataset
+from engine.plans.apply import apply_plan
+from engine.models.data import Dataset
 from engine.errors import UserError
 from engine.evaluation import Settings
-from engine.finetune import accuracy, optimise, param_groups
-from engine.pipeline import evaluate_plan, validation_subset
-from engine.plan import Plan
+from engine.training.finetune import accuracy, optimise, param_groups
+from engine.explore.pipeline import evaluate_plan, validation_subset
+from engine.plans.plan import Plan
 
 
 def blobs(n_train=200, n_val=60, seed=0) -> Dataset:
@@ -76,7 +76,7 @@ def test_fine_tune_with_a_huge_rate_ends_no_worse_than_its_estimate():
     assert ev.val_accuracy >= ev.estimate_val_accuracy
     assert ft["start_val"] == pytest.approx(ev.estimate_val_accuracy) and ft["best_val"] >= ft["start_val"]
     assert ft["kept_step"] in (0, 4, 8, 12) and ft["steps_run"] == 12 and ft["lr_source"] == "settings"
-    from engine.data import load_dataset
+    from engine.models.data import load_dataset
     x, y = validation_subset(load_dataset("digits"), Settings())
     assert accuracy(run.applied.model, x, y) == pytest.approx(ev.val_accuracy)
 
@@ -218,7 +218,7 @@ def test_cli_epochs_and_patience_reach_the_record(tmp_path, capsys):
 
 
 def test_a_job_carries_its_device_and_budget_through_settings():
-    from engine.jobs import execute
+    from engine.explore.jobs import execute
     payload = {"plan": Plan.uniform(8, 8).to_dict(), "model": "mlp", "dataset": "digits",
                "settings": Settings(steps=50, epochs=0.05, device="cpu", patience=5).to_dict()}
     ev = execute(payload)
@@ -228,7 +228,7 @@ def test_a_job_carries_its_device_and_budget_through_settings():
 
 
 def test_lr_range_test_takes_a_tenth_of_the_edge_and_leaves_the_network_alone():
-    from engine.lr_range import HIGH, LOW, STEPS, lr_range_test
+    from engine.training.lr_range import HIGH, LOW, STEPS, lr_range_test
     data = blobs()
     net = trained(data)
     before = {k: v.clone() for k, v in net.state_dict().items()}

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.methods.dual_quant import DualWeightQuantizer
+from engine.training.methods.dual_quant import DualWeightQuantizer
 from engine.quant.modules import ActQuantizer, WeightQuantizer
 from engine.quant.spec import QuantSpec, Uncalibrated
 
