@@ -13,12 +13,12 @@ import torch
 import torch.nn as nn
 
 from engine.assets import data_dir
-from engine.models.checkpoint import load_state, save_state
-from engine.models.data import Dataset, load_dataset
 from engine.errors import UserError
 from engine.evaluation import Settings, code_version
-from engine.training.finetune import Progress, accuracy, train
+from engine.models.checkpoint import load_state, save_state
+from engine.models.data import Dataset, load_dataset
 from engine.models.zoo import build_model
+from engine.training.finetune import Progress, accuracy, train
 
 DATA_DIR = data_dir()
 SHIPPED = DATA_DIR / "baselines"

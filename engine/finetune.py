@@ -18,13 +18,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.plans.apply import quant_layers
-from engine.training.budget import BestState, budget_steps, val_interval
-from engine.models.data import Dataset, batches
-from engine.training.distill import kd_loss
 from engine.errors import UserError
 from engine.evaluation import MAX_STEPS, Settings
 from engine.fileio import clip
+from engine.models.data import Dataset, batches
+from engine.plans.apply import quant_layers
+from engine.training.budget import BestState, budget_steps, val_interval
+from engine.training.distill import kd_loss
 
 Progress = Callable[[float, str], None]
 

@@ -8,8 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.plans.plan import LayerConfig
-from engine.quant.modules import ActQuantizer, WeightQuantizer
 from engine.plans.sparsity import mask_for
+from engine.quant.modules import ActQuantizer, WeightQuantizer
 
 
 class _QuantMixin:

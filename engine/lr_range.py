@@ -15,8 +15,8 @@ import math
 import torch
 import torch.nn as nn
 
-from engine.models.data import Dataset, batches
 from engine.evaluation import MAX_LR, Settings
+from engine.models.data import Dataset, batches
 
 LOW, HIGH, STEPS = 1e-3, 1e2, 60   # factors of the configured rates, and the test's length
 START, RISE = 5, 1.5               # the step whose smoothed loss is the reference, and the rise that ends the test

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from engine.plans.apply import Applied, apply_plan, calibrate
-from engine.models.baselines import load_baseline
-from engine.models.data import Dataset, batches, load_dataset
-from engine.training.device import data_on, resolve_device
 from engine.errors import USER_ERRORS
 from engine.evaluation import Evaluation, Settings, provenance
-from engine.training.finetune import Cancelled, Diverged, Progress, accuracy, bn_statistics, reestimate_bn, train
+from engine.models.baselines import load_baseline
+from engine.models.data import Dataset, batches, load_dataset
+from engine.plans.apply import Applied, apply_plan, calibrate
 from engine.plans.plan import Plan
+from engine.training.device import data_on, resolve_device
+from engine.training.finetune import Cancelled, Diverged, Progress, accuracy, bn_statistics, reestimate_bn, train
 
 
 @dataclass
@@ -213,10 +213,10 @@ class PlannedMeta:
 def planned_meta(meta, path) -> PlannedMeta:
     """Check a planned checkpoint's metadata completely before anything is built from it: a
     plan, a zoo model (or one the user allowed), a built-in dataset, valid settings."""
-    from engine.models.data import check_dataset_name
     from engine.errors import UserError
-    from engine.plans.plan import PlanError
+    from engine.models.data import check_dataset_name
     from engine.models.zoo import check_model_name
+    from engine.plans.plan import PlanError
     where = f"checkpoint {str(path)!r}"
     if not isinstance(meta, dict) or meta.get("kind") != "planned-model":
         raise UserError(f"{where} is not a planned model written by `bitscape finetune --save` (it carries no plan)")
@@ -240,8 +240,8 @@ def planned_meta(meta, path) -> PlannedMeta:
 
 def load_planned(path, data: Dataset | None = None) -> tuple[Applied, dict]:
     """Rebuild a network saved by ``save_planned``: same plan, same shapes, saved weights."""
-    from engine.models.checkpoint import load_state
     from engine.errors import UserError
+    from engine.models.checkpoint import load_state
     from engine.models.zoo import build_model
     state, meta = load_state(path)
     pm = planned_meta(meta, path)
@@ -294,9 +294,9 @@ def export_network(ev: Evaluation, kind: str, checkpoint=None) -> tuple[str, byt
     import tempfile
     from pathlib import Path
 
+    from engine.errors import UserError
     from engine.models.artifacts import NO_WEIGHTS
     from engine.models.data import load_dataset
-    from engine.errors import UserError
     if ev.status == "failed":
         raise UserError(f"this point failed ({ev.reason}); there is no network to export")
     if checkpoint is None or not Path(checkpoint).is_file():

@@ -498,10 +498,10 @@ def _number(v, where: str, lo: float = 0.0, hi: float = math.inf, null: bool = T
 def _validate_session(doc: dict) -> list[Evaluation]:
     """Everything checked and every name resolved (zoo models, built-in datasets, or references
     the user allowed) before the first write: a refused file leaves the store as it was."""
-    from engine.models.data import check_dataset_name
     from engine.evaluation import MAX_STEPS, RECORD_VERSION, Settings
-    from engine.plans.plan import Plan, PlanError
+    from engine.models.data import check_dataset_name
     from engine.models.zoo import check_model_name
+    from engine.plans.plan import Plan, PlanError
 
     if doc.get("format") != SESSION_FORMAT:
         raise UserError(f"not a bitscape session file (format is {clip(doc.get('format'))}, expected {SESSION_FORMAT!r})")

@@ -19,8 +19,8 @@ import pandas as pd
 
 from engine.errors import UserError
 from engine.evaluation import Evaluation, Settings, code_version, evaluation_key
-from engine.plans.plan import Plan
 from engine.explore.search import SearchSpace, greedy_search, joint_search, plan_label
+from engine.plans.plan import Plan
 
 METHODS = ("nsga2", "random", "greedy")
 THIRD = (None, "size_bytes", "energy_j")
@@ -67,8 +67,8 @@ class Sweep:
     def __init__(self, model: str, dataset: str, profile: str, runner=None, store=None, session: str | None = None,
                  progress: Callable | None = None, baseline=None, data=None, on_evaluation: Callable | None = None,
                  should_stop: Callable | None = None):
-        from engine.models.baselines import load_baseline
         from engine.cost import load_profile
+        from engine.models.baselines import load_baseline
         from engine.models.data import load_dataset
         from engine.plans.graph import analyze
         self.model, self.dataset = model, dataset

@@ -120,11 +120,11 @@ def measure(quick: bool = False, repeats: int | None = None, models=None, batche
     """One record per (model, plan, batch): widened layers, configs, measured seconds per layer and net."""
     import torch
 
-    from engine.models.data import load_dataset
     from engine.deploy import deploy
     from engine.errors import UserError
     from engine.evaluation import Settings
     from engine.explore.pipeline import prepare
+    from engine.models.data import load_dataset
 
     cfg = dict(QUICK if quick else FULL)
     reps = repeats or cfg["repeats"]

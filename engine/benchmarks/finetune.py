@@ -38,11 +38,11 @@ def measure(cases=CASES, seeds: int = 3, device: str = "cpu", log=None, override
             recipe: dict | None = None) -> list[dict]:
     """Rows per case and plan: mean test accuracies of the plan, its FP32 twin and its estimate,
     validation of the fine-tune and of its start, and seconds per fine-tune."""
+    from engine.evaluation import Settings
+    from engine.explore.pipeline import evaluate_plan
     from engine.models.baselines import load_baseline
     from engine.models.data import load_dataset
-    from engine.evaluation import Settings
     from engine.plans.graph import analyze
-    from engine.explore.pipeline import evaluate_plan
     from engine.plans.presets import preset_plan
 
     rows = []
@@ -119,8 +119,8 @@ def _line(r: dict) -> str:
 def run(args) -> int:
     import torch
 
-    from engine.training.device import resolve_device
     from engine.errors import UserError
+    from engine.training.device import resolve_device
     try:
         device = resolve_device(args.device).type
     except UserError as e:

@@ -58,15 +58,15 @@ OTHER_MARGINS = (0.05, 0.20)  # shown for context only; the target is judged at 
 
 def measure(quick=False, budget=None, finetune=None, steps=None, profile="bismo", workers=None, seed=0, log=None,
             eval_limit=None):
-    from engine.models.baselines import load_baseline
-    from engine.models.data import load_dataset
     from engine.evaluation import Settings
-    from engine.plans.graph import analyze
     from engine.explore.jobs import JobRunner
-    from engine.plans.presets import preset_plan
-    from engine.training.sensitivity import alps, correlations, eagl, hessian
     from engine.explore.store import Store
     from engine.explore.sweep import Sweep, frontier_of, hypervolume_of, run_sweep
+    from engine.models.baselines import load_baseline
+    from engine.models.data import load_dataset
+    from engine.plans.graph import analyze
+    from engine.plans.presets import preset_plan
+    from engine.training.sensitivity import alps, correlations, eagl, hessian
 
     log = log or (lambda m: None)
     model, dataset = ("lenet5", "digits") if quick else ("cnn", "fashion-mnist")

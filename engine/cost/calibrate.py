@@ -15,11 +15,11 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import optimize, stats
 
-from engine.plans.plan import LayerConfig
 from engine.cost.formulas import FLOAT
 from engine.cost.geometry import Geom, geometry
 from engine.cost.model import _cfg_facts, _numbers, cost_plan
 from engine.cost.profiles import Profile, ProfileError, bit_index, get_path, load_profile
+from engine.plans.plan import LayerConfig
 
 
 @dataclass

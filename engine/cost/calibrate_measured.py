@@ -19,13 +19,13 @@ from typing import Sequence
 import numpy as np
 from scipy import optimize, stats
 
-from engine.errors import UserError
-from engine.plans.plan import LayerConfig, Plan
 from engine.cost.calibrate import _bounds, _current, _prepare
 from engine.cost.formulas import FLOAT
 from engine.cost.geometry import Geom, geometry
 from engine.cost.model import _cfg_facts, _numbers
 from engine.cost.profiles import Profile, bit_index, load_profile, set_path
+from engine.errors import UserError
+from engine.plans.plan import LayerConfig, Plan
 
 TOTAL = "total"
 BOUND_TOL = 0.01          # within 1% of a bound (in log terms) counts as a bound hit
@@ -72,8 +72,8 @@ def predict_all(rows: Sequence[Row], prof: Profile) -> np.ndarray:
 
 def _topology(model: str, dataset: str):
     from engine.models.data import dataset_spec
-    from engine.plans.graph import analyze
     from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
     spec = dataset_spec(dataset)
     return analyze(build_model(model, spec.input_shape, spec.num_classes), spec.input_shape)
 

@@ -113,8 +113,8 @@ def model_source(model: str, dataset: str, data_root: str | None = None, random_
 
     from engine.models.baselines import baseline_path, load_baseline
     from engine.models.data import dataset_spec, load_dataset
-    from engine.plans.graph import analyze
     from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
     data = None
     try:
         if baseline_path(model, dataset) is None and ":" not in model:

@@ -17,8 +17,8 @@ from typing import Any
 import jsonschema
 
 from engine.assets import data_dir
-from engine.errors import UserError
 from engine.cost.formulas import FLOAT, bitfusion_perf_factor, mac_energy_pj, round_up_to
+from engine.errors import UserError
 
 BITS = tuple(range(1, 9)) + (FLOAT,)       # plan bit choices, in table order
 NB = len(BITS)

@@ -12,12 +12,12 @@ import torch
 import torch.nn as nn
 
 from engine import kernels as K
+from engine.deploy.operands import ActSpec, DeployError, Gemm, bits_for
+from engine.deploy.runtime import Layer, ifog
 from engine.plans.handlers import Handlers
 from engine.plans.layers import QUANT_LAYERS, QuantLSTM
 from engine.plans.plan import LayerConfig
 from engine.quant.spec import Uncalibrated
-from engine.deploy.operands import ActSpec, DeployError, Gemm, bits_for
-from engine.deploy.runtime import Layer, ifog
 
 LOWER = Handlers("packed deployment")
 """Module type -> fn(name, mod, cfg, per, threads) -> Layer."""

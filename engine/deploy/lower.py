@@ -14,13 +14,13 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.plans.fxtrace import Tracer
-from engine.plans.handlers import Handlers
-from engine.quant.modules import ActQuantizer
 from engine.deploy.kinds import is_layer, lower_layer
 from engine.deploy.operands import DeployError
 from engine.deploy.ops import _pair
 from engine.deploy.runtime import Layer, PackedNetwork
+from engine.plans.fxtrace import Tracer
+from engine.plans.handlers import Handlers
+from engine.quant.modules import ActQuantizer
 
 # ---- op-argument encoding (JSON) --------------------------------------------------------
 

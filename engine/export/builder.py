@@ -14,9 +14,6 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.plans.fxtrace import Tracer
-from engine.plans.layers import QUANT_LAYERS, act_quantizers
-from engine.plans.plan import LayerConfig, Plan
 from engine.export import qdq
 from engine.export.onnx_layers import _UNARY, _pair, _pool, _reshape, _shape, build_module
 from engine.export.qdq import (
@@ -28,6 +25,9 @@ from engine.export.qdq import (
     ExportError,
     _Builder,
 )
+from engine.plans.fxtrace import Tracer
+from engine.plans.layers import QUANT_LAYERS, act_quantizers
+from engine.plans.plan import LayerConfig, Plan
 
 _BINARY = {operator.add: "Add", torch.add: "Add", operator.sub: "Sub", torch.sub: "Sub",
            operator.mul: "Mul", torch.mul: "Mul"}

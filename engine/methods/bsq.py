@@ -28,15 +28,15 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.parametrize as P
 
-from engine.training import finetune as ft
-from engine.plans.apply import apply_plan, calibrate
-from engine.models.data import Dataset
 from engine.errors import UserError
 from engine.evaluation import Settings
-from engine.training.finetune import accuracy
+from engine.models.data import Dataset
+from engine.plans.apply import apply_plan, calibrate
 from engine.plans.layers import QuantRecurrent
 from engine.plans.plan import FLOAT_BITS, LayerConfig, Plan
 from engine.quant.ste import round_ste
+from engine.training import finetune as ft
+from engine.training.finetune import accuracy
 
 
 class BitWeight(nn.Module):

@@ -27,16 +27,16 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from engine.training import finetune as ft
-from engine.plans.apply import Applied, quant_layers
-from engine.models.data import Dataset
 from engine.errors import UserError
 from engine.evaluation import Evaluation, Settings, provenance
-from engine.training.finetune import accuracy, reestimate_bn
+from engine.models.data import Dataset
+from engine.plans.apply import Applied, quant_layers
 from engine.plans.layers import act_quantizers, weight_quantizers
 from engine.plans.plan import Plan
 from engine.quant import lsq
 from engine.quant.modules import WeightQuantizer
+from engine.training import finetune as ft
+from engine.training.finetune import accuracy, reestimate_bn
 
 WHICH = ("both", "weights", "activations")
 RESCALE = ("range", "memory")

@@ -31,15 +31,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.training import finetune as ft
-from engine.plans.apply import Applied, apply_plan, calibrate, quant_layers
-from engine.models.data import Dataset
-from engine.training.distill import kd_loss
 from engine.errors import UserError
 from engine.evaluation import Settings
-from engine.training.finetune import accuracy, reestimate_bn
+from engine.models.data import Dataset
+from engine.plans.apply import Applied, apply_plan, calibrate, quant_layers
 from engine.plans.layers import QuantRecurrent
 from engine.plans.plan import FLOAT_BITS, Plan
+from engine.training import finetune as ft
+from engine.training.distill import kd_loss
+from engine.training.finetune import accuracy, reestimate_bn
 from engine.training.methods.dual_planes import planes_agreement, planes_model  # noqa: F401 - part of this module's face
 from engine.training.methods.dual_quant import (  # noqa: F401
     LOW_WEIGHTS,
@@ -283,9 +283,9 @@ def dual_finetune(model_id: str, dataset_id: str, high=(8, 8), low=(4, 4), setti
     The budget ``settings.steps`` is split in half between the phases unless given;
     ``settings.distill`` distils both modes from the FP32 teacher.
     """
+    from engine.explore.pipeline import _calibration_batches, baseline_accuracy
     from engine.models.baselines import load_baseline
     from engine.models.data import load_dataset
-    from engine.explore.pipeline import _calibration_batches, baseline_accuracy
     s = settings or Settings()
     t0 = time.perf_counter()
     data = data or load_dataset(dataset_id)

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from engine.plans.apply import quant_layers
 from engine.errors import UserError
+from engine.plans.apply import quant_layers
 from engine.plans.layers import QuantConv2d, QuantLinear, QuantRecurrent
 from engine.training.methods.dual_quant import MODES, DualWeightQuantizer, get_mode, set_mode
 

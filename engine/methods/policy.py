@@ -24,10 +24,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.training import control
-from engine.plans.apply import apply_plan, calibrate
 from engine.errors import UserError
+from engine.plans.apply import apply_plan, calibrate
 from engine.plans.plan import Plan
+from engine.training import control
 
 
 class PolicyNet(nn.Module):

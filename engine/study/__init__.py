@@ -29,8 +29,8 @@ def modules(claims=CLAIMS):
 def main_context(cfg: Config) -> dict:
     """Topologies (from freshly built networks: no weights needed) and split sizes, in the main process."""
     from engine.models.data import load_dataset
-    from engine.plans.graph import analyze
     from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
     data = load_dataset(cfg.dataset)
     topo = {m: analyze(build_model(m, data.input_shape, data.num_classes).eval(), data.input_shape)
             for m in (cfg.model, cfg.rnn)}

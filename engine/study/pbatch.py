@@ -25,9 +25,9 @@ def accuracy_by_planes(cfg) -> dict:
     import torch
 
     from engine.evaluation import Settings
+    from engine.explore.pipeline import _calibration_batches
     from engine.training.finetune import accuracy
     from engine.training.methods.dual import make_dual, planes_model, set_mode
-    from engine.explore.pipeline import _calibration_batches
     base, data, _ = core.context(cfg)
     calib = _calibration_batches(data, Settings())
     n = cfg.pb_examples

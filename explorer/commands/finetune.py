@@ -28,9 +28,9 @@ def register(sub) -> None:
 
 
 def settings_from(args):
-    from engine.training.device import resolve_device
     from engine.errors import UserError
     from engine.evaluation import MAX_STEPS, Settings
+    from engine.training.device import resolve_device
     s = Settings(seed=args.seed, distill=args.distill)
     if args.lr is not None:
         s.lr = s.lr_step = args.lr
@@ -57,12 +57,12 @@ def settings_from(args):
 
 
 def run(args) -> int:
-    from engine.models.baselines import load_baseline
-    from engine.training.budget import budget_steps
     from engine.errors import UserError
-    from engine.plans.graph import analyze
     from engine.explore.pipeline import evaluate_plan, save_planned
+    from engine.models.baselines import load_baseline
+    from engine.plans.graph import analyze
     from engine.plans.plan import Plan
+    from engine.training.budget import budget_steps
 
     check_epochs(args.epochs)
     check_out(args.save, "--save", inputs={"--plan": args.plan, "--baseline": args.baseline})

@@ -23,8 +23,8 @@ def register(sub) -> None:
 
 def topology_for(args):
     from engine.models.data import dataset_spec
-    from engine.plans.graph import analyze
     from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
     model, dataset = model_dataset(args)
     spec = dataset_spec(dataset)
     return analyze(build_model(model, spec.input_shape, spec.num_classes), spec.input_shape)

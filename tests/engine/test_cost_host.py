@@ -66,8 +66,8 @@ def test_bad_host_section_is_named():
 
 
 def test_vectorised_path_equals_scalar_with_host_terms():
-    from engine.plans.graph import analyze
     from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
     prof = _with_host(HOST)
     rng = np.random.default_rng(3)
     for model, shape in (("lstm", (1, 8, 8)), ("cnn", (1, 28, 28)), ("mlp", (1, 8, 8))):

@@ -11,8 +11,8 @@ PROFILES = ["bops", "bismo", "bitfusion", "a100", "h100", "t4", "dlac", "cpu"]
 
 @pytest.fixture(scope="module")
 def resnet20():
-    from engine.plans.graph import analyze
     from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
     return analyze(build_model("resnet20", (3, 32, 32), 10), (3, 32, 32))
 
 

@@ -14,8 +14,8 @@ KEYS = ("throughput", "latency_s", "batch_time_s", "energy_j", "size_bytes", "bo
 
 @pytest.fixture(scope="module")
 def topos():
-    from engine.plans.graph import analyze
     from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
     out = {}
     for m, shape in (("resnet20", (3, 32, 32)), ("lstm", (1, 8, 8)), ("cnn", (1, 28, 28)), ("mlp", (1, 8, 8))):
         out[m] = analyze(build_model(m, shape, 10), shape)

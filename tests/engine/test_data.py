@@ -1,7 +1,7 @@
 import pytest
 
-from engine.models.data import load_dataset
 from engine.errors import UserError
+from engine.models.data import load_dataset
 
 
 def test_digits_splits_are_disjoint_and_sized():

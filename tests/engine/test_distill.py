@@ -4,13 +4,13 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from engine.evaluation import Settings
+from engine.explore.pipeline import evaluate_plan, prepare
 from engine.models.baselines import load_baseline
 from engine.models.data import load_dataset
-from engine.training.distill import kd_loss
-from engine.evaluation import Settings
-from engine.training.finetune import train
-from engine.explore.pipeline import evaluate_plan, prepare
 from engine.plans.plan import Plan
+from engine.training.distill import kd_loss
+from engine.training.finetune import train
 
 
 def test_kd_loss_is_ce_plus_scaled_kl():

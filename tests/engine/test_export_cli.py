@@ -7,11 +7,11 @@ import onnx
 import pytest
 
 from engine.evaluation import Settings
-from engine.export import mapping, table_csv
-from engine.plans.graph import analyze
 from engine.explore.pipeline import evaluate_plan, save_planned
-from engine.plans.plan import LayerConfig, Plan
+from engine.export import mapping, table_csv
 from engine.models.zoo import build_model
+from engine.plans.graph import analyze
+from engine.plans.plan import LayerConfig, Plan
 from explorer.cli import main
 
 PLAN = Plan(default=LayerConfig(4, 4), layers={"fc3": {"w_bits": 8, "a_bits": 8, "widen": 1.0},

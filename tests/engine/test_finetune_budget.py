@@ -9,13 +9,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.plans.apply import apply_plan
-from engine.models.data import Dataset
 from engine.errors import UserError
 from engine.evaluation import Settings
-from engine.training.finetune import accuracy, optimise, param_groups
 from engine.explore.pipeline import evaluate_plan, validation_subset
+from engine.models.data import Dataset
+from engine.plans.apply import apply_plan
 from engine.plans.plan import Plan
+from engine.training.finetune import accuracy, optimise, param_groups
 
 
 def blobs(n_train=200, n_val=60, seed=0) -> Dataset:

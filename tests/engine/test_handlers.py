@@ -50,9 +50,9 @@ def test_a_new_kind_is_one_registered_handler():
     import numpy as np
     import torch
 
-    from engine.plans.apply import apply_plan
     from engine.deploy import deploy
     from engine.deploy.kinds import LOWER, linear
+    from engine.plans.apply import apply_plan
     from engine.plans.plan import Plan
 
     class Scaled(nn.Module):          # a layer kind the deployment does not know

@@ -3,12 +3,12 @@ import math
 import pytest
 import torch
 
-from engine.models.data import load_dataset
-from engine.training.distill import kd_loss
 from engine.evaluation import Evaluation, Settings
-from engine.training.finetune import accuracy, predict_logits
 from engine.explore.pipeline import evaluate_plan, load_planned, save_planned
+from engine.models.data import load_dataset
 from engine.plans.plan import LayerConfig, Plan
+from engine.training.distill import kd_loss
+from engine.training.finetune import accuracy, predict_logits
 
 
 def test_quick_finetune_improves_on_the_no_training_estimate():
@@ -43,8 +43,8 @@ def test_distillation_and_lstm_and_wide_sparse_plans_run():
 
 def test_gru_quantized_fine_tune_and_cost():
     from engine.cost import LayerTable, cost_batch, cost_topology, encode_plans, load_profile
-    from engine.plans.graph import analyze
     from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
     plan = Plan(default=LayerConfig(4, 4), layers={"gru": {"widen": 2.0}})
     est = evaluate_plan("gru", "digits", plan, Settings(steps=0)).evaluation
     ev = evaluate_plan("gru", "digits", plan, Settings(steps=40)).evaluation
@@ -146,8 +146,8 @@ def test_eval_limit_scores_a_seeded_validation_subset_and_score_test_can_be_off(
 
 @pytest.mark.fashion
 def test_calibration_recomputes_batch_norm_statistics_under_the_quantized_network():
-    from engine.models.baselines import load_baseline
     from engine.explore.pipeline import _calibration_batches, prepare
+    from engine.models.baselines import load_baseline
     data = load_dataset("fashion-mnist")
     base = load_baseline("cnn", "fashion-mnist", data)
     plan = Plan.uniform(2, 2)

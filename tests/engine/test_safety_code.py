@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from engine.models.checkpoint import META_KEY, load_state, save_state
 from engine.errors import UserError
 from engine.evaluation import Settings
 from engine.explore.pipeline import evaluate_plan, load_planned, save_planned
-from engine.plans.plan import LayerConfig, Plan
 from engine.explore.store import Store, checksum
+from engine.models.checkpoint import META_KEY, load_state, save_state
+from engine.plans.plan import LayerConfig, Plan
 from explorer.cli import main
 
 CALLS = []

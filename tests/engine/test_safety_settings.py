@@ -13,14 +13,14 @@ import threading
 import pytest
 import torch
 
-from engine.models.data import Dataset
 from engine.errors import USER_ERRORS, UserError
 from engine.evaluation import Evaluation, Settings
-from engine.training.finetune import default_loss, optimise
 from engine.explore.pipeline import evaluate_plan, rebuild
-from engine.plans.plan import Plan, PlanError
 from engine.explore.store import Store, checksum
+from engine.models.data import Dataset
 from engine.models.zoo import MLP
+from engine.plans.plan import Plan, PlanError
+from engine.training.finetune import default_loss, optimise
 from explorer.cli import main
 
 MAX_STEPS = 1_000_000

@@ -3,9 +3,9 @@ import pytest
 
 from engine.evaluation import Settings
 from engine.explore.frontier import pareto
-from engine.plans.plan import Plan
 from engine.explore.search import SearchSpace, greedy_plans, greedy_search, plan_label
 from engine.explore.sweep import Sweep
+from engine.plans.plan import Plan
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,15 @@ import json
 import pandas as pd
 import pytest
 
+from engine.explore.jobs import JobRunner
+from engine.explore.search import greedy_plans
+from engine.explore.store import Store
+from engine.explore.sweep import run_sweep
 from engine.models.baselines import load_baseline
 from engine.models.data import load_dataset
 from engine.plans.graph import analyze
-from engine.explore.jobs import JobRunner
 from engine.plans.plan import Plan
-from engine.explore.search import greedy_plans
 from engine.training.sensitivity import eagl
-from engine.explore.store import Store
-from engine.explore.sweep import run_sweep
 from explorer.cli import main
 from tests.engine.test_jobs import shared_runner
 

@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from engine.models.checkpoint import load_state
 from engine.errors import UserError
 from engine.evaluation import Settings
 from engine.explore.pipeline import evaluate_plan, save_planned
-from engine.plans.plan import LayerConfig, Plan
 from engine.explore.store import Store, checksum
+from engine.models.checkpoint import load_state
+from engine.plans.plan import LayerConfig, Plan
 from explorer.cli import main
 
 DEEP = "[" * 100_000 + "]" * 100_000

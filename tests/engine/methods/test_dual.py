@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from engine.models.data import load_dataset
 from engine.errors import UserError
 from engine.evaluation import Settings
+from engine.models.data import load_dataset
 from engine.training.methods import dual
 
 

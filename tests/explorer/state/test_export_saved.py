@@ -9,8 +9,8 @@ from ..conftest import wait_jobs
 
 
 def _no_training(monkeypatch):
-    import engine.training.finetune
     import engine.explore.pipeline
+    import engine.training.finetune
 
     def refuse(*a, **k):
         raise AssertionError("an export must not train")
