@@ -59,6 +59,13 @@ class Settings:
     calib_batches: int = 4
     eval_limit: int | None = None   # score at most this many validation examples (a fixed subset seeded by seed)
     score_test: bool = True         # False: leave the test split unscored (cheap estimates during a search)
+    # the fine-tune stops at whichever comes first: ``steps`` (the cap), ``epochs`` of the training
+    # split, or ``patience`` validations in a row without a better score
+    epochs: float | None = None
+    patience: int | None = None
+    val_every: int | None = None    # steps between validations (None: 1/20 of the budget or half an epoch)
+    lr_find: bool = False           # choose lr (and lr_step, same ratio) by a short learning-rate range test
+    device: str = "cpu"             # "cpu", "cuda", or "auto" (CUDA when torch sees one)
 
     def __setattr__(self, name: str, value) -> None:
         # every assignment is checked (construction, from_dict, the CLI's later edits), so a
@@ -86,20 +93,25 @@ class Settings:
         return cls(**d)
 
 
-_LATER_DEFAULTS = {"eval_limit": None, "score_test": True}
+_LATER_DEFAULTS = {"eval_limit": None, "score_test": True, "epochs": None, "patience": None, "val_every": None,
+                   "lr_find": False, "device": "cpu"}
 
 MAX_STEPS = 1_000_000
 MAX_BATCH = 65_536
 MAX_LR = 10.0
 INITS = ("mse", "lsq")
+DEVICES = ("cpu", "cuda", "auto")
+MAX_EPOCHS = 10_000.0
 # name -> (kind, low, high): ints and floats are closed ranges; "pos" floats exclude 0
 _RULES: dict[str, tuple] = {
     "steps": ("int", 0, MAX_STEPS), "batch_size": ("int", 1, MAX_BATCH),
     "lr": ("pos", 0.0, MAX_LR), "lr_step": ("pos", 0.0, MAX_LR), "weight_decay": ("float", 0.0, 1.0),
     "kd_alpha": ("float", 0.0, 1000.0), "kd_beta": ("float", 0.0, 1000.0), "temperature": ("pos", 0.0, 1000.0),
     "seed": ("int", 0, 2 ** 63 - 1), "calib_batches": ("int", 1, 10_000),
-    "eval_limit": ("int?", 1, 10 ** 9),
-    "distill": ("bool",), "bn_reestimate": ("bool",), "score_test": ("bool",), "init": ("choice", INITS),
+    "eval_limit": ("int?", 1, 10 ** 9), "patience": ("int?", 1, MAX_STEPS), "val_every": ("int?", 1, MAX_STEPS),
+    "epochs": ("pos?", 0.0, MAX_EPOCHS),
+    "distill": ("bool",), "bn_reestimate": ("bool",), "score_test": ("bool",), "lr_find": ("bool",),
+    "init": ("choice", INITS), "device": ("choice", DEVICES),
 }
 
 
@@ -117,7 +129,7 @@ def _check_setting(name: str, v) -> None:
         if not isinstance(v, str) or v not in rule[1]:
             raise UserError(f"setting {name}={clip(v)} is not one of {', '.join(rule[1])}")
         return
-    if kind == "int?" and v is None:
+    if kind in ("int?", "pos?") and v is None:
         return
     lo, hi = rule[1], rule[2]
     if kind in ("int", "int?"):
@@ -126,9 +138,10 @@ def _check_setting(name: str, v) -> None:
                              + (" or null" if kind == "int?" else ""))
         return
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi \
-            or (kind == "pos" and v <= 0):
+            or (kind in ("pos", "pos?") and v <= 0):
         raise UserError(f"setting {name}={clip(v)} must be a finite number "
-                         + (f"above 0 and at most {hi:g}" if kind == "pos" else f"in {lo:g}..{hi:g}"))
+                         + (f"above 0 and at most {hi:g}" if kind in ("pos", "pos?") else f"in {lo:g}..{hi:g}")
+                         + (" or null" if kind == "pos?" else ""))
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Plan -> planned network -> (quick fine-tune) -> Evaluation record."""
 from __future__ import annotations
 
+import copy
 import time
 import weakref
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from engine.models.baselines import load_baseline
 from engine.models.data import Dataset, batches, load_dataset
 from engine.plans.apply import Applied, apply_plan, calibrate
 from engine.plans.plan import Plan
+from engine.training.device import data_on, resolve_device
 from engine.training.finetune import Cancelled, Diverged, Progress, accuracy, bn_statistics, reestimate_bn, train
 
 
@@ -77,7 +79,8 @@ def validation_subset(data: Dataset, s: Settings) -> tuple[torch.Tensor, torch.T
 def evaluate_plan(model_id: str, dataset_id: str, plan: Plan, settings: Settings | None = None,
                   progress: Progress | None = None, should_stop=None, baseline: nn.Module | None = None,
                   data: Dataset | None = None) -> Run:
-    """Evaluate one plan; ``settings.steps == 0`` gives the no-training estimate.
+    """Evaluate one plan; ``settings.steps == 0`` gives the no-training estimate. A fine-tune
+    ends on its validation-best state, the estimate's included (see ``finetune_kept_best``).
 
     Validation accuracy is on ``settings.eval_limit`` examples when set (a seeded subset), test
     accuracy only when ``settings.score_test``; provenance records ``val_examples`` and
@@ -101,12 +104,13 @@ def evaluate_plan(model_id: str, dataset_id: str, plan: Plan, settings: Settings
         ev.provenance["test_examples"] = len(data.y_test) if s.score_test else 0
         ev.estimate_val_accuracy = accuracy(applied.model, x_val, y_val)
         if s.steps > 0:
-            tuned = train(applied.model, data, s, teacher=teacher if s.distill else None,
-                          progress=lambda f, m: say(0.05 + 0.9 * f, m), should_stop=should_stop)
-            if s.bn_reestimate:
-                reestimate_bn(applied.model, data, seed=s.seed)
-            ev.loss_curve, ev.steps, ev.status = tuned.loss_curve, tuned.steps, "fine-tuned"
-            ev.val_accuracy = accuracy(applied.model, x_val, y_val)
+            device = resolve_device(s.device)
+            ev.provenance["device"] = device.type
+            try:
+                finetune_kept_best(ev, applied.model, teacher, data, s, (x_val, y_val), device,
+                                   progress=lambda f, m: say(0.05 + 0.9 * f, m), should_stop=should_stop)
+            finally:
+                applied.model.to("cpu")
             why = divergence(ev, y_val)
             if why:
                 ev.status, ev.reason = "failed", f"diverged: {why}"
@@ -125,6 +129,38 @@ def evaluate_plan(model_id: str, dataset_id: str, plan: Plan, settings: Settings
         ev.status, ev.reason = "failed", f"{type(e).__name__}: {e}"
     ev.wall_s = round(time.perf_counter() - t0, 3)
     return Run(ev, applied)
+
+
+def finetune_kept_best(ev: Evaluation, net: nn.Module, teacher: nn.Module, data: Dataset, s: Settings, val,
+                       device: torch.device, progress=None, should_stop=None) -> None:
+    """Fine-tune ``net`` on ``device`` to its validation-best state and fill ``ev`` with the result.
+
+    Batch-norm statistics are re-estimated on the kept state only when that scores no worse,
+    so the network never ends below its start (the calibrated estimate) on validation.
+    ``ev.provenance["finetune"]`` records the kept step, the start and best scores, the budget
+    and where the rates came from.
+    """
+    net.to(device)
+    dev_data = data_on(data, device)
+    x_val, y_val = (t.to(device) for t in val)
+    if s.distill and device.type != "cpu":
+        teacher = copy.deepcopy(teacher).to(device)   # the shared baseline stays where it is
+    score = lambda: accuracy(net, x_val, y_val)   # noqa: E731
+    tuned = train(net, dev_data, s, teacher=teacher if s.distill else None, progress=progress,
+                  should_stop=should_stop, validate=score)
+    kept = tuned.best
+    summary = tuned.summary()
+    ev.val_accuracy, bn = kept.best, False
+    if s.bn_reestimate and kept.best_step > 0:
+        reestimate_bn(net, dev_data, seed=s.seed)
+        v = score()
+        if v >= kept.best:
+            ev.val_accuracy, bn = v, True
+        else:
+            kept.restore()
+    summary["bn_reestimated"] = bn
+    ev.loss_curve, ev.steps, ev.status = tuned.loss_curve, tuned.steps, "fine-tuned"
+    ev.provenance["finetune"] = summary
 
 
 EXPLODE_FACTOR = 100.0

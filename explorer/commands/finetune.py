@@ -8,8 +8,15 @@ def register(sub) -> None:
     p = sub.add_parser("finetune", help="apply a plan, run a quick fine-tune, print the Evaluation")
     add_model_args(p)
     p.add_argument("--plan", required=True, help="plan JSON file")
-    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps (0 = no-training estimate)")
-    p.add_argument("--epochs", type=float, default=None, help="budget as a fraction of an epoch, instead of --steps")
+    p.add_argument("--steps", type=int, default=None,
+                   help="fine-tuning steps (0 = no-training estimate); with --epochs or --patience, the cap")
+    p.add_argument("--epochs", type=float, default=None, help="budget in epochs of the training split (e.g. 0.5)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop after this many validations in a row without a better score")
+    p.add_argument("--val-every", type=int, default=None, help="steps between validations (default: automatic)")
+    p.add_argument("--lr-find", action="store_true", help="choose the learning rates by a short range test")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
+                   help="where to fine-tune: cpu (default), cuda, or auto (CUDA when torch sees one)")
     p.add_argument("--distill", action="store_true", help="distil from the FP32 teacher (Apprentice)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=None)
@@ -22,7 +29,8 @@ def register(sub) -> None:
 
 def settings_from(args):
     from engine.errors import UserError
-    from engine.evaluation import Settings
+    from engine.evaluation import MAX_STEPS, Settings
+    from engine.training.device import resolve_device
     s = Settings(seed=args.seed, distill=args.distill)
     if args.lr is not None:
         s.lr = s.lr_step = args.lr
@@ -30,22 +38,31 @@ def settings_from(args):
         if args.batch_size < 1:
             raise UserError("--batch-size must be at least 1")
         s.batch_size = args.batch_size
-    if args.steps is not None and args.epochs is not None:
-        raise UserError("give --steps or --epochs, not both")
     if args.steps is not None:
         if args.steps < 0:
             raise UserError("--steps must be 0 or more")
         s.steps = args.steps
+    elif args.epochs is not None:
+        s.steps = MAX_STEPS   # the epochs decide; --steps would cap them
+    if args.epochs is not None:
+        s.epochs = float(args.epochs)
+    if args.patience is not None:
+        s.patience = args.patience
+    if args.val_every is not None:
+        s.val_every = args.val_every
+    s.lr_find = args.lr_find
+    resolve_device(args.device)   # a CUDA request without a GPU is refused before any work
+    s.device = args.device
     return s
 
 
 def run(args) -> int:
     from engine.errors import UserError
-    from engine.evaluation import MAX_STEPS
     from engine.explore.pipeline import evaluate_plan, save_planned
     from engine.models.baselines import load_baseline
     from engine.plans.graph import analyze
     from engine.plans.plan import Plan
+    from engine.training.budget import budget_steps
 
     check_epochs(args.epochs)
     check_out(args.save, "--save", inputs={"--plan": args.plan, "--baseline": args.baseline})
@@ -55,10 +72,10 @@ def run(args) -> int:
     s = settings_from(args)
     data = load_data(args, dataset)
     if args.epochs is not None:
-        steps = max(1, round(args.epochs * len(data.y_train) / s.batch_size))
-        if steps > MAX_STEPS:
-            raise UserError(f"--epochs {args.epochs:g} is {steps:,} steps; at most {MAX_STEPS:,} are allowed")
-        s.steps = steps
+        try:
+            budget_steps(s, len(data.y_train))
+        except UserError as e:
+            raise UserError(f"--{e}") from None
     base = load_baseline(model, dataset, data, path=args.baseline)
     topo = analyze(base, data.input_shape)
     topo.check(plan.resolve(topo.names))  # a bad plan is a user error (exit 2), not a failed run
@@ -89,4 +106,10 @@ def describe(ev) -> str:
              f"result: val {pct(ev.val_accuracy)}  test {pct(ev.test_accuracy)}  ({ev.steps} steps, {ev.wall_s:.1f} s)"]
     if ev.loss_curve:
         lines.append(f"loss: {ev.loss_curve[0]:.4f} -> {ev.loss_curve[-1]:.4f}")
+    ft = ev.provenance.get("finetune")
+    if ft:
+        lines.append(f"kept the state of step {ft.get('kept_step')} of {ft.get('steps_run')} (validation "
+                     f"{pct(ft.get('start_val'))} at the start, {pct(ft.get('best_val'))} best; stopped on "
+                     f"{ft.get('stopped')}); lr {ft.get('lr'):.3g}, step-size lr {ft.get('lr_step'):.3g} "
+                     f"from {ft.get('lr_source')}; device {ev.provenance.get('device', 'cpu')}")
     return "\n".join(lines)
