@@ -59,6 +59,11 @@ class Settings:
     calib_batches: int = 4
     eval_limit: int | None = None   # score at most this many validation examples (a fixed subset seeded by seed)
     score_test: bool = True         # False: leave the test split unscored (cheap estimates during a search)
+    tier: str = "quick"             # "quick" (interactive budget) or "confirmed" (engine.tiers.CONFIRMED_BUDGET)
+
+    def __post_init__(self):
+        if self.tier == "confirmed" and self.steps == 0:
+            raise UserError("setting tier=confirmed needs steps above 0: a confirmed point is trained")
 
     def __setattr__(self, name: str, value) -> None:
         # every assignment is checked (construction, from_dict, the CLI's later edits), so a
@@ -86,12 +91,13 @@ class Settings:
         return cls(**d)
 
 
-_LATER_DEFAULTS = {"eval_limit": None, "score_test": True}
+_LATER_DEFAULTS = {"eval_limit": None, "score_test": True, "tier": "quick"}
 
 MAX_STEPS = 1_000_000
 MAX_BATCH = 65_536
 MAX_LR = 10.0
 INITS = ("mse", "lsq")
+SETTING_TIERS = ("quick", "confirmed")  # "estimated" is no setting: it is any evaluation with steps == 0
 # name -> (kind, low, high): ints and floats are closed ranges; "pos" floats exclude 0
 _RULES: dict[str, tuple] = {
     "steps": ("int", 0, MAX_STEPS), "batch_size": ("int", 1, MAX_BATCH),
@@ -100,6 +106,7 @@ _RULES: dict[str, tuple] = {
     "seed": ("int", 0, 2 ** 63 - 1), "calib_batches": ("int", 1, 10_000),
     "eval_limit": ("int?", 1, 10 ** 9),
     "distill": ("bool",), "bn_reestimate": ("bool",), "score_test": ("bool",), "init": ("choice", INITS),
+    "tier": ("choice", SETTING_TIERS),
 }
 
 
@@ -158,6 +165,13 @@ class Evaluation:
             raise ValueError(f"status {self.status!r} is not one of {STATUSES}")
 
     @property
+    def tier(self) -> str:
+        """'estimated', 'quick' or 'confirmed' (see engine.tiers); records written before tiers
+        existed have no tier setting and read as quick (or estimated when untrained)."""
+        from .tiers import tier_of
+        return tier_of(self.settings, self.status)
+
+    @property
     def key(self) -> str:
         """Cache key: plan, model, dataset, settings (seed included) and code version."""
         return evaluation_key(self.plan, self.model, self.dataset, self.settings,
@@ -166,6 +180,7 @@ class Evaluation:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["key"] = self.key
+        d["tier"] = self.tier   # derived (from_dict ignores it): exports and session files carry it
         return d
 
     def to_json(self, indent: int | None = None) -> str:
