@@ -64,7 +64,8 @@ class RankAgreement:
         if self.rho is None:
             why = (f"needs at least {MIN_PAIRS} plans with both" if self.n < MIN_PAIRS
                    else "undefined, the accuracies of one tier are all equal")
-            return f"quick vs confirmed rank correlation ({split} accuracy, {self.n} plans): {why}"
+            plans = f"{self.n} plan" + ("s" if self.n != 1 else "")
+            return f"quick vs confirmed rank correlation ({split} accuracy, {plans}): {why}"
         return (f"quick vs confirmed rank correlation ({split} accuracy, {self.n} plans): "
                 f"Spearman ρ = {self.rho:+.2f} (p = {self.pvalue:.2g})")
 
