@@ -33,6 +33,18 @@ def y_ticks():
     return CustomJSTickFormatter(code="return parseFloat((tick * 100).toFixed(2)).toString();")
 
 
+def _marker_per_point(plot, element) -> None:
+    """Keep each point's marker read from its ``marker`` column. HoloViews turns a column whose
+    values are all equal into one fixed marker and keeps it when points of another tier arrive
+    (the first confirmed point would be drawn as a circle); this hook runs after every update."""
+    from bokeh.core.properties import field
+    renderer = plot.handles.get("glyph_renderer")
+    for name in ("glyph", "selection_glyph", "nonselection_glyph", "hover_glyph", "muted_glyph"):
+        glyph = getattr(renderer, name, None)
+        if glyph is not None and not isinstance(glyph, str) and hasattr(glyph, "marker"):
+            glyph.marker = field("marker")
+
+
 def points_element(frame: pd.DataFrame, x: str, y: str) -> hv.Scatter:
     """Every point, its colour and marker by tier (estimated, quick, confirmed; failed ones a red
     crossed square on the bottom strip), one legend entry each."""
@@ -43,7 +55,7 @@ def points_element(frame: pd.DataFrame, x: str, y: str) -> hv.Scatter:
         logx=X_SCALE[x] == "log", responsive=True, height=PLOT_HEIGHT, framewise=True, padding=0.08,
         hover_tooltips=[("plan", "@label"), ("tier", "@kind"), ("layers", "@summary"), ("accuracy", "@acc_text"),
                         ("throughput", "@throughput{0.00a} inf/s"), ("size", "@size_bytes{0.0a} B")],
-        nonselection_alpha=0.35, title="Accuracy vs " + X_AXES[x].split(" (")[0])
+        nonselection_alpha=0.35, hooks=[_marker_per_point], title="Accuracy vs " + X_AXES[x].split(" (")[0])
 
 
 def front_element(front: pd.DataFrame | None, x: str, y: str) -> hv.Curve:

@@ -23,7 +23,8 @@ class TierControls(pn.viewable.Viewer):
         self.confirm_front = pn.widgets.Button(name="Confirm the Pareto points", button_type="default", width=210)
         self.confirm_point.on_click(lambda _: ts.confirm([ws.selected] if ws.selected else []))
         self.confirm_front.on_click(lambda _: ts.confirm_pareto())
-        self.note = pn.pane.HTML("", name="tier-note", margin=(0, 10), css_classes=["tier-note"])
+        self.note = pn.pane.HTML("", name="tier-note", margin=(0, 10), css_classes=["tier-note"],
+                                 sizing_mode="stretch_width")
         self.agreement = pn.pane.HTML("", name="tier-agreement", margin=(0, 10), css_classes=["tier-agreement"])
         ws.param.watch(self.refresh, ["points", "selected", "read_only", "y_axis"])
         ts.param.watch(self.refresh, ["message", "budget"])
@@ -45,5 +46,5 @@ class TierControls(pn.viewable.Viewer):
         self.agreement.visible = bool(has_confirmed)
 
     def __panel__(self):
-        return pn.Column(pn.Row(self.confirm_point, self.confirm_front, self.note, align="center"), self.agreement,
+        return pn.Column(pn.Row(self.confirm_point, self.confirm_front), self.note, self.agreement,
                          sizing_mode="stretch_width")
