@@ -23,7 +23,6 @@ from explorer.state.frontier import (
 )
 from explorer.state.workspace import X_AXES
 
-
 MPL_MARKERS = {"circle": "o", "triangle": "^", "diamond": "D", "square_x": "X"}   # Bokeh's names -> matplotlib's
 
 
