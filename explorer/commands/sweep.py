@@ -101,8 +101,9 @@ def run(args) -> int:
     s = res.summary()
     print(f"sweep {model} on {dataset}, profile {args.profile}, method {args.method}: {s['points']} points "
           f"({s['submitted']} run, {s['reused']} reused from the store) in {s['wall_s']:.1f} s; session {s['session']}")
-    print("frontier (selected on validation, reported on test"
-          + (", confirmed tier" if (res.frontier["tier"] == "confirmed").all() and len(res.frontier) else "") + "):")
+    print("frontier (selected on validation, reported on test):")
+    if len(res.frontier) and (res.frontier["tier"] == "confirmed").all():
+        print("its points are the confirmed tier: the searched Pareto plans fine-tuned again at the confirmed budget")
     print(f"{'status':<11} {'tier':<10} {'val':>7} {'test':>7} {'throughput/s':>13}  plan")
     for _, r in res.frontier.iterrows():
         print(f"{r.status:<11} {r.tier:<10} {100 * r.val_accuracy:6.2f}% {100 * r.test_accuracy:6.2f}% "

@@ -51,10 +51,11 @@ def test_sweep_cli_prints_tiers_and_rank_correlation(tmp_path, capsys):
             "--store", str(db), "--workers", "1"]
     assert main(base + ["--confirm-steps", "7", "--out", str(tmp_path / "f.csv")]) == 0
     text = capsys.readouterr().out
-    assert "confirmed tier" in text and "quick vs confirmed" in text and " confirmed " in text
+    assert "its points are the confirmed tier" in text and "quick vs confirmed" in text and " confirmed " in text
+    assert "frontier (selected on validation, reported on test):" in text
     assert pd.read_csv(tmp_path / "f.csv")["tier"].eq("confirmed").all()
     assert main(base + ["--no-confirm"]) == 0
     text = capsys.readouterr().out
-    assert "confirmed tier" not in text and " quick " in text
+    assert "confirmed tier" not in text and "quick vs confirmed" not in text and " quick " in text
     assert main(base + ["--confirm-steps", "0"]) == 2
     assert "--confirm-steps must be 1 or more" in capsys.readouterr().err
