@@ -47,7 +47,7 @@ class TierState(param.Parameterized):
         or is running, and failed points; a confirmed result already in the store is reused."""
         ws = self.workspace
         if ws.read_only:
-            self.message = READ_ONLY
+            self.message = ws.message = READ_ONLY
             return []
         if not keys:
             self.message = "select a point on the frontier (tap it or pick its row) to confirm it"
@@ -92,6 +92,8 @@ class TierState(param.Parameterized):
 
     def confirm_pareto(self) -> list[str]:
         """Confirm every Pareto point of the current axes (those not confirmed yet)."""
+        if self.workspace.read_only:
+            return self.confirm([])
         front = self.workspace.frontier()
         if front is None or front.empty:
             self.message = "no Pareto points to confirm yet"
