@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .fileio import clip
+from engine.errors import UserError
+from engine.fileio import clip
 
 STATUSES = ("estimated", "fine-tuned", "failed")
 RECORD_VERSION = 1
@@ -59,7 +59,7 @@ class Settings:
     calib_batches: int = 4
     eval_limit: int | None = None   # score at most this many validation examples (a fixed subset seeded by seed)
     score_test: bool = True         # False: leave the test split unscored (cheap estimates during a search)
-    tier: str = "quick"             # "quick" (interactive budget) or "confirmed" (engine.tiers.CONFIRMED_BUDGET)
+    tier: str = "quick"             # "quick" (interactive budget) or "confirmed" (engine.explore.tiers.CONFIRMED_BUDGET)
 
     def __post_init__(self):
         if self.tier == "confirmed" and self.steps == 0:
@@ -166,9 +166,9 @@ class Evaluation:
 
     @property
     def tier(self) -> str:
-        """'estimated', 'quick' or 'confirmed' (see engine.tiers); records written before tiers
+        """'estimated', 'quick' or 'confirmed' (see engine.explore.tiers); records written before tiers
         existed have no tier setting and read as quick (or estimated when untrained)."""
-        from .tiers import tier_of
+        from engine.explore.tiers import tier_of
         return tier_of(self.settings, self.status)
 
     @property

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .errors import UserError
-from .evaluation import Settings
+from engine.errors import UserError
+from engine.evaluation import Settings
 
 TIERS = ("estimated", "quick", "confirmed")
 # The confirmed budget: settings fields that replace the quick ones. 2000 steps of batch 64 is about

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.tiers import CONFIRMED_BUDGET
+from engine.explore.tiers import CONFIRMED_BUDGET
 
 from .common import add_model_args, check_out, model_dataset, print_json
 
@@ -69,9 +69,9 @@ def use_profile_file(path: str) -> str:
 
 def run(args) -> int:
     from engine.errors import UserError
-    from engine.jobs import JobRunner
-    from engine.store import Store
-    from engine.sweep import run_sweep
+    from engine.explore.jobs import JobRunner
+    from engine.explore.store import Store
+    from engine.explore.sweep import run_sweep
 
     model, dataset = model_dataset(args)
     if args.profile_file:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import param
 
-from engine.plan import Plan, PlanError
+from engine.plans.plan import Plan, PlanError
 
 ACCURACY = {"test_accuracy": "baseline_test_accuracy", "val_accuracy": "baseline_val_accuracy"}
 VS_FP32 = {"test_vs_fp32": "test_accuracy", "val_vs_fp32": "val_accuracy"}
@@ -22,7 +22,7 @@ VS_FP32 = {"test_vs_fp32": "test_accuracy", "val_vs_fp32": "val_accuracy"}
 X_SCALE = {"throughput": "linear", "latency_s": "linear", "energy_j": "linear", "size_bytes": "linear"}
 STATUS_COLORS = {"estimated": "#e08e0b", "fine-tuned": "#2a7f62", "failed": "#c0392b"}
 STATUS_MARKERS = {"estimated": "circle", "fine-tuned": "circle", "failed": "square_x"}
-# what a point is drawn as: its tier (engine.tiers), or failed; each has its colour, marker and legend entry
+# what a point is drawn as: its tier (engine.explore.tiers), or failed; each has its colour, marker and legend entry
 KINDS = ("estimated", "quick", "confirmed", "failed")
 KIND_COLORS = {"estimated": "#e08e0b", "quick": "#2a7f62", "confirmed": "#1f4e9c", "failed": "#c0392b"}
 KIND_MARKERS = {"estimated": "circle", "quick": "triangle", "confirmed": "diamond", "failed": "square_x"}
@@ -139,7 +139,7 @@ def pareto_points(points: pd.DataFrame | None, x: str, y: str, only_finetuned: b
                   only_confirmed: bool = False) -> pd.DataFrame | None:
     """The Pareto points on the axes (accuracy up; throughput up, latency/energy/size down), drawn
     from fine-tuned or confirmed points only when asked."""
-    from engine.frontier import pareto
+    from engine.explore.frontier import pareto
     if points is None or points.empty:
         return points
     df = points[points["tier"] == "confirmed"] if only_confirmed else points
@@ -295,7 +295,7 @@ def profile_compare_frame(points: pd.DataFrame, costs_b: dict[str, dict], x: str
                           maximize_x: bool, maximize_y: bool) -> pd.DataFrame:
     """The same points costed on profile A (the workspace's) and profile B, each marked with
     whether it is on that profile's Pareto front."""
-    from engine.frontier import pareto
+    from engine.explore.frontier import pareto
     cols = ["key", "label", "status", "y", "acc_text", "x_a", "x_b", "front_a", "front_b"]
     if points is None or points.empty:
         return pd.DataFrame(columns=cols)

@@ -8,8 +8,8 @@ import param
 
 from engine.errors import USER_ERRORS
 from engine.evaluation import Settings, code_version, evaluation_key
-from engine.plan import Plan, PlanError
-from engine.tiers import CONFIRMED_BUDGET, RankAgreement, confirmed_settings, rank_agreement
+from engine.explore.tiers import CONFIRMED_BUDGET, RankAgreement, confirmed_settings, rank_agreement
+from engine.plans.plan import Plan, PlanError
 
 from .sessions import READ_ONLY
 
@@ -22,7 +22,7 @@ class TierState(param.Parameterized):
 
     only_confirmed = param.Boolean(default=False, doc="draw the frontier from confirmed points only")
     budget = param.Dict(default=dict(CONFIRMED_BUDGET),
-                        doc="the confirmed tier's budget (settings replacing the quick ones; engine.tiers)")
+                        doc="the confirmed tier's budget (settings replacing the quick ones; engine.explore.tiers)")
     message = param.String(default="", doc="what the last confirm did, or why it did nothing")
 
     def __init__(self, workspace, **params):

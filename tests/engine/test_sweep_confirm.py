@@ -3,8 +3,8 @@ the CSV carries the tier, and the summary gives the quick vs confirmed rank corr
 import pandas as pd
 import pytest
 
-from engine.store import Store
-from engine.sweep import run_sweep
+from engine.explore.store import Store
+from engine.explore.sweep import run_sweep
 from explorer.cli import main
 from tests.engine.test_jobs import shared_runner
 

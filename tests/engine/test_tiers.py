@@ -9,9 +9,9 @@ from scipy.stats import spearmanr
 
 from engine.errors import UserError
 from engine.evaluation import Evaluation, Settings, evaluation_key
-from engine.plan import Plan
-from engine.store import Store, checksum
-from engine.tiers import CONFIRMED_BUDGET, MIN_PAIRS, confirmed_settings, rank_agreement, tier_of, tier_pairs
+from engine.explore.store import Store, checksum
+from engine.explore.tiers import CONFIRMED_BUDGET, MIN_PAIRS, confirmed_settings, rank_agreement, tier_of, tier_pairs
+from engine.plans.plan import Plan
 
 
 def ev_with(settings: Settings | dict, status="fine-tuned", bits=4, acc=0.9) -> Evaluation:

@@ -10,9 +10,9 @@ import pytest
 from scipy.stats import spearmanr
 
 from engine.evaluation import Evaluation, Settings
-from engine.plan import Plan
-from engine.store import Store
-from engine.tiers import confirmed_settings
+from engine.explore.store import Store
+from engine.explore.tiers import confirmed_settings
+from engine.plans.plan import Plan
 from explorer.state import frontier as fr
 from explorer.state.workspace import Workspace
 from tests.explorer.conftest import wait_jobs
