@@ -66,6 +66,11 @@ class Settings:
     val_every: int | None = None    # steps between validations (None: 1/20 of the budget or half an epoch)
     lr_find: bool = False           # choose lr (and lr_step, same ratio) by a short learning-rate range test
     device: str = "cpu"             # "cpu", "cuda", or "auto" (CUDA when torch sees one)
+    tier: str = "quick"             # "quick" (interactive budget) or "confirmed" (engine.explore.tiers.CONFIRMED_BUDGET)
+
+    def __post_init__(self):
+        if self.tier == "confirmed" and self.steps == 0:
+            raise UserError("setting tier=confirmed needs steps above 0: a confirmed point is trained")
 
     def __setattr__(self, name: str, value) -> None:
         # every assignment is checked (construction, from_dict, the CLI's later edits), so a
@@ -94,7 +99,7 @@ class Settings:
 
 
 _LATER_DEFAULTS = {"eval_limit": None, "score_test": True, "epochs": None, "patience": None, "val_every": None,
-                   "lr_find": False, "device": "cpu"}
+                   "lr_find": False, "device": "cpu", "tier": "quick"}
 
 MAX_STEPS = 1_000_000
 MAX_BATCH = 65_536
@@ -102,6 +107,7 @@ MAX_LR = 10.0
 INITS = ("mse", "lsq")
 DEVICES = ("cpu", "cuda", "auto")
 MAX_EPOCHS = 10_000.0
+SETTING_TIERS = ("quick", "confirmed")  # "estimated" is no setting: it is any evaluation with steps == 0
 # name -> (kind, low, high): ints and floats are closed ranges; "pos" floats exclude 0
 _RULES: dict[str, tuple] = {
     "steps": ("int", 0, MAX_STEPS), "batch_size": ("int", 1, MAX_BATCH),
@@ -112,6 +118,7 @@ _RULES: dict[str, tuple] = {
     "epochs": ("pos?", 0.0, MAX_EPOCHS),
     "distill": ("bool",), "bn_reestimate": ("bool",), "score_test": ("bool",), "lr_find": ("bool",),
     "init": ("choice", INITS), "device": ("choice", DEVICES),
+    "tier": ("choice", SETTING_TIERS),
 }
 
 
@@ -171,6 +178,13 @@ class Evaluation:
             raise ValueError(f"status {self.status!r} is not one of {STATUSES}")
 
     @property
+    def tier(self) -> str:
+        """'estimated', 'quick' or 'confirmed' (see engine.explore.tiers); records written before tiers
+        existed have no tier setting and read as quick (or estimated when untrained)."""
+        from engine.explore.tiers import tier_of
+        return tier_of(self.settings, self.status)
+
+    @property
     def key(self) -> str:
         """Cache key: plan, model, dataset, settings (seed included) and code version."""
         return evaluation_key(self.plan, self.model, self.dataset, self.settings,
@@ -179,6 +193,7 @@ class Evaluation:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["key"] = self.key
+        d["tier"] = self.tier   # derived (from_dict ignores it): exports and session files carry it
         return d
 
     def to_json(self, indent: int | None = None) -> str:

@@ -585,5 +585,7 @@ def _validate_session(doc: dict) -> list[Evaluation]:
             raise UserError(f"{where}: {clip(str(e))}") from None
         if "key" in d and d["key"] != ev.key:
             raise UserError(f"{where}: key {clip(d['key'])} does not match its content")
+        if "tier" in d and d["tier"] != ev.tier:
+            raise UserError(f"{where}: tier {clip(d['tier'])} does not match its settings and status ({ev.tier})")
         out.append(ev)
     return out

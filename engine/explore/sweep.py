@@ -20,13 +20,14 @@ import pandas as pd
 from engine.errors import UserError
 from engine.evaluation import Evaluation, Settings, code_version, evaluation_key
 from engine.explore.search import SearchSpace, greedy_search, joint_search, plan_label
+from engine.explore.tiers import RankAgreement, confirmed_settings, rank_agreement
 from engine.plans.plan import Plan
 
 METHODS = ("nsga2", "random", "greedy")
 THIRD = (None, "size_bytes", "energy_j")
 POINT_COLUMNS = ["key", "phase", "status", "reason", "val_accuracy", "test_accuracy", "estimate_val_accuracy",
                  "throughput", "latency_s", "energy_j", "size_bytes", "bops", "steps", "seed", "profile", "label",
-                 "plan"]
+                 "plan", "tier", "plan_digest"]
 NUMERIC = ("val_accuracy", "test_accuracy", "estimate_val_accuracy", "throughput", "latency_s", "energy_j",
            "size_bytes", "bops")
 
@@ -54,11 +55,14 @@ class SweepResult:
     hypervolume: float | None = None
     ref: tuple | None = None
     extra: dict = field(default_factory=dict)
+    agreement: RankAgreement | None = None   # quick vs confirmed ranks of the plans with both tiers
 
     def summary(self) -> dict:
         return {"session": self.session, "points": len(self.points), "frontier": len(self.frontier),
                 "submitted": self.submitted, "reused": self.reused, "wall_s": round(self.wall_s, 2),
-                "hypervolume": self.hypervolume, "ref": list(self.ref) if self.ref else None}
+                "hypervolume": self.hypervolume, "ref": list(self.ref) if self.ref else None,
+                "confirmed": int((self.points["tier"] == "confirmed").sum()) if len(self.points) else 0,
+                "rank_correlation": self.agreement.to_dict() if self.agreement else None}
 
 
 class Sweep:
@@ -102,7 +106,7 @@ class Sweep:
         job is submitted, the batch's jobs in flight are cancelled, and ``SweepCancelled`` is raised."""
         from engine.explore.jobs import JobRunner
         labels = labels or [None] * len(plans)
-        phase = "estimate" if settings.steps == 0 else "fine-tune"
+        phase = "estimate" if settings.steps == 0 else "confirm" if settings.tier == "confirmed" else "fine-tune"
         self.planned += len(plans)
         out: list[Evaluation | None] = [None] * len(plans)
         pending: dict[int, str] = {}
@@ -183,7 +187,8 @@ class Sweep:
                 "throughput": c.get("throughput"), "latency_s": c.get("latency_s"),
                 "energy_j": c.get("energy_j"), "size_bytes": c.get("size_bytes"), "bops": c.get("bops"),
                 "steps": ev.steps, "seed": ev.settings.get("seed"), "profile": self.profile,
-                "label": plan_label(plan, self.names), "plan": json.dumps(plan.to_dict(), sort_keys=True)}
+                "label": plan_label(plan, self.names), "plan": json.dumps(plan.to_dict(), sort_keys=True),
+                "tier": ev.tier, "plan_digest": plan.digest()}
 
     def frame(self) -> pd.DataFrame:
         rows, seen = [], set()
@@ -241,7 +246,8 @@ def run_sweep(model: str, dataset: str, profile: str, budget: int, finetune: int
               sparsity: tuple[str, ...] | None = None, population: int | None = None, baseline=None, data=None,
               settings: Settings | None = None, eval_limit: int | None = None,
               rounds: int | None = None, path_seeds: bool = True, on_evaluation: Callable | None = None,
-              should_stop: Callable | None = None) -> SweepResult:
+              should_stop: Callable | None = None, confirm: bool = False,
+              confirm_budget: dict | None = None) -> SweepResult:
     """Run one sweep; every Evaluation goes to the store (and the session), the frontier to ``out``.
 
     budget: candidates scored by the no-training estimate (nsga2/random) or points on the greedy path;
@@ -256,6 +262,10 @@ def run_sweep(model: str, dataset: str, profile: str, budget: int, finetune: int
     on_evaluation(ev, row): called with each Evaluation (and its row of the points table) as it
     lands; should_stop(): polled while jobs run; once true the sweep submits nothing more, cancels
     its jobs in flight and raises ``SweepCancelled`` (see ``SweepJob`` to run a sweep in the background).
+    confirm: end by fine-tuning the final Pareto plans at the confirmed tier (``confirm_budget``,
+    default ``engine.explore.tiers.CONFIRMED_BUDGET``); the reported frontier is then that of the
+    confirmed points (the searched one is in ``extra["searched_frontier"]``), and
+    ``agreement`` compares quick and confirmed ranks of the plans with both.
 
     The reported hypervolume is of (test accuracy, throughput) with the reference point
     (FP32 test accuracy - 0.10, throughput 0).
@@ -324,6 +334,16 @@ def run_sweep(model: str, dataset: str, profile: str, budget: int, finetune: int
             evs = sw.evaluate(plans, full, [f"report {lab}" for lab in front["label"]])
             points = sw.frame()
             front = frontier_of(points[points.key.isin({ev.key for ev in evs})], third)
+        extra = {}
+        if confirm and len(front):
+            conf = confirmed_settings(ft, confirm_budget)
+            plans = [Plan.from_dict(json.loads(p)) for p in front["plan"]]
+            evs = sw.evaluate(plans, conf, [f"confirm {lab}" for lab in front["label"]])
+            points = sw.frame()
+            confirmed = frontier_of(points[points.key.isin({ev.key for ev in evs})], third)
+            extra["searched_frontier"] = front
+            if len(confirmed):     # every confirmation failed: the searched frontier stays reported
+                front = confirmed
         if out is not None:
             write_table(front, out)
         ref = None
@@ -334,10 +354,10 @@ def run_sweep(model: str, dataset: str, profile: str, budget: int, finetune: int
             ref = (base_acc - 0.10, 0.0)
             hv = hypervolume_of(front, ref)
         res = SweepResult(points, front, session, sw.submitted, sw.reused, time.perf_counter() - t0, hv, ref,
-                          {"fine_tuned": len(tuned)})
+                          {"fine_tuned": len(tuned), **extra}, rank_agreement(points))
         if store is not None and session is not None:
             meta = (store.session(session) or {}).get("meta", {})
-            meta.update({"frontier": front["key"].tolist(), "hypervolume": hv})
+            meta.update({"frontier": front["key"].tolist(), "hypervolume": hv, "confirmed": bool(confirm)})
             store.update_session_meta(session, meta)
         return res
     finally:

@@ -150,7 +150,7 @@ class SweepJob:
         return float(hypervolume_of(frontier_of(scored, third), self._ref)) if len(scored) else 0.0
 
     def _progress(self, done: int, total: int, msg: str) -> None:
-        for phase in ("estimate", "fine-tune"):
+        for phase in ("estimate", "fine-tune", "confirm"):
             if msg.startswith(phase):
                 self.phase = phase
 
@@ -165,8 +165,11 @@ class SweepJob:
             if self.failed:
                 reason = next((r["reason"] for r in self._rows.values() if r["status"] == "failed"), "")
                 failed = f"; {self.failed} failed, e.g. {reason or 'no reason given'}"
+            confirmed = ""
+            if s["confirmed"]:
+                confirmed = f"; {s['confirmed']} confirmed, {self.result.agreement.text()}"
             self.message = (f"done: {s['points']} points ({s['submitted']} run, {s['reused']} from the store), "
-                            f"{s['frontier']} on the frontier{hv}{failed}")
+                            f"{s['frontier']} on the frontier{hv}{failed}{confirmed}")
         except (SweepCancelled, KeyboardInterrupt) as e:
             self.state, self.phase = "cancelled", "cancelled"
             self.message = str(e) if isinstance(e, SweepCancelled) else f"cancelled: {e}"

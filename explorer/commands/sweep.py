@@ -1,7 +1,10 @@
 """``bitscape sweep``: search per-layer precision/width/sparsity, store every point, write the frontier."""
 from __future__ import annotations
 
+import argparse
 import sys
+
+from engine.explore.tiers import CONFIRMED_BUDGET
 
 from .common import add_model_args, check_out, model_dataset, print_json
 
@@ -33,6 +36,11 @@ def register(sub) -> None:
                    help="optional third objective (minimised)")
     p.add_argument("--distill", action="store_true", help="fine-tune with distillation from the FP32 teacher")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--confirm", action=argparse.BooleanOptionalAction, default=True,
+                   help="end by fine-tuning the final Pareto plans at the confirmed tier and report their "
+                        "frontier (default on; --no-confirm skips it)")
+    p.add_argument("--confirm-steps", type=int, default=None,
+                   help=f"fine-tuning steps of the confirmed tier (default {CONFIRMED_BUDGET['steps']})")
     p.add_argument("--session", default=None, help="name of the store session the points go to")
     p.add_argument("--out", default=None, help="write the frontier to FILE (.csv or .parquet)")
     p.add_argument("--json", action="store_true", help="print the summary and frontier as JSON")
@@ -70,6 +78,9 @@ def run(args) -> int:
         args.profile = use_profile_file(args.profile_file)
     if args.steps < 0:
         raise UserError("--steps must be 0 or more")
+    if args.confirm_steps is not None and args.confirm_steps < 1:
+        raise UserError("--confirm-steps must be 1 or more")
+    budget = None if args.confirm_steps is None else {**CONFIRMED_BUDGET, "steps": args.confirm_steps}
     check_out(args.out)
     store = Store(args.store)
     runner = JobRunner(workers=args.workers, scheduler=args.scheduler, store=store)
@@ -77,12 +88,13 @@ def run(args) -> int:
         res = run_sweep(model, dataset, args.profile, args.budget, finetune=args.finetune, steps=args.steps,
                         method=args.method, seed=args.seed, distill=args.distill, third=args.objective3,
                         store=store, runner=runner, session_name=args.session, out=args.out,
-                        progress=_progress(args.json), order=args.order)
+                        progress=_progress(args.json), order=args.order, confirm=args.confirm,
+                        confirm_budget=budget)
     finally:
         runner.shutdown()
         if sys.stderr.isatty():
             sys.stderr.write("\n")
-    cols = ["status", "val_accuracy", "test_accuracy", "throughput", "size_bytes", "label", "key"]
+    cols = ["status", "tier", "val_accuracy", "test_accuracy", "throughput", "size_bytes", "label", "key"]
     if args.json:
         print_json({"summary": res.summary(), "frontier": res.frontier[cols].to_dict(orient="records")})
         return 0
@@ -90,9 +102,14 @@ def run(args) -> int:
     print(f"sweep {model} on {dataset}, profile {args.profile}, method {args.method}: {s['points']} points "
           f"({s['submitted']} run, {s['reused']} reused from the store) in {s['wall_s']:.1f} s; session {s['session']}")
     print("frontier (selected on validation, reported on test):")
-    print(f"{'status':<11} {'val':>7} {'test':>7} {'throughput/s':>13}  plan")
+    if len(res.frontier) and (res.frontier["tier"] == "confirmed").all():
+        print("its points are the confirmed tier: the searched Pareto plans fine-tuned again at the confirmed budget")
+    print(f"{'status':<11} {'tier':<10} {'val':>7} {'test':>7} {'throughput/s':>13}  plan")
     for _, r in res.frontier.iterrows():
-        print(f"{r.status:<11} {100 * r.val_accuracy:6.2f}% {100 * r.test_accuracy:6.2f}% {r.throughput:13.1f}  {r.label}")
+        print(f"{r.status:<11} {r.tier:<10} {100 * r.val_accuracy:6.2f}% {100 * r.test_accuracy:6.2f}% "
+              f"{r.throughput:13.1f}  {r.label}")
+    if res.agreement is not None and (args.confirm or res.agreement.n):
+        print(res.agreement.text())
     if s["hypervolume"] is not None:
         print(f"hypervolume (test accuracy x throughput, ref accuracy {s['ref'][0]:.4f}): {s['hypervolume']:.6g}")
     if args.out:

@@ -22,7 +22,11 @@ VS_FP32 = {"test_vs_fp32": "test_accuracy", "val_vs_fp32": "val_accuracy"}
 X_SCALE = {"throughput": "linear", "latency_s": "linear", "energy_j": "linear", "size_bytes": "linear"}
 STATUS_COLORS = {"estimated": "#e08e0b", "fine-tuned": "#2a7f62", "failed": "#c0392b"}
 STATUS_MARKERS = {"estimated": "circle", "fine-tuned": "circle", "failed": "square_x"}
-TABLE_COLUMNS = {"label": "label", "status": "status", "test_pct": "test acc %", "val_pct": "val acc %",
+# what a point is drawn as: its tier (engine.explore.tiers), or failed; each has its colour, marker and legend entry
+KINDS = ("estimated", "quick", "confirmed", "failed")
+KIND_COLORS = {"estimated": "#e08e0b", "quick": "#2a7f62", "confirmed": "#1f4e9c", "failed": "#c0392b"}
+KIND_MARKERS = {"estimated": "circle", "quick": "triangle", "confirmed": "diamond", "failed": "square_x"}
+TABLE_COLUMNS = {"label": "label", "status": "status", "tier": "tier", "test_pct": "test acc %", "val_pct": "val acc %",
                  "vs_fp32": "vs FP32 (pts)", "reason": "reason", "throughput": "inferences/s", "latency_ms": "latency ms",
                  "energy_mj": "energy mJ", "size_kb": "size KB", "steps": "steps", "distill": "distill",
                  "key": "key"}
@@ -46,14 +50,15 @@ class FrontierState(param.Parameterized):
 
 
 # ---- labels and numbers ------------------------------------------------------------------------
-def point_label(name: str, status: str, steps: int) -> str:
-    """'W4A4 ×5 · 400 steps', 'W4A4 · estimate' or 'W4A4 · failed': the plan and its budget."""
+def point_label(name: str, status: str, steps: int, tier: str | None = None) -> str:
+    """'W4A4 ×5 · 400 steps', 'W4A4 · 2000 steps confirmed', 'W4A4 · estimate' or 'W4A4 · failed':
+    the plan and its budget."""
     if status == "failed":
         budget = "failed"
     elif status == "estimated" or not steps:
         budget = "estimate"
     else:
-        budget = f"{int(steps)} steps"
+        budget = f"{int(steps)} steps" + (" confirmed" if tier == "confirmed" else "")
     return f"{name} · {budget}"
 
 
@@ -115,9 +120,30 @@ def plot_frame(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     smax = df["size_bytes"].max() if len(df) else 1.0
     df["marker_size"] = 9 + 12 * np.sqrt(df["size_bytes"].fillna(0) / (smax if smax and smax > 0 else 1.0))
     df.loc[failed, "marker_size"] = 12
-    df["marker"] = df["status"].map(STATUS_MARKERS).fillna("circle")
+    df["kind"] = point_kinds(df)
+    df["marker"] = df["kind"].map(KIND_MARKERS).fillna("circle")
     df["acc_text"] = [_acc_text(r, y) for r in df.to_dict("records")]
     return df
+
+
+def point_kinds(points: pd.DataFrame) -> pd.Series:
+    """Each point's kind as drawn: 'failed', else its tier (points without a tier column read by status)."""
+    if "tier" in points.columns:
+        tier = points["tier"].fillna("quick")
+    else:
+        tier = points["status"].map({"estimated": "estimated"}).fillna("quick")
+    return tier.where(points["status"] != "failed", "failed")
+
+
+def pareto_points(points: pd.DataFrame | None, x: str, y: str, only_finetuned: bool = False,
+                  only_confirmed: bool = False) -> pd.DataFrame | None:
+    """The Pareto points on the axes (accuracy up; throughput up, latency/energy/size down), drawn
+    from fine-tuned or confirmed points only when asked."""
+    from engine.explore.frontier import pareto
+    if points is None or points.empty:
+        return points
+    df = points[points["tier"] == "confirmed"] if only_confirmed else points
+    return pareto(df, x=x, y=y, maximize=[x == "throughput", True], only_finetuned=only_finetuned)
 
 
 def pct_text(v: float | None, y: str) -> str:
@@ -196,7 +222,7 @@ def table_frame(points: pd.DataFrame, y: str, brushed: list[str] | None = None,
     rows = []
     for r in df.to_dict("records"):
         acc, base = r.get(f"{split}_accuracy"), r.get(f"baseline_{split}_accuracy")
-        rows.append({"label": r["label"], "status": r["status"], "test_pct": _pct(r.get("test_accuracy")),
+        rows.append({"label": r["label"], "status": r["status"], "tier": r.get("tier", ""), "test_pct": _pct(r.get("test_accuracy")),
                      "val_pct": _pct(r.get("val_accuracy")),
                      "vs_fp32": _pct(acc - base) if _finite(acc) and _finite(base) else float("nan"),
                      "throughput": sig(r.get("throughput")), "latency_ms": sig(_scale(r.get("latency_s"), 1e3)),
@@ -205,7 +231,7 @@ def table_frame(points: pd.DataFrame, y: str, brushed: list[str] | None = None,
                      "reason": r.get("reason") or "", "key": r["key"]})
     if failed_jobs is not None and brushed is None:
         for r in failed_jobs.to_dict("records"):
-            rows.append({"label": point_label(r["label"] or "job", "failed", 0), "status": "failed",
+            rows.append({"label": point_label(r["label"] or "job", "failed", 0), "status": "failed", "tier": "",
                          "reason": r["reason"], "key": "job:" + r["id"]})
     out = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     return out.rename(columns=TABLE_COLUMNS)

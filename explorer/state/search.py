@@ -27,6 +27,8 @@ class SearchState(param.Parameterized):
     steps = param.Integer(default=150, bounds=(1, 100_000), doc="fine-tuning steps per fine-tuned plan")
     profile = param.Selector(default="cpu", objects=["cpu"], doc="accelerator profile whose throughput is searched")
     seed = param.Integer(default=0, bounds=(0, None))
+    confirm = param.Boolean(default=True, doc="end by confirming the final Pareto points (the confirmed tier's "
+                                              "budget, workspace.tiers.budget)")
 
     status = param.Selector(default="idle", objects=list(STATUSES))
     running = param.Boolean(default=False)
@@ -48,6 +50,7 @@ class SearchState(param.Parameterized):
         self.profile = workspace.profile
         workspace.param.watch(self._follow_profile, ["profile"])
         workspace.param.watch(self._describe, ["model", "dataset"])
+        workspace.tiers.param.watch(self._describe, ["budget"])
         self._describe()
 
     def _follow_profile(self, event) -> None:
@@ -58,7 +61,7 @@ class SearchState(param.Parameterized):
         """(estimates, fine-tunes) that Start will run on the workspace's model."""
         return planned_runs(self.method, self.budget, self.finetune, len(self.workspace.topology.names))
 
-    @param.depends("method", "budget", "finetune", "steps", "profile", watch=True)
+    @param.depends("method", "budget", "finetune", "steps", "profile", "confirm", watch=True)
     def _describe(self, *_) -> None:
         ws = self.workspace
         est, ft = self.runs()
@@ -68,6 +71,8 @@ class SearchState(param.Parameterized):
         else:
             what = f"{est} estimates (no training), then {ft} fine-tune{'s' if ft != 1 else ''}"
             what += f" of {self.steps} steps" if ft else ""
+        if self.confirm:
+            what += f"; then its Pareto points confirmed ({ws.tiers.budget.get('steps')} steps each)"
         self.plan_text = f"{what} on {ws.model}/{ws.dataset}, throughput on {self.profile}{self._time_text(est, ft)}."
 
     def _time_text(self, est: int, ft: int) -> str:
@@ -101,7 +106,8 @@ class SearchState(param.Parameterized):
         self._timed = True
         self.job = SweepJob(ws.model, ws.dataset, self.profile, self.budget, self.finetune, self.steps,
                             method=self.method, seed=self.seed, n_layers=len(ws.topology.names),
-                            store=ws.store, runner=ws.runner, session=ws.sessions.ensure()).start()
+                            store=ws.store, runner=ws.runner, session=ws.sessions.ensure(), confirm=self.confirm,
+                            confirm_budget=dict(ws.tiers.budget)).start()
         self.param.update(status="running", running=True, phase=self.job.phase, done=0, total=self.job.total,
                           elapsed_s=0.0, message=self.job.message, hv_history=pd.DataFrame(columns=HV_COLUMNS))
         return True

@@ -33,7 +33,7 @@ Y_AXES = {"test_accuracy": "test accuracy (%)", "val_accuracy": "validation accu
 POINT_COLUMNS = ["key", "label", "status", "reason", "test_accuracy", "val_accuracy", "estimate_val_accuracy",
                  "baseline_test_accuracy", "baseline_val_accuracy", "test_vs_fp32", "val_vs_fp32",
                  "throughput", "latency_s", "energy_j", "size_bytes", "steps", "distill", "wall_s", "summary",
-                 "plan_digest"]
+                 "plan_digest", "tier"]
 _NUMERIC_POINT_COLUMNS = ["test_accuracy", "val_accuracy", "estimate_val_accuracy", "baseline_test_accuracy",
                           "baseline_val_accuracy", "test_vs_fp32", "val_vs_fp32", "throughput", "latency_s",
                           "energy_j", "size_bytes", "wall_s"]
@@ -330,6 +330,11 @@ class Workspace(param.Parameterized):
         self.poll()
         return jid
 
+    def track(self, job_id: str) -> None:
+        """Follow a job submitted elsewhere (e.g. a confirm): it joins Jobs, its result the points."""
+        self._job_ids.append(job_id)
+        self.poll()
+
     def cancel(self, job_id: str) -> bool:
         if self.read_only:
             self.message = READ_ONLY
@@ -388,6 +393,15 @@ class Workspace(param.Parameterized):
             fs = self._frontier_state = FrontierState(list(self.param.profile.objects), self.profile)
         return fs
 
+    @property
+    def tiers(self):
+        """Confirm actions, the confirmed budget and the confirmed-only switch; made on first use."""
+        ts = getattr(self, "_tiers", None)
+        if ts is None:
+            from .tiers import TierState
+            ts = self._tiers = TierState(self)
+        return ts
+
     def _point_cost(self, ev: Evaluation, profile: str | None = None) -> dict:
         """A point's plan costed on ``profile`` (the workspace's by default) at the current batch."""
         profile = profile or self.profile
@@ -420,7 +434,7 @@ class Workspace(param.Parameterized):
             c = self._point_cost(ev)
             name = ev.plan.get("name") or c.get("summary", "")
             bt, bv = ev.baseline_test_accuracy, ev.baseline_val_accuracy
-            rows.append({"key": ev.key, "label": point_label(name, ev.status, ev.steps), "status": ev.status,
+            rows.append({"key": ev.key, "label": point_label(name, ev.status, ev.steps, ev.tier), "status": ev.status,
                          "reason": ev.reason or "", "test_accuracy": ev.test_accuracy, "val_accuracy": ev.val_accuracy,
                          "estimate_val_accuracy": ev.estimate_val_accuracy,
                          "baseline_test_accuracy": bt, "baseline_val_accuracy": bv,
@@ -430,7 +444,7 @@ class Workspace(param.Parameterized):
                          "energy_j": c.get("energy_j"), "size_bytes": c.get("size_bytes"), "steps": ev.steps,
                          "distill": bool(ev.settings.get("distill")), "wall_s": ev.wall_s,
                          "summary": c.get("summary", ""),
-                         "plan_digest": ev.provenance.get("plan_hash") or _plan_digest(ev.plan)})
+                         "plan_digest": ev.provenance.get("plan_hash") or _plan_digest(ev.plan), "tier": ev.tier})
         df = pd.DataFrame(rows, columns=POINT_COLUMNS) if rows else _empty(POINT_COLUMNS)
         for col in _NUMERIC_POINT_COLUMNS:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
@@ -438,12 +452,8 @@ class Workspace(param.Parameterized):
 
     def frontier(self) -> pd.DataFrame:
         """The Pareto points on the current axes (accuracy up; throughput up, the others down)."""
-        from engine.explore.frontier import pareto
-        df = self.points
-        if df is None or df.empty:
-            return df
-        maximize = [self.x_axis == "throughput", True]
-        return pareto(df, x=self.x_axis, y=self.y_axis, maximize=maximize, only_finetuned=self.only_finetuned)
+        from .frontier import pareto_points
+        return pareto_points(self.points, self.x_axis, self.y_axis, self.only_finetuned, self.tiers.only_confirmed)
 
     def select(self, key: str, load: bool = True) -> None:
         """Select a point; its plan goes into the editor (unless read-only)."""

@@ -11,6 +11,8 @@ import io
 import pandas as pd
 
 from explorer.state.frontier import (
+    KIND_COLORS,
+    KIND_MARKERS,
     STATUS_COLORS,
     X_SCALE,
     estimate_links,
@@ -20,6 +22,8 @@ from explorer.state.frontier import (
     y_label,
 )
 from explorer.state.workspace import X_AXES
+
+MPL_MARKERS = {"circle": "o", "triangle": "^", "diamond": "D", "square_x": "X"}   # Bokeh's names -> matplotlib's
 
 
 def frontier_png(points: pd.DataFrame, front: pd.DataFrame | None, x: str, y: str, title: str = "") -> bytes:
@@ -43,10 +47,11 @@ def frontier_figure(points: pd.DataFrame, front: pd.DataFrame | None, x: str, y:
     for i, (_, link) in enumerate(estimate_links(points, x, y).iterrows()):
         ax.plot([link.x0, link.x1], [link.y0, link.y1], color=STATUS_COLORS["fine-tuned"], alpha=0.5, lw=2,
                 label="estimate → fine-tuned" if i == 0 else None)
-    for status, grp in frame.groupby("status"):
-        failed = status == "failed"
-        ax.scatter(grp["x"], grp["y"], label=status, color=STATUS_COLORS.get(status, "#888"), s=60 if failed else 40,
-                   marker="X" if failed else "o", edgecolors=None if failed else "white", zorder=3)
+    for kind, grp in frame.groupby("kind"):
+        failed = kind == "failed"
+        ax.scatter(grp["x"], grp["y"], label=kind, color=KIND_COLORS.get(kind, "#888"), s=60 if failed else 40,
+                   marker=MPL_MARKERS.get(KIND_MARKERS.get(kind), "o"), edgecolors=None if failed else "white",
+                   zorder=3)
     f = front_frame(front, x, y)
     if len(f) > 1:
         ax.step(f["x"], f["y"], where="pre" if x == "throughput" else "post", color="#333", linestyle="--",

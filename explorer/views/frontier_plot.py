@@ -11,7 +11,7 @@ import holoviews.plotting.bokeh
 import pandas as pd
 
 from explorer.state.frontier import (
-    STATUS_COLORS,
+    KIND_COLORS,
     X_SCALE,
     estimate_links,
     front_frame,
@@ -21,7 +21,7 @@ from explorer.state.frontier import (
 )
 from explorer.state.workspace import X_AXES
 
-POINT_VDIMS = ["y", "status", "label", "summary", "acc_text", "throughput", "size_bytes", "marker_size", "marker",
+POINT_VDIMS = ["y", "kind", "status", "tier", "label", "summary", "acc_text", "throughput", "size_bytes", "marker_size", "marker",
                "key", "reason"]
 PLOT_HEIGHT = 440
 LEGEND = {"legend_position": "right", "show_legend": True}
@@ -33,16 +33,29 @@ def y_ticks():
     return CustomJSTickFormatter(code="return parseFloat((tick * 100).toFixed(2)).toString();")
 
 
+def _marker_per_point(plot, element) -> None:
+    """Keep each point's marker read from its ``marker`` column. HoloViews turns a column whose
+    values are all equal into one fixed marker and keeps it when points of another tier arrive
+    (the first confirmed point would be drawn as a circle); this hook runs after every update."""
+    from bokeh.core.properties import field
+    renderer = plot.handles.get("glyph_renderer")
+    for name in ("glyph", "selection_glyph", "nonselection_glyph", "hover_glyph", "muted_glyph"):
+        glyph = getattr(renderer, name, None)
+        if glyph is not None and not isinstance(glyph, str) and hasattr(glyph, "marker"):
+            glyph.marker = field("marker")
+
+
 def points_element(frame: pd.DataFrame, x: str, y: str) -> hv.Scatter:
-    """Every point, coloured by status (failed ones a red cross on the bottom strip)."""
+    """Every point, its colour and marker by tier (estimated, quick, confirmed; failed ones a red
+    crossed square on the bottom strip), one legend entry each."""
     data = frame if len(frame) else pd.DataFrame({c: [] for c in ["x", *POINT_VDIMS]})
     return hv.Scatter(data, "x", POINT_VDIMS).opts(
-        color="status", cmap=STATUS_COLORS, size="marker_size", marker="marker", line_color="white",
+        color="kind", cmap=KIND_COLORS, size="marker_size", marker="marker", line_color="white",
         tools=["hover", "tap", "box_select"], active_tools=["tap"], xlabel=X_AXES[x], ylabel=y_label(y), yformatter=y_ticks(),
         logx=X_SCALE[x] == "log", responsive=True, height=PLOT_HEIGHT, framewise=True, padding=0.08,
-        hover_tooltips=[("plan", "@label"), ("layers", "@summary"), ("accuracy", "@acc_text"),
+        hover_tooltips=[("plan", "@label"), ("tier", "@kind"), ("layers", "@summary"), ("accuracy", "@acc_text"),
                         ("throughput", "@throughput{0.00a} inf/s"), ("size", "@size_bytes{0.0a} B")],
-        nonselection_alpha=0.35, title="Accuracy vs " + X_AXES[x].split(" (")[0])
+        nonselection_alpha=0.35, hooks=[_marker_per_point], title="Accuracy vs " + X_AXES[x].split(" (")[0])
 
 
 def front_element(front: pd.DataFrame | None, x: str, y: str) -> hv.Curve:

@@ -30,6 +30,7 @@ from .frontier_plot import (
 from .heatmap_view import HeatmapView
 from .loss_view import LossView
 from .profile_compare_view import ProfileCompareView
+from .tier_controls import TierControls
 
 PLOT_DEPS = ("points", "x_axis", "y_axis", "only_finetuned")
 
@@ -85,7 +86,7 @@ class FrontierView(pn.viewable.Viewer):
         super().__init__(**params)
         ws = self.workspace
         self.state = fs = ws.frontier_state
-        deps = [ws.param[d] for d in PLOT_DEPS]
+        deps = [ws.param[d] for d in PLOT_DEPS] + [ws.tiers.param.only_confirmed]
         # one DynamicMap per layer; the streams' source is the points layer alone
         self._points = hv.DynamicMap(pn.bind(self._points_el, *deps))
         layers = [hv.DynamicMap(pn.bind(fn, *deps)) for fn in (self._links_el, self._front_el, self._ref_el)]
@@ -98,6 +99,7 @@ class FrontierView(pn.viewable.Viewer):
         self.x = _axis_picker(ws, "x_axis", X_AXES, "x axis", 230)
         self.y = _axis_picker(ws, "y_axis", Y_AXES, "y axis", 300)
         self.only = pn.widgets.Checkbox.from_param(ws.param.only_finetuned, name="frontier from fine-tuned only")
+        self.tier_controls = TierControls(workspace=ws)
         self.reference = pn.pane.HTML("", name="frontier-reference", margin=(0, 10))
         self.brush_note = pn.pane.HTML("", name="brush-note", margin=(0, 10))
         self.clear_brush = pn.widgets.Button(name="Show all points", button_type="light", width=140, visible=False)
@@ -124,6 +126,7 @@ class FrontierView(pn.viewable.Viewer):
         ws.param.watch(self._forget_brush, ["model", "dataset"])
         ws.param.watch(self._refresh_compare, ["compare_a", "compare_b", "points"])
         fs.param.watch(self._refresh, ["brushed"])
+        ws.tiers.param.watch(self._refresh, ["only_confirmed"])
         self._refresh()
 
     # ---- plot layers ----------------------------------------------------------------------
@@ -233,7 +236,8 @@ class FrontierView(pn.viewable.Viewer):
                 self._select(df.iloc[i]["key"])
 
     def __panel__(self):
-        return pn.Column(pn.Row(self.x, self.y, self.only, align="end"), self.reference, self.plot,
+        return pn.Column(pn.Row(self.x, self.y, self.only, self.tier_controls.only, align="end"), self.reference,
+                         self.plot, self.tier_controls,
                          pn.Row(self.brush_note, self.clear_brush), self.table, self.loss,
                          pn.layout.Divider(), self.heatmap,
                          pn.layout.Divider(), self.profiles,

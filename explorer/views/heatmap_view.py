@@ -44,6 +44,7 @@ class HeatmapView(pn.viewable.Viewer):
         self.note = pn.pane.Markdown("", margin=(0, 10))
         ws.param.watch(self.refresh, ["points", "x_axis", "y_axis", "only_finetuned"])
         fs.param.watch(self.refresh, ["heatmap_scope"])
+        ws.tiers.param.watch(self.refresh, ["only_confirmed"])
         self.refresh()
 
     def cells(self) -> pd.DataFrame:

@@ -43,6 +43,7 @@ class SearchView(pn.viewable.Viewer):
         self.finetune = pn.widgets.IntInput.from_param(s.param.finetune, name="fine-tunes", width=72)
         self.steps = pn.widgets.IntInput.from_param(s.param.steps, name="steps each", width=90)
         self.profile = pn.widgets.Select.from_param(s.param.profile, name="profile (throughput)", width=150)
+        self.confirm = pn.widgets.Checkbox.from_param(s.param.confirm, name="confirm the Pareto points at the end")
         self.plan_text = pn.pane.HTML("", sizing_mode="stretch_width", name="search-plan", margin=(0, 5))
         self.start = pn.widgets.Button(name="Start search", button_type="primary", width=120)
         self.stop = pn.widgets.Button(name="Cancel search", button_type="light", width=120)
@@ -63,7 +64,7 @@ class SearchView(pn.viewable.Viewer):
 
     def _render(self, *_):
         s, ro = self.workspace.search, self.workspace.read_only
-        for w in (self.method, self.budget, self.finetune, self.steps, self.profile):
+        for w in (self.method, self.budget, self.finetune, self.steps, self.profile, self.confirm):
             w.disabled = s.running or ro
         self.start.disabled = s.running or ro
         self.stop.disabled = not s.running
@@ -80,5 +81,5 @@ class SearchView(pn.viewable.Viewer):
 
     def __panel__(self):
         return pn.Column(pn.Row(self.method, self.budget, self.finetune), pn.Row(self.steps, self.profile),
-                         self.plan_text, pn.Row(self.start, self.stop), self.bar, self.status, self.chart_box,
+                         self.confirm, self.plan_text, pn.Row(self.start, self.stop), self.bar, self.status, self.chart_box,
                          sizing_mode="stretch_width", name="search-card")

@@ -69,7 +69,7 @@ def test_same_sweep_on_dask_local_cluster_matches_local_pool(tmp_path):
 def test_sweep_cli(tmp_path, capsys):
     db = tmp_path / "cli.sqlite"
     args = ["sweep", "--model", "mlp", "--profile", "bismo", "--budget", "4", "--finetune", "1", "--steps", "5",
-            "--store", str(db), "--workers", "1", "--out", str(tmp_path / "f.csv")]
+            "--confirm-steps", "6", "--store", str(db), "--workers", "1", "--out", str(tmp_path / "f.csv")]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "frontier (selected on validation, reported on test)" in text

@@ -63,7 +63,8 @@ def test_search_streams_points_draws_hypervolume_and_cancels(app_server, page):
     set_number(page, "estimates", 6)
     set_number(page, "fine-tunes", 1)
     set_number(page, "steps each", 20)
-    wait_until(lambda: (s.budget, s.finetune, s.steps) == (6, 1, 20), page)
+    page.locator(".bk-Checkbox", has_text="confirm the Pareto points at the end").locator("input").uncheck()   # confirming: tests/ui/test_tiers.py
+    wait_until(lambda: (s.budget, s.finetune, s.steps, s.confirm) == (6, 1, 20, False), page)
     wait_until(lambda: page.get_by_text("6 estimates (no training), then 1 fine-tune of 20 steps").count() == 1,
                page)
     page.get_by_text("Frontier", exact=True).click()

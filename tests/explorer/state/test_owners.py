@@ -46,6 +46,8 @@ def try_every_mutation(v: Workspace, store, other_file: str) -> None:
         "submit": lambda: v.submit(),
         "cancel": lambda: v.cancel("some-job"),
         "import_session_file": lambda: v.sessions.import_file(other_file),
+        "confirm": lambda: v.tiers.confirm(list(v.points["key"][:1])),
+        "confirm_pareto": lambda: v.tiers.confirm_pareto(),
     }
     for name, call in attempts.items():
         v.edit_error = v.message = ""

@@ -6,7 +6,7 @@ import pytest
 
 from engine.explore.sweep import frontier_of, hypervolume_of
 
-TINY = dict(method="nsga2", budget=6, finetune=1, steps=20)
+TINY = dict(method="nsga2", budget=6, finetune=1, steps=20, confirm=False)   # confirming: test_tiers.py
 
 
 def drive(ws, until, timeout=600.0, log=None):
@@ -63,7 +63,7 @@ def test_cancel_mid_run_stops_the_search_and_leaves_no_jobs(workspace, services)
     store, runner = services
     ws = workspace
     s = ws.search
-    s.param.update(method="random", budget=12, finetune=2, steps=20)
+    s.param.update(method="random", budget=12, finetune=2, steps=20, confirm=False)
     assert s.start()
     drive(ws, lambda: s.done >= 2)
     assert s.cancel()

@@ -59,7 +59,7 @@ def test_sweep_sessions_are_listed_and_open(tmp_path):
     path = tmp_path / "store.sqlite"
     p = subprocess.run([sys.executable, "-m", "explorer.cli", "sweep", "--model", "lenet5", "--dataset", "digits",
                         "--profile", "cpu", "--budget", "2", "--finetune", "0", "--method", "random",
-                        "--workers", "1", "--store", str(path), "--session", "cli sweep"],
+                        "--no-confirm", "--workers", "1", "--store", str(path), "--session", "cli sweep"],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     store = Store(path)
