@@ -82,7 +82,7 @@ class TierState(param.Parameterized):
                 reused += 1
                 continue
             name = ev.plan.get("name") or key[:6]
-            jid = ws.runner.submit(ev.model, ev.dataset, plan, settings, session=ws.ensure_session(),
+            jid = ws.runner.submit(ev.model, ev.dataset, plan, settings, session=ws.sessions.ensure(),
                                    label=f"confirm {name}")
             running.add(ckey)
             submitted.append(jid)

@@ -71,11 +71,11 @@ def test_the_frontier_can_be_drawn_from_confirmed_points_only(ws):
 def test_csv_and_session_file_carry_the_tier(ws, tmp_path):
     csv = pd.read_csv(io.StringIO(ws.results_csv()))
     assert dict(zip(csv["label"], csv["tier"])) == dict(zip(ws.points["label"], ws.points["tier"]))
-    ws.save_session("tiers")
-    doc = json.loads(ws.export_session_file())
+    ws.sessions.save("tiers")
+    doc = json.loads(ws.sessions.export_file())
     assert sorted(d["tier"] for d in doc["evaluations"]) == sorted(ws.points["tier"])
     other = Workspace(store=Store(tmp_path / "other.sqlite"), runner=None)
-    assert other.import_session_file(json.dumps(doc)), other.message
+    assert other.sessions.import_file(json.dumps(doc)), other.message
     got = other.points.set_index("key")["tier"].to_dict()
     assert got == ws.points.set_index("key")["tier"].to_dict()
 
