@@ -77,7 +77,7 @@ class TierState(param.Parameterized):
                 continue
             stored = ws.store.computed(ckey)
             if stored is not None:
-                ws.store.attach(ws.ensure_session(), ckey)
+                ws.store.attach(ws.sessions.ensure(), ckey)
                 ws.add_evaluation(stored)
                 reused += 1
                 continue

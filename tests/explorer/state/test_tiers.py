@@ -112,7 +112,7 @@ def test_confirm_a_point_runs_a_confirmed_job_and_marks_it(services, tmp_path):
     assert conf["plan_digest"].iloc[0] == pts.loc[est_key, "plan_digest"]
     ev = ws.evaluation(conf.index[0])
     assert ev.settings["tier"] == "confirmed" and ev.settings["seed"] == ws.evaluation(est_key).settings["seed"]
-    assert conf.index[0] in {e.key for e in store.evaluations(session=ws.ensure_session())}
+    assert conf.index[0] in {e.key for e in store.evaluations(session=ws.sessions.ensure())}
     assert ws.tiers.confirm([conf.index[0]]) == [] and "already confirmed" in ws.tiers.message
     ws.tiers.only_confirmed = True
     assert list(ws.frontier()["key"]) == [conf.index[0]]
