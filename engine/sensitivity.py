@@ -111,9 +111,17 @@ def _load(model_id: str, dataset_id: str, baseline=None, data=None):
 
 
 def _weights(mod: nn.Module) -> list[torch.Tensor]:
-    if isinstance(mod, nn.LSTM):
+    """The weight matrices a plan quantizes: ``weight`` for Linear/Conv2d, the input and recurrent
+    matrices for LSTM/GRU (any ``nn.RNNBase``, plain or already quantized); biases are left out."""
+    if isinstance(mod, nn.RNNBase):
         return [p for n, p in mod.named_parameters() if n.startswith("weight_")]
-    return [mod.weight]
+    from .layers import QuantRecurrent
+    if isinstance(mod, QuantRecurrent):
+        return [mod.weight_ih, mod.weight_hh]
+    w = getattr(mod, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        raise UserError(f"layer of type {type(mod).__name__} has no weight tensor to score")
+    return [w]
 
 
 def _quantize(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
