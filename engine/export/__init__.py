@@ -14,6 +14,7 @@ from .onnx import (
     read_metadata,
     verify,
 )
+from . import onnx_recurrent  # noqa: F401  (registers LSTM and GRU in onnx_layers.BUILD)
 from .service import Exported, export_checkpoint
 from .table import mapping, mapping_json, rows, table_csv
 
