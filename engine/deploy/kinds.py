@@ -13,10 +13,11 @@ import torch.nn as nn
 
 from .. import kernels as K
 from ..handlers import Handlers
-from ..layers import QUANT_LAYERS, QuantLSTM
+from ..layers import QUANT_LAYERS, QuantGRU, QuantLSTM
 from ..plan import LayerConfig
 from ..quant.spec import Uncalibrated
 from .operands import ActSpec, DeployError, Gemm, bits_for
+from .recurrent import lower_gru
 from .runtime import Layer, ifog
 
 LOWER = Handlers("packed deployment")
@@ -191,3 +192,6 @@ def lstm(name, mod, cfg, per, threads) -> Layer:
     gh = make_gemm(f"{name}.hh", cfg, mod.weight_hh_l0, None, None, threads=threads, rows=rows)
     bias = (mod.bias_ih_l0 + mod.bias_hh_l0).detach().float().numpy()[rows].copy() if mod.bias else None
     return Layer(name, "lstm", {"ih": gi, "hh": gh}, bias, cfg.to_dict(), hidden=mod.hidden_size)
+
+
+LOWER.register(QuantGRU, nn.GRU)(lower_gru)

@@ -144,10 +144,13 @@ def load_packed(path) -> PackedNetwork:
             need = KINDS.get(kind)
             if need is None or set(gemms) != need:
                 raise DeployError(f"{where}: invalid layer kind {kind!r} / parts {sorted(gemms)}")
-            nb = 4 * int(lm["hidden"]) if kind == "lstm" else gemms["w"].n
+            gates = {"lstm": 4, "gru": 3}.get(kind)
+            hid = int(lm.get("hidden", 0)) if gates else 0
+            nb = {"lstm": 4 * hid, "gru": 6 * hid}.get(kind, gemms["w"].n if "w" in gemms else 0)
             bias = _expect(arrs, f"layers.{name}.bias", np.float32, (nb,), where) if lm["bias"] else None
-            if kind == "lstm" and (gemms["ih"].n != nb or gemms["hh"].n != nb or gemms["hh"].k != nb // 4):
-                raise DeployError(f"{where}: LSTM weight shapes do not match hidden size {lm['hidden']}")
+            if gates and (hid < 1 or gemms["ih"].n != gates * hid or gemms["hh"].n != gates * hid
+                          or gemms["hh"].k != hid):
+                raise DeployError(f"{where}: {kind.upper()} weight shapes do not match hidden size {lm['hidden']}")
             conv = lm.get("conv") or {}
             if kind == "conv2d":
                 conv = {"kernel_size": [int(v) for v in conv["kernel_size"]], "stride": [int(v) for v in conv["stride"]],

@@ -25,13 +25,14 @@ from .ops import _OPS, _bn_fn, _getter, _im2col_nhwc_padded, _sigmoid
 
 # ============================================================================ layers
 
-KINDS = {"linear": frozenset({"w"}), "conv2d": frozenset({"w"}), "lstm": frozenset({"ih", "hh"})}
+KINDS = {"linear": frozenset({"w"}), "conv2d": frozenset({"w"}), "lstm": frozenset({"ih", "hh"}),
+         "gru": frozenset({"ih", "hh"})}
 """Layer kinds the executor runs, with the GEMM parts each holds (``Layer._<kind>`` runs it)."""
 
 
 @dataclass
 class Layer:
-    """A deployed GEMM layer of one of ``KINDS``: 'linear', 'conv2d' or 'lstm' (gemms ih and hh)."""
+    """A deployed GEMM layer of one of ``KINDS``: 'linear', 'conv2d', 'lstm' or 'gru' (gemms ih and hh)."""
 
     name: str
     kind: str
@@ -112,6 +113,10 @@ class Layer:
             h = sg[:, 2 * hs:] * np.tanh(c)
             outs[:, s] = h
         return outs, (h[None], c[None])
+
+    def _gru(self, x):
+        from .recurrent import run_gru
+        return run_gru(self, x)
 
     # ---- bookkeeping -----------------------------------------------------------------
     def summary(self) -> dict:

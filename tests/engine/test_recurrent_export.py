@@ -86,3 +86,58 @@ def test_float_gru_exports_like_torch():
     with torch.no_grad():
         want = net(x).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _assert_same_predictions(ref, got):
+    """Same argmax everywhere; logits equal to float tolerance (an activation on a rounding boundary
+    may take the neighbouring code: bounded, and never in the prediction)."""
+    np.testing.assert_array_equal(ref.argmax(1), got.argmax(1))
+    diff = np.abs(ref - got).max(axis=1)
+    scale = np.abs(ref).max()
+    assert np.mean(diff <= 1e-4 * scale) >= 0.98 and diff.max() <= 0.05 * scale
+
+
+DEPLOY_PLANS = {**_plans("gru"), "binary-W1A1": Plan.uniform(1, 1, quantizer="binary"),
+                "float": Plan.uniform(32, 32)}
+
+
+@pytest.mark.parametrize("plan_name", list(DEPLOY_PLANS))
+def test_gru_deploys_packed_with_identical_predictions(plan_name, tmp_path):
+    from engine.deploy import reference_logits
+    plan = DEPLOY_PLANS[plan_name]
+    applied, data = _tuned("gru", plan)
+    net = deploy(applied)
+    ref = reference_logits(applied, data.x_test)
+    _assert_same_predictions(ref, net.predict(data.x_test.numpy()))
+    row = next(r for r in net.summary()["layers"] if r["name"] == "gru")
+    assert row["type"] == "gru" and set(row["gemms"]) == {"ih", "hh"}
+    if plan_name == "W2A2":
+        assert row["kernel"] == "bitserial"
+    if plan_name == "mixed-2:4":
+        assert row["kernel"] == "nm"
+    path = tmp_path / "gru.packed.safetensors"
+    save_packed(net, path)
+    back = load_packed(path)
+    np.testing.assert_array_equal(back.predict(data.x_test.numpy()), net.predict(data.x_test.numpy()))
+
+
+def test_float_gru_deploys_like_torch():
+    torch.manual_seed(0)
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(8, 12, batch_first=True)
+            self.fc = nn.Linear(12, 3)
+
+        def forward(self, x):
+            out, h = self.gru(x.flatten(1, 2))
+            return self.fc(out[:, -1] + h[0])
+
+    net = Head().eval()
+    applied = apply_plan(net, Plan.uniform(32, 32), (1, 8, 8))
+    x = torch.randn(5, 1, 8, 8)
+    got = deploy(applied).predict(x.numpy())
+    with torch.no_grad():
+        want = net(x).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
