@@ -134,3 +134,30 @@ def test_recurrent_layers_are_scored_by_every_method(model):
     store = Store(":memory:")
     a = alps(model, "digits", bits=2, steps=2, runner=shared_runner(store), store=store)
     assert [r.layer for r in a.rows] == [model, "fc"] and a.rows[0].params == e.rows[0].params
+
+
+def test_alps_refuses_an_unscorable_layer_before_any_fine_tune(monkeypatch):
+    """A layer whose weights cannot be read stops ALPS before a single job is submitted."""
+    import engine.sensitivity as S
+
+    class Runner:
+        submitted = 0
+
+        def submit(self, *a, **k):
+            Runner.submitted += 1
+            raise AssertionError("a fine-tune was submitted")
+
+        def shutdown(self):
+            pass
+
+    real = S._weights
+
+    def weights(mod):
+        if type(mod).__name__ == "GRU":
+            raise UserError("layer of type GRU has no weight tensor to score")
+        return real(mod)
+
+    monkeypatch.setattr(S, "_weights", weights)
+    with pytest.raises(UserError, match="GRU has no weight"):
+        alps("gru", "digits", bits=2, steps=2, runner=Runner())
+    assert Runner.submitted == 0
