@@ -3,7 +3,7 @@
 A ``PackedNetwork`` is a short list of ops (plain data) plus, for every quantized layer, its weights
 packed as integer codes in the layout of the kernel the plan asks for, a per-output-channel scale
 and the bias. Inference runs integer GEMMs and rescaling (``engine.kernels``) and does the
-non-GEMM work (ReLU, pooling, batch norm in float, residual adds, flatten, LSTM gates) in numpy.
+non-GEMM work (ReLU, pooling, batch norm in float, residual adds, flatten, LSTM and GRU gates) in numpy.
 Torch-free by structure: this module and its siblings ``operands``, ``ops`` and ``packfile``
 import numpy and ``engine.kernels`` only (a test checks that importing them loads no torch).
 

@@ -39,10 +39,10 @@ def _input_projection(b: _Builder, x: str, p_x, w_ih, wq_ih, bias, t_steps: int,
     the activation's QDQ pair, so that the pair feeds the Gemm directly)."""
     k, n = int(w_ih.shape[1]), int(w_ih.shape[0])
     flat = b.op("Reshape", [x, b.const(f"{b.scope}.flat", np.array([-1, k], np.int64))], "Reshape_in")
-    ins = [_emit_act(b, flat, p_x, "aq"), _emit_weight(b, "weight_ih", w_ih, wq_ih)]
-    if bias is not None:
-        ins.append(b.const(f"{b.scope}.bias_ih", _f32(bias)))
-    xs = b.op("Gemm", ins, "Gemm_ih", transB=1)
+    xs = b.op("Gemm", [_emit_act(b, flat, p_x, "aq"), _emit_weight(b, "weight_ih", w_ih, wq_ih)], "Gemm_ih",
+              transB=1)
+    if bias is not None:   # a separate Add, as everywhere in the export: the engine's bias is float
+        xs = b.op("Add", [xs, b.const(f"{b.scope}.bias_ih", _f32(bias))], "Add_bias_ih")
     return b.op("Reshape", [xs, b.const(f"{b.scope}.seq", np.array([-1, t_steps, n], np.int64))], "Reshape_out")
 
 
@@ -103,8 +103,9 @@ def _gru(b: _Builder, node, mod: nn.Module, x: str, in_shape: tuple[int, ...]):
     one = b.const(f"{b.scope}.one", np.float32(1.0))
     outs = []
     for t in range(t_steps):
-        gh = b.op("Gemm", [_emit_act(b, h, p_h, f"t{t}/aq_h"), whh, *([bhh] if bhh else [])], f"t{t}/Gemm_hh",
-                  transB=1)
+        gh = b.op("Gemm", [_emit_act(b, h, p_h, f"t{t}/aq_h"), whh], f"t{t}/Gemm_hh", transB=1)
+        if bhh is not None:
+            gh = b.op("Add", [gh, bhh], f"t{t}/Add_bias_hh")
         xr, xz, xn = b.op("Split", [_step(b, xs, t), split], f"t{t}/Split_x", n_out=3, axis=1)
         hr, hz, hn = b.op("Split", [gh, split], f"t{t}/Split_h", n_out=3, axis=1)
         r = b.op("Sigmoid", [b.op("Add", [xr, hr], f"t{t}/Add_r")], f"t{t}/sig_r")

@@ -16,7 +16,8 @@ DEFAULT_DATASET = "digits"
 
 def add_model_args(p, dataset: bool = True) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"zoo model (mlp, lenet5, cnn, resnet20, lstm) or package.module:function (default {DEFAULT_MODEL})")
+                   help=f"zoo model (mlp, lenet5, cnn, resnet20, resnet18, lstm, gru) or package.module:function "
+                        f"(default {DEFAULT_MODEL})")
     if dataset:
         p.add_argument("--dataset", default=None,
                        help="digits, fashion-mnist, mnist, cifar10, synthetic or package.module:function "
