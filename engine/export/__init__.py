@@ -6,6 +6,7 @@ ONNX bytes; ``onnx_model_bytes`` (``onnx``) does it for a network in memory; ``t
 """
 from __future__ import annotations
 
+from . import onnx_recurrent  # noqa: F401  (registers LSTM and GRU in onnx_layers.BUILD)
 from .onnx import (
     ExportError,
     build_onnx,
@@ -14,7 +15,6 @@ from .onnx import (
     read_metadata,
     verify,
 )
-from . import onnx_recurrent  # noqa: F401  (registers LSTM and GRU in onnx_layers.BUILD)
 from .service import Exported, export_checkpoint
 from .table import mapping, mapping_json, rows, table_csv
 

@@ -11,7 +11,7 @@ from engine.data import load_dataset
 from engine.deploy import deploy, load_packed, save_packed
 from engine.evaluation import Settings
 from engine.export import build_onnx, onnx_model_bytes, verify
-from engine.finetune import predict_logits, train
+from engine.finetune import train
 from engine.pipeline import prepare
 from engine.plan import LayerConfig, Plan
 

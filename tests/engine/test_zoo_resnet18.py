@@ -13,6 +13,7 @@ TINY = "tests.engine.contract.models:tiny_cifar"
 
 def test_resnet18_is_the_published_shape():
     import torch
+
     from engine.graph import analyze
     from engine.zoo import ZOO, build_model
     net = build_model("resnet18", (3, 32, 32), 10)
