@@ -161,3 +161,14 @@ def test_alps_refuses_an_unscorable_layer_before_any_fine_tune(monkeypatch):
     with pytest.raises(UserError, match="GRU has no weight"):
         alps("gru", "digits", bits=2, steps=2, runner=Runner())
     assert Runner.submitted == 0
+
+
+def test_greedy_sweep_on_the_gru():
+    """`bitscape sweep --model gru` died in the EAGL order of its seed plans (no ``GRU.weight``)."""
+    from engine.store import Store
+    from engine.sweep import run_sweep
+    from tests.engine.test_jobs import shared_runner
+    store = Store(":memory:")
+    res = run_sweep("gru", "digits", "bops", budget=2, finetune=0, steps=2, method="greedy", store=store,
+                    runner=shared_runner(store))
+    assert len(res.points) >= 2 and set(res.points["status"]) <= {"estimated", "fine-tuned"}

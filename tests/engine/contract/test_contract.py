@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from engine.errors import UserError
+from engine.errors import USER_ERRORS
 from tests.engine.contract.models import CORPUS
 
 DATASET = "tests.engine.contract.models:clusters"
@@ -30,7 +30,7 @@ def attempt(step: str, fn, layers, log: dict):
     """Run one step: its result, or None when it was refused in one line naming a layer."""
     try:
         out = fn()
-    except UserError as e:
+    except USER_ERRORS as e:
         msg = str(e)
         assert "\n" not in msg.strip(), f"{step}: a refusal must be one line: {msg!r}"
         # a layer of the plan, or the traced operation (``node 'squeeze'``) when the refusal is about one
@@ -125,7 +125,36 @@ def test_model_goes_through_every_step_or_is_refused_naming_the_layer(name, corp
     if blob is not None:
         r = verify(blob, applied.model, data.x_test, data.y_test)
         assert r.agreement == 1.0, r
+    _other_plans(model, topo, data, log)
     print(f"\n{name}: " + "; ".join(f"{k} {v}" for k, v in log.items()))
+
+
+def _other_plans(model, topo, data, log):
+    """Widened and 2:4 plans, applied and calibrated (no fine-tune), then deployed and exported:
+    each step works with the same predictions or is refused naming the layer."""
+    from engine.deploy import deploy, reference_logits
+    from engine.evaluation import Settings
+    from engine.export import onnx_model_bytes, verify
+    from engine.pipeline import prepare
+    from engine.plan import LayerConfig, Plan
+    layers = list(topo.names)
+    first, last = layers[0], layers[-1]
+    plans = {"widened": Plan(default=LayerConfig(4, 4, widen=2.0), layers={last: {"widen": 1.0}}),
+             "2:4": Plan(default=LayerConfig(4, 4, sparsity="2:4"), layers={first: {"sparsity": "none"}})}
+    for kind, plan in plans.items():
+        prepared = attempt(f"{kind} plan", lambda p=plan: prepare(model, DATASET, p, Settings(steps=0), data=data),
+                           layers, log)
+        if prepared is None:
+            continue
+        applied = prepared[0]
+        applied.model.eval()
+        net = attempt(f"{kind} deploy", lambda a=applied: deploy(a), layers, log)
+        if net is not None:
+            _same_predictions(reference_logits(applied, data.x_test), net.predict(data.x_test.numpy()))
+        blob = attempt(f"{kind} onnx", lambda a=applied, p=plan: onnx_model_bytes(
+            a, data.input_shape, p, model, DATASET, check_inputs=data.x_val[:32]), layers, log)
+        if blob is not None:
+            assert verify(blob, applied.model, data.x_test, data.y_test).agreement == 1.0
 
 
 def run_cli(*args, cwd=None):
