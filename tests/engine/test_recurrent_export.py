@@ -141,3 +141,26 @@ def test_float_gru_deploys_like_torch():
     with torch.no_grad():
         want = net(x).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_packed_gru_whose_shapes_disagree_is_refused(tmp_path):
+    """A packed file whose GRU hidden size does not match its weights fails on load, naming the layer."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.numpy import load, save
+
+    from engine.deploy import DeployError
+    from engine.deploy.packfile import META_KEY
+    applied, data = _tuned("gru", Plan.uniform(4, 4), steps=0)
+    path = tmp_path / "gru.safetensors"
+    save_packed(deploy(applied), path)
+    arrs = load(path.read_bytes())
+    with safe_open(str(path), framework="numpy") as f:
+        md = f.metadata()
+    meta = json.loads(md[META_KEY])
+    next(lm for lm in meta["layers"] if lm["name"] == "gru")["hidden"] = 32
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(save(arrs, metadata={**md, META_KEY: json.dumps(meta)}))
+    with pytest.raises(DeployError, match=r"layer 'gru'.*(GRU weight shapes|bias)"):
+        load_packed(bad)
