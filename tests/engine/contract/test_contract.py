@@ -14,6 +14,8 @@ import pytest
 from engine.errors import USER_ERRORS
 from tests.engine.contract.models import CORPUS
 
+pytestmark = pytest.mark.slow   # each model's steps take 5-15 s on 2 cores; CI runs them all
+
 DATASET = "tests.engine.contract.models:clusters"
 CLI_MODEL = "gru_head"
 
@@ -183,6 +185,8 @@ def test_a_user_model_through_the_command_line(tmp_path, monkeypatch):
     allows the code for that command); deploy and ONNX verify their predictions on the test set."""
     monkeypatch.setenv("BITSCAPE_STORE", str(tmp_path / "store.db"))
     monkeypatch.setenv("BITSCAPE_THREADS", "1")
+    from engine.zoo import ALLOW_ENV
+    monkeypatch.delenv(ALLOW_ENV, raising=False)   # only what each command line allows (the fixture allows all)
     m, d = ref(CLI_MODEL), DATASET
     md = ["--model", m, "--dataset", d]
     log: dict[str, str] = {}
