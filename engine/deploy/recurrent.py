@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .operands import DeployError
-from .ops import _sigmoid
+from engine.deploy.operands import DeployError
+from engine.deploy.ops import _sigmoid
 
 
 def run_gru(layer, x: np.ndarray):
@@ -47,8 +47,8 @@ def lower_gru(name, mod, cfg, per, threads):
     """A ``Layer`` of kind 'gru' from a quantized or float single-layer batch-first GRU."""
     import torch.nn as nn
 
-    from .kinds import act_spec, make_gemm
-    from .runtime import Layer
+    from engine.deploy.kinds import act_spec, make_gemm
+    from engine.deploy.runtime import Layer
     where = f"layer {name!r}"
     if isinstance(mod, nn.GRU):
         if mod.num_layers != 1 or mod.bidirectional or not mod.batch_first:

@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 import torch.nn as nn
 
-from ..layers import QuantGRU, QuantLSTM
-from . import qdq
-from .onnx_layers import BUILD, _per_sample
-from .qdq import ExportError, _Builder, _emit_act, _emit_weight, _f32
+from engine.export import qdq
+from engine.export.onnx_layers import BUILD, _per_sample
+from engine.export.qdq import ExportError, _Builder, _emit_act, _emit_weight, _f32
+from engine.plans.layers import QuantGRU, QuantLSTM
 
 
 def _parts(b: _Builder, mod, in_shape, kind: str):

@@ -71,7 +71,7 @@ def input_spec(args) -> tuple[tuple[int, ...], int, str] | None:
 
 
 def model_dataset(args) -> tuple[str, str]:
-    from engine.zoo import ZOO
+    from engine.models.zoo import ZOO
     ds = getattr(args, "dataset", None)
     given = input_spec(args)
     if given is not None:
@@ -86,7 +86,7 @@ def model_dataset(args) -> tuple[str, str]:
 
 
 def load_data(args, dataset: str):
-    from engine.data import load_dataset
+    from engine.models.data import load_dataset
     return load_dataset(dataset, root=getattr(args, "data_dir", None))
 
 

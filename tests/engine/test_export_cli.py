@@ -7,11 +7,11 @@ import onnx
 import pytest
 
 from engine.evaluation import Settings
+from engine.explore.pipeline import evaluate_plan, save_planned
 from engine.export import mapping, table_csv
-from engine.graph import analyze
-from engine.pipeline import evaluate_plan, save_planned
-from engine.plan import LayerConfig, Plan
-from engine.zoo import build_model
+from engine.models.zoo import build_model
+from engine.plans.graph import analyze
+from engine.plans.plan import LayerConfig, Plan
 from explorer.cli import main
 
 PLAN = Plan(default=LayerConfig(4, 4), layers={"fc3": {"w_bits": 8, "a_bits": 8, "widen": 1.0},
@@ -48,7 +48,7 @@ def test_export_onnx_text(checkpoint, tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["missing", "not-planned", "wrong-model"])
 def test_bad_input_exits_2_and_writes_nothing(case, checkpoint, tmp_path, capsys):
-    from engine.baselines import SHIPPED
+    from engine.models.baselines import SHIPPED
     out = tmp_path / "model.onnx"
     out.write_bytes(b"previous")
     ck = {"missing": tmp_path / "nope.safetensors", "not-planned": SHIPPED / "mlp-digits.safetensors",
@@ -77,9 +77,9 @@ def test_table_and_mapping_commands(tmp_path, capsys):
     assert "weights" not in rows[0] and "macs" not in rows[0]   # no unlabelled column left to misread
     # the widened MACs are the ones the cost model prices
     from engine.cost import cost_topology, load_profile
-    from engine.data import dataset_spec
-    from engine.graph import analyze
-    from engine.zoo import build_model
+    from engine.models.data import dataset_spec
+    from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
     spec = dataset_spec("digits")
     topo = analyze(build_model("mlp", spec.input_shape, spec.num_classes), spec.input_shape)
     rep = cost_topology(topo, PLAN.resolve(topo.names), load_profile("bops"))

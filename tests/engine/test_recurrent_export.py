@@ -6,14 +6,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from engine.apply import apply_plan
-from engine.data import load_dataset
 from engine.deploy import deploy, load_packed, save_packed
 from engine.evaluation import Settings
+from engine.explore.pipeline import prepare
 from engine.export import build_onnx, onnx_model_bytes, verify
-from engine.finetune import train
-from engine.pipeline import prepare
-from engine.plan import LayerConfig, Plan
+from engine.models.data import load_dataset
+from engine.plans.apply import apply_plan
+from engine.plans.plan import LayerConfig, Plan
+from engine.training.finetune import train
 
 _DATA = {}
 

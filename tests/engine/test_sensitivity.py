@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from engine.errors import UserError
-from engine.sensitivity import (
+from engine.training.sensitivity import (
     LayerScore,
     Sensitivity,
     alps,
@@ -47,9 +47,9 @@ def test_eagl_and_hessian_give_one_row_per_layer():
 
 
 def test_alps_plans_lower_one_layer_each():
-    from engine.baselines import load_baseline
-    from engine.data import load_dataset
-    from engine.graph import analyze
+    from engine.models.baselines import load_baseline
+    from engine.models.data import load_dataset
+    from engine.plans.graph import analyze
     d = load_dataset("digits")
     topo = analyze(load_baseline("mlp", "digits", d), d.input_shape)
     plans = alps_plans(topo, bits=2, base_bits=8)
@@ -59,7 +59,7 @@ def test_alps_plans_lower_one_layer_each():
 
 
 def test_alps_through_jobs_and_cli(capsys):
-    from engine.store import Store
+    from engine.explore.store import Store
     store = Store(":memory:")
     from tests.engine.test_jobs import shared_runner
     runner = shared_runner(store)
@@ -90,7 +90,7 @@ def test_hessian_trace_matches_the_exact_trace_on_a_tiny_network():
     from torch.func import functional_call
     from torch.func import hessian as exact_hessian
 
-    from engine.data import Dataset
+    from engine.models.data import Dataset
 
     class Tiny(nn.Module):
         def __init__(self):
@@ -122,7 +122,7 @@ def test_hessian_trace_matches_the_exact_trace_on_a_tiny_network():
 def test_recurrent_layers_are_scored_by_every_method(model):
     """GRU and LSTM layers have no ``.weight``: every method scores their two weight matrices
     (a GRU's EAGL used to die with AttributeError: 'GRU' object has no attribute 'weight')."""
-    from engine.store import Store
+    from engine.explore.store import Store
     from tests.engine.test_jobs import shared_runner
     e = eagl(model, "digits", bits=4)
     assert [r.layer for r in e.rows] == [model, "fc"]
@@ -138,7 +138,7 @@ def test_recurrent_layers_are_scored_by_every_method(model):
 
 def test_alps_refuses_an_unscorable_layer_before_any_fine_tune(monkeypatch):
     """A layer whose weights cannot be read stops ALPS before a single job is submitted."""
-    import engine.sensitivity as S
+    import engine.training.sensitivity as S
 
     class Runner:
         submitted = 0
@@ -165,8 +165,8 @@ def test_alps_refuses_an_unscorable_layer_before_any_fine_tune(monkeypatch):
 
 def test_greedy_sweep_on_the_gru():
     """`bitscape sweep --model gru` died in the EAGL order of its seed plans (no ``GRU.weight``)."""
-    from engine.store import Store
-    from engine.sweep import run_sweep
+    from engine.explore.store import Store
+    from engine.explore.sweep import run_sweep
     from tests.engine.test_jobs import shared_runner
     store = Store(":memory:")
     res = run_sweep("gru", "digits", "bops", budget=2, finetune=0, steps=2, method="greedy", store=store,

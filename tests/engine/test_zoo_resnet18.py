@@ -14,8 +14,8 @@ TINY = "tests.engine.contract.models:tiny_cifar"
 def test_resnet18_is_the_published_shape():
     import torch
 
-    from engine.graph import analyze
-    from engine.zoo import ZOO, build_model
+    from engine.models.zoo import ZOO, build_model
+    from engine.plans.graph import analyze
     net = build_model("resnet18", (3, 32, 32), 10)
     assert ZOO["resnet18"].datasets == ("cifar10",)
     assert sum(p.numel() for p in net.parameters()) == pytest.approx(11.17e6, rel=0.01)   # ResNet-18: 11.2 M
@@ -46,11 +46,11 @@ def test_resnet18_plans_and_costs(tmp_path, capsys):
 
 @pytest.mark.slow   # a one-step FP32 baseline and calibration of an 11 M-parameter network on the CPU
 def test_resnet18_estimate_runs_on_32x32_inputs():
-    from engine.baselines import train_baseline
     from engine.evaluation import Settings
-    from engine.pipeline import evaluate_plan
-    from engine.plan import LayerConfig, Plan
-    from engine.zoo import trusted_references
+    from engine.explore.pipeline import evaluate_plan
+    from engine.models.baselines import train_baseline
+    from engine.models.zoo import trusted_references
+    from engine.plans.plan import LayerConfig, Plan
     with trusted_references(TINY):
         train_baseline("resnet18", TINY, epochs=0.1, batch_size=16)
         plan = Plan(default=LayerConfig(4, 4), layers={"conv1": {"w_bits": 8, "a_bits": 8}})

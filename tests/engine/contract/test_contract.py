@@ -52,9 +52,9 @@ def _same_predictions(ref_logits, got):
 
 @pytest.fixture(scope="module")
 def corpus_env():
-    from engine.zoo import ALLOW_ENV
+    from engine.models.zoo import ALLOW_ENV
     before = os.environ.get(ALLOW_ENV)
-    from engine.zoo import allow_reference
+    from engine.models.zoo import allow_reference
     for name in CORPUS:
         allow_reference(ref(name))
     allow_reference(DATASET)
@@ -67,25 +67,25 @@ def corpus_env():
 
 def _plan(topo):
     """W4A4 with the first layer at 8 bits: the mixed plan a user starts from."""
-    from engine.plan import LayerConfig, Plan
+    from engine.plans.plan import LayerConfig, Plan
     return Plan(default=LayerConfig(4, 4), layers={topo.names[0]: {"w_bits": 8, "a_bits": 8}})
 
 
 @pytest.mark.parametrize("name", [n for n in CORPUS if n != CLI_MODEL])
 def test_model_goes_through_every_step_or_is_refused_naming_the_layer(name, corpus_env, tmp_path):
-    from engine.baselines import train_baseline
     from engine.cost import cost_topology, load_profile
-    from engine.data import load_dataset
     from engine.deploy import deploy, reference_logits
     from engine.evaluation import Settings
+    from engine.explore.pipeline import evaluate_plan
+    from engine.explore.store import Store
+    from engine.explore.sweep import run_sweep
     from engine.export import onnx_model_bytes, verify
-    from engine.graph import analyze
-    from engine.pipeline import evaluate_plan
-    from engine.plan import LayerConfig, Plan
-    from engine.sensitivity import alps, eagl, hessian
-    from engine.store import Store
-    from engine.sweep import run_sweep
-    from engine.zoo import build_model
+    from engine.models.baselines import train_baseline
+    from engine.models.data import load_dataset
+    from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
+    from engine.plans.plan import LayerConfig, Plan
+    from engine.training.sensitivity import alps, eagl, hessian
     from tests.engine.test_jobs import shared_runner
 
     model = ref(name)
@@ -136,9 +136,9 @@ def _other_plans(model, topo, data, log):
     each step works with the same predictions or is refused naming the layer."""
     from engine.deploy import deploy, reference_logits
     from engine.evaluation import Settings
+    from engine.explore.pipeline import prepare
     from engine.export import onnx_model_bytes, verify
-    from engine.pipeline import prepare
-    from engine.plan import LayerConfig, Plan
+    from engine.plans.plan import LayerConfig, Plan
     layers = list(topo.names)
     first, last = layers[0], layers[-1]
     plans = {"widened": Plan(default=LayerConfig(4, 4, widen=2.0), layers={last: {"widen": 1.0}}),
@@ -185,7 +185,7 @@ def test_a_user_model_through_the_command_line(tmp_path, monkeypatch):
     allows the code for that command); deploy and ONNX verify their predictions on the test set."""
     monkeypatch.setenv("BITSCAPE_STORE", str(tmp_path / "store.db"))
     monkeypatch.setenv("BITSCAPE_THREADS", "1")
-    from engine.zoo import ALLOW_ENV
+    from engine.models.zoo import ALLOW_ENV
     monkeypatch.delenv(ALLOW_ENV, raising=False)   # only what each command line allows (the fixture allows all)
     m, d = ref(CLI_MODEL), DATASET
     md = ["--model", m, "--dataset", d]
@@ -229,8 +229,8 @@ def test_a_user_model_through_the_command_line(tmp_path, monkeypatch):
 def test_a_reference_allowed_after_the_workers_started_runs_in_them():
     """Workers fork from a server started before the reference was allowed: the job carries it."""
     from engine.evaluation import Settings
-    from engine.plan import Plan
-    from engine.zoo import trusted_references
+    from engine.models.zoo import trusted_references
+    from engine.plans.plan import Plan
     from tests.engine.test_jobs import shared_runner
     runner = shared_runner()
     runner.wait(runner.submit("mlp", "digits", Plan.uniform(8, 8), Settings(steps=1)), 300)  # workers are up
