@@ -13,9 +13,10 @@ import torch.nn as nn
 
 from engine import kernels as K
 from engine.deploy.operands import ActSpec, DeployError, Gemm, bits_for
+from engine.deploy.recurrent import lower_gru
 from engine.deploy.runtime import Layer, ifog
 from engine.plans.handlers import Handlers
-from engine.plans.layers import QUANT_LAYERS, QuantLSTM
+from engine.plans.layers import QUANT_LAYERS, QuantGRU, QuantLSTM
 from engine.plans.plan import LayerConfig
 from engine.quant.spec import Uncalibrated
 
@@ -240,3 +241,6 @@ def lstm(name, mod, cfg, per, threads) -> Layer:
     gh = make_gemm(f"{name}.hh", cfg, mod.weight_hh_l0, None, None, threads=threads, rows=rows)
     bias = (mod.bias_ih_l0 + mod.bias_hh_l0).detach().float().numpy()[rows].copy() if mod.bias else None
     return Layer(name, "lstm", {"ih": gi, "hh": gh}, bias, cfg.to_dict(), hidden=mod.hidden_size)
+
+
+LOWER.register(QuantGRU, nn.GRU)(lower_gru)

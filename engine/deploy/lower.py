@@ -149,6 +149,9 @@ def _function_op(node, names, where):
         return {"op": "add", "args": [enc(node.args[0]), enc(node.args[1])]}
     if fn is operator.getitem:
         return {"op": "getitem", "args": [enc(node.args[0]), enc(node.args[1])]}
+    if fn in (torch.squeeze, torch.unsqueeze):
+        b = _bind(node, [("input", None), ("dim", None)])
+        return {"op": fn.__name__, "args": [enc(b["input"])], "kwargs": {"dim": enc(b["dim"])}}
     name = getattr(fn, "__name__", str(fn))
     raise DeployError(f"{where}: function {name!r} is not supported by the packed deployment")
 
@@ -169,6 +172,11 @@ def _method_op(node, names, where):
     if m == "flatten":
         b = _bind(node, [("self", None), ("start_dim", 0), ("end_dim", -1)])
         return {"op": "flatten", "args": args[:1], "kwargs": {"start_dim": b["start_dim"], "end_dim": b["end_dim"]}}
+    if m in ("squeeze", "unsqueeze"):
+        b = _bind(node, [("self", None), ("dim", None)])
+        if m == "unsqueeze" and b["dim"] is None:
+            raise DeployError(f"{where}: .unsqueeze() needs a dimension")
+        return {"op": m, "args": args[:1], "kwargs": {"dim": enc(b["dim"])}}
     if m == "mean":
         b = _bind(node, [("self", None), ("dim", None), ("keepdim", False)])
         return {"op": "mean", "args": args[:1], "kwargs": {"dim": enc(b["dim"]), "keepdim": b["keepdim"]}}

@@ -88,6 +88,18 @@ def _getitem(x, idx):
     return x[idx]
 
 
+def _squeeze(x, dim=None):
+    """torch's squeeze: drop size-1 axes (all, or ``dim`` only if it has size 1)."""
+    if dim is None:
+        return x.reshape([d for d in x.shape if d != 1])
+    dims = {d % x.ndim for d in (dim if isinstance(dim, (list, tuple)) else (dim,))}
+    return x.reshape([d for i, d in enumerate(x.shape) if not (i in dims and d == 1)])
+
+
+def _unsqueeze(x, dim):
+    return np.expand_dims(x, dim % (x.ndim + 1))
+
+
 _OPS = {
     "relu": lambda x: np.maximum(x, np.float32(0)),
     "tanh": lambda x: np.tanh(x),
@@ -102,6 +114,8 @@ _OPS = {
     "mean": _mean,
     "add": lambda a, b: a + b,
     "getitem": _getitem,
+    "squeeze": _squeeze,
+    "unsqueeze": _unsqueeze,
 }
 
 

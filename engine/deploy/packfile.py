@@ -170,10 +170,13 @@ def load_packed(path) -> PackedNetwork:
             need = group_parts(len(gemms)) if kind == "gconv2d" else KINDS.get(kind)
             if kind not in KINDS or not need or set(gemms) != need:
                 raise DeployError(f"{where}: invalid layer kind {kind!r} / parts {sorted(gemms)}")
-            nb = 4 * int(lm["hidden"]) if kind == "lstm" else sum(g.n for g in gemms.values())
+            gates = {"lstm": 4, "gru": 3}.get(kind)
+            hid = int(lm.get("hidden", 0)) if gates else 0
+            nb = {"lstm": 4 * hid, "gru": 6 * hid}.get(kind, sum(g.n for g in gemms.values()))
             bias = _expect(arrs, f"layers.{name}.bias", np.float32, (nb,), where) if lm["bias"] else None
-            if kind == "lstm" and (gemms["ih"].n != nb or gemms["hh"].n != nb or gemms["hh"].k != nb // 4):
-                raise DeployError(f"{where}: LSTM weight shapes do not match hidden size {lm['hidden']}")
+            if gates and (hid < 1 or gemms["ih"].n != gates * hid or gemms["hh"].n != gates * hid
+                          or gemms["hh"].k != hid):
+                raise DeployError(f"{where}: {kind.upper()} weight shapes do not match hidden size {lm['hidden']}")
             if kind in ("conv2d", "dwconv2d", "gconv2d"):
                 conv = _conv_geometry(conv, kind, gemms, where)
             layers[name] = Layer(name, kind, gemms, bias, lm.get("config", {}), conv, int(lm.get("hidden", 0)))

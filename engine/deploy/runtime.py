@@ -3,7 +3,7 @@
 A ``PackedNetwork`` is a short list of ops (plain data) plus, for every quantized layer, its weights
 packed as integer codes in the layout of the kernel the plan asks for, a per-output-channel scale
 and the bias. Inference runs integer GEMMs and rescaling (``engine.kernels``) and does the
-non-GEMM work (ReLU, pooling, batch norm in float, residual adds, flatten, LSTM gates) in numpy.
+non-GEMM work (ReLU, pooling, batch norm in float, residual adds, flatten, LSTM and GRU gates) in numpy.
 Torch-free by structure: this module and its siblings ``operands``, ``ops`` and ``packfile``
 import numpy and ``engine.kernels`` only (a test checks that importing them loads no torch).
 
@@ -27,14 +27,14 @@ from engine.deploy.ops import _OPS, _bn_fn, _getter, _im2col_nhwc_padded, _sigmo
 # ============================================================================ layers
 
 KINDS = {"linear": frozenset({"w"}), "conv2d": frozenset({"w"}), "lstm": frozenset({"ih", "hh"}),
-         "dwconv2d": frozenset({"w"}), "gconv2d": None}
+         "dwconv2d": frozenset({"w"}), "gconv2d": None, "gru": frozenset({"ih", "hh"})}
 """Layer kinds the executor runs, with the GEMM parts each holds (``Layer._<kind>`` runs it);
 None: the parts depend on the layer (a grouped convolution holds g0..g{groups-1})."""
 
 
 @dataclass
 class Layer:
-    """A deployed GEMM layer of one of ``KINDS``: 'linear', 'conv2d' or 'lstm' (gemms ih and hh)."""
+    """A deployed GEMM layer of one of ``KINDS``: 'linear', 'conv2d', 'lstm' or 'gru' (gemms ih and hh)."""
 
     name: str
     kind: str
@@ -121,6 +121,10 @@ class Layer:
             h = sg[:, 2 * hs:] * np.tanh(c)
             outs[:, s] = h
         return outs, (h[None], c[None])
+
+    def _gru(self, x):
+        from engine.deploy.recurrent import run_gru
+        return run_gru(self, x)
 
     # ---- bookkeeping -----------------------------------------------------------------
     def summary(self) -> dict:

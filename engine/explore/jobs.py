@@ -99,12 +99,14 @@ def execute(payload: dict, progress=None, should_stop=None) -> dict:
     plan = Plan.from_dict(payload["plan"])
     settings = Settings.from_dict(payload["settings"])
     model, dataset = payload["model"], payload["dataset"]
-    try:
-        baseline, data = _baseline_and_data(model, dataset)
-    except USER_ERRORS:   # no baseline or no data: evaluate_plan meets the same error and records a failed point
-        baseline, data = None, None
-    run = evaluate_plan(model, dataset, plan, settings, progress=progress, should_stop=should_stop,
-                        baseline=baseline, data=data)
+    from engine.models.zoo import trusted_references
+    with trusted_references(*payload.get("allow", ())):
+        try:
+            baseline, data = _baseline_and_data(model, dataset)
+        except USER_ERRORS:   # no baseline or no data: evaluate_plan meets the same error and records a failed point
+            baseline, data = None, None
+        run = evaluate_plan(model, dataset, plan, settings, progress=progress, should_stop=should_stop,
+                            baseline=baseline, data=data)
     ev = run.evaluation
     # the key is the one the submitter computed: same code version on both sides
     if payload.get("code_version") and ev.provenance.get("code_version") != payload["code_version"]:
@@ -118,6 +120,13 @@ def execute(payload: dict, progress=None, should_stop=None) -> dict:
     if payload.get("artifacts") and ev.status != "failed" and run.applied is not None:
         _save_network(run, payload["artifacts"])
     return ev.to_dict()
+
+
+def _allowed_refs(model: str, dataset: str) -> list[str]:
+    """The code references of a job that the submitting process trusts, passed to its worker: a
+    worker forks from a server started before a later ``allow_reference`` and would refuse them."""
+    from engine.models.zoo import is_allowed, is_reference
+    return [r for r in (model, dataset) if is_reference(r) and is_allowed(r)]
 
 
 def _save_network(run, folder: str) -> None:
@@ -234,7 +243,7 @@ class JobRunner:
         payload = {"id": jid, "seq": next(self._seq), "model": model, "dataset": dataset, "plan": plan.to_dict(),
                    "settings": settings.to_dict(), "code_version": version,
                    "profiles": list(profiles if profiles is not None else self.profiles),
-                   "artifacts": self._artifacts_dir()}
+                   "artifacts": self._artifacts_dir(), "allow": _allowed_refs(model, dataset)}
         from engine.evaluation import evaluation_key
         info = JobInfo(id=jid, label=label, model=model, dataset=dataset, session=session,
                        key=evaluation_key(payload["plan"], model, dataset, payload["settings"], version))

@@ -6,6 +6,7 @@ ONNX bytes; ``onnx_model_bytes`` (``onnx``) does it for a network in memory; ``t
 """
 from __future__ import annotations
 
+from engine.export import onnx_recurrent  # noqa: F401  (registers LSTM and GRU in onnx_layers.BUILD)
 from engine.export.onnx import (
     ExportError,
     build_onnx,

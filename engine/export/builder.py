@@ -197,7 +197,26 @@ def _call_method(b: _Builder, node, val):
         return b.op({"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}[m], [val(args[0])], node.name)
     if m in ("add", "mul", "sub"):
         return b.op(m.capitalize(), [val(args[0]), val(args[1])], node.name)
+    if m in ("squeeze", "unsqueeze"):
+        return _squeeze(b, node, m, val(args[0]), args[1] if len(args) > 1 else node.kwargs.get("dim"))
     raise ExportError(f"{node.name!r}: the tensor method {m!r} has no ONNX export in bitscape")
+
+
+def _squeeze(b: _Builder, node, m: str, x, dim):
+    """``x.squeeze([dim])`` / ``x.unsqueeze(dim)`` with the axes resolved from the traced shape (the
+    traced batch is 2, so the batch axis is never taken for a size-1 axis)."""
+    shape = _shape(node.args[0])
+    if m == "unsqueeze":
+        if not isinstance(dim, int):
+            raise ExportError(f"{node.name!r}: unsqueeze needs one integer dimension")
+        axes = [dim % (len(shape) + 1)]
+    else:
+        dims = range(len(shape)) if dim is None else [d % len(shape) for d in (dim if isinstance(dim, (tuple, list))
+                                                                             else [dim])]
+        axes = [d for d in dims if shape[d] == 1]
+        if not axes:
+            return x
+    return b.op(m.capitalize(), [x, b.const(f"{node.name}.axes", np.array(axes, np.int64))], node.name)
 
 
 def _getitem(b: _Builder, node, x, idx):

@@ -21,8 +21,8 @@ The graph is built directly with ``onnx.helper`` from a torch.fx trace of the pl
   alpha as scale; WRPN weights are codes with scale ``max|w| / (2^(k-1) - 1)``.
 * biases stay float, added by a separate ``Add`` after the Gemm/Conv/MatMul (a bias input of a
   QDQ Gemm/Conv is requantized to int32 by onnxruntime's optimizer; the engine's is float);
-* float layers stay float; batch norm, pooling, ReLU, reshapes and the LSTM (unrolled over
-  its fixed number of time steps) are exported as plain ONNX operators.
+* float layers stay float; batch norm, pooling, ReLU, reshapes and LSTM and GRU layers (unrolled
+  over their fixed number of time steps, ``onnx_recurrent``) are exported as plain ONNX operators.
 
 The plan, the resolved per-layer configs, the model and the dataset travel in the model's
 ``metadata_props`` (keys ``bitscape.*``).

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from engine.export import qdq
 from engine.export.qdq import _SAMPLE_BATCH, ExportError, _Builder, _emit_act, _emit_weight, _f32
 from engine.plans.handlers import Handlers
-from engine.plans.layers import QUANT_LAYERS, QuantLSTM
+from engine.plans.layers import QUANT_LAYERS
 
 BUILD = Handlers("ONNX export")
 """Module type -> fn(b, node, mod, x, in_shape) -> ONNX tensor name (or a tuple of them)."""
@@ -90,55 +90,6 @@ def _conv(b: _Builder, node, mod: nn.Conv2d, x: str, in_shape: tuple[int, ...]) 
     y = b.op("Conv", [x, wn], "Conv", kernel_shape=_pair(mod.kernel_size), strides=_pair(mod.stride),
              pads=pads + pads, dilations=_pair(mod.dilation), group=mod.groups)
     return _bias(b, y, mod.bias, 3)
-
-
-@BUILD.register(nn.LSTM, QuantLSTM)
-def _lstm(b: _Builder, node, mod: nn.Module, x: str, in_shape: tuple[int, ...]):
-    """A single-layer, batch-first LSTM unrolled over its (fixed) time steps, as the engine does."""
-    if isinstance(mod, nn.LSTM):
-        if mod.num_layers != 1 or mod.bidirectional or not mod.batch_first or mod.proj_size:
-            raise ExportError(f"layer {b.scope!r}: only single-layer, unidirectional, batch-first LSTMs are exported")
-        w_ih, w_hh = mod.weight_ih_l0, mod.weight_hh_l0
-        bias = (mod.bias_ih_l0 + mod.bias_hh_l0) if mod.bias else None
-        wq_ih = wq_hh = None
-        p_x = p_h = None
-    else:
-        w_ih, w_hh = mod.masked("ih"), mod.masked("hh")
-        bias = (mod.bias_ih + mod.bias_hh) if mod.bias_ih is not None else None
-        wq_ih, wq_hh = mod.wq_ih, mod.wq_hh
-        p_x = qdq.act_params(mod.aq, _per_sample(in_shape), b.scope)
-        p_h = qdq.act_params(mod.aq_h, mod.hidden_size, b.scope)
-    if len(in_shape) != 3:
-        raise ExportError(f"layer {b.scope!r}: LSTM input must be (batch, time, features)")
-    t_steps, hid = in_shape[1], mod.hidden_size
-    xq = _emit_act(b, x, p_x, "aq")
-    wih = _emit_weight(b, "weight_ih", w_ih, wq_ih, transpose=True)
-    whh = _emit_weight(b, "weight_hh", w_hh, wq_hh, transpose=True)
-    xs = b.op("MatMul", [xq, wih], "MatMul_ih")
-    if bias is not None:
-        xs = b.op("Add", [xs, b.const(f"{b.scope}.bias", _f32(bias))], "Add_bias")
-    # zero initial state with the dynamic batch size: Expand(zeros(1, H), [B, H])
-    shp = b.op("Shape", [x], "Shape", start=0, end=1)
-    dims = b.op("Concat", [shp, b.const(f"{b.scope}.hidden", np.array([hid], np.int64))], "state_shape", axis=0)
-    zeros = b.const(f"{b.scope}.zeros", np.zeros((1, hid), np.float32))
-    h = c = b.op("Expand", [zeros, dims], "zero_state")
-    split = b.const(f"{b.scope}.gate_split", np.array([hid] * 4, np.int64))
-    outs = []
-    for t in range(t_steps):
-        xt = b.op("Gather", [xs, b.const(f"{b.scope}.t{t}", np.array(t, np.int64))], f"t{t}/Gather", axis=1)
-        hq = _emit_act(b, h, p_h, f"t{t}/aq_h")
-        gates = b.op("Add", [xt, b.op("MatMul", [hq, whh], f"t{t}/MatMul_hh")], f"t{t}/Add")
-        i, f, g, o = b.op("Split", [gates, split], f"t{t}/Split", n_out=4, axis=1)
-        fc = b.op("Mul", [b.op("Sigmoid", [f], f"t{t}/sig_f"), c], f"t{t}/Mul_fc")
-        ig = b.op("Mul", [b.op("Sigmoid", [i], f"t{t}/sig_i"), b.op("Tanh", [g], f"t{t}/tanh_g")], f"t{t}/Mul_ig")
-        c = b.op("Add", [fc, ig], f"t{t}/c")
-        h = b.op("Mul", [b.op("Sigmoid", [o], f"t{t}/sig_o"), b.op("Tanh", [c], f"t{t}/tanh_c")], f"t{t}/h")
-        outs.append(h)
-    ax1 = b.const(f"{b.scope}.axis1", np.array([1], np.int64))
-    ax0 = b.const(f"{b.scope}.axis0", np.array([0], np.int64))
-    seq = b.op("Concat", [b.op("Unsqueeze", [o_, ax1], f"t{t}/Unsqueeze") for t, o_ in enumerate(outs)],
-               "stack", axis=1)
-    return (seq, (b.op("Unsqueeze", [h, ax0], "h_n"), b.op("Unsqueeze", [c, ax0], "c_n")))
 
 
 def _per_sample(shape: tuple[int, ...]) -> int:

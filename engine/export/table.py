@@ -12,8 +12,11 @@ MAPPING_FORMAT = "bitscape-plan-map"
 MAPPING_VERSION = 1
 
 COLUMNS = ("layer", "kind", "w_bits", "a_bits", "quantizer", "per_channel", "widen", "sparsity",
-           "sparsity_fraction", "density", "in_channels", "out_channels", "widened_in_channels",
-           "widened_out_channels", "weights", "macs", "label")
+           "sparsity_fraction", "density", "original_in_channels", "original_out_channels", "widened_in_channels",
+           "widened_out_channels", "original_weights", "widened_weights", "original_macs", "widened_macs", "label")
+"""Shapes come twice: ``original_*`` as the network was built, ``widened_*`` after the plan's widening
+(what the fine-tuned network, the exports and the cost model use; equal where nothing is widened).
+Weights and MACs count dense positions: sparsity is in ``density``, not in these counts."""
 
 
 def resolve(plan: Plan, topology: Topology) -> tuple[dict[str, LayerConfig], dict[int, float]]:
@@ -23,20 +26,22 @@ def resolve(plan: Plan, topology: Topology) -> tuple[dict[str, LayerConfig], dic
 
 
 def rows(plan: Plan, topology: Topology) -> list[dict]:
-    """One row per quantizable layer, in network order: its resolved config and shapes."""
+    """One row per quantizable layer, in network order: its resolved config, and its shapes, weights
+    and MACs both as built (``original_*``) and as widened by the plan (``widened_*``)."""
     configs, factors = resolve(plan, topology)
     out = []
     wide = {w.name: w for w in topology.widened(configs, factors)}
     for info in topology.layers:
         c = configs[info.name]
-        win, wout = wide[info.name].in_channels, wide[info.name].out_channels
+        w = wide[info.name]
         out.append({"layer": info.name, "kind": info.kind,
                     "w_bits": c.w_bits, "a_bits": c.a_bits, "quantizer": c.quantizer,
                     "per_channel": c.per_channel, "widen": c.widen, "sparsity": c.sparsity,
                     "sparsity_fraction": c.sparsity_fraction, "density": c.density,
-                    "in_channels": info.in_channels, "out_channels": info.out_channels,
-                    "widened_in_channels": win, "widened_out_channels": wout,
-                    "weights": info.weights, "macs": info.macs, "label": c.label()})
+                    "original_in_channels": info.in_channels, "original_out_channels": info.out_channels,
+                    "widened_in_channels": w.in_channels, "widened_out_channels": w.out_channels,
+                    "original_weights": info.weights, "widened_weights": w.weights,
+                    "original_macs": info.macs, "widened_macs": w.macs, "label": c.label()})
     return out
 
 

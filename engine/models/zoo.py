@@ -130,6 +130,32 @@ class ResNet20(nn.Module):
         return self.fc(x)
 
 
+class ResNet18(nn.Module):
+    """ResNet-18 (He et al.) for 32x32 inputs: the CIFAR-style stem (one 3x3 convolution, no 7x7 and
+    no max-pool, as 32x32 images cannot afford the 4x downsampling), four stages of two basic blocks
+    (64, 128, 256, 512 channels; stride 2 from the second stage), global average pooling, one Linear.
+    ``width`` scales every stage (64 = the published network, 11.2 M parameters)."""
+
+    def __init__(self, input_shape, num_classes, width=64):
+        super().__init__()
+        c = input_shape[0]
+        self.conv1 = nn.Conv2d(c, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        stages, cin = [], width
+        for i, mult in enumerate((1, 2, 4, 8)):
+            cout = width * mult
+            stages.append(nn.Sequential(BasicBlock(cin, cout, 1 if i == 0 else 2), BasicBlock(cout, cout, 1)))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = F.adaptive_avg_pool2d(x, 1)
+        return self.fc(torch.flatten(x, 1))
+
+
 class _RowRecurrent(nn.Module):
     """Reads an image row by row (one row a time step) with a recurrent layer; classifies the last
     state. The layer is stored under the name of its kind ('lstm' or 'gru'), which plans use."""
@@ -234,6 +260,8 @@ ZOO = {
     "lenet5": ZooEntry("lenet5", LeNet5, "LeNet-5 (3x3 kernels on 8x8 digits)", ("digits", "fashion-mnist", "mnist")),
     "cnn": ZooEntry("cnn", SmallVGG, "small VGG-style CNN (16-16-32-32 conv, 64 fc)", ("fashion-mnist", "mnist", "digits")),
     "resnet20": ZooEntry("resnet20", ResNet20, "ResNet-20 for CIFAR-10 (GPU recommended)", ("cifar10",)),
+    "resnet18": ZooEntry("resnet18", ResNet18, "ResNet-18 for 32x32 inputs (CIFAR-style stem; GPU recommended)",
+                         ("cifar10",)),
     "lstm": ZooEntry("lstm", RowLSTM, "LSTM reading the image row by row (hidden 64)", ("digits", "fashion-mnist", "mnist")),
     "gru": ZooEntry("gru", RowGRU, "GRU reading the image row by row (hidden 64)", ("digits", "fashion-mnist", "mnist")),
     "mobilenetv2": ZooEntry("mobilenetv2", MobileNetV2, "MobileNetV2-style: inverted residuals, depthwise 3x3 "

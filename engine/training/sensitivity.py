@@ -111,9 +111,17 @@ def _load(model_id: str, dataset_id: str, baseline=None, data=None):
 
 
 def _weights(mod: nn.Module) -> list[torch.Tensor]:
-    if isinstance(mod, nn.LSTM):
+    """The weight matrices a plan quantizes: ``weight`` for Linear/Conv2d, the input and recurrent
+    matrices for LSTM/GRU (any ``nn.RNNBase``, plain or already quantized); biases are left out."""
+    if isinstance(mod, nn.RNNBase):
         return [p for n, p in mod.named_parameters() if n.startswith("weight_")]
-    return [mod.weight]
+    from engine.plans.layers import QuantRecurrent
+    if isinstance(mod, QuantRecurrent):
+        return [mod.weight_ih, mod.weight_hh]
+    w = getattr(mod, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        raise UserError(f"layer of type {type(mod).__name__} has no weight tensor to score")
+    return [w]
 
 
 def _quantize(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,6 +216,10 @@ def alps(model_id: str, dataset_id: str, bits: int = 2, base_bits: int = 8, step
     from engine.evaluation import Settings, code_version, evaluation_key
     from engine.explore.jobs import JobRunner
     base, data, topo = _load(model_id, dataset_id, baseline, data)
+    # every layer's weights are looked up before any fine-tune is spent: a layer that cannot be
+    # scored fails here, in a second, not after all the per-layer jobs have run
+    params = {layer.name: int(sum(w.numel() for w in _weights(base.get_submodule(layer.name))))
+              for layer in topo.layers}
     plans = alps_plans(topo, bits, base_bits)
     settings = Settings(steps=steps, seed=seed, distill=distill, score_test=False)   # the score is on validation
     own = runner is None
@@ -244,8 +256,7 @@ def alps(model_id: str, dataset_id: str, bits: int = 2, base_bits: int = 8, step
     rows = []
     for layer in topo.layers:
         ev = results[layer.name]
-        ws = _weights(base.get_submodule(layer.name))
-        rows.append(LayerScore(layer.name, layer.kind, int(sum(w.numel() for w in ws)), ref - ev.val_accuracy,
+        rows.append(LayerScore(layer.name, layer.kind, params[layer.name], ref - ev.val_accuracy,
                                {"val_accuracy": ev.val_accuracy, "reference_val_accuracy": ref, "key": ev.key}))
     return Sensitivity("alps", model_id, dataset_id, rows,
                        {"bits": bits, "base_bits": base_bits, "steps": steps, "seed": seed, "distill": distill})

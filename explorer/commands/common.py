@@ -16,7 +16,8 @@ DEFAULT_DATASET = "digits"
 
 def add_model_args(p, dataset: bool = True) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"zoo model (mlp, lenet5, cnn, resnet20, lstm, gru, mobilenetv2) or package.module:function (default {DEFAULT_MODEL})")
+                   help=f"zoo model (mlp, lenet5, cnn, resnet20, resnet18, lstm, gru, mobilenetv2) or "
+                        f"package.module:function (default {DEFAULT_MODEL})")
     if dataset:
         p.add_argument("--dataset", default=None,
                        help="digits, fashion-mnist, mnist, cifar10, synthetic or package.module:function "
@@ -24,14 +25,63 @@ def add_model_args(p, dataset: bool = True) -> None:
         p.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
 
 
+MAX_INPUT_ELEMENTS = 50_000_000
+
+
+def add_shape_args(p) -> None:
+    """``--input-shape``/``--num-classes``: describe a model's input without naming a dataset."""
+    p.add_argument("--input-shape", default=None, metavar="C,H,W",
+                   help="one example's shape, e.g. 1,28,28 (or 28,28 for a sequence): lets your own model "
+                        "be planned and costed without --dataset")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classes the model predicts with --input-shape (default 10)")
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """``"1,28,28"`` -> (1, 28, 28); anything else is a one-line UserError."""
+    parts = [t.strip() for t in str(text).replace("x", ",").split(",")]
+    if not parts or not 1 <= len(parts) <= 4 or not all(t.isdigit() and len(t) <= 7 for t in parts):
+        raise UserError(f"--input-shape {text!r}: give 1 to 4 positive integers separated by commas, e.g. 1,28,28")
+    shape = tuple(int(t) for t in parts)
+    n = 1
+    for d in shape:
+        n *= d
+    if min(shape) < 1 or n > MAX_INPUT_ELEMENTS:
+        raise UserError(f"--input-shape {text!r}: every dimension must be at least 1 and the example at most "
+                        f"{MAX_INPUT_ELEMENTS:,} elements")
+    return shape
+
+
+def input_spec(args) -> tuple[tuple[int, ...], int, str] | None:
+    """(input shape, classes, description) from --input-shape, or None when it was not given;
+    giving it together with --dataset is refused (which one would hold?)."""
+    text = getattr(args, "input_shape", None)
+    classes = getattr(args, "num_classes", None)
+    if text is None:
+        if classes is not None:
+            raise UserError("--num-classes goes with --input-shape")
+        return None
+    if getattr(args, "dataset", None) is not None:
+        raise UserError("give --input-shape or --dataset, not both (the dataset fixes the input shape)")
+    shape = parse_input_shape(text)
+    classes = 10 if classes is None else classes
+    if not 2 <= classes <= 100_000:
+        raise UserError(f"--num-classes must be between 2 and 100000 (got {classes})")
+    return shape, classes, f"input {'x'.join(map(str, shape))}, {classes} classes"
+
+
 def model_dataset(args) -> tuple[str, str]:
     from engine.models.zoo import ZOO
     ds = getattr(args, "dataset", None)
+    given = input_spec(args)
+    if given is not None:
+        return args.model, given[2]
     if ds is None:
         if args.model in ZOO:
             ds = ZOO[args.model].datasets[0]
         else:
-            raise UserError(f"--dataset is required with your own model {args.model!r}")
+            hint = " (or --input-shape C,H,W)" if hasattr(args, "input_shape") else ""
+            raise UserError(f"--dataset is required with your own model {args.model!r}{hint}")
     return args.model, ds
 
 

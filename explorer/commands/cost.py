@@ -5,12 +5,13 @@ import math
 
 from engine.errors import UserError
 
-from .common import add_model_args, model_dataset, print_json
+from .common import add_model_args, add_shape_args, model_dataset, print_json
 
 
 def register(sub) -> None:
     p = sub.add_parser("cost", help="per-layer cost of a plan on an accelerator profile")
     add_model_args(p)
+    add_shape_args(p)
     p.add_argument("--plan", default=None, help="plan JSON file (default: every layer in float)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--profile", help="profile name (see 'bitscape profiles') or path to a profile .json file")
@@ -68,7 +69,8 @@ def run_cost(args) -> int:
         speed = measure_speed(topo.widened(configs), prof, args.batch, n_scalar=100, n_vector=10000)
     if args.json:
         d = rep.to_dict()
-        d.update(model=model, dataset=dataset, plan=args.plan, plan_digest=plan.digest(), profile_status=prof.status)
+        d.update(model=model, dataset=None if args.input_shape else dataset, input_shape=list(topo.input_shape),
+                 plan=args.plan, plan_digest=plan.digest(), profile_status=prof.status)
         if speed:
             d["speed"] = speed
         print_json(_finite(d))

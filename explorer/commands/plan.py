@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .common import add_model_args, model_dataset
+from .common import add_model_args, add_shape_args, input_spec, model_dataset
 
 
 def register(sub) -> None:
@@ -12,10 +12,12 @@ def register(sub) -> None:
     cmds.required = True
     t = cmds.add_parser("template", help="print a valid plan listing every layer of a model (all FP32)")
     add_model_args(t)
+    add_shape_args(t)
     t.set_defaults(func=template)
     v = cmds.add_parser("validate", help="check a plan file against a model (exit 0 when valid, 2 when not)")
     v.add_argument("file")
     add_model_args(v)
+    add_shape_args(v)
     v.set_defaults(func=validate)
     s = cmds.add_parser("schema", help="print the plan JSON Schema")
     s.set_defaults(func=lambda args: print(json.dumps(__import__("engine.plans.plan", fromlist=["x"]).plan_schema(), indent=2)))
@@ -25,6 +27,10 @@ def topology_for(args):
     from engine.models.data import dataset_spec
     from engine.models.zoo import build_model
     from engine.plans.graph import analyze
+    given = input_spec(args)
+    if given is not None:
+        shape, classes, _ = given
+        return analyze(build_model(args.model, shape, classes), shape)
     model, dataset = model_dataset(args)
     spec = dataset_spec(dataset)
     return analyze(build_model(model, spec.input_shape, spec.num_classes), spec.input_shape)

@@ -69,6 +69,21 @@ def test_table_and_mapping_commands(tmp_path, capsys):
     assert [r["layer"] for r in rows] == ["fc1", "fc2", "fc3"]
     assert rows[0]["sparsity"] == "2:4" and rows[0]["widened_out_channels"] == "256"
     assert rows[1]["widened_in_channels"] == "256" and rows[2]["w_bits"] == "8"
+    # both sizes, named: fc1 (64 -> 128) is widened to 64 -> 256, so fc2 reads 256 inputs
+    assert (rows[0]["original_out_channels"], rows[0]["original_weights"], rows[0]["widened_weights"]) == \
+        ("128", str(64 * 128), str(64 * 256))
+    assert (rows[1]["original_macs"], rows[1]["widened_macs"]) == (str(128 * 64), str(256 * 64))
+    assert rows[2]["original_weights"] == rows[2]["widened_weights"] == str(64 * 10)
+    assert "weights" not in rows[0] and "macs" not in rows[0]   # no unlabelled column left to misread
+    # the widened MACs are the ones the cost model prices
+    from engine.cost import cost_topology, load_profile
+    from engine.models.data import dataset_spec
+    from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
+    spec = dataset_spec("digits")
+    topo = analyze(build_model("mlp", spec.input_shape, spec.num_classes), spec.input_shape)
+    rep = cost_topology(topo, PLAN.resolve(topo.names), load_profile("bops"))
+    assert [str(int(lc.macs)) for lc in rep.layers] == [r["widened_macs"] for r in rows]
     assert main(["export", "mapping", "--model", "mlp", "--plan", str(plan_path),
                  "--out", str(tmp_path / "m.json")]) == 0
     m = json.loads((tmp_path / "m.json").read_text())

@@ -40,8 +40,10 @@ def test_deploy_and_onnx_tables_cover_the_layer_kinds():
     assert LOWER.lookup(nn.Conv2d(1, 1, 1)) is conv2d and LOWER.lookup(QuantConv2d(1, 1, 1)) is conv2d
     assert LOWER.lookup(nn.LSTM(2, 2)) is lstm
     assert LOWER.lookup(QuantLSTM(2, 2, LayerConfig())) is quant_lstm
-    assert QuantGRU not in LOWER.types() and QuantGRU not in BUILD.types()
-    for t in (nn.Linear, nn.Conv2d, nn.LSTM, QuantLSTM, nn.BatchNorm2d, nn.ReLU, nn.Flatten, nn.MaxPool2d):
+    from engine.deploy.recurrent import lower_gru
+    assert LOWER.lookup(nn.GRU(2, 2)) is lower_gru and LOWER.lookup(QuantGRU(2, 2, LayerConfig())) is lower_gru
+    for t in (nn.Linear, nn.Conv2d, nn.LSTM, QuantLSTM, nn.GRU, QuantGRU, nn.BatchNorm2d, nn.ReLU, nn.Flatten,
+              nn.MaxPool2d):
         assert t in BUILD.types()
 
 

@@ -116,3 +116,59 @@ def test_hessian_trace_matches_the_exact_trace_on_a_tiny_network():
         exact = float(torch.diagonal(h.detach().reshape(params[name].numel(), -1)).sum())
         assert row.detail["trace"] == pytest.approx(exact, rel=0.08), (row.layer, row.detail["trace"], exact)
         assert abs(exact) > 1e-3  # a real curvature, not a vanishing one the estimate trivially matches
+
+
+@pytest.mark.parametrize("model", ["gru", "lstm"])
+def test_recurrent_layers_are_scored_by_every_method(model):
+    """GRU and LSTM layers have no ``.weight``: every method scores their two weight matrices
+    (a GRU's EAGL used to die with AttributeError: 'GRU' object has no attribute 'weight')."""
+    from engine.explore.store import Store
+    from tests.engine.test_jobs import shared_runner
+    e = eagl(model, "digits", bits=4)
+    assert [r.layer for r in e.rows] == [model, "fc"]
+    gates = 3 if model == "gru" else 4
+    assert e.rows[0].params == gates * 64 * (8 + 64)      # weight_ih (G*H, 8) + weight_hh (G*H, H)
+    assert 0 < e.rows[0].score <= 4
+    h = hessian(model, "digits", bits=4, batches=1, batch_size=64, probes=2)
+    assert [r.layer for r in h.rows] == [model, "fc"] and h.rows[0].detail["quant_perturbation"] > 0
+    store = Store(":memory:")
+    a = alps(model, "digits", bits=2, steps=2, runner=shared_runner(store), store=store)
+    assert [r.layer for r in a.rows] == [model, "fc"] and a.rows[0].params == e.rows[0].params
+
+
+def test_alps_refuses_an_unscorable_layer_before_any_fine_tune(monkeypatch):
+    """A layer whose weights cannot be read stops ALPS before a single job is submitted."""
+    import engine.training.sensitivity as S
+
+    class Runner:
+        submitted = 0
+
+        def submit(self, *a, **k):
+            Runner.submitted += 1
+            raise AssertionError("a fine-tune was submitted")
+
+        def shutdown(self):
+            pass
+
+    real = S._weights
+
+    def weights(mod):
+        if type(mod).__name__ == "GRU":
+            raise UserError("layer of type GRU has no weight tensor to score")
+        return real(mod)
+
+    monkeypatch.setattr(S, "_weights", weights)
+    with pytest.raises(UserError, match="GRU has no weight"):
+        alps("gru", "digits", bits=2, steps=2, runner=Runner())
+    assert Runner.submitted == 0
+
+
+def test_greedy_sweep_on_the_gru():
+    """`bitscape sweep --model gru` died in the EAGL order of its seed plans (no ``GRU.weight``)."""
+    from engine.explore.store import Store
+    from engine.explore.sweep import run_sweep
+    from tests.engine.test_jobs import shared_runner
+    store = Store(":memory:")
+    res = run_sweep("gru", "digits", "bops", budget=2, finetune=0, steps=2, method="greedy", store=store,
+                    runner=shared_runner(store))
+    assert len(res.points) >= 2 and set(res.points["status"]) <= {"estimated", "fine-tuned"}
