@@ -3,7 +3,9 @@
 Targets: ``packed`` (bitscape's kernels through ``engine.deploy``: per layer span and whole
 network), ``onnxruntime`` (the exported QDQ model: whole network, and per layer from ORT's
 profiler, each node counted with the layer whose name prefixes it, unnamed nodes with the layer
-before them), ``torch-cuda`` (only where a GPU is present; it is not implemented yet and says so).
+before them), ``torch-cuda`` (only where a GPU is present, ``engine.cost.measure_cuda``: int8 GEMMs via
+``torch._int_mm``, 2:4 via semi-structured sparse tensors, the rest in fp16 or bf16; where no GPU is
+present the target is skipped with 'no GPU').
 A plan is applied to the FP32 baseline and calibrated (no fine-tune: timing does not need it).
 Rows: target, model, dataset, plan_hash, plan, layer (or ``total``), batch, seconds (median of
 repeats), repeats, machine, weights. A sidecar JSON (``plans_path``) keeps each plan by its hash.
@@ -282,27 +284,21 @@ def ort_layers(blob: bytes, x: np.ndarray, layers: Sequence[str], repeats: int, 
     return {k: statistics.median(v) for k, v in out.items()}
 
 
-def has_cuda() -> bool:
-    try:
-        import torch
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
-
-
 # ----------------------------------------------------------------------------- the driver
 
 def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[str] = ("packed",),
             batches: Sequence[int] = (1,), repeats: int = 5, data_root: str | None = None,
             random_weights: bool = False, per_layer: bool = True, threads: int = 1,
             progress: Callable[[str], None] | None = None, calib_size: int = 256,
-            skipped: list | None = None) -> tuple[list[dict], dict]:
+            skipped: list | None = None, cuda_dtype: str = "fp16") -> tuple[list[dict], dict]:
     """Time ``plans`` of ``model`` on each target; returns (tidy rows, {plan_hash: plan dict}).
 
     Each target's points (plan x batch) are timed in interleaved rounds; the whole-network time is
     taken around the call, per-layer times from the runtime's own spans / profile. A target that
     cannot run a plan (e.g. the exporter refuses it) raises, or, when ``skipped`` is a list, that
-    plan is left out on that target and noted there as {target, model, plan, reason}."""
+    plan is left out on that target and noted there as {target, model, plan, reason}. ``torch-cuda``
+    where no GPU is present is skipped (said through ``progress``, noted in ``skipped``); when no target
+    is left, that is a MeasureError saying 'no GPU'. ``cuda_dtype``: the GPU's float dtype, fp16 or bf16."""
     for t in targets:
         if t not in TARGETS:
             raise MeasureError(f"unknown target {t!r}; targets are {', '.join(TARGETS)}")
@@ -313,11 +309,19 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
     for b in batches:
         if b < 1:
             raise MeasureError(f"batch sizes must be at least 1 (got {b})")
-    if "torch-cuda" in targets and not has_cuda():
-        raise MeasureError("target 'torch-cuda': no GPU here (torch.cuda.is_available() is False)")
-    if "torch-cuda" in targets:
-        raise MeasureError("target 'torch-cuda' is not implemented yet")
     say = progress or (lambda m: None)
+    if "torch-cuda" in targets:
+        from .measure_cuda import DTYPES, no_gpu_reason
+        if cuda_dtype not in DTYPES:
+            raise MeasureError(f"--cuda-dtype must be one of {', '.join(DTYPES)} (got {cuda_dtype!r})")
+        reason = no_gpu_reason()
+        if reason is not None:
+            targets = [t for t in targets if t != "torch-cuda"]
+            say(f"target torch-cuda skipped: {reason}")
+            if skipped is not None:
+                skipped.append({"target": "torch-cuda", "model": model, "plan": "all", "reason": reason})
+            if not targets:
+                raise MeasureError(f"nothing measured: target 'torch-cuda' skipped: {reason}")
     src = model_source(model, dataset, data_root, random_weights, calib_size=calib_size)
     preps = []
     for plan in plans:
@@ -326,12 +330,19 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
         preps.append(prepare_plan(src, plan))
         say(f"prepared {model} {plan_label(plan)}")
     mach = machine()
+    mach_cuda = None
+    if "torch-cuda" in targets:
+        import torch
+
+        from .measure_cuda import gpu_name
+        mach_cuda = f"{gpu_name()}; torch {torch.__version__}; float {cuda_dtype}"
     rows: list[dict] = []
     plan_map = {p.plan.digest(): {"plan": p.plan.to_dict(), "model": model, "dataset": dataset} for p in preps}
 
     def emit(target, prep, b, layers: dict, total: float):
         base = {"target": target, "model": model, "dataset": dataset, "plan_hash": prep.plan.digest(),
-                "plan": plan_label(prep.plan), "batch": b, "repeats": repeats, "machine": mach,
+                "plan": plan_label(prep.plan), "batch": b, "repeats": repeats,
+                "machine": mach_cuda if target == "torch-cuda" else mach,
                 "weights": prep.weights}
         for name in src.names:
             if per_layer and name in layers:
@@ -359,6 +370,9 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
                 keys.append((prep, b))
                 if target == "packed":
                     points.append(packed_point(prep, b))
+                elif target == "torch-cuda":
+                    from .measure_cuda import cuda_point
+                    points.append(cuda_point(prep.applied, batch_of(prep.sample, b), cuda_dtype))
                 else:
                     points.append(ort_point(blobs[id(prep)], batch_of(prep.sample, b), threads))
         results = time_rounds(points, repeats)
