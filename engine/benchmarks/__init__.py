@@ -9,4 +9,5 @@ BENCHMARKS = {
     "cost": "engine.benchmarks.cost",
     "search": "engine.benchmarks.search",
     "seeds": "engine.benchmarks.seeds",
+    "runtime": "engine.benchmarks.runtime",
 }

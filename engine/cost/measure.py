@@ -176,11 +176,17 @@ def machine() -> str:
     return f"{cpu}; {os.cpu_count()} cores; {os.environ.get('OMP_NUM_THREADS', '?')} thread(s)"
 
 
-def time_rounds(points: Sequence[Callable[[], dict]], repeats: int, warmup: int = 2) -> list[tuple[dict, float]]:
+STATS = {"median": statistics.median, "min": min}
+
+
+def time_rounds(points: Sequence[Callable[[], dict]], repeats: int, warmup: int = 2,
+                stat: str = "median") -> list[tuple[dict, float]]:
     """Run every point once per round, ``repeats`` rounds (a load burst hits every point alike).
 
-    A point is a callable returning {layer: seconds} for one run; returns per point the median
-    seconds per layer and the median whole-run seconds (timed around the call)."""
+    A point is a callable returning {layer: seconds} for one run; returns per point the ``stat``
+    (median, or min: the least disturbed run on a loaded machine) of the seconds per layer and of the
+    whole-run seconds (timed around the call)."""
+    agg = STATS[stat]
     for p in points:
         for _ in range(warmup):
             p()
@@ -193,7 +199,7 @@ def time_rounds(points: Sequence[Callable[[], dict]], repeats: int, warmup: int 
             totals[i].append(time.perf_counter() - t0)
             for k, v in layers.items():
                 per[i].setdefault(k, []).append(v)
-    return [({k: statistics.median(v) for k, v in d.items()}, statistics.median(t)) for d, t in zip(per, totals)]
+    return [({k: agg(v) for k, v in d.items()}, agg(t)) for d, t in zip(per, totals)]
 
 
 def packed_point(prep: Prepared, b: int) -> Callable[[], dict]:
@@ -290,7 +296,7 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
             batches: Sequence[int] = (1,), repeats: int = 5, data_root: str | None = None,
             random_weights: bool = False, per_layer: bool = True, threads: int = 1,
             progress: Callable[[str], None] | None = None, calib_size: int = 256,
-            skipped: list | None = None, cuda_dtype: str = "fp16") -> tuple[list[dict], dict]:
+            skipped: list | None = None, cuda_dtype: str = "fp16", stat: str = "median") -> tuple[list[dict], dict]:
     """Time ``plans`` of ``model`` on each target; returns (tidy rows, {plan_hash: plan dict}).
 
     Each target's points (plan x batch) are timed in interleaved rounds; the whole-network time is
@@ -298,10 +304,13 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
     cannot run a plan (e.g. the exporter refuses it) raises, or, when ``skipped`` is a list, that
     plan is left out on that target and noted there as {target, model, plan, reason}. ``torch-cuda``
     where no GPU is present is skipped (said through ``progress``, noted in ``skipped``); when no target
-    is left, that is a MeasureError saying 'no GPU'. ``cuda_dtype``: the GPU's float dtype, fp16 or bf16."""
+    is left, that is a MeasureError saying 'no GPU'. ``cuda_dtype``: the GPU's float dtype, fp16 or bf16.
+    ``stat``: what the repeats are reduced to, 'median' (default) or 'min'."""
     for t in targets:
         if t not in TARGETS:
             raise MeasureError(f"unknown target {t!r}; targets are {', '.join(TARGETS)}")
+    if stat not in STATS:
+        raise MeasureError(f"--stat must be one of {', '.join(STATS)} (got {stat!r})")
     if repeats < 1:
         raise MeasureError(f"--repeats must be at least 1 (got {repeats})")
     if not plans:
@@ -375,7 +384,7 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
                     points.append(cuda_point(prep.applied, batch_of(prep.sample, b), cuda_dtype))
                 else:
                     points.append(ort_point(blobs[id(prep)], batch_of(prep.sample, b), threads))
-        results = time_rounds(points, repeats)
+        results = time_rounds(points, repeats, stat=stat)
         for (prep, b), (layers, total) in zip(keys, results):
             if target == "onnxruntime" and per_layer:
                 layers = ort_layers(blobs[id(prep)], batch_of(prep.sample, b), src.names, repeats, threads)
