@@ -65,8 +65,9 @@ class GemmOp(nn.Module):
         w = weight.detach().float().to(device)
         self.bias = None if bias is None else bias.detach().to(device, dtype)
         if path == "int8":
-            # torch._int_mm on CUDA wants m > 16 and k, n multiples of 8: pad k and n here, m at run time
-            self.kp, self.np_ = (_round_up(self.k, 8), _round_up(self.n, 8)) if cuda else (self.k, self.n)
+            # torch._int_mm on CUDA wants m > 16 and k, n multiples of 8 (16 here, to be safe across
+            # versions): pad k and n here, m at run time
+            self.kp, self.np_ = (_round_up(self.k, 16), _round_up(self.n, 16)) if cuda else (self.k, self.n)
             s = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
             codes = torch.zeros(self.np_, self.kp, dtype=torch.int8, device=device)
             codes[: self.n, : self.k] = torch.round(w / s[:, None]).clamp(-127, 127).to(torch.int8)
@@ -90,7 +91,7 @@ class GemmOp(nn.Module):
             return F.linear(x.to(self.dtype), self.w, self.bias)
         m = x.shape[0]
         if self.path == "2:4":
-            mp = _round_up(max(m, 1), 8)
+            mp = _round_up(max(m, 1), 64)       # the dense operand in whole 64-row tiles
             xp = F.pad(x.to(self.dtype), (0, self.kp - self.k, 0, mp - m))
             y = F.linear(xp, self.w_sparse)[:m, : self.n]
             return y + self.bias if self.bias is not None else y
