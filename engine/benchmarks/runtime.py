@@ -3,7 +3,7 @@
 Per model and uniform plan (W8A8, W4A4, W2A2, W1A1) and batch (1 and 64): whole-network latency of
 bitscape's packed kernels (``engine.deploy``), of onnxruntime running the plan's exported QDQ model, and
 of the FP32 torch network, all on one thread, every point of a model timed in the same interleaved
-rounds (medians), so the ratios are side by side. The packed path's moonshot is >= 2x onnxruntime at
+rounds (min of the repeats by default, or medians), so the ratios are side by side. The packed path's moonshot is >= 2x onnxruntime at
 W2A2 and below. Seeded fresh weights stand in where a baseline or dataset is missing: speed does not
 depend on the weights' values. Tests check the bookkeeping, never the figures.
 """
@@ -33,28 +33,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "resnet20:cifar10)")
     parser.add_argument("--bits", default=None, help="comma-separated uniform bit-widths (default 8,4,2,1)")
     parser.add_argument("--batch", default=None, help="comma-separated batch sizes (default 1,64; 1,16 with --quick)")
+    parser.add_argument("--stat", default="min", choices=("min", "median"),
+                        help="what each point's repeats are reduced to (default min: a loaded machine's "
+                             "preemptions add tens of ms to some runs)")
 
 
 def torch_point(base, x):
-    """One FP32 forward pass of the torch network on one thread."""
+    """One FP32 forward pass of the torch network (``bench_model`` holds torch to one thread)."""
     import torch
     xt = torch.from_numpy(x)
 
     def run() -> dict:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with torch.inference_mode():
-                base(xt)
-        finally:
-            torch.set_num_threads(threads)
+        with torch.inference_mode():
+            base(xt)
         return {}
     return run
 
 
-def bench_model(model: str, dataset: str, bits=BITS, batches=(1, 64), repeats: int = 15, progress=None) -> dict:
-    """Median whole-network seconds of packed / onnxruntime / torch FP32 per plan and batch, one
-    interleaved set of rounds; a plan a runtime cannot run is noted in 'skipped'."""
+def bench_model(model: str, dataset: str, bits=BITS, batches=(1, 64), repeats: int = 15, progress=None,
+                stat: str = "min") -> dict:
+    """Whole-network seconds (``stat`` of the repeats: min, or median) of packed / onnxruntime / torch
+    FP32 per plan and batch, one interleaved set of rounds; a plan a runtime cannot run is noted in
+    'skipped'."""
+    import torch
     from engine.cost.measure import (
         batch_of,
         model_source,
@@ -88,7 +89,12 @@ def bench_model(model: str, dataset: str, bits=BITS, batches=(1, 64), repeats: i
                 keys.append(("onnxruntime", plan.name, b))
                 points.append(ort_point(blob, x))
         say(f"prepared {model} {plan.name}")
-    timed = time_rounds(points, repeats)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        timed = time_rounds(points, repeats, stat=stat)
+    finally:
+        torch.set_num_threads(threads)
     secs = {k: t for k, (_, t) in zip(keys, timed)}
     rows = []
     for plan in uniform_plans(bits):
@@ -100,7 +106,8 @@ def bench_model(model: str, dataset: str, bits=BITS, batches=(1, 64), repeats: i
                          "packed_vs_ort": (o / p) if (o and p) else None,
                          "packed_vs_torch": (t / p) if (t and p) else None,
                          "ort_vs_torch": (t / o) if (t and o) else None})
-    return {"model": model, "dataset": dataset, "weights": src.weights, "rows": rows, "skipped": skipped}
+    return {"model": model, "dataset": dataset, "weights": src.weights, "stat": stat, "rows": rows,
+            "skipped": skipped}
 
 
 def moonshot(rows: list[dict]) -> dict:
@@ -140,14 +147,14 @@ def run(args) -> int:
     batches = _ints(args.batch, "--batch", 1) if args.batch else cfg["batches"]
     repeats = args.repeats or cfg["repeats"]
     say = None if args.json else (lambda m: print(m, file=sys.stderr))
-    results = [bench_model(m, d, bits, batches, repeats, say) for m, d in models]
+    results = [bench_model(m, d, bits, batches, repeats, say, args.stat) for m, d in models]
     rows = [r for x in results for r in x["rows"]]
     out = {"machine": machine(), "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
-           "repeats": repeats, "results": results, "moonshot": moonshot(rows)}
+           "repeats": repeats, "stat": args.stat, "results": results, "moonshot": moonshot(rows)}
     if args.json:
         print(json.dumps(out, default=lambda o: None if isinstance(o, float) and not math.isfinite(o) else o))
         return 0
-    print(f"end-to-end latency, medians of {repeats} interleaved runs, one thread; {out['machine']}; "
+    print(f"end-to-end latency, {args.stat} of {repeats} interleaved runs, one thread; {out['machine']}; "
           f"load average {out['loadavg']}")
     print(f"  {'model':<9} {'plan':<5} {'batch':>5} {'packed ms':>10} {'ORT ms':>10} {'torch ms':>10}"
           f"   {'packed/ORT':>10} {'packed/torch':>12} {'ORT/torch':>9}   (speedups: x > 1 = faster)")
