@@ -15,8 +15,10 @@ from engine.cost.calibrate_measured import (
     predict_all,
     rows_from_frame,
     structure_label,
+    fitted_profile,
     structures,
 )
+from engine.cost.profiles import Profile
 from engine.cost.measure import COLUMNS, uniform_plans
 from engine.plan import LayerConfig, Plan
 
@@ -71,3 +73,7 @@ def test_tie_carries_1bit_weight_cost_to_mixed_plans():
     test = rows_from_frame(dm, pmm, "packed", "total")
     meas = np.array([r.seconds for r in test])
     assert np.all(np.abs(predict_all(test, cal.profile) / meas - 1) < 0.02)
+    # the fitted profile records the tie and loads (what cost / sweep / serve --profile-file read)
+    d = fitted_profile(cal, "tied", "0" * 64, "m.csv", "packed", True, "both")
+    assert d["fit"]["structure"]["fit.tie"] == SERIAL_TIE and "fit.tie" not in d
+    assert Profile(d, "<fitted>").to_dict()["compute"]["efficiency"]["1"] == cal.params["compute.efficiency.2"]
