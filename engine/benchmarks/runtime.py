@@ -56,6 +56,7 @@ def bench_model(model: str, dataset: str, bits=BITS, batches=(1, 64), repeats: i
     FP32 per plan and batch, one interleaved set of rounds; a plan a runtime cannot run is noted in
     'skipped'."""
     import torch
+
     from engine.cost.measure import (
         batch_of,
         model_source,

@@ -12,14 +12,14 @@ from engine.cost.calibrate_measured import (
     _fit,
     calibrate,
     default_params,
+    fitted_profile,
     predict_all,
     rows_from_frame,
     structure_label,
-    fitted_profile,
     structures,
 )
-from engine.cost.profiles import Profile
 from engine.cost.measure import COLUMNS, uniform_plans
+from engine.cost.profiles import Profile
 from engine.plan import LayerConfig, Plan
 
 LENET = ["conv1", "conv2", "fc1", "fc2", "fc3"]
