@@ -15,8 +15,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" - "$OUT" <<'PYEOF'
 import os, sys
 from engine.cost.measure import model_source
-from engine.plan import LayerConfig, Plan, PlanError
-from engine.graph import analyze
+from engine.plans.plan import LayerConfig, Plan, PlanError
+from engine.plans.graph import analyze
 out = sys.argv[1]
 for m, d in (("lenet5", "digits"), ("cnn", "fashion-mnist"), ("resnet20", "cifar10")):
     os.makedirs(f"{out}/plans-{m}", exist_ok=True)

@@ -8,10 +8,10 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
-from .graph import Topology, analyze
-from .layers import QUANT_LAYERS, QuantConv2d, QuantGRU, QuantLinear, QuantLSTM, act_quantizers
-from .plan import LayerConfig, Plan
-from .widen import widen_model
+from engine.plans.graph import Topology, analyze
+from engine.plans.layers import QUANT_LAYERS, QuantConv2d, QuantGRU, QuantLinear, QuantLSTM, act_quantizers
+from engine.plans.plan import LayerConfig, Plan
+from engine.plans.widen import widen_model
 
 
 @dataclass

@@ -12,13 +12,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .assets import data_dir
-from .checkpoint import load_state, save_state
-from .data import Dataset, load_dataset
-from .errors import UserError
-from .evaluation import Settings, code_version
-from .finetune import Progress, accuracy, train
-from .zoo import build_model
+from engine.assets import data_dir
+from engine.errors import UserError
+from engine.evaluation import Settings, code_version
+from engine.models.checkpoint import load_state, save_state
+from engine.models.data import Dataset, load_dataset
+from engine.models.zoo import build_model
+from engine.training.finetune import Progress, accuracy, train
 
 DATA_DIR = data_dir()
 SHIPPED = DATA_DIR / "baselines"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
-from .fileio import atomic_write_bytes, load_json
+from engine.errors import UserError
+from engine.fileio import atomic_write_bytes, load_json
 
 META_KEY = "bitscape"
 HASH_KEY = "bitscape.sha256"

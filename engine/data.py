@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
-from .fileio import clip
-from .zoo import check_reference, is_reference, load_callable
+from engine.errors import UserError
+from engine.fileio import clip
+from engine.models.zoo import check_reference, is_reference, load_callable
 
 FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",)
 
@@ -77,7 +77,7 @@ def register_dataset(ref: str) -> DatasetSpec:
     mod, sep, attr = ref.partition(":")
     if not (sep and mod and attr):
         raise UserError(f"dataset {ref!r}: give your own dataset as package.module:function")
-    from .zoo import allow_reference
+    from engine.models.zoo import allow_reference
     allow_reference(ref)  # typed by the user on serve's command line
     d = load_dataset(ref)
     spec = DatasetSpec(ref, d.input_shape, d.num_classes,

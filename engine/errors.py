@@ -1,7 +1,7 @@
 """The error users see: a clear message, exit code 2 on the command line, no traceback."""
 from __future__ import annotations
 
-from .plan import PlanError
+from engine.plans.plan import PlanError
 
 
 class UserError(ValueError):

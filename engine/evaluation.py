@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .fileio import clip
+from engine.errors import UserError
+from engine.fileio import clip
 
 STATUSES = ("estimated", "fine-tuned", "failed")
 RECORD_VERSION = 1

@@ -55,7 +55,7 @@ def load_json(text: str | bytes, what: str, error: type[Exception] | None = None
     MAX_INT_DIGITS, NaN/Infinity unless ``constants``, invalid UTF-8 and invalid JSON.
     """
     if error is None:
-        from .errors import UserError as error
+        from engine.errors import UserError as error
     if isinstance(text, (bytes, bytearray)):
         try:
             text = bytes(text).decode("utf-8")

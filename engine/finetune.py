@@ -15,12 +15,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .apply import quant_layers
-from .data import Dataset, batches
-from .distill import kd_loss
-from .errors import UserError
-from .evaluation import MAX_STEPS, Settings
-from .fileio import clip
+from engine.errors import UserError
+from engine.evaluation import MAX_STEPS, Settings
+from engine.fileio import clip
+from engine.models.data import Dataset, batches
+from engine.plans.apply import quant_layers
+from engine.training.distill import kd_loss
 
 Progress = Callable[[float, str], None]
 

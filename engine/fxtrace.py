@@ -6,7 +6,7 @@ patch installed for good, and a forward pass another thread runs meanwhile is ro
 tracer and fails. ``Tracer`` takes one process-wide lock for each trace and lets every other
 thread's module calls through untouched.
 
-Graph analysis (``engine.graph``), packed deployment (``engine.deploy.lower``) and ONNX export
+Graph analysis (``engine.plans.graph``), packed deployment (``engine.deploy.lower``) and ONNX export
 (``engine.export.builder``) all trace with this ``Tracer``, so they agree on what a layer is: the
 quantizable layers, batch norm and bitscape's fake-quantized layers are leaves (as is every
 module of ``torch.nn``, torch.fx's own rule); everything else is traced through.
@@ -30,8 +30,8 @@ def leaf_types() -> tuple[type, ...]:
     and any type given to ``register_leaf``."""
     import torch.nn as nn
 
-    from .layers import (
-        QUANT_LAYERS,  # imported late: engine.layers imports the plan and quantizers
+    from engine.plans.layers import (
+        QUANT_LAYERS,  # imported late: engine.plans.layers imports the plan and quantizers
     )
     return (QUANT_LAYERS + (nn.Linear, nn.Conv2d, nn.LSTM, nn.GRU, nn.RNN, nn.BatchNorm1d, nn.BatchNorm2d)
             + tuple(_EXTRA_LEAVES))

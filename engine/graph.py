@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .fxtrace import trace
-from .plan import LayerConfig, PlanError
+from engine.plans.fxtrace import trace
+from engine.plans.plan import LayerConfig, PlanError
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear, nn.LSTM, nn.GRU)
 GATES = {"lstm": 4, "gru": 3}  # gate blocks of a recurrent layer's weight rows

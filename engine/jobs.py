@@ -3,11 +3,11 @@
 ``JobRunner()`` runs jobs on a pool of long-lived local worker processes (spawn context, one
 torch thread each; a worker that dies is replaced and only its job fails). With
 ``scheduler="tcp://HOST:PORT"`` jobs run on an existing Dask distributed cluster instead.
-Either way the worker calls ``engine.pipeline.evaluate_plan``; progress flows back to the
+Either way the worker calls ``engine.explore.pipeline.evaluate_plan``; progress flows back to the
 runner (a multiprocessing queue, or Dask worker events) and ``status()`` reads it without
 blocking. Finished Evaluations (fine-tuned, estimated or failed with their reason) are
 written to the Store by the runner, attached to the job's session; with a store file, the
-worker also saves the network it evaluated beside it (engine.artifacts), for downloads.
+worker also saves the network it evaluated beside it (engine.models.artifacts), for downloads.
 ``nice`` lowers the local workers' CPU priority (``bitscape serve`` uses SERVER_WORKER_NICE).
 """
 from __future__ import annotations
@@ -23,9 +23,9 @@ import traceback
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .errors import USER_ERRORS, UserError
-from .evaluation import Evaluation, Settings, code_version
-from .plan import Plan
+from engine.errors import USER_ERRORS, UserError
+from engine.evaluation import Evaluation, Settings, code_version
+from engine.plans.plan import Plan
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL = ("done", "failed", "cancelled")
@@ -70,8 +70,8 @@ def _baseline_and_data(model: str, dataset: str):
     with _CACHE_LOCK:
         hit = _CACHE.get((model, dataset))
         if hit is None:
-            from .baselines import load_baseline
-            from .data import load_dataset
+            from engine.models.baselines import load_baseline
+            from engine.models.data import load_dataset
             data = load_dataset(dataset)
             hit = (load_baseline(model, dataset, data), data)
             if len(_CACHE) >= 4:
@@ -82,7 +82,7 @@ def _baseline_and_data(model: str, dataset: str):
 
 def cost_summaries(topology, configs, profiles) -> dict[str, dict]:
     """{profile: throughput, latency_s, energy_j, size_bytes, bops, macs, batch} for a resolved plan."""
-    from .cost import cost_topology
+    from engine.cost import cost_topology
     out = {}
     for p in profiles:
         r = cost_topology(topology, configs, p)
@@ -95,7 +95,7 @@ def execute(payload: dict, progress=None, should_stop=None) -> dict:
     """Evaluate one job's plan and return the Evaluation as a dict (plain data crosses processes)."""
     import torch
     torch.set_num_threads(1)
-    from .pipeline import evaluate_plan
+    from engine.explore.pipeline import evaluate_plan
     plan = Plan.from_dict(payload["plan"])
     settings = Settings.from_dict(payload["settings"])
     model, dataset = payload["model"], payload["dataset"]
@@ -125,7 +125,7 @@ def _save_network(run, folder: str) -> None:
     the file name goes into the provenance (a failure to save is recorded, not raised)."""
     from pathlib import Path
 
-    from .pipeline import save_planned
+    from engine.explore.pipeline import save_planned
     ev = run.evaluation
     name = f"{ev.key}.safetensors"
     try:
@@ -153,11 +153,11 @@ def _worker_main(tasks, events, cancel_seq, nice: int = 0) -> None:
     import torch
     torch.set_num_threads(1)
     try:
-        import engine.pipeline  # noqa: F401  (import torch and the engine before the first job)
+        import engine.explore.pipeline  # noqa: F401  (import torch and the engine before the first job)
     except Exception:
         pass
     events.put(("ready", None, os.getpid()))
-    from .finetune import Cancelled
+    from engine.training.finetune import Cancelled
     while True:
         payload = tasks.get()
         if payload is None:
@@ -235,7 +235,7 @@ class JobRunner:
                    "settings": settings.to_dict(), "code_version": version,
                    "profiles": list(profiles if profiles is not None else self.profiles),
                    "artifacts": self._artifacts_dir()}
-        from .evaluation import evaluation_key
+        from engine.evaluation import evaluation_key
         info = JobInfo(id=jid, label=label, model=model, dataset=dataset, session=session,
                        key=evaluation_key(payload["plan"], model, dataset, payload["settings"], version))
         with self._lock:
@@ -248,7 +248,7 @@ class JobRunner:
     def _artifacts_dir(self) -> str | None:
         """Where workers save the networks they evaluate: beside the store file. None without a store,
         and on a Dask cluster, whose workers may not share this machine's disk."""
-        from .artifacts import artifacts_dir
+        from engine.models.artifacts import artifacts_dir
         if self.store is None or self.kind != "local":
             return None
         folder = artifacts_dir(getattr(self.store, "path", None))
@@ -389,7 +389,7 @@ def _context():
     available, else spawn. Never plain fork: the parent may hold threads and torch state."""
     try:
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["engine.pipeline"])
+        ctx.set_forkserver_preload(["engine.explore.pipeline"])
         return ctx
     except ValueError:
         return mp.get_context("spawn")
@@ -587,7 +587,7 @@ def _dask_task(payload: dict) -> dict:
     """Runs on a Dask worker: progress as worker events, cancellation through a Dask Event."""
     from distributed import Event, get_worker
 
-    from .finetune import Cancelled
+    from engine.training.finetune import Cancelled
     worker = get_worker()
     jid = payload["id"]
     worker.log_event(_TOPIC, {"id": jid, "kind": "started", "worker": worker.address})

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _bitpack
+from engine import _bitpack
 
 __all__ = [
     "PackedWeights", "pack_weights", "pack_activations", "pack_nm", "unpack",

@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .plan import LayerConfig
-from .quant.modules import ActQuantizer, WeightQuantizer
-from .sparsity import mask_for
+from engine.plans.plan import LayerConfig
+from engine.plans.sparsity import mask_for
+from engine.quant.modules import ActQuantizer, WeightQuantizer
 
 
 class _QuantMixin:

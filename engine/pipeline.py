@@ -8,13 +8,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .apply import Applied, apply_plan, calibrate
-from .baselines import load_baseline
-from .data import Dataset, batches, load_dataset
-from .errors import USER_ERRORS
-from .evaluation import Evaluation, Settings, provenance
-from .finetune import Cancelled, Diverged, Progress, accuracy, bn_statistics, reestimate_bn, train
-from .plan import Plan
+from engine.errors import USER_ERRORS
+from engine.evaluation import Evaluation, Settings, provenance
+from engine.models.baselines import load_baseline
+from engine.models.data import Dataset, batches, load_dataset
+from engine.plans.apply import Applied, apply_plan, calibrate
+from engine.plans.plan import Plan
+from engine.training.finetune import Cancelled, Diverged, Progress, accuracy, bn_statistics, reestimate_bn, train
 
 
 @dataclass
@@ -157,7 +157,7 @@ def checkpoint_meta(run: Run) -> dict:
 
 def save_planned(run: Run, path) -> None:
     """Save the fine-tuned network's tensors with its plan embedded (safetensors)."""
-    from .checkpoint import save_state
+    from engine.models.checkpoint import save_state
     if run.applied is None:
         raise ValueError("this run produced no network to save")
     save_state(path, run.applied.model.state_dict(), checkpoint_meta(run))
@@ -177,10 +177,10 @@ class PlannedMeta:
 def planned_meta(meta, path) -> PlannedMeta:
     """Check a planned checkpoint's metadata completely before anything is built from it: a
     plan, a zoo model (or one the user allowed), a built-in dataset, valid settings."""
-    from .data import check_dataset_name
-    from .errors import UserError
-    from .plan import PlanError
-    from .zoo import check_model_name
+    from engine.errors import UserError
+    from engine.models.data import check_dataset_name
+    from engine.models.zoo import check_model_name
+    from engine.plans.plan import PlanError
     where = f"checkpoint {str(path)!r}"
     if not isinstance(meta, dict) or meta.get("kind") != "planned-model":
         raise UserError(f"{where} is not a planned model written by `bitscape finetune --save` (it carries no plan)")
@@ -204,9 +204,9 @@ def planned_meta(meta, path) -> PlannedMeta:
 
 def load_planned(path, data: Dataset | None = None) -> tuple[Applied, dict]:
     """Rebuild a network saved by ``save_planned``: same plan, same shapes, saved weights."""
-    from .checkpoint import load_state
-    from .errors import UserError
-    from .zoo import build_model
+    from engine.errors import UserError
+    from engine.models.checkpoint import load_state
+    from engine.models.zoo import build_model
     state, meta = load_state(path)
     pm = planned_meta(meta, path)
     plan, settings = pm.plan, pm.settings
@@ -236,7 +236,7 @@ def rebuild(ev: Evaluation, data: Dataset | None = None) -> Run:
     Float sums depend on the thread count, so this uses the recorded run's. The reproduced
     accuracy is in the returned record: compare it with ``ev`` before trusting it.
     """
-    from .errors import UserError
+    from engine.errors import UserError
     if ev.status == "failed":
         raise UserError(f"this point failed ({ev.reason}); there is no network to export")
     threads = torch.get_num_threads()
@@ -251,16 +251,16 @@ def rebuild(ev: Evaluation, data: Dataset | None = None) -> Run:
 def export_network(ev: Evaluation, kind: str, checkpoint=None) -> tuple[str, bytes, str]:
     """(file name, bytes, note) of a point's network as ONNX (``onnx``) or a packed file (``packed``).
 
-    The network is the one its job saved (``checkpoint``, see engine.artifacts); nothing is
+    The network is the one its job saved (``checkpoint``, see engine.models.artifacts); nothing is
     trained here. A point without saved weights is refused with the reason.
     """
     import os
     import tempfile
     from pathlib import Path
 
-    from .artifacts import NO_WEIGHTS
-    from .data import load_dataset
-    from .errors import UserError
+    from engine.errors import UserError
+    from engine.models.artifacts import NO_WEIGHTS
+    from engine.models.data import load_dataset
     if ev.status == "failed":
         raise UserError(f"this point failed ({ev.reason}); there is no network to export")
     if checkpoint is None or not Path(checkpoint).is_file():
@@ -276,13 +276,13 @@ def export_network(ev: Evaluation, kind: str, checkpoint=None) -> tuple[str, byt
     note = "the job's saved weights" + (f" (test accuracy {acc:.4f})" if acc is not None else "")
     stem = f"{ev.model}-{ev.dataset}-{ev.provenance.get('plan_hash', 'plan')}"
     if kind == "onnx":
-        from .export.onnx import onnx_model_bytes
+        from engine.export.onnx import onnx_model_bytes
         blob = onnx_model_bytes(applied, data.input_shape, ev.plan, ev.model, ev.dataset,
                                 check_inputs=data.x_val[:64],
                                 extra_metadata={"status": ev.status, "test_accuracy": ev.test_accuracy,
                                                 "settings": ev.settings})
         return f"{stem}.onnx", blob, note
-    from .deploy import deploy, save_packed
+    from engine.deploy import deploy, save_packed
     net = deploy(applied, meta={"plan": ev.plan, "model": ev.model, "dataset": ev.dataset})
     fd, tmp = tempfile.mkstemp(suffix=".safetensors")
     os.close(fd)

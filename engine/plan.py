@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .fileio import clip, load_json
+from engine.fileio import clip, load_json
 
 PLAN_VERSION = 1
 FLOAT_BITS = 32

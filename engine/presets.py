@@ -1,8 +1,8 @@
 """Named plans that need the network's shape: uniform precision, widened, 2:4 where it fits."""
 from __future__ import annotations
 
-from .graph import Topology
-from .plan import Plan
+from engine.plans.graph import Topology
+from engine.plans.plan import Plan
 
 PRESETS = ("fp32", "w8a8", "w4a4", "w2a2", "w1a1", "2x-w2a2", "2x-w4a4", "2:4-w8a8", "2:4-w4a4")
 

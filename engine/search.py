@@ -3,7 +3,7 @@ multi-objective search (Optuna's NSGA-II, or random sampling as the baseline) wi
 estimate-then-fine-tune.
 
 Both searches take an ``evaluate(plans, settings, labels) -> list[Evaluation]`` function (see
-``engine.sweep.Sweep.evaluate``), so they never care whether jobs run locally, on Dask or come
+``engine.explore.sweep.Sweep.evaluate``), so they never care whether jobs run locally, on Dask or come
 back from the store's cache.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .plan import FLOAT_BITS, LayerConfig, Plan
+from engine.plans.plan import FLOAT_BITS, LayerConfig, Plan
 
 W_BITS = (2, 3, 4, 5, 6, 8)
 A_BITS = (2, 4, 8)
@@ -126,7 +126,7 @@ def hv_gain_picks(pred: np.ndarray, current: np.ndarray, ref: Sequence[float], k
     """Up to k rows of ``pred`` chosen greedily by how much each adds to the hypervolume (all
     objectives maximised, bounded by ``ref``) of ``current`` plus the rows already chosen; stops
     when nothing adds volume."""
-    from .frontier import hypervolume
+    from engine.explore.frontier import hypervolume
     ref = np.asarray(ref, dtype=float)
     cur = np.asarray(current, dtype=float).reshape(-1, len(ref))
     pred = np.asarray(pred, dtype=float).reshape(-1, len(ref))

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import UserError
+from engine.errors import UserError
 
 METHODS = ("eagl", "alps", "hessian")
 
@@ -102,9 +102,9 @@ def correlations(results: list[Sensitivity]) -> list[dict]:
 
 # ---- helpers --------------------------------------------------------------------------------
 def _load(model_id: str, dataset_id: str, baseline=None, data=None):
-    from .baselines import load_baseline
-    from .data import load_dataset
-    from .graph import analyze
+    from engine.models.baselines import load_baseline
+    from engine.models.data import load_dataset
+    from engine.plans.graph import analyze
     data = data or load_dataset(dataset_id)
     base = baseline if baseline is not None else load_baseline(model_id, dataset_id, data)
     return base, data, analyze(base, data.input_shape)
@@ -118,7 +118,7 @@ def _weights(mod: nn.Module) -> list[torch.Tensor]:
 
 def _quantize(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes, dequantized) with the per-tensor MSE-optimal symmetric step (as calibration uses)."""
-    from .quant.lsq import codes, levels, mse_step
+    from engine.quant.lsq import codes, levels, mse_step
     q_n, q_p = levels(bits, signed=True)
     binary = bits == 1
     step = mse_step(w, q_n, q_p, binary=binary)
@@ -192,7 +192,7 @@ def hessian(model_id: str, dataset_id: str, bits: int = 4, batches: int = 2, bat
 # ---- ALPS ----------------------------------------------------------------------------------
 def alps_plans(topo, bits: int = 2, base_bits: int = 8) -> dict[str | None, "object"]:
     """{None: reference plan, layer: plan with that one layer lowered}."""
-    from .plan import Plan
+    from engine.plans.plan import Plan
     out = {None: Plan.uniform(base_bits, base_bits, name=f"alps-ref-w{base_bits}a{base_bits}")}
     for layer in topo.layers:
         p = Plan.uniform(base_bits, base_bits, name=f"alps-{layer.name}-w{bits}a{bits}")
@@ -205,8 +205,8 @@ def alps(model_id: str, dataset_id: str, bits: int = 2, base_bits: int = 8, step
          runner=None, store=None, session: str | None = None, progress=None, baseline=None, data=None,
          distill: bool = False) -> Sensitivity:
     """One short fine-tune per layer (plus the reference), run in parallel; score = val accuracy drop."""
-    from .evaluation import Settings, code_version, evaluation_key
-    from .jobs import JobRunner
+    from engine.evaluation import Settings, code_version, evaluation_key
+    from engine.explore.jobs import JobRunner
     base, data, topo = _load(model_id, dataset_id, baseline, data)
     plans = alps_plans(topo, bits, base_bits)
     settings = Settings(steps=steps, seed=seed, distill=distill, score_test=False)   # the score is on validation

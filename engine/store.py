@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import UserError
-from .evaluation import STATUSES, Evaluation
-from .fileio import MAX_JSON_DEPTH, clip, json_depth, load_json
+from engine.errors import UserError
+from engine.evaluation import STATUSES, Evaluation
+from engine.fileio import MAX_JSON_DEPTH, clip, json_depth, load_json
 
 SESSION_FORMAT = "bitscape-session"
 SESSION_VERSION = 1
@@ -498,10 +498,10 @@ def _number(v, where: str, lo: float = 0.0, hi: float = math.inf, null: bool = T
 def _validate_session(doc: dict) -> list[Evaluation]:
     """Everything checked and every name resolved (zoo models, built-in datasets, or references
     the user allowed) before the first write: a refused file leaves the store as it was."""
-    from .data import check_dataset_name
-    from .evaluation import MAX_STEPS, RECORD_VERSION, Settings
-    from .plan import Plan, PlanError
-    from .zoo import check_model_name
+    from engine.evaluation import MAX_STEPS, RECORD_VERSION, Settings
+    from engine.models.data import check_dataset_name
+    from engine.models.zoo import check_model_name
+    from engine.plans.plan import Plan, PlanError
 
     if doc.get("format") != SESSION_FORMAT:
         raise UserError(f"not a bitscape session file (format is {clip(doc.get('format'))}, expected {SESSION_FORMAT!r})")

@@ -17,10 +17,10 @@ from typing import Callable
 
 import pandas as pd
 
-from .errors import UserError
-from .evaluation import Evaluation, Settings, code_version, evaluation_key
-from .plan import Plan
-from .search import SearchSpace, greedy_search, joint_search, plan_label
+from engine.errors import UserError
+from engine.evaluation import Evaluation, Settings, code_version, evaluation_key
+from engine.explore.search import SearchSpace, greedy_search, joint_search, plan_label
+from engine.plans.plan import Plan
 
 METHODS = ("nsga2", "random", "greedy")
 THIRD = (None, "size_bytes", "energy_j")
@@ -67,10 +67,10 @@ class Sweep:
     def __init__(self, model: str, dataset: str, profile: str, runner=None, store=None, session: str | None = None,
                  progress: Callable | None = None, baseline=None, data=None, on_evaluation: Callable | None = None,
                  should_stop: Callable | None = None):
-        from .baselines import load_baseline
-        from .cost import load_profile
-        from .data import load_dataset
-        from .graph import analyze
+        from engine.cost import load_profile
+        from engine.models.baselines import load_baseline
+        from engine.models.data import load_dataset
+        from engine.plans.graph import analyze
         self.model, self.dataset = model, dataset
         self.profile = load_profile(profile).name
         self.store, self.runner, self.session = store, runner, session
@@ -89,7 +89,7 @@ class Sweep:
         self._memo: dict[str, Evaluation] = {}
 
     def costs(self, plan: Plan) -> dict:
-        from .jobs import cost_summaries
+        from engine.explore.jobs import cost_summaries
         return cost_summaries(self.topo, plan.resolve(self.names), [self.profile])[self.profile]
 
     def key(self, plan: Plan, settings: Settings) -> str:
@@ -100,7 +100,7 @@ class Sweep:
 
         Each one goes to ``on_evaluation(ev, row)`` as it lands; once ``should_stop()`` is true no
         job is submitted, the batch's jobs in flight are cancelled, and ``SweepCancelled`` is raised."""
-        from .jobs import JobRunner
+        from engine.explore.jobs import JobRunner
         labels = labels or [None] * len(plans)
         phase = "estimate" if settings.steps == 0 else "fine-tune"
         self.planned += len(plans)
@@ -162,7 +162,7 @@ class Sweep:
     def _stop(self, pending: dict[int, str], plans: list[Plan], phase: str) -> None:
         """Cancel the jobs in flight and wait until each has ended (one that finished meanwhile still
         goes to ``on_evaluation``: it is in the store), then raise ``SweepCancelled``."""
-        from .jobs import CANCEL_GRACE_S
+        from engine.explore.jobs import CANCEL_GRACE_S
         for jid in pending.values():
             self.runner.cancel(jid)
         for i, jid in pending.items():
@@ -198,7 +198,7 @@ class Sweep:
 def frontier_of(points: pd.DataFrame, third: str | None = None) -> pd.DataFrame:
     """Frontier selected on validation accuracy x throughput (fine-tuned points when there are any),
     reported with its test accuracy."""
-    from .frontier import pareto
+    from engine.explore.frontier import pareto
     if len(points) == 0:
         return points
     tuned = (points["status"] == "fine-tuned").any()
@@ -207,7 +207,7 @@ def frontier_of(points: pd.DataFrame, third: str | None = None) -> pd.DataFrame:
 
 
 def hypervolume_of(front: pd.DataFrame, ref: tuple[float, float], acc: str = "test_accuracy") -> float:
-    from .frontier import hypervolume
+    from engine.explore.frontier import hypervolume
     if len(front) == 0:
         return 0.0
     return hypervolume(front[[acc, "throughput"]].to_numpy(dtype=float), ref=ref, maximize=(True, True))
@@ -228,7 +228,7 @@ def write_table(df: pd.DataFrame, path: str | Path) -> None:
             raise UserError("writing Parquet needs pyarrow (pip install pyarrow); or give a .csv file") from None
         df.to_parquet(p, index=False)
     elif p.suffix.lower() == ".csv":
-        from .fileio import atomic_write_text
+        from engine.fileio import atomic_write_text
         atomic_write_text(p, df.to_csv(index=False))
     else:
         raise UserError(f"--out {str(p)!r}: give a .csv or .parquet file")
@@ -272,10 +272,10 @@ def run_sweep(model: str, dataset: str, profile: str, budget: int, finetune: int
         raise UserError("--finetune must be 0 or more")
     if out is not None:
         check_out(out)
-    from .cost import load_profile
+    from engine.cost import load_profile
     profile = load_profile(profile).name      # an unknown profile fails before anything is written
     t0 = time.perf_counter()
-    from .jobs import JobRunner
+    from engine.explore.jobs import JobRunner
     own_runner = runner is None
     if store is not None and session is None:
         session = store.create_session(session_name or f"sweep {model}/{dataset}/{profile} {method}", model, dataset,
@@ -290,14 +290,14 @@ def run_sweep(model: str, dataset: str, profile: str, budget: int, finetune: int
                          "score_test": True})
         est = Settings(**{**ft.to_dict(), "steps": 0, "eval_limit": eval_limit, "score_test": eval_limit is None})
         if method == "greedy":
-            from .sensitivity import sensitivity
+            from engine.training.sensitivity import sensitivity
             sens = sensitivity(order, model, dataset, baseline=baseline, data=data,
                                **({"runner": runner, "store": store} if order == "alps" else {}))
             greedy_search(sw.evaluate, sw.names, sens.order(), ft if finetune else est, budget=budget)
         else:
-            from .cost import load_profile
-            from .search import greedy_plans
-            from .sensitivity import sensitivity
+            from engine.cost import load_profile
+            from engine.explore.search import greedy_plans
+            from engine.training.sensitivity import sensitivity
             if sparsity is None:
                 sparsity = ("none", "2:4") if load_profile(profile).nm_patterns or third == "size_bytes" else ("none",)
             space = SearchSpace.from_topology(sw.topo, sparsity=sparsity)

@@ -10,10 +10,10 @@ import time
 
 import pandas as pd
 
-from .errors import USER_ERRORS
-from .evaluation import Evaluation
-from .search import LADDER
-from .sweep import METHODS, SweepCancelled, frontier_of, hypervolume_of, points_frame, run_sweep
+from engine.errors import USER_ERRORS
+from engine.evaluation import Evaluation
+from engine.explore.search import LADDER
+from engine.explore.sweep import METHODS, SweepCancelled, frontier_of, hypervolume_of, points_frame, run_sweep
 
 log = logging.getLogger(__name__)
 FINAL = ("done", "cancelled", "failed")

@@ -13,7 +13,7 @@ import copy
 import torch
 import torch.nn as nn
 
-from .graph import Topology, widened
+from engine.plans.graph import Topology, widened
 
 
 def replica_map(size: int, new_size: int) -> torch.Tensor:

@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import UserError
-from .fileio import clip
+from engine.errors import UserError
+from engine.fileio import clip
 
 
 class MLP(nn.Module):

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     # OpenMP threads stall in barriers whenever one is descheduled. Set before torch is imported.
     os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("BITSCAPE_THREADS", "1"))
     from engine.errors import USER_ERRORS
-    from engine.zoo import is_reference, trusted_references
+    from engine.models.zoo import is_reference, trusted_references
 
     parser = build_parser()
     args = parser.parse_args(argv)

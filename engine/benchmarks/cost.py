@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def plans_for(model: str, topo) -> dict:
     """The benchmark's plans, adjusted to the model (output layer not widened, 2:4 where it fits)."""
-    from engine.plan import LayerConfig, Plan
+    from engine.plans.plan import LayerConfig, Plan
     out_layers = [l.name for l in topo.layers if l.is_output]
     keep = {n: {"widen": 1.0} for n in out_layers}
     nm_layers: dict = {}
@@ -126,11 +126,11 @@ def measure(quick: bool = False, repeats: int | None = None, models=None, batche
     """One record per (model, plan, batch): widened layers, configs, measured seconds per layer and net."""
     import torch
 
-    from engine.data import load_dataset
     from engine.deploy import deploy
     from engine.errors import UserError
     from engine.evaluation import Settings
-    from engine.pipeline import prepare
+    from engine.explore.pipeline import prepare
+    from engine.models.data import load_dataset
 
     cfg = dict(QUICK if quick else FULL)
     reps = repeats or cfg["repeats"]
@@ -144,8 +144,8 @@ def measure(quick: bool = False, repeats: int | None = None, models=None, batche
             except UserError as e:
                 records.append({"model": model, "dataset": dataset, "skipped": str(e)})
                 continue
-            from engine.baselines import load_baseline
-            from engine.graph import analyze
+            from engine.models.baselines import load_baseline
+            from engine.plans.graph import analyze
             base = load_baseline(model, dataset, data)
             topo = analyze(base, data.input_shape)
             points, recs = [], []
@@ -175,7 +175,7 @@ def measure(quick: bool = False, repeats: int | None = None, models=None, batche
 # ----------------------------------------------------------------------------- comparing
 
 def _configs(rec):
-    from engine.plan import LayerConfig
+    from engine.plans.plan import LayerConfig
     return {k: LayerConfig(**v) for k, v in rec["configs"].items()}
 
 

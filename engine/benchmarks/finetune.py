@@ -31,12 +31,12 @@ def measure(quick: bool = False, seeds: int = 1, log=None) -> list[dict]:
     """Rows: case x plan with fp32 / estimate / fine-tuned accuracies and seconds."""
     import torch
 
-    from engine.baselines import load_baseline
-    from engine.data import load_dataset
     from engine.evaluation import Settings
-    from engine.graph import analyze
-    from engine.pipeline import evaluate_plan
-    from engine.presets import preset_plan
+    from engine.explore.pipeline import evaluate_plan
+    from engine.models.baselines import load_baseline
+    from engine.models.data import load_dataset
+    from engine.plans.graph import analyze
+    from engine.plans.presets import preset_plan
 
     torch.set_num_threads(1)  # as the job workers run; 2 threads on a loaded 2-core box stall in barriers
     rows = []

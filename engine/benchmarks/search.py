@@ -47,7 +47,7 @@ def add_arguments(p) -> None:
 
 
 def _spearman(a, b) -> float:
-    from engine.sensitivity import rank_correlation
+    from engine.training.sensitivity import rank_correlation
     keys = list(range(len(a)))
     return rank_correlation(dict(zip(keys, a)), dict(zip(keys, b)))
 
@@ -58,15 +58,15 @@ OTHER_MARGINS = (0.05, 0.20)  # shown for context only; the target is judged at 
 
 def measure(quick=False, budget=None, finetune=None, steps=None, profile="bismo", workers=None, seed=0, log=None,
             eval_limit=None):
-    from engine.baselines import load_baseline
-    from engine.data import load_dataset
     from engine.evaluation import Settings
-    from engine.graph import analyze
-    from engine.jobs import JobRunner
-    from engine.presets import preset_plan
-    from engine.sensitivity import alps, correlations, eagl, hessian
-    from engine.store import Store
-    from engine.sweep import Sweep, frontier_of, hypervolume_of, run_sweep
+    from engine.explore.jobs import JobRunner
+    from engine.explore.store import Store
+    from engine.explore.sweep import Sweep, frontier_of, hypervolume_of, run_sweep
+    from engine.models.baselines import load_baseline
+    from engine.models.data import load_dataset
+    from engine.plans.graph import analyze
+    from engine.plans.presets import preset_plan
+    from engine.training.sensitivity import alps, correlations, eagl, hessian
 
     log = log or (lambda m: None)
     model, dataset = ("lenet5", "digits") if quick else ("cnn", "fashion-mnist")

@@ -15,11 +15,11 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import optimize, stats
 
-from ..plan import LayerConfig
-from .formulas import FLOAT
-from .geometry import Geom, geometry
-from .model import _cfg_facts, _numbers, cost_plan
-from .profiles import Profile, ProfileError, bit_index, get_path, load_profile
+from engine.cost.formulas import FLOAT
+from engine.cost.geometry import Geom, geometry
+from engine.cost.model import _cfg_facts, _numbers, cost_plan
+from engine.cost.profiles import Profile, ProfileError, bit_index, get_path, load_profile
+from engine.plans.plan import LayerConfig
 
 
 @dataclass
@@ -164,7 +164,7 @@ def fit_profile(profile, measurements: Sequence, params: Sequence[str] | None = 
 
     def build(x) -> Profile:
         d = _prepare(prof, params)
-        from .profiles import set_path
+        from engine.cost.profiles import set_path
         for p, v in zip(params, x):
             set_path(d, p, float(math.exp(v)))
         return Profile(d, prof.path)

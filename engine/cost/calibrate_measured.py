@@ -19,13 +19,13 @@ from typing import Sequence
 import numpy as np
 from scipy import optimize, stats
 
-from ..errors import UserError
-from ..plan import LayerConfig, Plan
-from .calibrate import _bounds, _current, _prepare
-from .formulas import FLOAT
-from .geometry import Geom, geometry
-from .model import _cfg_facts, _numbers
-from .profiles import Profile, bit_index, load_profile, set_path
+from engine.cost.calibrate import _bounds, _current, _prepare
+from engine.cost.formulas import FLOAT
+from engine.cost.geometry import Geom, geometry
+from engine.cost.model import _cfg_facts, _numbers
+from engine.cost.profiles import Profile, bit_index, load_profile, set_path
+from engine.errors import UserError
+from engine.plans.plan import LayerConfig, Plan
 
 TOTAL = "total"
 BOUND_TOL = 0.01          # within 1% of a bound (in log terms) counts as a bound hit
@@ -71,9 +71,9 @@ def predict_all(rows: Sequence[Row], prof: Profile) -> np.ndarray:
 # ----------------------------------------------------------------------------- rows from a CSV
 
 def _topology(model: str, dataset: str):
-    from ..data import dataset_spec
-    from ..graph import analyze
-    from ..zoo import build_model
+    from engine.models.data import dataset_spec
+    from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
     spec = dataset_spec(dataset)
     return analyze(build_model(model, spec.input_shape, spec.num_classes), spec.input_shape)
 
@@ -371,7 +371,7 @@ def _jsonable(s: dict) -> dict:
 
 
 def _param_table():
-    from .profiles import PARAMETERS
+    from engine.cost.profiles import PARAMETERS
     return PARAMETERS
 
 

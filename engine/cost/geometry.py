@@ -1,6 +1,6 @@
 """Layer shapes as the cost model needs them, from LayerInfo objects or their dicts (no torch).
 
-The formulas mirror engine.graph.LayerInfo's properties so a dict from ``Topology.to_dict()``
+The formulas mirror engine.plans.graph.LayerInfo's properties so a dict from ``Topology.to_dict()``
 costs exactly like the object it came from.
 """
 from __future__ import annotations

@@ -24,8 +24,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import UserError
-from ..plan import LayerConfig, Plan
+from engine.errors import UserError
+from engine.plans.plan import LayerConfig, Plan
 
 TARGETS = ("packed", "onnxruntime", "torch-cuda")
 COLUMNS = ["target", "model", "dataset", "plan_hash", "plan", "layer", "batch", "seconds", "repeats", "machine",
@@ -113,10 +113,10 @@ def model_source(model: str, dataset: str, data_root: str | None = None, random_
     missing, a seeded fresh network calibrated on standard-normal inputs (timing only)."""
     import torch
 
-    from ..baselines import baseline_path, load_baseline
-    from ..data import dataset_spec, load_dataset
-    from ..graph import analyze
-    from ..zoo import build_model
+    from engine.models.baselines import baseline_path, load_baseline
+    from engine.models.data import dataset_spec, load_dataset
+    from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
     data = None
     try:
         if baseline_path(model, dataset) is None and ":" not in model:
@@ -147,8 +147,8 @@ def prepare_plan(src: ModelSource, plan: Plan) -> Prepared:
     """Apply ``plan`` to the source's weights and calibrate the activation steps (and BN statistics)."""
     import torch
 
-    from ..apply import apply_plan, calibrate
-    from ..finetune import bn_statistics
+    from engine.plans.apply import apply_plan, calibrate
+    from engine.training.finetune import bn_statistics
     torch.manual_seed(0)
     applied = apply_plan(src.base, plan, src.input_shape, seed=0)
     calibrate(applied.model, src.calib)
@@ -204,7 +204,7 @@ def time_rounds(points: Sequence[Callable[[], dict]], repeats: int, warmup: int 
 
 def packed_point(prep: Prepared, b: int) -> Callable[[], dict]:
     """One forward pass of the packed network; layer spans (layer + the ops after it) per layer."""
-    from ..deploy import deploy
+    from engine.deploy import deploy
     net = deploy(prep.applied)
     x = batch_of(prep.sample, b)
 
@@ -217,7 +217,7 @@ def packed_point(prep: Prepared, b: int) -> Callable[[], dict]:
 
 def ort_bytes(prep: Prepared) -> bytes:
     """The plan's exported QDQ ONNX model (checked layer by layer against the network by the exporter)."""
-    from ..export import onnx_model_bytes
+    from engine.export import onnx_model_bytes
     return onnx_model_bytes(prep.applied, prep.applied.topology.input_shape, prep.plan)
 
 
@@ -320,7 +320,7 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
             raise MeasureError(f"batch sizes must be at least 1 (got {b})")
     say = progress or (lambda m: None)
     if "torch-cuda" in targets:
-        from .measure_cuda import DTYPES, no_gpu_reason
+        from engine.cost.measure_cuda import DTYPES, no_gpu_reason
         if cuda_dtype not in DTYPES:
             raise MeasureError(f"--cuda-dtype must be one of {', '.join(DTYPES)} (got {cuda_dtype!r})")
         reason = no_gpu_reason()
@@ -343,7 +343,7 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
     if "torch-cuda" in targets:
         import torch
 
-        from .measure_cuda import gpu_name
+        from engine.cost.measure_cuda import gpu_name
         mach_cuda = f"{gpu_name()}; torch {torch.__version__}; float {cuda_dtype}"
     rows: list[dict] = []
     plan_map = {p.plan.digest(): {"plan": p.plan.to_dict(), "model": model, "dataset": dataset} for p in preps}
@@ -380,7 +380,7 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
                 if target == "packed":
                     points.append(packed_point(prep, b))
                 elif target == "torch-cuda":
-                    from .measure_cuda import cuda_point
+                    from engine.cost.measure_cuda import cuda_point
                     points.append(cuda_point(prep.applied, batch_of(prep.sample, b), cuda_dtype))
                 else:
                     points.append(ort_point(blobs[id(prep)], batch_of(prep.sample, b), threads))
@@ -403,7 +403,7 @@ def write(rows: list[dict], plan_map: dict, out: str | os.PathLike, append: bool
     """Write the tidy CSV and its plans sidecar (merging with existing ones when ``append``)."""
     import pandas as pd
 
-    from ..fileio import atomic_write_text
+    from engine.fileio import atomic_write_text
     out = Path(out)
     df = pd.DataFrame(rows, columns=COLUMNS)
     side = plans_path(out)

@@ -144,7 +144,7 @@ def gpu_network(applied, dtype: str = "fp16", device: str | torch.device = "cuda
     """The applied plan's network with every planned Conv2d / Linear on its GPU path; the rest in ``dtype``.
 
     Returns (module in eval mode on ``device``, {layer name: path})."""
-    from ..layers import QuantConv2d, QuantLinear
+    from engine.plans.layers import QuantConv2d, QuantLinear
     if dtype not in DTYPES:
         raise ValueError(f"float dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
     dt, dev = DTYPES[dtype], torch.device(device)

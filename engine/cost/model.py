@@ -11,9 +11,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping, Sequence
 
-from .formulas import E_ADD_BIT_PJ, FLOAT, k_tiles, nm_bits_per_weight
-from .geometry import Geom, geometry
-from .profiles import Profile, bit_index, load_profile
+from engine.cost.formulas import E_ADD_BIT_PJ, FLOAT, k_tiles, nm_bits_per_weight
+from engine.cost.geometry import Geom, geometry
+from engine.cost.profiles import Profile, bit_index, load_profile
 
 
 @dataclass(slots=True)
@@ -272,7 +272,7 @@ def _aligned(layers: Sequence, configs) -> tuple[list[Geom], list]:
     if isinstance(configs, Mapping):
         missing = [g.name for g in geoms if g.name not in configs]
         if missing:
-            from ..plan import PlanError
+            from engine.plans.plan import PlanError
             raise PlanError(f"no config for layer {missing[0]!r}")
         cfgs = [configs[g.name] for g in geoms]
     else:

@@ -16,9 +16,9 @@ from typing import Any
 
 import jsonschema
 
-from ..assets import data_dir
-from ..errors import UserError
-from .formulas import FLOAT, bitfusion_perf_factor, mac_energy_pj, round_up_to
+from engine.assets import data_dir
+from engine.cost.formulas import FLOAT, bitfusion_perf_factor, mac_energy_pj, round_up_to
+from engine.errors import UserError
 
 BITS = tuple(range(1, 9)) + (FLOAT,)       # plan bit choices, in table order
 NB = len(BITS)
@@ -421,7 +421,7 @@ def _read(path: Path) -> dict:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ProfileError(f"profile {str(path)!r}: cannot read it ({e})") from None
-    from ..fileio import load_json
+    from engine.fileio import load_json
     return load_json(text, f"profile {str(path)!r}", error=ProfileError)
 
 

@@ -4,7 +4,7 @@ Plain data: layer shapes as dicts (the LayerInfo fields) and the published figur
 """
 from __future__ import annotations
 
-from ..plan import LayerConfig
+from engine.plans.plan import LayerConfig
 
 # Zhen-Dong/HAWQ ILP.ipynb (HAWQ-V3, ICML 2021): TVM latency (ms) of the 19 ResNet-18 layers (first and
 # last excluded; three are 1x1 downsampling shortcuts) measured on a T4 GPU at batch 8, INT4 and INT8.

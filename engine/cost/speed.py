@@ -8,11 +8,11 @@ import time
 
 import numpy as np
 
-from ..plan import BIT_CHOICES, LayerConfig
-from .geometry import geometry
-from .model import cost_plan
-from .profiles import load_profile
-from .vector import LayerTable, PlanArrays, cost_batch
+from engine.cost.geometry import geometry
+from engine.cost.model import cost_plan
+from engine.cost.profiles import load_profile
+from engine.cost.vector import LayerTable, PlanArrays, cost_batch
+from engine.plans.plan import BIT_CHOICES, LayerConfig
 
 
 def synthetic_layers(n: int = 50) -> list[dict]:

@@ -12,9 +12,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .formulas import E_ADD_BIT_PJ, FLOAT
-from .geometry import _get, geometry
-from .profiles import NB, Profile, load_profile
+from engine.cost.formulas import E_ADD_BIT_PJ, FLOAT
+from engine.cost.geometry import _get, geometry
+from engine.cost.profiles import NB, Profile, load_profile
 
 _KIND = {"conv2d": 0, "linear": 1, "lstm": 2, "gru": 3}
 

@@ -10,9 +10,9 @@ The torch-side names (``deploy``, ``verify``, ``reference_logits``) load on firs
 """
 from __future__ import annotations
 
-from .operands import FLOAT, KERNELS, ActSpec, DeployError, Gemm
-from .packfile import META_KEY, PACKED_KIND, PACKED_VERSION, load_packed, save_packed
-from .runtime import Layer, PackedNetwork
+from engine.deploy.operands import FLOAT, KERNELS, ActSpec, DeployError, Gemm
+from engine.deploy.packfile import META_KEY, PACKED_KIND, PACKED_VERSION, load_packed, save_packed
+from engine.deploy.runtime import Layer, PackedNetwork
 
 __all__ = ["FLOAT", "KERNELS", "META_KEY", "PACKED_KIND", "PACKED_VERSION", "ActSpec", "DeployError", "Gemm",
            "Layer", "PackedNetwork", "load_packed", "save_packed", "deploy", "verify", "reference_logits"]

@@ -11,13 +11,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .. import kernels as K
-from ..handlers import Handlers
-from ..layers import QUANT_LAYERS, QuantLSTM
-from ..plan import LayerConfig
-from ..quant.spec import Uncalibrated
-from .operands import ActSpec, DeployError, Gemm, bits_for
-from .runtime import Layer, ifog
+from engine import kernels as K
+from engine.deploy.operands import ActSpec, DeployError, Gemm, bits_for
+from engine.deploy.runtime import Layer, ifog
+from engine.plans.handlers import Handlers
+from engine.plans.layers import QUANT_LAYERS, QuantLSTM
+from engine.plans.plan import LayerConfig
+from engine.quant.spec import Uncalibrated
 
 LOWER = Handlers("packed deployment")
 """Module type -> fn(name, mod, cfg, per, threads) -> Layer."""

@@ -1,6 +1,6 @@
 """Lowering: a planned torch network -> a ``PackedNetwork`` (ops as plain data + packed layers).
 
-``deploy(applied)`` walks the planned network's torch.fx graph once (``engine.fxtrace``). GEMM layers
+``deploy(applied)`` walks the planned network's torch.fx graph once (``engine.plans.fxtrace``). GEMM layers
 are lowered by the handlers registered in ``engine.deploy.kinds.LOWER`` (their numbers come from the
 quantizers' ``spec`` only); the other modules map to runtime ops through ``MODULE_OPS``.
 """
@@ -14,13 +14,13 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..fxtrace import Tracer
-from ..handlers import Handlers
-from ..quant.modules import ActQuantizer
-from .kinds import is_layer, lower_layer
-from .operands import DeployError
-from .ops import _pair
-from .runtime import Layer, PackedNetwork
+from engine.deploy.kinds import is_layer, lower_layer
+from engine.deploy.operands import DeployError
+from engine.deploy.ops import _pair
+from engine.deploy.runtime import Layer, PackedNetwork
+from engine.plans.fxtrace import Tracer
+from engine.plans.handlers import Handlers
+from engine.quant.modules import ActQuantizer
 
 # ---- op-argument encoding (JSON) --------------------------------------------------------
 
@@ -202,7 +202,7 @@ def _act_per(model, input_shape) -> dict:
 
 def deploy(applied, threads: int = 1, meta: dict | None = None) -> PackedNetwork:
     """Turn a planned (fine-tuned) network into a PackedNetwork; unsupported layers raise DeployError
-    naming the layer. ``applied`` is an ``engine.apply.Applied`` (or a (Applied, meta) pair)."""
+    naming the layer. ``applied`` is an ``engine.plans.apply.Applied`` (or a (Applied, meta) pair)."""
     if isinstance(applied, tuple):
         applied, meta = applied[0], {**(applied[1] or {}), **(meta or {})}
     model = applied.model

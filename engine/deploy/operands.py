@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import kernels as K
-from ..errors import UserError
+from engine import kernels as K
+from engine.errors import UserError
 
 try:   # the clip ufunc itself (np.clip adds a Python wrapper around it)
     from numpy._core.umath import clip as _clip

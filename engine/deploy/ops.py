@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .operands import DeployError
+from engine.deploy.operands import DeployError
 
 
 def _sigmoid(x):

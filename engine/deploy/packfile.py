@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import kernels as K
-from .operands import KERNELS, ActSpec, DeployError, Gemm
-from .ops import _OPS, _refs
-from .runtime import KINDS, Layer, PackedNetwork
+from engine import kernels as K
+from engine.deploy.operands import KERNELS, ActSpec, DeployError, Gemm
+from engine.deploy.ops import _OPS, _refs
+from engine.deploy.runtime import KINDS, Layer, PackedNetwork
 
 PACKED_KIND = "packed-network"
 PACKED_VERSION = 1
@@ -24,7 +24,7 @@ def save_packed(net: PackedNetwork, path) -> dict:
     """Write one safetensors file (packed arrays + JSON metadata) atomically; returns the summary."""
     from safetensors.numpy import save
 
-    from ..fileio import atomic_write_bytes
+    from engine.fileio import atomic_write_bytes
     tensors: dict[str, np.ndarray] = {}
     layers_meta = []
     for lname, layer in net.layers.items():
@@ -124,7 +124,7 @@ def load_packed(path) -> PackedNetwork:
             md = f.metadata() or {}
     except (SafetensorError, ValueError, OSError, UnicodeDecodeError) as e:
         raise DeployError(f"packed network {str(p)!r} is not a valid safetensors file: {e}") from None
-    from ..fileio import load_json  # nesting and integer-size limits, like every file bitscape reads
+    from engine.fileio import load_json  # nesting and integer-size limits, like every file bitscape reads
     meta = load_json(md.get(META_KEY, "{}"), f"packed network {str(p)!r}: its metadata", error=DeployError)
     if not isinstance(meta, dict) or meta.get("kind") != PACKED_KIND:
         raise DeployError(f"{str(p)!r} is not a packed network written by `bitscape deploy`")

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .operands import FLOAT, DeployError, Gemm
-from .ops import _OPS, _bn_fn, _getter, _im2col_nhwc_padded, _sigmoid
+from engine.deploy.operands import FLOAT, DeployError, Gemm
+from engine.deploy.ops import _OPS, _bn_fn, _getter, _im2col_nhwc_padded, _sigmoid
 
 # ============================================================================ layers
 

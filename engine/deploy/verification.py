@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..agreement import Agreement
-from .runtime import PackedNetwork
+from engine.agreement import Agreement
+from engine.deploy.runtime import PackedNetwork
 
 
 def reference_logits(applied, x, batch_size: int = 512) -> np.ndarray:
     """The fake-quantized torch model's logits (the reference the packed network must match)."""
-    from ..finetune import predict_logits
+    from engine.training.finetune import predict_logits
     xt = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, dtype=np.float32))
     return predict_logits(applied.model, xt, batch_size).numpy()
 

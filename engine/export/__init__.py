@@ -6,7 +6,7 @@ ONNX bytes; ``onnx_model_bytes`` (``onnx``) does it for a network in memory; ``t
 """
 from __future__ import annotations
 
-from .onnx import (
+from engine.export.onnx import (
     ExportError,
     build_onnx,
     onnx_model_bytes,
@@ -14,8 +14,8 @@ from .onnx import (
     read_metadata,
     verify,
 )
-from .service import Exported, export_checkpoint
-from .table import mapping, mapping_json, rows, table_csv
+from engine.export.service import Exported, export_checkpoint
+from engine.export.table import mapping, mapping_json, rows, table_csv
 
 __all__ = ["ExportError", "Exported", "build_onnx", "export_checkpoint", "mapping", "mapping_json",
            "onnx_model_bytes", "predict_onnx", "read_metadata", "rows", "table_csv", "verify"]

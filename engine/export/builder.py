@@ -1,5 +1,5 @@
 """The ONNX graph of a planned network, built with ``onnx.helper`` from one torch.fx trace
-(``engine.fxtrace``): modules through the handlers registered in ``onnx_layers.BUILD``, functions
+(``engine.plans.fxtrace``): modules through the handlers registered in ``onnx_layers.BUILD``, functions
 and tensor methods here. ``onnx.py`` describes the format and its numerics."""
 from __future__ import annotations
 
@@ -14,12 +14,9 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..fxtrace import Tracer
-from ..layers import QUANT_LAYERS, act_quantizers
-from ..plan import LayerConfig, Plan
-from . import qdq
-from .onnx_layers import _UNARY, _pair, _pool, _reshape, _shape, build_module
-from .qdq import (
+from engine.export import qdq
+from engine.export.onnx_layers import _UNARY, _pair, _pool, _reshape, _shape, build_module
+from engine.export.qdq import (
     _SAMPLE_BATCH,
     INPUT_NAME,
     IR_VERSION,
@@ -28,6 +25,9 @@ from .qdq import (
     ExportError,
     _Builder,
 )
+from engine.plans.fxtrace import Tracer
+from engine.plans.layers import QUANT_LAYERS, act_quantizers
+from engine.plans.plan import LayerConfig, Plan
 
 _BINARY = {operator.add: "Add", torch.add: "Add", operator.sub: "Sub", torch.sub: "Sub",
            operator.mul: "Mul", torch.mul: "Mul"}
@@ -246,7 +246,7 @@ def _prune(nodes, inits, output):
 
 def metadata_for(configs: dict[str, LayerConfig], plan: Plan | dict | None, model_id: str | None,
                  dataset_id: str | None, extra: dict | None = None) -> dict[str, str]:
-    from ..evaluation import code_version
+    from engine.evaluation import code_version
     plan_d = plan.to_dict() if isinstance(plan, Plan) else plan
     md = {"bitscape.format": "qdq-v1",
           "bitscape.plan": json.dumps(plan_d, sort_keys=True) if plan_d is not None else "",

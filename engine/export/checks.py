@@ -6,9 +6,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..agreement import Agreement
-from .builder import Built
-from .qdq import INPUT_NAME, ExportError, _f32
+from engine.agreement import Agreement
+from engine.export.builder import Built
+from engine.export.qdq import INPUT_NAME, ExportError, _f32
 
 
 def session(data: bytes, owner: dict[str, str | None] | None = None, configs: dict | None = None):
@@ -122,7 +122,7 @@ def predict_onnx(data: bytes, x: torch.Tensor, batch_size: int = 1024) -> np.nda
 def verify(data: bytes, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Agreement:
     """Agreement of the exported model (onnxruntime, the candidate) with the engine's fake-quantized
     model (the reference) on inputs ``x`` with labels ``y``."""
-    from ..finetune import predict_logits
+    from engine.training.finetune import predict_logits
     onnx_logits = predict_onnx(data, x)
     engine_logits = _f32(predict_logits(model, x))
     return Agreement.of(engine_logits, onnx_logits, y.numpy())

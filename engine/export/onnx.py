@@ -38,11 +38,9 @@ from __future__ import annotations
 
 import torch
 
-from ..layers import QUANT_LAYERS, act_quantizers
-from ..plan import FLOAT_BITS, Plan
-from .builder import Built, build_onnx, metadata_for
-from .checks import check_layers, predict_onnx, read_metadata, session, verify
-from .qdq import (
+from engine.export.builder import Built, build_onnx, metadata_for
+from engine.export.checks import check_layers, predict_onnx, read_metadata, session, verify
+from engine.export.qdq import (
     INPUT_NAME,
     IR_VERSION,
     OPSET,
@@ -53,6 +51,8 @@ from .qdq import (
     act_params,
     weight_params,
 )
+from engine.plans.layers import QUANT_LAYERS, act_quantizers
+from engine.plans.plan import FLOAT_BITS, Plan
 
 FLOAT = FLOAT_BITS
 

@@ -11,10 +11,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..handlers import Handlers
-from ..layers import QUANT_LAYERS, QuantLSTM
-from . import qdq
-from .qdq import _SAMPLE_BATCH, ExportError, _Builder, _emit_act, _emit_weight, _f32
+from engine.export import qdq
+from engine.export.qdq import _SAMPLE_BATCH, ExportError, _Builder, _emit_act, _emit_weight, _f32
+from engine.plans.handlers import Handlers
+from engine.plans.layers import QUANT_LAYERS, QuantLSTM
 
 BUILD = Handlers("ONNX export")
 """Module type -> fn(b, node, mod, x, in_shape) -> ONNX tensor name (or a tuple of them)."""

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import UserError
-from ..quant.spec import Uncalibrated
+from engine.errors import UserError
+from engine.quant.spec import Uncalibrated
 
 OPSET = 21          # int4/uint4 QuantizeLinear/DequantizeLinear
 IR_VERSION = 10

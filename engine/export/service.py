@@ -19,12 +19,12 @@ class Exported:
 def export_checkpoint(checkpoint: str | Path, model_id: str | None = None, dataset_id: str | None = None,
                       data_root: str | None = None) -> Exported:
     """Load a fine-tuned planned checkpoint and export it; model/dataset, if given, must match it."""
-    from ..checkpoint import load_state
-    from ..data import load_dataset
-    from ..errors import UserError
-    from ..fileio import clip
-    from ..pipeline import load_planned, planned_meta
-    from .onnx import onnx_model_bytes
+    from engine.errors import UserError
+    from engine.explore.pipeline import load_planned, planned_meta
+    from engine.export.onnx import onnx_model_bytes
+    from engine.fileio import clip
+    from engine.models.checkpoint import load_state
+    from engine.models.data import load_dataset
     _, meta0 = load_state(checkpoint)
     pm = planned_meta(meta0, checkpoint)   # checked before any name in it is resolved
     for what, given, held in (("model", model_id, pm.model), ("dataset", dataset_id, pm.dataset)):

@@ -5,8 +5,8 @@ import csv
 import io
 import json
 
-from ..graph import Topology
-from ..plan import FLOAT_BITS, LayerConfig, Plan
+from engine.plans.graph import Topology
+from engine.plans.plan import FLOAT_BITS, LayerConfig, Plan
 
 MAPPING_FORMAT = "bitscape-plan-map"
 MAPPING_VERSION = 1

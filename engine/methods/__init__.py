@@ -9,6 +9,6 @@ Each is a small module of pure functions usable from the engine and from study s
 - ``cpt``: cyclic precision training (Fu et al., ICLR 2021) and its precision range test;
 - ``bsq``: bit-level sparsity quantization (Yang et al., ICLR 2021) as a search that returns a
   per-layer ``Plan``;
-- ``policy``: distillation of a full-precision control policy (CartPole, ``engine.control``)
+- ``policy``: distillation of a full-precision control policy (CartPole, ``engine.training.control``)
   into a low-precision student, evaluated by task return.
 """

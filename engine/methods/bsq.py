@@ -15,7 +15,7 @@ bit-planes of a layer to zero:
 ``requant_every`` steps the relaxed bits are re-quantized to exact binary (carries included)
 and the precision adjusted: planes above the highest and below the lowest non-zero plane
 are dropped (frozen at zero). A layer's precision is then ``hi - lo + 1`` magnitude bits plus
-a sign bit; the result is an ``engine.plan.Plan`` (per-layer ``w_bits``, activations at a
+a sign bit; the result is an ``engine.plans.plan.Plan`` (per-layer ``w_bits``, activations at a
 fixed ``a_bits``) to be fine-tuned and evaluated like any other plan.
 """
 from __future__ import annotations
@@ -28,15 +28,15 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.parametrize as P
 
-from .. import finetune as ft
-from ..apply import apply_plan, calibrate
-from ..data import Dataset
-from ..errors import UserError
-from ..evaluation import Settings
-from ..finetune import accuracy
-from ..layers import QuantRecurrent
-from ..plan import FLOAT_BITS, LayerConfig, Plan
-from ..quant.ste import round_ste
+from engine.errors import UserError
+from engine.evaluation import Settings
+from engine.models.data import Dataset
+from engine.plans.apply import apply_plan, calibrate
+from engine.plans.layers import QuantRecurrent
+from engine.plans.plan import FLOAT_BITS, LayerConfig, Plan
+from engine.quant.ste import round_ste
+from engine.training import finetune as ft
+from engine.training.finetune import accuracy
 
 
 class BitWeight(nn.Module):
@@ -173,7 +173,7 @@ def make_bsq(model: nn.Module, input_shape: tuple[int, ...], max_bits: int = 8, 
     torch.manual_seed(seed)
     if a_bits == FLOAT_BITS:
         net = copy.deepcopy(model)
-        from ..graph import analyze
+        from engine.plans.graph import analyze
         names = analyze(net, input_shape).names
     else:
         applied = apply_plan(model, Plan.uniform(FLOAT_BITS, a_bits), input_shape, seed=seed)
@@ -242,7 +242,7 @@ def run_bsq(model: nn.Module, data: Dataset, strength: float, steps: int, max_bi
         raise UserError("requant_every must be at least 1")
     s = settings or Settings()
     t0 = time.perf_counter()
-    from ..pipeline import _calibration_batches
+    from engine.explore.pipeline import _calibration_batches
     bm = make_bsq(model, data.input_shape, max_bits, a_bits, _calibration_batches(data, s), s.seed)
     base_val = accuracy(model, data.x_val, data.y_val)
     task = ft.default_loss(s, teacher)
@@ -289,8 +289,8 @@ def bsq(model_id: str, dataset_id: str, strength: float = 10.0, steps: int = 300
         settings: Settings | None = None, distill: bool = False, data: Dataset | None = None,
         baseline: nn.Module | None = None, progress=None, should_stop=None) -> BSQResult:
     """``run_bsq`` on a zoo (or user) model's FP32 baseline; the full result."""
-    from ..baselines import load_baseline
-    from ..data import load_dataset
+    from engine.models.baselines import load_baseline
+    from engine.models.data import load_dataset
     data = data or load_dataset(dataset_id)
     teacher = baseline if baseline is not None else load_baseline(model_id, dataset_id, data)
     return run_bsq(teacher, data, strength, steps, max_bits, a_bits, min_bits, requant_every, lr_bits, settings,

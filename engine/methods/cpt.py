@@ -27,16 +27,16 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .. import finetune as ft
-from ..apply import Applied, quant_layers
-from ..data import Dataset
-from ..errors import UserError
-from ..evaluation import Evaluation, Settings, provenance
-from ..finetune import accuracy, reestimate_bn
-from ..layers import act_quantizers, weight_quantizers
-from ..plan import Plan
-from ..quant import lsq
-from ..quant.modules import WeightQuantizer
+from engine.errors import UserError
+from engine.evaluation import Evaluation, Settings, provenance
+from engine.models.data import Dataset
+from engine.plans.apply import Applied, quant_layers
+from engine.plans.layers import act_quantizers, weight_quantizers
+from engine.plans.plan import Plan
+from engine.quant import lsq
+from engine.quant.modules import WeightQuantizer
+from engine.training import finetune as ft
+from engine.training.finetune import accuracy, reestimate_bn
 
 WHICH = ("both", "weights", "activations")
 RESCALE = ("range", "memory")
@@ -200,7 +200,7 @@ def precision_range_test(model: nn.Module, data: Dataset, s: Settings | None = N
             return nn.functional.cross_entropy(out, yb)
         with torch.no_grad():
             t_out = teacher(xb)
-        from ..distill import kd_loss
+        from engine.training.distill import kd_loss
         return kd_loss(out, t_out, yb, s.kd_alpha, s.kd_beta, s.temperature)
 
     ft.optimise(net, data, s, loss, steps=steps_per_bits * len(order), hook=hook, cosine=False)
@@ -232,7 +232,7 @@ def cpt_finetune(model_id: str, dataset_id: str, plan: Plan, settings: Settings 
     Returns an Evaluation (status fine-tuned; ``provenance["method"]`` records the CPT
     parameters, the range test and the schedule) and the network.
     """
-    from ..pipeline import baseline_accuracy, prepare
+    from engine.explore.pipeline import baseline_accuracy, prepare
     s = settings or Settings()
     t0 = time.perf_counter()
     applied, teacher, data = prepare(model_id, dataset_id, plan, s, baseline, data)

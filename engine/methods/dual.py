@@ -1,6 +1,6 @@
 """Dual-precision networks: one set of weights serving two precision modes.
 
-A planned network (``engine.apply.apply_plan``) gets, in every quantized layer, quantizers
+A planned network (``engine.plans.apply.apply_plan``) gets, in every quantized layer, quantizers
 that know two bit-widths and keep one learned step size per mode; ``set_mode(model, "high")``
 or ``set_mode(model, "low")`` switches all of them (and, after ``reestimate_bn_dual``, the
 batch-norm statistics) without retraining.
@@ -31,17 +31,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import finetune as ft
-from ..apply import Applied, apply_plan, calibrate, quant_layers
-from ..data import Dataset
-from ..distill import kd_loss
-from ..errors import UserError
-from ..evaluation import Settings
-from ..finetune import accuracy, reestimate_bn
-from ..layers import QuantRecurrent
-from ..plan import FLOAT_BITS, Plan
-from .dual_planes import planes_agreement, planes_model  # noqa: F401 - part of this module's face
-from .dual_quant import (  # noqa: F401
+from engine.errors import UserError
+from engine.evaluation import Settings
+from engine.models.data import Dataset
+from engine.plans.apply import Applied, apply_plan, calibrate, quant_layers
+from engine.plans.layers import QuantRecurrent
+from engine.plans.plan import FLOAT_BITS, Plan
+from engine.training import finetune as ft
+from engine.training.distill import kd_loss
+from engine.training.finetune import accuracy, reestimate_bn
+from engine.training.methods.dual_planes import planes_agreement, planes_model  # noqa: F401 - part of this module's face
+from engine.training.methods.dual_quant import (  # noqa: F401
     LOW_WEIGHTS,
     MODES,
     DualActQuantizer,
@@ -283,9 +283,9 @@ def dual_finetune(model_id: str, dataset_id: str, high=(8, 8), low=(4, 4), setti
     The budget ``settings.steps`` is split in half between the phases unless given;
     ``settings.distill`` distils both modes from the FP32 teacher.
     """
-    from ..baselines import load_baseline
-    from ..data import load_dataset
-    from ..pipeline import _calibration_batches, baseline_accuracy
+    from engine.explore.pipeline import _calibration_batches, baseline_accuracy
+    from engine.models.baselines import load_baseline
+    from engine.models.data import load_dataset
     s = settings or Settings()
     t0 = time.perf_counter()
     data = data or load_dataset(dataset_id)

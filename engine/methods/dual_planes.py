@@ -9,10 +9,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..apply import quant_layers
-from ..errors import UserError
-from ..layers import QuantConv2d, QuantLinear, QuantRecurrent
-from .dual_quant import MODES, DualWeightQuantizer, get_mode, set_mode
+from engine.errors import UserError
+from engine.plans.apply import quant_layers
+from engine.plans.layers import QuantConv2d, QuantLinear, QuantRecurrent
+from engine.training.methods.dual_quant import MODES, DualWeightQuantizer, get_mode, set_mode
 
 
 class _PlanesGemm(nn.Module):
@@ -25,7 +25,7 @@ class _PlanesGemm(nn.Module):
 
     def __init__(self, name: str, mod: nn.Module):
         super().__init__()
-        from .. import kernels as K
+        from engine import kernels as K
         wq = mod.wq
         if not isinstance(wq, DualWeightQuantizer) or not wq.active:
             raise UserError(f"layer {name!r}: not a dual layer with quantized weights")
@@ -60,7 +60,7 @@ class _PlanesGemm(nn.Module):
         return self._scales[mode]
 
     def gemm(self, x2d: np.ndarray, mode: str) -> np.ndarray:
-        from .. import kernels as K
+        from engine import kernels as K
         scale, planes, off = self._scale(mode)
         acc = K.gemm_float_act(self.packed, np.ascontiguousarray(x2d, dtype=np.float32), planes=planes)
         if off:  # midpoint: every low code carries +1/2, i.e. + 2^shift/2 in high-code units
@@ -69,7 +69,7 @@ class _PlanesGemm(nn.Module):
         return y + self.bias if self.bias is not None else y
 
     def forward(self, x):
-        from .. import kernels as K
+        from engine import kernels as K
         mode = self.wq.mode
         xq = self.aq(x).detach().float().numpy()
         if self.conv is None:

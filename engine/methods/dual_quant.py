@@ -2,18 +2,18 @@
 
 ``set_mode(model, "high" | "low")`` switches every dual quantizer (and per-mode batch-norm
 statistics, if stored). ``DualWeightQuantizer.spec`` says what each mode computes; nested low-mode
-codes are the top bit-planes of the high-mode codes (see ``engine.methods.dual``).
+codes are the top bit-planes of the high-mode codes (see ``engine.training.methods.dual``).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from ..errors import UserError
-from ..quant import lsq
-from ..quant.modules import ActQuantizer, WeightQuantizer
-from ..quant.spec import QuantSpec
-from ..quant.ste import grad_scale, round_ste
+from engine.errors import UserError
+from engine.quant import lsq
+from engine.quant.modules import ActQuantizer, WeightQuantizer
+from engine.quant.spec import QuantSpec
+from engine.quant.ste import grad_scale, round_ste
 
 MODES = ("high", "low")
 LOW_WEIGHTS = ("nested", "independent")

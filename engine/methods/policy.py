@@ -1,10 +1,10 @@
 """Low-precision policy distillation: a full-precision control policy distilled into a
 low-precision student through the plan machinery, judged by task return.
 
-The task is CartPole (``engine.control``, 200-step episodes). The teacher is a small FP32
+The task is CartPole (``engine.training.control``, 200-step episodes). The teacher is a small FP32
 MLP (4 -> 32 -> 32 -> 2, ReLU) trained in seconds by the cross-entropy method (a diagonal
 Gaussian over its parameters, seeded; greedy actions). The student is
-``engine.apply.apply_plan(teacher, plan)``: the teacher's weights with the plan's fake
+``engine.plans.apply.apply_plan(teacher, plan)``: the teacher's weights with the plan's fake
 quantizers, calibrated on visited states, then trained to match the teacher's action
 distribution, ``T^2 KL(teacher_T || student_T)``, on states from teacher rollouts; optional
 DAgger rounds add the states the *student* visits, labelled by the teacher. User-supplied
@@ -24,10 +24,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import control
-from ..apply import apply_plan, calibrate
-from ..errors import UserError
-from ..plan import Plan
+from engine.errors import UserError
+from engine.plans.apply import apply_plan, calibrate
+from engine.plans.plan import Plan
+from engine.training import control
 
 
 class PolicyNet(nn.Module):

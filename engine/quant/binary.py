@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .spec import QuantSpec
+from engine.quant.spec import QuantSpec
 
 
 def _per_channel_mean(x: torch.Tensor) -> torch.Tensor:

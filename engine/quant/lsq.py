@@ -9,8 +9,8 @@ import math
 
 import torch
 
-from .spec import QuantSpec
-from .ste import grad_scale, round_ste
+from engine.quant.spec import QuantSpec
+from engine.quant.ste import grad_scale, round_ste
 
 
 def levels(bits: int, signed: bool) -> tuple[int, int]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from . import binary, lsq, wrpn
-from .spec import QuantSpec, Uncalibrated
+from engine.quant import binary, lsq, wrpn
+from engine.quant.spec import QuantSpec, Uncalibrated
 
 FLOAT = 32
 

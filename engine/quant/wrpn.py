@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .spec import QuantSpec
-from .ste import round_ste, sign_ste
+from engine.quant.spec import QuantSpec
+from engine.quant.ste import round_ste, sign_ste
 
 
 def quantize_weight(w: torch.Tensor, bits: int, scale: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import platform
 import time
 from pathlib import Path
 
-from .core import TOL, VERDICTS, Config
+from engine.study.core import TOL, VERDICTS, Config
 
 CLAIMS = ("wrpn", "apprentice", "lsq", "faq", "mixed", "sparsity", "dlac", "rnn", "pbatch", "dual", "cpt", "bsq")
 
@@ -28,9 +28,9 @@ def modules(claims=CLAIMS):
 
 def main_context(cfg: Config) -> dict:
     """Topologies (from freshly built networks: no weights needed) and split sizes, in the main process."""
-    from ..data import load_dataset
-    from ..graph import analyze
-    from ..zoo import build_model
+    from engine.models.data import load_dataset
+    from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
     data = load_dataset(cfg.dataset)
     topo = {m: analyze(build_model(m, data.input_shape, data.num_classes).eval(), data.input_shape)
             for m in (cfg.model, cfg.rnn)}
@@ -47,7 +47,7 @@ def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIM
     """
     import torch
     torch.set_num_threads(1)
-    from .core import execute
+    from engine.study.core import execute
     log = log or (lambda m: None)
     t0 = time.perf_counter()
     load0 = os.getloadavg()
@@ -100,7 +100,7 @@ def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIM
         try:
             sections.append(m.section(cfg, ctx, done, plots))
         except Exception as e:
-            from .core import failed_section
+            from engine.study.core import failed_section
             sections.append(failed_section(m, [f"section failed: {type(e).__name__}: {e}"]))
     task_walls = sorted(((k, r.get("_wall", 0.0)) for k, r in done.items()), key=lambda kv: -kv[1])
     result = {"config": cfg.to_dict(), "sections": sections, "wall_s": round(time.perf_counter() - t0, 1),
@@ -119,7 +119,7 @@ def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIM
 def _machine() -> dict:
     import torch
 
-    from ..evaluation import code_version
+    from engine.evaluation import code_version
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "platform": platform.platform(), "code_version": code_version()}
 

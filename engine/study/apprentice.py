@@ -1,7 +1,7 @@
 """Apprentice (Mishra & Marr, ICLR 2018): distillation from the FP32 teacher vs none, same budget."""
 from __future__ import annotations
 
-from . import core
+from engine.study import core
 
 ID = "apprentice"
 TITLE = "Apprentice: knowledge distillation for low precision"

@@ -1,7 +1,7 @@
 """BSQ (Yang et al., ICLR 2021): bit-level sparsity search for per-layer weight precision vs uniform precision."""
 from __future__ import annotations
 
-from . import core
+from engine.study import core
 
 ID = "bsq"
 TITLE = "BSQ: bit-level sparsity quantization"
@@ -15,8 +15,8 @@ LR_BITS = 0.03
 
 
 def search(cfg) -> dict:
-    from ..evaluation import Settings
-    from ..methods.bsq import bsq
+    from engine.evaluation import Settings
+    from engine.training.methods.bsq import bsq
     base, data, _ = core.context(cfg)
     r = bsq(cfg.model, cfg.dataset, strength=cfg.bsq_strength, steps=cfg.bsq_steps, a_bits=A_BITS,
             requant_every=25, lr_bits=LR_BITS, settings=Settings(seed=0, batch_size=cfg.batch_size),

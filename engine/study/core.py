@@ -87,9 +87,9 @@ def context(cfg: Config, model: str | None = None):
     model = model or cfg.model
     key = (model, cfg.dataset, cfg.val_limit)
     if key not in _CTX:
-        from ..baselines import load_baseline
-        from ..data import Dataset, load_dataset
-        from ..graph import analyze
+        from engine.models.baselines import load_baseline
+        from engine.models.data import Dataset, load_dataset
+        from engine.plans.graph import analyze
         full = load_dataset(cfg.dataset)
         data = full
         if cfg.val_limit and len(full.y_val) > cfg.val_limit:
@@ -103,8 +103,8 @@ def context(cfg: Config, model: str | None = None):
 
 def resolve_plan(spec, topo, model: str):
     """A Plan from a preset name, one of the study's names, or a plan dict."""
-    from ..plan import Plan
-    from ..presets import PRESETS, preset_plan
+    from engine.plans.plan import Plan
+    from engine.plans.presets import PRESETS, preset_plan
     if isinstance(spec, dict):
         return Plan.from_dict(spec)
     if spec in PRESETS:
@@ -130,8 +130,8 @@ def weight_zero_fraction(applied) -> dict[str, float]:
     """Per quantized layer: fraction of zero quantized weights (what a zero-skipping datapath skips)."""
     import torch
 
-    from ..apply import quant_layers
-    from ..layers import QuantLSTM
+    from engine.plans.apply import quant_layers
+    from engine.plans.layers import QuantLSTM
     out = {}
     with torch.no_grad():
         for name, mod in quant_layers(applied.model):
@@ -146,8 +146,8 @@ def weight_zero_fraction(applied) -> dict[str, float]:
 
 def finetune(cfg: Config, model: str, plan, seed: int = 0, steps: int | None = None, distill: bool = False) -> dict:
     """One ``evaluate_plan`` run (steps=0: the no-training estimate) as plain data."""
-    from ..evaluation import Settings
-    from ..pipeline import evaluate_plan
+    from engine.evaluation import Settings
+    from engine.explore.pipeline import evaluate_plan
     base, data, topo = context(cfg, model)
     p = resolve_plan(plan, topo, model)
     s = Settings(steps=cfg.steps if steps is None else steps, seed=seed, distill=distill,
@@ -330,7 +330,7 @@ def gather(done: dict, model: str, keys: dict) -> tuple[dict, dict, float | None
 
 def cost(ctx: dict, model: str, plan, profile: str, configs=None, batch: int | None = None):
     """Cost report of a plan (spec or dict) on a profile, from the main process's topology."""
-    from ..cost import cost_topology
+    from engine.cost import cost_topology
     topo = ctx["topo"][model]
     cfgs = configs if configs is not None else resolve_plan(plan, topo, model).resolve(topo.names)
     return cost_topology(topo, cfgs, profile, batch=batch)

@@ -1,7 +1,7 @@
 """CPT (Fu et al., ICLR 2021): cyclic precision fine-tuning vs static precision, same budget."""
 from __future__ import annotations
 
-from . import core
+from engine.study import core
 
 ID = "cpt"
 TITLE = "CPT: cyclic precision training"
@@ -14,8 +14,8 @@ CYCLES = 8
 
 
 def run(cfg, seed: int = 0) -> dict:
-    from ..evaluation import Settings
-    from ..methods.cpt import cpt_finetune
+    from engine.evaluation import Settings
+    from engine.training.methods.cpt import cpt_finetune
     base, data, topo = core.context(cfg)
     plan = core.resolve_plan(PLAN, topo, cfg.model)
     r = cpt_finetune(cfg.model, cfg.dataset, plan, Settings(steps=cfg.steps, seed=seed, batch_size=cfg.batch_size),

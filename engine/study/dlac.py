@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import statistics
 
-from . import core
+from engine.study import core
 
 ID = "dlac"
 TITLE = "dLAC: low precision with sparsity (zero skipping)"
@@ -27,7 +27,7 @@ def tasks(cfg, ctx, done):
 
 
 def section(cfg, ctx, done, plots):
-    from ..plan import LayerConfig
+    from engine.plans.plan import LayerConfig
     keys = {p: [core.key_ft(cfg.model, p, s, cfg.steps) for s in _seeds(cfg, p)] for p, _, _ in PLANS}
     keys["w8a8"] = [core.key_ft(cfg.model, "w8a8", s, cfg.steps) for s in cfg.seeds_minor]
     problems = core.errors(done, [k for ks in keys.values() for k in ks])

@@ -1,21 +1,21 @@
 """Dual precision: one set of weights serving W8A8 and W4A4, vs separately fine-tuned networks."""
 from __future__ import annotations
 
-from . import core
+from engine.study import core
 
 ID = "dual"
 TITLE = "Dual precision: one network, two precisions"
 PAPER = "Dual-precision networks (one weight set, switchable precision with per-mode step sizes and batch-norm " \
         "statistics), e.g. Park, Choi, Ko, 'Dual-Precision Deep Neural Network', 2020; as implemented in " \
-        "engine.methods.dual"
+        "engine.training.methods.dual"
 CLAIM = ("A single network trained for two precisions runs at either with accuracy close to networks trained "
          "separately for each precision (paraphrased).")
 HIGH, LOW = (8, 8), (4, 4)
 
 
 def run(cfg, seed: int = 0) -> dict:
-    from ..evaluation import Settings
-    from ..methods.dual import dual_finetune
+    from engine.evaluation import Settings
+    from engine.training.methods.dual import dual_finetune
     base, data, _ = core.context(cfg)
     r = dual_finetune(cfg.model, cfg.dataset, high=HIGH, low=LOW,
                       settings=Settings(steps=cfg.steps, seed=seed, batch_size=cfg.batch_size),

@@ -1,7 +1,7 @@
 """FAQ (McKinstry et al.): 8-bit and 4-bit from the pretrained model with at most one epoch of fine-tuning."""
 from __future__ import annotations
 
-from . import core
+from engine.study import core
 
 ID = "faq"
 TITLE = "FAQ: fine-tuning after quantization"

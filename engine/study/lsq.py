@@ -1,7 +1,7 @@
 """LSQ (Esser et al., ICLR 2020): learned step sizes at 8, 4, 3 and 2 bits vs FP32."""
 from __future__ import annotations
 
-from . import core
+from engine.study import core
 
 ID = "lsq"
 TITLE = "LSQ: learned step size quantization"

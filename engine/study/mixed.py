@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from . import core
+from engine.study import core
 
 ID = "mixed"
 TITLE = "EAGL / ALPS: mixed 4/2-bit precision"
@@ -18,7 +18,7 @@ UNIFORM = ("w4a4", "w3a3", "w2a2")
 
 
 def run_eagl(cfg) -> dict:
-    from ..sensitivity import eagl
+    from engine.training.sensitivity import eagl
     base, data, _ = core.context(cfg)
     t0 = time.perf_counter()
     s = eagl(cfg.model, cfg.dataset, bits=LADDER[0], baseline=base, data=data)
@@ -26,7 +26,7 @@ def run_eagl(cfg) -> dict:
 
 
 def run_hessian(cfg) -> dict:
-    from ..sensitivity import hessian
+    from engine.training.sensitivity import hessian
     base, data, _ = core.context(cfg)
     t0 = time.perf_counter()
     s = hessian(cfg.model, cfg.dataset, bits=LADDER[1], baseline=base, data=data)
@@ -34,7 +34,7 @@ def run_hessian(cfg) -> dict:
 
 
 def _alps_plans(cfg, ctx):
-    from ..sensitivity import alps_plans
+    from engine.training.sensitivity import alps_plans
     plans = alps_plans(ctx["topo"][cfg.model], bits=LADDER[1], base_bits=LADDER[0])
     return {(layer or "ref"): p.to_dict() for layer, p in plans.items()}
 
@@ -61,7 +61,7 @@ def _orders(cfg, ctx, done):
 
 def _path(cfg, ctx, order):
     """Interior plans of the greedy 4 -> 2 path (the endpoints are uniform W4A4 and W2A2)."""
-    from ..search import greedy_plans, plan_label
+    from engine.explore.search import greedy_plans, plan_label
     names = ctx["topo"][cfg.model].names
     plans = greedy_plans(names, order, LADDER)
     return [(plan_label(p, names), p.to_dict()) for p in plans[1:-1]]
@@ -85,8 +85,8 @@ def tasks(cfg, ctx, done):
 def section(cfg, ctx, done, plots):
     import numpy as np
 
-    from ..frontier import hypervolume, pareto_mask
-    from ..sensitivity import rank_correlation
+    from engine.explore.frontier import hypervolume, pareto_mask
+    from engine.training.sensitivity import rank_correlation
     orders = _orders(cfg, ctx, done)
     alps_keys = [_alps_key(cfg, layer) for layer in _alps_plans(cfg, ctx)]
     if not orders:

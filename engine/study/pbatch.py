@@ -4,7 +4,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from . import core
+from engine.study import core
 
 ID = "pbatch"
 TITLE = "PrecisionBatching: run-time weight bit-planes"
@@ -24,10 +24,10 @@ def accuracy_by_planes(cfg) -> dict:
     and the packed bit-plane kernels' accuracy and agreement on the first ``cfg.pb_examples`` test images."""
     import torch
 
-    from ..evaluation import Settings
-    from ..finetune import accuracy
-    from ..methods.dual import make_dual, planes_model, set_mode
-    from ..pipeline import _calibration_batches
+    from engine.evaluation import Settings
+    from engine.explore.pipeline import _calibration_batches
+    from engine.training.finetune import accuracy
+    from engine.training.methods.dual import make_dual, planes_model, set_mode
     base, data, _ = core.context(cfg)
     calib = _calibration_batches(data, Settings())
     n = cfg.pb_examples
@@ -56,7 +56,7 @@ def final(cfg, ctx, done) -> dict:
     import numpy as np
     import torch
 
-    from .. import kernels as K
+    from engine import kernels as K
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     topo = ctx["topo"][cfg.model]
@@ -132,7 +132,7 @@ def section(cfg, ctx, done, plots):
               f"{sec[str(HIGH)] / sec['4']:.2f}x faster; at {t_min} planes {vs_fp:.2f}x torch fp32 speed (CPU)")
     notes = [f"One model: W{HIGH} weights (per-tensor LSQ step, MSE-calibrated, no fine-tuning), float "
              "activations. Dropping planes keeps the top t bits of each 8-bit code (floor), reconstructed at the "
-             "bin midpoint with a least-squares step (engine.methods.dual, 'nested' weights); no retraining "
+             "bin midpoint with a least-squares step (engine.training.methods.dual, 'nested' weights); no retraining "
              "per plane count.",
              f"Fake-quant accuracy on the whole test set; the packed path (engine.kernels.gemm_float_act with "
              f"planes=t inside every conv / linear layer) on the first {acc['examples']} test images, with its "

@@ -1,7 +1,7 @@
 """Low-precision RNNs (Kapur, Mishra, Marr): the row-by-row LSTM at W4A4 and W2A2, 1x and 2x hidden size."""
 from __future__ import annotations
 
-from . import core
+from engine.study import core
 
 ID = "rnn"
 TITLE = "Low-precision RNNs, with and without widening"
@@ -14,8 +14,8 @@ BASELINE = "rnn-baseline"
 
 def baseline(cfg) -> dict:
     """The LSTM's FP32 baseline: the cached / shipped one, else trained now into the user cache."""
-    from ..baselines import baseline_path, train_baseline
-    from ..checkpoint import load_state
+    from engine.models.baselines import baseline_path, train_baseline
+    from engine.models.checkpoint import load_state
     p = baseline_path(cfg.rnn, cfg.dataset)
     if p is None:
         r = train_baseline(cfg.rnn, cfg.dataset, epochs=cfg.lstm_epochs, seed=0)

@@ -1,7 +1,7 @@
 """2:4 structured sparsity with the ASP recipe, with and without quantization."""
 from __future__ import annotations
 
-from . import core
+from engine.study import core
 
 ID = "sparsity"
 TITLE = "2:4 sparsity (ASP recipe)"

@@ -1,7 +1,7 @@
 """WRPN (Mishra et al., ICLR 2018): 2x-wide low-precision networks vs FP32 and vs 1x width."""
 from __future__ import annotations
 
-from . import core
+from engine.study import core
 
 ID = "wrpn"
 TITLE = "WRPN: wide reduced-precision networks"

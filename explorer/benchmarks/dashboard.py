@@ -64,8 +64,8 @@ def _serve(store_path: str, workers: int = 1, nice: int | None = None):
 
     import panel as pn
 
-    from engine.jobs import SERVER_WORKER_NICE, JobRunner
-    from engine.store import Store
+    from engine.explore.jobs import SERVER_WORKER_NICE, JobRunner
+    from engine.explore.store import Store
     from explorer.app import create_app
     store = Store(store_path)
     runner = JobRunner(workers=workers, store=store, nice=SERVER_WORKER_NICE if nice is None else nice)
@@ -191,7 +191,7 @@ BUSY_STEPS = 1_000_000  # far more than the measurement lasts: the fine-tunes ar
 def _start_finetunes(runner, steps: int, timeout: float = 300.0) -> list[str]:
     """Two real fine-tunes in the server's runner; returns once both are training (past loading)."""
     from engine.evaluation import Settings
-    from engine.plan import Plan
+    from engine.plans.plan import Plan
     ids = [runner.submit("lenet5", "digits", Plan.uniform(4, 4), Settings(steps=steps, seed=i), label=f"busy {i}")
            for i in range(BUSY_JOBS)]
     end = time.monotonic() + timeout

@@ -17,7 +17,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from engine.baselines import train_baseline
+    from engine.models.baselines import train_baseline
     check_epochs(args.epochs)
     check_out(args.out)
     model, dataset = model_dataset(args)

@@ -25,7 +25,7 @@ def add_model_args(p, dataset: bool = True) -> None:
 
 
 def model_dataset(args) -> tuple[str, str]:
-    from engine.zoo import ZOO
+    from engine.models.zoo import ZOO
     ds = getattr(args, "dataset", None)
     if ds is None:
         if args.model in ZOO:
@@ -36,7 +36,7 @@ def model_dataset(args) -> tuple[str, str]:
 
 
 def load_data(args, dataset: str):
-    from engine.data import load_dataset
+    from engine.models.data import load_dataset
     return load_dataset(dataset, root=getattr(args, "data_dir", None))
 
 

@@ -49,7 +49,7 @@ def _si(x: float, unit: str) -> str:
 
 def run_cost(args) -> int:
     from engine.cost import cost_topology, load_profile
-    from engine.plan import LayerConfig, Plan
+    from engine.plans.plan import LayerConfig, Plan
 
     from .plan import topology_for
 

@@ -18,9 +18,9 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from engine import deploy as D
-    from engine.data import load_dataset
     from engine.errors import UserError
-    from engine.pipeline import load_planned, planned_meta
+    from engine.explore.pipeline import load_planned, planned_meta
+    from engine.models.data import load_dataset
 
     if not args.out and not args.verify:
         raise UserError("give --out FILE (write the packed network) and/or --verify")
@@ -29,7 +29,7 @@ def run(args) -> int:
     check_out(args.out, inputs={"--checkpoint": args.checkpoint})
     data = None
     if args.verify:
-        from engine.checkpoint import load_state
+        from engine.models.checkpoint import load_state
         _, meta0 = load_state(args.checkpoint)
         data = load_dataset(planned_meta(meta0, args.checkpoint).dataset, root=args.data_dir)
     applied, meta = load_planned(args.checkpoint, data=data)
@@ -53,7 +53,7 @@ def run(args) -> int:
     head = f"{'layer':<14} {'type':<7} {'config':<14} {'kernel':<18} {'bits/w':>6} {'packed B':>10} {'fp32 B':>10}"
     print(head)
     print("-" * len(head))
-    from engine.plan import LayerConfig
+    from engine.plans.plan import LayerConfig
     for r in summary["layers"]:
         label = LayerConfig(**r["config"]).label() if r["config"] else ""
         print(f"{r['name'][:14]:<14} {r['type']:<7} {label[:14]:<14} {r['kernel'][:18]:<18} "

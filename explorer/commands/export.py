@@ -64,12 +64,12 @@ def run_onnx(args) -> int:
 
 
 def _plan_source(args):
-    from engine.checkpoint import load_state
     from engine.errors import UserError
+    from engine.explore.pipeline import planned_meta
     from engine.fileio import clip
-    from engine.pipeline import planned_meta
-    from engine.plan import Plan
-    from engine.zoo import ZOO
+    from engine.models.checkpoint import load_state
+    from engine.models.zoo import ZOO
+    from engine.plans.plan import Plan
     if args.checkpoint:
         _, meta = load_state(args.checkpoint)
         pm = planned_meta(meta, args.checkpoint)
@@ -90,11 +90,11 @@ def _plan_source(args):
 
 
 def run_table(args) -> int:
-    from engine.data import dataset_spec
     from engine.export import mapping_json, table_csv
     from engine.fileio import atomic_write_text
-    from engine.graph import analyze
-    from engine.zoo import build_model
+    from engine.models.data import dataset_spec
+    from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
 
     check_out(args.out, inputs={"--checkpoint": args.checkpoint, "--plan": args.plan})
     plan, model_id, dataset_id = _plan_source(args)

@@ -40,12 +40,12 @@ def settings_from(args):
 
 
 def run(args) -> int:
-    from engine.baselines import load_baseline
     from engine.errors import UserError
     from engine.evaluation import MAX_STEPS
-    from engine.graph import analyze
-    from engine.pipeline import evaluate_plan, save_planned
-    from engine.plan import Plan
+    from engine.explore.pipeline import evaluate_plan, save_planned
+    from engine.models.baselines import load_baseline
+    from engine.plans.graph import analyze
+    from engine.plans.plan import Plan
 
     check_epochs(args.epochs)
     check_out(args.save, "--save", inputs={"--plan": args.plan, "--baseline": args.baseline})

@@ -1,4 +1,4 @@
-"""Commands for the methods in engine.methods:
+"""Commands for the methods in engine.training.methods:
 
 ``bitscape bsq``            BSQ bit-level sparsity search -> a per-layer plan
 ``bitscape dual``           a dual-precision network (high and low mode from one set of weights)
@@ -75,9 +75,9 @@ def _check_positive(**values) -> None:
 
 
 def run_bsq(args) -> int:
-    from engine.baselines import load_baseline
     from engine.evaluation import Settings
-    from engine.methods.bsq import run_bsq as search
+    from engine.models.baselines import load_baseline
+    from engine.training.methods.bsq import run_bsq as search
 
     _check_positive(strength=args.strength, steps=args.steps)
     check_out(args.out)
@@ -105,10 +105,10 @@ def run_bsq(args) -> int:
 
 
 def run_dual(args) -> int:
-    from engine.baselines import load_baseline
     from engine.errors import UserError
     from engine.evaluation import Settings
-    from engine.methods.dual import dual_finetune
+    from engine.models.baselines import load_baseline
+    from engine.training.methods.dual import dual_finetune
 
     if args.steps < 0:
         raise UserError("--steps must be 0 or more")
@@ -135,11 +135,11 @@ def run_dual(args) -> int:
 
 
 def run_cpt(args) -> int:
-    from engine.baselines import load_baseline
     from engine.evaluation import Settings
-    from engine.graph import analyze
-    from engine.methods.cpt import cpt_finetune
-    from engine.plan import Plan
+    from engine.models.baselines import load_baseline
+    from engine.plans.graph import analyze
+    from engine.plans.plan import Plan
+    from engine.training.methods.cpt import cpt_finetune
 
     model, dataset = model_dataset(args)
     plan = Plan.load(args.plan)
@@ -171,8 +171,8 @@ def run_cpt(args) -> int:
 
 def run_policy(args) -> int:
     from engine.errors import UserError
-    from engine.methods.policy import policy_distill
-    from engine.plan import Plan
+    from engine.plans.plan import Plan
+    from engine.training.methods.policy import policy_distill
 
     _check_positive(episodes=args.episodes, steps=args.steps, dagger=args.dagger)
     if args.eval_episodes < 1 or args.episodes < 1:

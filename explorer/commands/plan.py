@@ -18,20 +18,20 @@ def register(sub) -> None:
     add_model_args(v)
     v.set_defaults(func=validate)
     s = cmds.add_parser("schema", help="print the plan JSON Schema")
-    s.set_defaults(func=lambda args: print(json.dumps(__import__("engine.plan", fromlist=["x"]).plan_schema(), indent=2)))
+    s.set_defaults(func=lambda args: print(json.dumps(__import__("engine.plans.plan", fromlist=["x"]).plan_schema(), indent=2)))
 
 
 def topology_for(args):
-    from engine.data import dataset_spec
-    from engine.graph import analyze
-    from engine.zoo import build_model
+    from engine.models.data import dataset_spec
+    from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
     model, dataset = model_dataset(args)
     spec = dataset_spec(dataset)
     return analyze(build_model(model, spec.input_shape, spec.num_classes), spec.input_shape)
 
 
 def template(args) -> int:
-    from engine.plan import LayerConfig, Plan
+    from engine.plans.plan import LayerConfig, Plan
     topo = topology_for(args)
     plan = Plan.explicit({n: LayerConfig() for n in topo.names}, model=args.model)
     print(plan.to_json())
@@ -39,7 +39,7 @@ def template(args) -> int:
 
 
 def validate(args) -> int:
-    from engine.plan import Plan
+    from engine.plans.plan import Plan
     plan = Plan.load(args.file)
     plan.check_model(args.model)
     topo = topology_for(args)

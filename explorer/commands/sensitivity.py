@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from engine.errors import UserError
-    from engine.sensitivity import alps, correlations, eagl, hessian
+    from engine.training.sensitivity import alps, correlations, eagl, hessian
 
     model, dataset = model_dataset(args)
     if args.bits is not None and not 1 <= args.bits <= 8:
@@ -37,8 +37,8 @@ def run(args) -> int:
         elif m == "hessian":
             results.append(hessian(model, dataset, bits=args.bits or 4, seed=args.seed))
         else:
-            from engine.jobs import JobRunner
-            from engine.store import Store
+            from engine.explore.jobs import JobRunner
+            from engine.explore.store import Store
             store = Store(args.store)
             with JobRunner(workers=args.workers, scheduler=args.scheduler, store=store) as runner:
                 results.append(alps(model, dataset, bits=args.bits or 2, steps=args.steps, seed=args.seed,

@@ -39,8 +39,8 @@ def register(sub) -> None:
 def register_user_code(models: list[str], datasets: list[str]) -> None:
     """Check every --model/--dataset reference now (a bad one stops the server with one line) and
     add it to the pickers."""
-    from engine.data import register_dataset
-    from engine.zoo import register_model
+    from engine.models.data import register_dataset
+    from engine.models.zoo import register_model
     for ref in datasets:
         spec = register_dataset(ref)
         print(f"dataset {ref}: {spec.description}", file=sys.stderr, flush=True)

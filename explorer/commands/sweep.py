@@ -61,9 +61,9 @@ def use_profile_file(path: str) -> str:
 
 def run(args) -> int:
     from engine.errors import UserError
-    from engine.jobs import JobRunner
-    from engine.store import Store
-    from engine.sweep import run_sweep
+    from engine.explore.jobs import JobRunner
+    from engine.explore.store import Store
+    from engine.explore.sweep import run_sweep
 
     model, dataset = model_dataset(args)
     if args.profile_file:

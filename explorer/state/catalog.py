@@ -5,9 +5,9 @@ The browser only ever picks among these values; it never names code to import.
 """
 from __future__ import annotations
 
-from engine.baselines import baseline_path
-from engine.data import SPECS, USER_DATASETS, dataset_availability
-from engine.zoo import USER_MODELS, ZOO
+from engine.models.baselines import baseline_path
+from engine.models.data import SPECS, USER_DATASETS, dataset_availability
+from engine.models.zoo import USER_MODELS, ZOO
 
 BUILTIN_DATASETS = [d for d in SPECS if d != "synthetic"]
 

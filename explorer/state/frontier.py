@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import param
 
-from engine.plan import Plan, PlanError
+from engine.plans.plan import Plan, PlanError
 
 ACCURACY = {"test_accuracy": "baseline_test_accuracy", "val_accuracy": "baseline_val_accuracy"}
 VS_FP32 = {"test_vs_fp32": "test_accuracy", "val_vs_fp32": "val_accuracy"}
@@ -269,7 +269,7 @@ def profile_compare_frame(points: pd.DataFrame, costs_b: dict[str, dict], x: str
                           maximize_x: bool, maximize_y: bool) -> pd.DataFrame:
     """The same points costed on profile A (the workspace's) and profile B, each marked with
     whether it is on that profile's Pareto front."""
-    from engine.frontier import pareto
+    from engine.explore.frontier import pareto
     cols = ["key", "label", "status", "y", "acc_text", "x_a", "x_b", "front_a", "front_b"]
     if points is None or points.empty:
         return pd.DataFrame(columns=cols)

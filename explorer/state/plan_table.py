@@ -5,8 +5,8 @@ import dataclasses
 
 import pandas as pd
 
-from engine.graph import LayerInfo, Topology
-from engine.plan import FLOAT_BITS, LayerConfig, Plan, PlanError
+from engine.plans.graph import LayerInfo, Topology
+from engine.plans.plan import FLOAT_BITS, LayerConfig, Plan, PlanError
 
 EDITABLE = ("w_bits", "a_bits", "widen", "sparsity", "sparsity_fraction", "quantizer")
 # every LayerConfig field travels through the table (the editor hides the ones it does not edit),

@@ -1,7 +1,7 @@
 """A search launched from the dashboard: its settings, what it will run, its progress, the
 hypervolume of its front over time, and cancel.
 
-The sweep itself is ``engine.sweep_job.SweepJob`` on the workspace's job runner and store; the
+The sweep itself is ``engine.explore.sweep_job.SweepJob`` on the workspace's job runner and store; the
 workspace's periodic ``poll()`` calls ``SearchState.poll()``, which hands the points that landed
 since the last call to the workspace in one batch, so they stream onto the frontier.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import pandas as pd
 import param
 
-from engine.sweep import METHODS
-from engine.sweep_job import HV_COLUMNS, SweepJob, planned_runs, worker_seconds
+from engine.explore.sweep import METHODS
+from engine.explore.sweep_job import HV_COLUMNS, SweepJob, planned_runs, worker_seconds
 
 STATUSES = ("idle", "running", "done", "cancelled", "failed")
 

@@ -18,7 +18,7 @@ def get_store():
     global _store
     with _lock:
         if _store is None:
-            from engine.store import Store
+            from engine.explore.store import Store
             _store = Store(_settings.get("store_path"))
         return _store
 
@@ -28,7 +28,7 @@ def get_runner():
     store = get_store()  # before taking the lock: get_store takes it too, and it is not reentrant
     with _lock:
         if _runner is None:
-            from engine.jobs import SERVER_WORKER_NICE, JobRunner
+            from engine.explore.jobs import SERVER_WORKER_NICE, JobRunner
             _runner = JobRunner(workers=_settings.get("workers"), scheduler=_settings.get("scheduler"),
                                 store=store, nice=SERVER_WORKER_NICE)
         return _runner
@@ -41,5 +41,5 @@ def shutdown() -> None:
         if _runner is not None:
             _runner.shutdown()
             _runner = None
-    from engine.jobs import stop_forkserver
+    from engine.explore.jobs import stop_forkserver
     stop_forkserver()

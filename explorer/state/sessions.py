@@ -19,7 +19,7 @@ import secrets
 import param
 
 from engine.errors import USER_ERRORS, UserError
-from engine.plan import Plan, PlanError
+from engine.plans.plan import Plan, PlanError
 
 SHORT_ID = 6
 MAX_NAME = 200

@@ -11,13 +11,13 @@ import pandas as pd
 import param
 
 from engine.cost import cost_topology, list_profiles, load_profile
-from engine.data import dataset_spec
 from engine.errors import USER_ERRORS
 from engine.evaluation import Evaluation, Settings
-from engine.graph import analyze
-from engine.plan import LayerConfig, Plan, PlanError
-from engine.presets import PRESETS, preset_plan
-from engine.zoo import build_model
+from engine.models.data import dataset_spec
+from engine.models.zoo import build_model
+from engine.plans.graph import analyze
+from engine.plans.plan import LayerConfig, Plan, PlanError
+from engine.plans.presets import PRESETS, preset_plan
 
 from . import catalog
 from .plan_table import coerce, configs_from_rows, plan_rows, summary
@@ -377,7 +377,7 @@ class Workspace(param.Parameterized):
         self.sens_status = f"computing {method} sensitivity..."
 
         def work():
-            from engine.sensitivity import sensitivity
+            from engine.training.sensitivity import sensitivity
             try:
                 kw = {"runner": self.runner, "steps": 60} if method == "alps" else {}
                 res = sensitivity(method, model, dataset, **kw)
@@ -507,7 +507,7 @@ class Workspace(param.Parameterized):
 
     def frontier(self) -> pd.DataFrame:
         """The Pareto points on the current axes (accuracy up; throughput up, the others down)."""
-        from engine.frontier import pareto
+        from engine.explore.frontier import pareto
         df = self.points
         if df is None or df.empty:
             return df
@@ -609,8 +609,8 @@ class Workspace(param.Parameterized):
         The network is the one its job saved beside the store (nothing is retrained here).
         Returns None, with the reason in ``message``, on failure.
         """
-        from engine.artifacts import saved_network
-        from engine.pipeline import export_network
+        from engine.explore.pipeline import export_network
+        from engine.models.artifacts import saved_network
         ev = self._evals.get(self.selected)
         if ev is None:
             self.message = "select a point on the frontier first"

@@ -6,7 +6,7 @@ import io
 import panel as pn
 import param
 
-from engine.plan import BIT_CHOICES, QUANTIZERS
+from engine.plans.plan import BIT_CHOICES, QUANTIZERS
 from explorer.state.plan_table import CARRIED, EDITABLE
 from explorer.state.workspace import Workspace
 

@@ -16,9 +16,9 @@ def records():
 
 
 def test_plans_fit_every_model():
-    from engine.baselines import load_baseline
-    from engine.data import load_dataset
-    from engine.graph import analyze
+    from engine.models.baselines import load_baseline
+    from engine.models.data import load_dataset
+    from engine.plans.graph import analyze
     data = load_dataset("digits")
     for model in ("mlp", "lenet5", "lstm"):
         topo = analyze(load_baseline(model, "digits", data), data.input_shape)

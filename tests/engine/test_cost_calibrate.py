@@ -12,7 +12,7 @@ from engine.cost.calibrate import (
     predict_layer,
 )
 from engine.cost.speed import synthetic_layers
-from engine.plan import LayerConfig
+from engine.plans.plan import LayerConfig
 
 
 def _measure(profile, layers, cfgs, batch):

@@ -5,7 +5,7 @@ import pytest
 from engine.cost import LayerTable, cost_batch, cost_plan, encode_plans, load_profile
 from engine.cost.calibrate import Measurement, fit_profile, predict_layer
 from engine.cost.profiles import Profile, ProfileError
-from engine.plan import LayerConfig
+from engine.plans.plan import LayerConfig
 
 LAYERS = [
     {"name": "conv", "kind": "conv2d", "in_channels": 3, "out_channels": 16, "kernel": (3, 3), "groups": 1,
@@ -66,8 +66,8 @@ def test_bad_host_section_is_named():
 
 
 def test_vectorised_path_equals_scalar_with_host_terms():
-    from engine.graph import analyze
-    from engine.zoo import build_model
+    from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
     prof = _with_host(HOST)
     rng = np.random.default_rng(3)
     for model, shape in (("lstm", (1, 8, 8)), ("cnn", (1, 28, 28)), ("mlp", (1, 8, 8))):

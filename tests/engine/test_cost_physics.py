@@ -4,15 +4,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.cost import cost_plan, cost_topology, load_profile
-from engine.plan import LayerConfig
+from engine.plans.plan import LayerConfig
 
 PROFILES = ["bops", "bismo", "bitfusion", "a100", "h100", "t4", "dlac", "cpu"]
 
 
 @pytest.fixture(scope="module")
 def resnet20():
-    from engine.graph import analyze
-    from engine.zoo import build_model
+    from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
     return analyze(build_model("resnet20", (3, 32, 32), 10), (3, 32, 32))
 
 

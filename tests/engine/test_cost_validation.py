@@ -16,7 +16,7 @@ from engine.cost.reference import (
     resnet18_bitfusion_layers,
     resnet18_hawq_layers,
 )
-from engine.plan import LayerConfig
+from engine.plans.plan import LayerConfig
 
 
 def conv(name="c", cin=64, cout=64, k=3, hw=56, stride=1, groups=1):

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from engine.cost import LayerTable, PlanArrays, cost_batch, cost_plan, encode_plans
 from engine.cost.speed import configs_from_arrays, random_arrays, synthetic_layers
-from engine.plan import BIT_CHOICES, LayerConfig, Plan, PlanError
+from engine.plans.plan import BIT_CHOICES, LayerConfig, Plan, PlanError
 
 PROFILES = ["bops", "bismo", "bitfusion", "a100", "h100", "t4", "dlac", "cpu"]
 KEYS = ("throughput", "latency_s", "batch_time_s", "energy_j", "size_bytes", "bops", "macs")
@@ -14,8 +14,8 @@ KEYS = ("throughput", "latency_s", "batch_time_s", "energy_j", "size_bytes", "bo
 
 @pytest.fixture(scope="module")
 def topos():
-    from engine.graph import analyze
-    from engine.zoo import build_model
+    from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
     out = {}
     for m, shape in (("resnet20", (3, 32, 32)), ("lstm", (1, 8, 8)), ("cnn", (1, 28, 28)), ("mlp", (1, 8, 8))):
         out[m] = analyze(build_model(m, shape, 10), shape)

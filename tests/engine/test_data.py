@@ -1,7 +1,7 @@
 import pytest
 
-from engine.data import load_dataset
 from engine.errors import UserError
+from engine.models.data import load_dataset
 
 
 def test_digits_splits_are_disjoint_and_sized():
@@ -13,7 +13,7 @@ def test_digits_splits_are_disjoint_and_sized():
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setattr("engine.data.FASHION_DIRS", (str(tmp_path),))
+    monkeypatch.setattr("engine.models.data.FASHION_DIRS", (str(tmp_path),))
     monkeypatch.delenv("BITSCAPE_FASHION_MNIST", raising=False)
     with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist"):
         load_dataset("fashion-mnist", root=str(tmp_path / "nowhere"))
@@ -32,7 +32,7 @@ def test_corrupt_idx_file_is_a_clear_error(tmp_path):
 
 
 def test_user_dataset_function():
-    from engine.zoo import trusted_references
+    from engine.models.zoo import trusted_references
     with trusted_references("tests.engine.fixtures:tiny_dataset"):   # code runs only when the user allows it
         d = load_dataset("tests.engine.fixtures:tiny_dataset")
     assert d.input_shape == (1, 4, 4) and d.num_classes == 3

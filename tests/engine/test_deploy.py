@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from engine.apply import apply_plan, calibrate
-from engine.data import load_dataset
 from engine.deploy import DeployError, deploy, load_packed, reference_logits, save_packed
 from engine.evaluation import Settings
-from engine.pipeline import evaluate_plan, prepare, save_planned
-from engine.plan import LayerConfig, Plan
+from engine.explore.pipeline import evaluate_plan, prepare, save_planned
+from engine.models.data import load_dataset
+from engine.plans.apply import apply_plan, calibrate
+from engine.plans.plan import LayerConfig, Plan
 from explorer.cli import main
 
 LAST = {"mlp": "fc3", "lenet5": "fc3", "lstm": "fc"}

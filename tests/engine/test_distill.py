@@ -4,12 +4,12 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from engine.baselines import load_baseline
-from engine.data import load_dataset
-from engine.distill import kd_loss
 from engine.evaluation import Settings
-from engine.pipeline import evaluate_plan
-from engine.plan import Plan
+from engine.explore.pipeline import evaluate_plan
+from engine.models.baselines import load_baseline
+from engine.models.data import load_dataset
+from engine.plans.plan import Plan
+from engine.training.distill import kd_loss
 
 
 def test_kd_loss_is_ce_plus_scaled_kl():

@@ -7,11 +7,11 @@ import onnx
 import pytest
 
 from engine.evaluation import Settings
+from engine.explore.pipeline import evaluate_plan, save_planned
 from engine.export import mapping, table_csv
-from engine.graph import analyze
-from engine.pipeline import evaluate_plan, save_planned
-from engine.plan import LayerConfig, Plan
-from engine.zoo import build_model
+from engine.models.zoo import build_model
+from engine.plans.graph import analyze
+from engine.plans.plan import LayerConfig, Plan
 from explorer.cli import main
 
 PLAN = Plan(default=LayerConfig(4, 4), layers={"fc3": {"w_bits": 8, "a_bits": 8, "widen": 1.0},
@@ -48,7 +48,7 @@ def test_export_onnx_text(checkpoint, tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["missing", "not-planned", "wrong-model"])
 def test_bad_input_exits_2_and_writes_nothing(case, checkpoint, tmp_path, capsys):
-    from engine.baselines import SHIPPED
+    from engine.models.baselines import SHIPPED
     out = tmp_path / "model.onnx"
     out.write_bytes(b"previous")
     ck = {"missing": tmp_path / "nope.safetensors", "not-planned": SHIPPED / "mlp-digits.safetensors",

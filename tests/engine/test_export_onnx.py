@@ -6,12 +6,12 @@ import onnx
 import pytest
 import torch.nn as nn
 
-from engine.data import load_dataset
 from engine.evaluation import Settings
+from engine.explore.pipeline import prepare
 from engine.export import ExportError, build_onnx, onnx_model_bytes, read_metadata, verify
-from engine.finetune import train
-from engine.pipeline import prepare
-from engine.plan import LayerConfig, Plan
+from engine.models.data import load_dataset
+from engine.plans.plan import LayerConfig, Plan
+from engine.training.finetune import train
 
 _DATA = {}
 
@@ -175,8 +175,8 @@ def test_a_layer_that_would_silently_differ_is_refused(monkeypatch):
 
 
 def test_uncalibrated_network_is_refused():
-    from engine.apply import apply_plan
-    from engine.zoo import build_model
+    from engine.models.zoo import build_model
+    from engine.plans.apply import apply_plan
     data = _data("digits")
     applied = apply_plan(build_model("mlp", data.input_shape, 10).eval(), Plan.uniform(4, 4), data.input_shape)
     with pytest.raises(ExportError, match="layer 'fc1'.*never calibrated"):

@@ -7,7 +7,7 @@ import torch
 
 from engine.cost.measure import model_source, prepare_plan
 from engine.export import build_onnx, onnx_model_bytes, verify
-from engine.plan import LayerConfig, Plan
+from engine.plans.plan import LayerConfig, Plan
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.frontier import frontier, hypervolume, knee, pareto, pareto_mask
+from engine.explore.frontier import frontier, hypervolume, knee, pareto, pareto_mask
 
 
 def _dominates(p, q, maximize):

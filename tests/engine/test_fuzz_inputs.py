@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from engine.errors import USER_ERRORS
 from engine.evaluation import Evaluation, Settings
-from engine.plan import BIT_CHOICES, QUANTIZERS, Plan
-from engine.store import Store, checksum
+from engine.explore.store import Store, checksum
+from engine.plans.plan import BIT_CHOICES, QUANTIZERS, Plan
 from explorer.cli import main
 
 FUZZ = settings(derandomize=True, deadline=None, database=None, max_examples=120,
@@ -208,8 +208,8 @@ def test_session_file_bytes_flipped(session_store, seed):
 # ---- checkpoint metadata ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
-    from engine.checkpoint import load_state
-    from engine.pipeline import evaluate_plan, save_planned
+    from engine.explore.pipeline import evaluate_plan, save_planned
+    from engine.models.checkpoint import load_state
     run = evaluate_plan("mlp", "digits", Plan.uniform(4, 4, model="mlp"), Settings(steps=2))
     path = tmp_path_factory.mktemp("ckpt") / "mlp.safetensors"
     save_planned(run, path)
@@ -223,8 +223,8 @@ def planned(tmp_path_factory):
 def test_checkpoint_metadata(planned, tmp_path_factory, capsys, data):
     from safetensors.torch import save
 
-    from engine.checkpoint import HASH_KEY, META_KEY, content_hash
-    from engine.pipeline import load_planned
+    from engine.explore.pipeline import load_planned
+    from engine.models.checkpoint import HASH_KEY, META_KEY, content_hash
     state, meta = planned
     text = to_text(mutate(meta, data, n_max=2))
     path = tmp_path_factory.mktemp("meta") / "m.safetensors"

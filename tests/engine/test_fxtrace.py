@@ -1,4 +1,4 @@
-"""engine.fxtrace: a trace in one thread neither breaks nor is broken by work in others."""
+"""engine.plans.fxtrace: a trace in one thread neither breaks nor is broken by work in others."""
 import threading
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from engine.fxtrace import Tracer
+from engine.plans.fxtrace import Tracer
 
 
 class _Gate(nn.Module):

@@ -2,11 +2,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from engine.apply import apply_plan
-from engine.graph import analyze, widened
-from engine.plan import LayerConfig, Plan, PlanError
-from engine.widen import widen_model
-from engine.zoo import build_model
+from engine.models.zoo import build_model
+from engine.plans.apply import apply_plan
+from engine.plans.graph import analyze, widened
+from engine.plans.plan import LayerConfig, Plan, PlanError
+from engine.plans.widen import widen_model
 
 SHAPES = {"mlp": (1, 8, 8), "lenet5": (1, 8, 8), "cnn": (1, 28, 28), "resnet20": (3, 32, 32), "lstm": (1, 8, 8),
           "gru": (1, 8, 8)}

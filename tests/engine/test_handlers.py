@@ -5,9 +5,9 @@ import sys
 import pytest
 import torch.nn as nn
 
-from engine.handlers import Handlers
-from engine.layers import QuantConv2d, QuantGRU, QuantLinear, QuantLSTM
-from engine.plan import LayerConfig
+from engine.plans.handlers import Handlers
+from engine.plans.layers import QuantConv2d, QuantGRU, QuantLinear, QuantLSTM
+from engine.plans.plan import LayerConfig
 
 
 def test_most_specific_class_wins_and_duplicates_are_refused():
@@ -50,10 +50,10 @@ def test_a_new_kind_is_one_registered_handler():
     import numpy as np
     import torch
 
-    from engine.apply import apply_plan
     from engine.deploy import deploy
     from engine.deploy.kinds import LOWER, linear
-    from engine.plan import Plan
+    from engine.plans.apply import apply_plan
+    from engine.plans.plan import Plan
 
     class Scaled(nn.Module):          # a layer kind the deployment does not know
         def __init__(self):
@@ -76,7 +76,7 @@ def test_a_new_kind_is_one_registered_handler():
     applied = apply_plan(Net(), Plan.uniform(32, 32), (4,))
     net = deploy(applied)
     assert set(net.layers) == {"fc", "head.inner"}     # traced through: not a layer of its own
-    from engine import fxtrace
+    from engine.plans import fxtrace
     LOWER.register(Scaled)(lambda name, mod, cfg, per, threads: linear(name, mod.inner, cfg, per, threads))
     fxtrace.register_leaf(Scaled)          # keep it whole in the trace
     try:
@@ -92,7 +92,7 @@ def test_a_new_kind_is_one_registered_handler():
 
 def test_one_leaf_rule_for_analysis_deploy_and_export():
     """Quantized layers and subclasses of the quantizable torch layers stay whole in every trace."""
-    from engine.fxtrace import Tracer
+    from engine.plans.fxtrace import Tracer
 
     class MyConv(nn.Conv2d):       # defined outside torch.nn: torch.fx alone would trace into it
         pass

@@ -5,9 +5,9 @@ import time
 import pytest
 
 from engine.evaluation import Evaluation, Settings
-from engine.jobs import JobInfo, JobRunner
-from engine.plan import Plan
-from engine.store import Store
+from engine.explore.jobs import JobInfo, JobRunner
+from engine.explore.store import Store
+from engine.plans.plan import Plan
 
 _SHARED = None
 
@@ -117,8 +117,8 @@ def test_dask_cluster_runs_jobs_with_progress_and_cancel():
 def test_workers_run_at_the_asked_niceness_and_save_their_networks(tmp_path):
     import psutil
 
-    from engine.artifacts import artifact_path
-    from engine.pipeline import load_planned
+    from engine.explore.pipeline import load_planned
+    from engine.models.artifacts import artifact_path
     with pytest.raises(Exception, match="nice must be between 0 and 19"):
         JobRunner(workers=1, nice=25)
     store = Store(tmp_path / "s.sqlite")
@@ -138,7 +138,7 @@ def test_stop_forkserver_waits_for_every_runner():
     import multiprocessing
     from multiprocessing import forkserver
 
-    from engine.jobs import stop_forkserver
+    from engine.explore.jobs import stop_forkserver
     with JobRunner(workers=1) as other:
         assert other.wait(other.submit("mlp", "digits", Plan.uniform(4, 4), Settings(steps=0)), 120).state == "done"
         pid = forkserver._forkserver._forkserver_pid
@@ -155,7 +155,7 @@ def test_a_scheduler_without_dask_installed_is_a_clear_refusal(monkeypatch):
     import sys
 
     from engine.errors import UserError
-    from engine.jobs import JobRunner
+    from engine.explore.jobs import JobRunner
     monkeypatch.setitem(sys.modules, "distributed", None)  # what an install without the extra looks like
     with pytest.raises(UserError, match=r"bitscape\[cluster\]"):
         JobRunner(scheduler="tcp://127.0.0.1:1")

@@ -5,7 +5,7 @@ import torch
 
 from engine.cost import measure_cuda as mc
 from engine.cost.measure import MeasureError, measure, model_source, prepare_plan
-from engine.plan import LayerConfig, Plan
+from engine.plans.plan import LayerConfig, Plan
 
 needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the no-GPU path")
 

@@ -3,12 +3,12 @@ import math
 import pytest
 import torch
 
-from engine.data import load_dataset
-from engine.distill import kd_loss
 from engine.evaluation import Evaluation, Settings
-from engine.finetune import accuracy, predict_logits
-from engine.pipeline import evaluate_plan, load_planned, save_planned
-from engine.plan import LayerConfig, Plan
+from engine.explore.pipeline import evaluate_plan, load_planned, save_planned
+from engine.models.data import load_dataset
+from engine.plans.plan import LayerConfig, Plan
+from engine.training.distill import kd_loss
+from engine.training.finetune import accuracy, predict_logits
 
 
 def test_quick_finetune_improves_on_the_no_training_estimate():
@@ -43,8 +43,8 @@ def test_distillation_and_lstm_and_wide_sparse_plans_run():
 
 def test_gru_quantized_fine_tune_and_cost():
     from engine.cost import LayerTable, cost_batch, cost_topology, encode_plans, load_profile
-    from engine.graph import analyze
-    from engine.zoo import build_model
+    from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
     plan = Plan(default=LayerConfig(4, 4), layers={"gru": {"widen": 2.0}})
     est = evaluate_plan("gru", "digits", plan, Settings(steps=0)).evaluation
     ev = evaluate_plan("gru", "digits", plan, Settings(steps=40)).evaluation
@@ -57,7 +57,7 @@ def test_gru_quantized_fine_tune_and_cost():
 
 
 def test_divergence_is_a_failed_record_not_a_crash():
-    from engine.zoo import trusted_references
+    from engine.models.zoo import trusted_references
     from tests.engine.fixtures import tiny_model
     with trusted_references("tests.engine.fixtures:nan_dataset"):   # code runs only when the user allows it
         data = load_dataset("tests.engine.fixtures:nan_dataset")
@@ -107,7 +107,7 @@ def test_evaluation_round_trip():
 
 
 def test_eval_limit_scores_a_seeded_validation_subset_and_score_test_can_be_off():
-    from engine.pipeline import validation_subset
+    from engine.explore.pipeline import validation_subset
     data = load_dataset("digits")
     n_val, n_test = len(data.y_val), len(data.y_test)
     plan = Plan.uniform(4, 4)
@@ -146,8 +146,8 @@ def test_eval_limit_scores_a_seeded_validation_subset_and_score_test_can_be_off(
 
 @pytest.mark.fashion
 def test_calibration_recomputes_batch_norm_statistics_under_the_quantized_network():
-    from engine.baselines import load_baseline
-    from engine.pipeline import _calibration_batches, prepare
+    from engine.explore.pipeline import _calibration_batches, prepare
+    from engine.models.baselines import load_baseline
     data = load_dataset("fashion-mnist")
     base = load_baseline("cnn", "fashion-mnist", data)
     plan = Plan.uniform(2, 2)

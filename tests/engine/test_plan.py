@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.plan import BIT_CHOICES, LayerConfig, Plan, PlanError, plan_schema
+from engine.plans.plan import BIT_CHOICES, LayerConfig, Plan, PlanError, plan_schema
 
 NAMES = ["conv1", "conv2", "fc1", "fc2", "fc3"]
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from engine.checkpoint import META_KEY, load_state, save_state
 from engine.errors import UserError
 from engine.evaluation import Settings
-from engine.pipeline import evaluate_plan, load_planned, save_planned
-from engine.plan import LayerConfig, Plan
-from engine.store import Store, checksum
+from engine.explore.pipeline import evaluate_plan, load_planned, save_planned
+from engine.explore.store import Store, checksum
+from engine.models.checkpoint import META_KEY, load_state, save_state
+from engine.plans.plan import LayerConfig, Plan
 from explorer.cli import main
 
 CALLS = []
@@ -61,7 +61,7 @@ def test_checkpoint_naming_os_abort_is_refused_not_run(ckpt, tmp_path, cmd):
 
 
 def test_checkpoint_model_reference_runs_only_when_allowed(ckpt, tmp_path, capsys):
-    from engine.zoo import is_allowed
+    from engine.models.zoo import is_allowed
     bad = with_meta(ckpt, tmp_path / "marker.safetensors", model=MARKER, plan={"version": 1})
     CALLS.clear()
     with pytest.raises(UserError, match="is code"):
@@ -75,7 +75,7 @@ def test_checkpoint_model_reference_runs_only_when_allowed(ckpt, tmp_path, capsy
 
 
 def test_allow_list_api():
-    from engine.zoo import allow_reference, check_reference, is_allowed, trusted_references
+    from engine.models.zoo import allow_reference, check_reference, is_allowed, trusted_references
     assert not is_allowed(MARKER)
     with trusted_references(MARKER):
         check_reference(MARKER, "model")
@@ -161,7 +161,7 @@ def test_hash_covers_the_metadata(ckpt, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load, save
 
-    from engine.checkpoint import HASH_KEY
+    from engine.models.checkpoint import HASH_KEY
     raw = ckpt.read_bytes()
     with safe_open(str(ckpt), framework="pt") as f:
         md = f.metadata()
@@ -182,7 +182,7 @@ def test_all_nan_checkpoint_and_baseline_are_refused(ckpt, tmp_path, capsys):
                 ["export", "table"]):
         assert main([*cmd, "--checkpoint", str(bad)]) == 2
         assert "holds NaN or infinite values" in capsys.readouterr().err
-    from engine.baselines import baseline_path
+    from engine.models.baselines import baseline_path
     base_state, base_meta = load_state(baseline_path("mlp", "digits"))
     nan_base = tmp_path / "nan-baseline.safetensors"
     save_state(nan_base, {k: torch.full_like(v, float("nan")) for k, v in base_state.items()}, base_meta)

@@ -13,14 +13,14 @@ import threading
 import pytest
 import torch
 
-from engine.data import Dataset
 from engine.errors import USER_ERRORS, UserError
 from engine.evaluation import Evaluation, Settings
-from engine.finetune import default_loss, optimise
-from engine.pipeline import evaluate_plan, rebuild
-from engine.plan import Plan, PlanError
-from engine.store import Store, checksum
-from engine.zoo import MLP
+from engine.explore.pipeline import evaluate_plan, rebuild
+from engine.explore.store import Store, checksum
+from engine.models.data import Dataset
+from engine.models.zoo import MLP
+from engine.plans.plan import Plan, PlanError
+from engine.training.finetune import default_loss, optimise
 from explorer.cli import main
 
 MAX_STEPS = 1_000_000
@@ -129,8 +129,8 @@ def test_sane_fine_tune_is_not_flagged():
 
 
 def test_nan_loss_reason_says_diverged():
-    from engine.data import load_dataset
-    from engine.zoo import trusted_references
+    from engine.models.data import load_dataset
+    from engine.models.zoo import trusted_references
     from tests.engine.fixtures import tiny_model
     with trusted_references("tests.engine.fixtures:nan_dataset"):
         data = load_dataset("tests.engine.fixtures:nan_dataset")
@@ -168,6 +168,6 @@ def test_huge_names_are_not_echoed_in_full(tmp_path, capsys):
             Plan.from_dict(doc)
         assert len(str(e.value)) < 300
     with pytest.raises(UserError) as e:
-        from engine.zoo import build_model
+        from engine.models.zoo import build_model
         build_model(name, (1, 8, 8), 10)
     assert len(str(e.value)) < 300

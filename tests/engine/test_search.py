@@ -2,17 +2,17 @@ import numpy as np
 import pytest
 
 from engine.evaluation import Settings
-from engine.frontier import pareto
-from engine.plan import Plan
-from engine.search import SearchSpace, greedy_plans, greedy_search, plan_label
-from engine.sweep import Sweep
+from engine.explore.frontier import pareto
+from engine.explore.search import SearchSpace, greedy_plans, greedy_search, plan_label
+from engine.explore.sweep import Sweep
+from engine.plans.plan import Plan
 
 
 @pytest.fixture(scope="module")
 def lenet_topo():
-    from engine.baselines import load_baseline
-    from engine.data import load_dataset
-    from engine.graph import analyze
+    from engine.models.baselines import load_baseline
+    from engine.models.data import load_dataset
+    from engine.plans.graph import analyze
     d = load_dataset("digits")
     return analyze(load_baseline("lenet5", "digits", d), d.input_shape)
 
@@ -37,7 +37,7 @@ def test_greedy_path_plans_lower_one_layer_at_a_time():
 
 
 def test_greedy_search_on_a_tiny_model_gives_a_monotone_frontier():
-    from engine.sensitivity import eagl
+    from engine.training.sensitivity import eagl
     from tests.engine.test_jobs import shared_runner
     runner = shared_runner()
     sw = Sweep("mlp", "digits", "bops", runner=runner)
@@ -56,8 +56,8 @@ def test_greedy_search_on_a_tiny_model_gives_a_monotone_frontier():
 
 
 def test_hv_gain_picks_greedy_and_predictor():
-    from engine.frontier import hypervolume
-    from engine.search import FinetunePredictor, hv_gain_picks
+    from engine.explore.frontier import hypervolume
+    from engine.explore.search import FinetunePredictor, hv_gain_picks
     cur = np.array([[0.9, 1.0]])
     pred = np.array([[0.85, 3.0], [0.84, 3.1], [0.7, 10.0], [0.5, 20.0], [0.95, 0.5]])
     ref = (0.6, 0.0)
@@ -94,7 +94,7 @@ def test_hv_gain_picks_greedy_and_predictor():
 def _fake_search(sampler, budget=30, finetune=6, seed=0, seed_plans=(), population=6):
     """joint_search on a three-layer space whose 'accuracy' and cost come from the bits, no network."""
     from engine.evaluation import Evaluation
-    from engine.search import UNIFORM_SEEDS, joint_search
+    from engine.explore.search import UNIFORM_SEEDS, joint_search
     space = SearchSpace(["a", "b", "c"], widen_spaces={1: ["a"]})
     calls = []
 
@@ -152,7 +152,7 @@ def test_joint_search_uses_optuna_nsga2_and_differs_from_random_and_by_seed():
 
 
 def test_joint_search_budget_is_respected_for_small_budgets_and_seed_plans_follow_uniform_ones():
-    from engine.plan import LayerConfig
+    from engine.plans.plan import LayerConfig
     extra = [Plan.explicit({"a": LayerConfig(8, 8), "b": LayerConfig(2, 2), "c": LayerConfig(4, 4)}),
              Plan.uniform(4, 4)]      # the second duplicates a uniform seed: enqueued once
     for budget, finetune in ((1, 1), (3, 2), (7, 4), (12, 0)):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from engine.errors import UserError
-from engine.sensitivity import (
+from engine.training.sensitivity import (
     LayerScore,
     Sensitivity,
     alps,
@@ -47,9 +47,9 @@ def test_eagl_and_hessian_give_one_row_per_layer():
 
 
 def test_alps_plans_lower_one_layer_each():
-    from engine.baselines import load_baseline
-    from engine.data import load_dataset
-    from engine.graph import analyze
+    from engine.models.baselines import load_baseline
+    from engine.models.data import load_dataset
+    from engine.plans.graph import analyze
     d = load_dataset("digits")
     topo = analyze(load_baseline("mlp", "digits", d), d.input_shape)
     plans = alps_plans(topo, bits=2, base_bits=8)
@@ -59,7 +59,7 @@ def test_alps_plans_lower_one_layer_each():
 
 
 def test_alps_through_jobs_and_cli(capsys):
-    from engine.store import Store
+    from engine.explore.store import Store
     store = Store(":memory:")
     from tests.engine.test_jobs import shared_runner
     runner = shared_runner(store)
@@ -90,7 +90,7 @@ def test_hessian_trace_matches_the_exact_trace_on_a_tiny_network():
     from torch.func import functional_call
     from torch.func import hessian as exact_hessian
 
-    from engine.data import Dataset
+    from engine.models.data import Dataset
 
     class Tiny(nn.Module):
         def __init__(self):

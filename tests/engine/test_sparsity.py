@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.sparsity import is_nm, magnitude_mask, mask_for, nm_mask
+from engine.plans.sparsity import is_nm, magnitude_mask, mask_for, nm_mask
 
 
 @settings(max_examples=50, deadline=None)

@@ -6,8 +6,8 @@ import pytest
 
 from engine.errors import UserError
 from engine.evaluation import Evaluation, Settings
-from engine.plan import Plan
-from engine.store import Store, checksum
+from engine.explore.store import Store, checksum
+from engine.plans.plan import Plan
 
 
 def make_ev(i: int, status="fine-tuned", model="lenet5", dataset="digits", acc=0.9) -> Evaluation:

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from engine.store import NotOwnerError, Store, checksum
+from engine.explore.store import NotOwnerError, Store, checksum
 from tests.engine.test_store import make_ev
 
 A, B = "anon:alice-token", "anon:bob-token"

@@ -3,15 +3,15 @@ import json
 import pandas as pd
 import pytest
 
-from engine.baselines import load_baseline
-from engine.data import load_dataset
-from engine.graph import analyze
-from engine.jobs import JobRunner
-from engine.plan import Plan
-from engine.search import greedy_plans
-from engine.sensitivity import eagl
-from engine.store import Store
-from engine.sweep import run_sweep
+from engine.explore.jobs import JobRunner
+from engine.explore.search import greedy_plans
+from engine.explore.store import Store
+from engine.explore.sweep import run_sweep
+from engine.models.baselines import load_baseline
+from engine.models.data import load_dataset
+from engine.plans.graph import analyze
+from engine.plans.plan import Plan
+from engine.training.sensitivity import eagl
 from explorer.cli import main
 from tests.engine.test_jobs import shared_runner
 
@@ -129,7 +129,7 @@ def test_path_seeds_off_starts_from_the_uniform_plans_alone():
 def test_a_sweep_never_reuses_results_imported_from_a_file(tmp_path):
     """A session file's evaluations are claims: a sweep over the same plans runs them again
     instead of taking a (possibly forged) accuracy from the store as done."""
-    from engine.store import checksum
+    from engine.explore.store import checksum
     kw = dict(budget=3, finetune=0, steps=10, seed=3, population=3)
     source = Store(tmp_path / "a.sqlite")
     first = run_sweep("mlp", "digits", "bismo", store=source, runner=shared_runner(source), **kw)

@@ -2,9 +2,9 @@
 import pytest
 
 from engine.evaluation import Evaluation
-from engine.store import Store
-from engine.sweep import SweepCancelled, run_sweep
-from engine.sweep_job import planned_runs, worker_seconds
+from engine.explore.store import Store
+from engine.explore.sweep import SweepCancelled, run_sweep
+from engine.explore.sweep_job import planned_runs, worker_seconds
 from tests.engine.test_jobs import shared_runner
 
 KW = dict(budget=6, finetune=1, steps=10, seed=3, population=3)

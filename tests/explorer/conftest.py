@@ -4,8 +4,8 @@ import pytest
 @pytest.fixture
 def services(tmp_path):
     """A real SQLite store and a real local job runner (one worker process)."""
-    from engine.jobs import JobRunner
-    from engine.store import Store
+    from engine.explore.jobs import JobRunner
+    from engine.explore.store import Store
     store = Store(tmp_path / "store.sqlite")
     runner = JobRunner(workers=1, store=store)
     yield store, runner

@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from engine.checkpoint import load_state
 from engine.errors import UserError
 from engine.evaluation import Settings
-from engine.pipeline import evaluate_plan, save_planned
-from engine.plan import LayerConfig, Plan
-from engine.store import Store, checksum
+from engine.explore.pipeline import evaluate_plan, save_planned
+from engine.explore.store import Store, checksum
+from engine.models.checkpoint import load_state
+from engine.plans.plan import LayerConfig, Plan
 from explorer.cli import main
 
 DEEP = "[" * 100_000 + "]" * 100_000
@@ -47,11 +47,11 @@ def raw_meta_checkpoint(src, dst, text: str):
     """A checkpoint whose metadata is exactly ``text`` (with a valid content hash where hashes exist)."""
     from safetensors.torch import save
 
-    from engine.checkpoint import META_KEY
+    from engine.models.checkpoint import META_KEY
     state, _ = load_state(src)
     md = {META_KEY: text}
     try:
-        from engine.checkpoint import HASH_KEY, content_hash
+        from engine.models.checkpoint import HASH_KEY, content_hash
         md[HASH_KEY] = content_hash(state, text)
     except ImportError:     # the code before the fix: no hash to add
         pass

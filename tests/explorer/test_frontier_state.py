@@ -7,7 +7,7 @@ import pytest
 
 from engine.cost import cost_topology, load_profile
 from engine.evaluation import Evaluation, Settings
-from engine.plan import Plan
+from engine.plans.plan import Plan
 from explorer.state import frontier as fr
 from explorer.state.workspace import Workspace
 

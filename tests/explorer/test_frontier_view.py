@@ -143,7 +143,7 @@ def test_failed_evaluation_is_a_distinct_point_with_its_reason(view):
 
 def test_failed_job_without_an_evaluation_is_listed(workspace):
     """A worker that dies leaves no Evaluation: the table still lists the job and its reason."""
-    from engine.jobs import JobInfo
+    from engine.explore.jobs import JobInfo
     from explorer.views import frontier_view
 
     class Runner:  # stands in for a runner whose worker process died mid-job

@@ -7,8 +7,8 @@ import pytest
 pn = pytest.importorskip("panel")
 
 from engine.evaluation import Settings
-from engine.pipeline import evaluate_plan
-from engine.plan import Plan
+from engine.explore.pipeline import evaluate_plan
+from engine.plans.plan import Plan
 
 HOSTILE = '<img src=x onerror="window.__xss=1;alert(1)">'
 

@@ -53,8 +53,8 @@ def test_editor_widgets_edit_the_plan(services):
 
 def test_frontier_tap_selects_and_loads(services):
     from engine.evaluation import Settings
-    from engine.pipeline import evaluate_plan
-    from engine.plan import Plan
+    from engine.explore.pipeline import evaluate_plan
+    from engine.plans.plan import Plan
     from explorer.state.workspace import Workspace
     from explorer.views.frontier_view import FrontierView
     store, runner = services

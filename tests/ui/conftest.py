@@ -33,8 +33,8 @@ def app_server(tmp_path):
     """Serve the real app factory with a real store and job runner; yields (url, store, workspaces)."""
     import panel as pn
 
-    from engine.jobs import JobRunner
-    from engine.store import Store
+    from engine.explore.jobs import JobRunner
+    from engine.explore.store import Store
     from explorer.app import create_app
 
     store = Store(tmp_path / "store.sqlite")

@@ -55,7 +55,7 @@ def open_app(page, url):
 
 def owned_by(store, owner) -> str:
     """Everything of one owner's in the store: their sessions, with meta and member evaluations."""
-    from engine.store import Store
+    from engine.explore.store import Store
     with Store(store) as s:
         mine = [x for x in s.sessions() if x["owner"] == owner]
         return json.dumps([(x, [(e.key, e.to_dict()) for e in s.evaluations(session=x["id"])]) for x in mine],
@@ -63,13 +63,13 @@ def owned_by(store, owner) -> str:
 
 
 def session_row(store, name):
-    from engine.store import Store
+    from engine.explore.store import Store
     with Store(store) as s:
         return next((x for x in s.sessions() if x["name"] == name), None)
 
 
 def n_evaluations(store) -> int:
-    from engine.store import Store
+    from engine.explore.store import Store
     with Store(store) as s:
         return len(s.keys())
 
@@ -159,7 +159,7 @@ def test_two_browsers_one_server_b_cannot_change_as_session(served, browser, tmp
         work_id = work_url.split("?ws=", 1)[1]
         wait_until(lambda: (session_row(store, "working copy") or {}).get("meta", {}).get("named", {}).get("id")
                    == saved["id"], a)
-        from engine.store import Store
+        from engine.explore.store import Store
         with Store(store) as s:
             assert s.session(work_id)["owner"] == owner
         # export A's session: B will try to import it back over A's

@@ -89,7 +89,7 @@ def test_hostile_names_are_text_and_the_share_view_is_locked(app_server, page, b
 
     # a session file carrying a hostile name: imported, listed and announced as text
     doc = json.loads(ws.export_session_file())
-    from engine.store import checksum
+    from engine.explore.store import checksum
     doc["session"]["name"] = HOSTILE2
     doc["evaluations"][0]["plan"]["name"] = HOSTILE_LABEL  # a plan label: shown in the frontier's table
     # another seed: a new evaluation (an import never replaces one the store already holds)

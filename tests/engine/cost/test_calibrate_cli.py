@@ -165,7 +165,7 @@ def test_bench_mixed_protocol_scores_synthetic_measurements():
 def test_dashboard_profile_picker_lists_a_profile_file(tmp_path, monkeypatch):
     """serve --profile-file: the fitted profile appears among the Workspace's profile choices."""
     from engine.cost.profiles import ENV_PATH, add_profile_file
-    from engine.store import Store
+    from engine.explore.store import Store
     from explorer.state.workspace import Workspace
     monkeypatch.setenv(ENV_PATH, "")
     d = load_profile("bismo").to_dict()

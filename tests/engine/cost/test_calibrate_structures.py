@@ -20,7 +20,7 @@ from engine.cost.calibrate_measured import (
 )
 from engine.cost.measure import COLUMNS, uniform_plans
 from engine.cost.profiles import Profile
-from engine.plan import LayerConfig, Plan
+from engine.plans.plan import LayerConfig, Plan
 
 LENET = ["conv1", "conv2", "fc1", "fc2", "fc3"]
 

@@ -6,7 +6,7 @@ import pytest
 
 from engine.benchmarks.cost import repeatability
 from engine.cost.measure import MeasureError, measure, time_rounds
-from engine.plan import Plan
+from engine.plans.plan import Plan
 
 
 def test_time_rounds_reduces_layer_times_by_the_chosen_stat():

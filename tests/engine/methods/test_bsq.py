@@ -4,13 +4,13 @@ import json
 import pytest
 import torch
 
-from engine.apply import apply_plan
-from engine.baselines import load_baseline
-from engine.data import load_dataset
 from engine.errors import UserError
-from engine.graph import analyze
-from engine.methods import bsq
-from engine.plan import Plan
+from engine.models.baselines import load_baseline
+from engine.models.data import load_dataset
+from engine.plans.apply import apply_plan
+from engine.plans.graph import analyze
+from engine.plans.plan import Plan
+from engine.training.methods import bsq
 
 
 def test_bit_weight_represents_the_weight_and_requantizes_exactly():

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from engine import control
+from engine.training import control
 
 
 def test_one_step_from_rest_matches_hand_computation():

@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-from engine.apply import apply_plan, calibrate
-from engine.baselines import load_baseline
-from engine.data import load_dataset
 from engine.errors import UserError
 from engine.evaluation import Settings
-from engine.methods import cpt
-from engine.plan import Plan
+from engine.models.baselines import load_baseline
+from engine.models.data import load_dataset
+from engine.plans.apply import apply_plan, calibrate
+from engine.plans.plan import Plan
+from engine.training.methods import cpt
 
 
 def test_schedule_hits_both_bounds_and_is_cyclic():

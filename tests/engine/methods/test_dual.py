@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from engine.data import load_dataset
 from engine.errors import UserError
 from engine.evaluation import Settings
-from engine.methods import dual
+from engine.models.data import load_dataset
+from engine.training.methods import dual
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_one_packed_model_serves_both_modes(trained):
 
 
 def test_alternate_schedule_and_independent_low_weights():
-    from engine.baselines import load_baseline
+    from engine.models.baselines import load_baseline
     d = load_dataset("digits")
     base = load_baseline("mlp", "digits", d)
     r = dual.dual_finetune("mlp", "digits", (8, 8), (4, 4), Settings(steps=20), schedule="alternate",
@@ -73,7 +73,7 @@ def test_alternate_schedule_and_independent_low_weights():
 
 
 def test_bad_mode_pairs_are_refused():
-    from engine.baselines import load_baseline
+    from engine.models.baselines import load_baseline
     d = load_dataset("digits")
     base = load_baseline("mlp", "digits", d)
     x = [d.x_train[:64]]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from engine.errors import UserError
-from engine.methods import policy
+from engine.training.methods import policy
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def test_w8a8_student_is_close_to_teacher(teacher):
     assert r.student_return >= 0.9 * r.teacher_return
     assert r.student_return > 4 * r.random_return
     assert r.agreement > 0.9
-    from engine.layers import QuantLinear
+    from engine.plans.layers import QuantLinear
     assert all(isinstance(getattr(r.student, n), QuantLinear) for n in ("fc1", "fc2", "fc3"))
     assert r.student.fc1.wq.bits == 8 and r.student.fc1.aq.bits == 8
     d = r.to_dict()
@@ -45,7 +45,7 @@ def test_demonstrations_are_checked(tmp_path, teacher):
 
 
 def test_user_demonstrations_train_the_student(tmp_path, teacher):
-    from engine import control
+    from engine.training import control
     ro = control.rollout(policy.greedy(teacher.model), 5, seed=123, record=True)
     f = tmp_path / "demo.npz"
     np.savez(f, states=ro.states, actions=ro.actions)

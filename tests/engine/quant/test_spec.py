@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.methods.dual_quant import DualWeightQuantizer
 from engine.quant.modules import ActQuantizer, WeightQuantizer
 from engine.quant.spec import QuantSpec, Uncalibrated
+from engine.training.methods.dual_quant import DualWeightQuantizer
 
 SETTINGS = settings(max_examples=60, deadline=None)
 

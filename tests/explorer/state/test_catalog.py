@@ -1,7 +1,7 @@
 """The model and dataset pickers: zoo + what `serve --model/--dataset` registered, with availability."""
 import pytest
 
-from engine import data, zoo
+from engine.models import data, zoo
 from explorer.state import catalog
 from explorer.state.workspace import Workspace
 

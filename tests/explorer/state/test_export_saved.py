@@ -2,20 +2,20 @@
 accuracy reproduced by the exported ONNX, and a clear refusal where no weights were saved."""
 import pytest
 
-from engine.artifacts import NO_WEIGHTS, artifact_path
-from engine.data import load_dataset
+from engine.models.artifacts import NO_WEIGHTS, artifact_path
+from engine.models.data import load_dataset
 
 from ..conftest import wait_jobs
 
 
 def _no_training(monkeypatch):
-    import engine.finetune
-    import engine.pipeline
+    import engine.explore.pipeline
+    import engine.training.finetune
 
     def refuse(*a, **k):
         raise AssertionError("an export must not train")
-    monkeypatch.setattr(engine.finetune, "train", refuse)
-    monkeypatch.setattr(engine.pipeline, "train", refuse)
+    monkeypatch.setattr(engine.training.finetune, "train", refuse)
+    monkeypatch.setattr(engine.explore.pipeline, "train", refuse)
 
 
 def test_job_saves_its_network_and_the_onnx_reproduces_its_accuracy(workspace, monkeypatch):
@@ -44,8 +44,8 @@ def test_job_saves_its_network_and_the_onnx_reproduces_its_accuracy(workspace, m
 
 def test_point_without_saved_weights_is_refused_without_training(workspace, monkeypatch):
     from engine.evaluation import Settings
-    from engine.pipeline import evaluate_plan
-    from engine.plan import Plan
+    from engine.explore.pipeline import evaluate_plan
+    from engine.plans.plan import Plan
     ws = workspace
     ev = evaluate_plan("lenet5", "digits", Plan.uniform(4, 4), Settings(steps=2)).evaluation  # e.g. imported
     ws.add_evaluation(ev)
@@ -60,8 +60,8 @@ def test_saved_weights_of_another_point_are_refused(workspace, tmp_path):
     import shutil
 
     from engine.evaluation import Settings
-    from engine.pipeline import evaluate_plan, save_planned
-    from engine.plan import Plan
+    from engine.explore.pipeline import evaluate_plan, save_planned
+    from engine.plans.plan import Plan
     ws = workspace
     a = evaluate_plan("lenet5", "digits", Plan.uniform(4, 4), Settings(steps=0))
     b = evaluate_plan("lenet5", "digits", Plan.uniform(8, 8), Settings(steps=0)).evaluation

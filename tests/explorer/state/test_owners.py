@@ -6,8 +6,8 @@ import json
 import pytest
 
 from engine.evaluation import Settings
-from engine.pipeline import evaluate_plan
-from engine.plan import Plan
+from engine.explore.pipeline import evaluate_plan
+from engine.plans.plan import Plan
 from explorer.state.workspace import READ_ONLY, Workspace
 
 A, B = "anon:alice", "anon:bob"

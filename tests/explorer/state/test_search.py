@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from engine.sweep import frontier_of, hypervolume_of
+from engine.explore.sweep import frontier_of, hypervolume_of
 
 TINY = dict(method="nsga2", budget=6, finetune=1, steps=20)
 
@@ -94,11 +94,11 @@ def test_a_search_that_cannot_run_says_why_in_one_line(workspace, monkeypatch):
     ws.read_only = True
     assert not s.start() and "read-only" in s.message
     ws.read_only = False
-    import engine.baselines
+    import engine.models.baselines
 
     def missing(*a, **k):
-        raise engine.baselines.UserError("no trained baseline for lenet5 on digits: run train-baseline")
-    monkeypatch.setattr(engine.baselines, "load_baseline", missing)
+        raise engine.models.baselines.UserError("no trained baseline for lenet5 on digits: run train-baseline")
+    monkeypatch.setattr(engine.models.baselines, "load_baseline", missing)
     s.param.update(**TINY)
     assert s.start()
     drive(ws, lambda: not s.running, timeout=120)

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from engine.evaluation import Settings
-from engine.pipeline import evaluate_plan
-from engine.plan import LayerConfig, Plan
+from engine.explore.pipeline import evaluate_plan
+from engine.plans.plan import LayerConfig, Plan
 from explorer.state.sessions import SessionList, session_label
 from explorer.state.workspace import READ_ONLY, Workspace
 
@@ -55,7 +55,7 @@ def test_list_refreshes_when_another_tab_saves(services, evs):
 
 
 def test_sweep_sessions_are_listed_and_open(tmp_path):
-    from engine.store import Store
+    from engine.explore.store import Store
     path = tmp_path / "store.sqlite"
     p = subprocess.run([sys.executable, "-m", "explorer.cli", "sweep", "--model", "lenet5", "--dataset", "digits",
                         "--profile", "cpu", "--budget", "2", "--finetune", "0", "--method", "random",

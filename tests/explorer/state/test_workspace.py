@@ -1,6 +1,6 @@
 import json
 
-from engine.plan import Plan
+from engine.plans.plan import Plan
 from explorer.state.workspace import Workspace
 from tests.explorer.conftest import wait_jobs
 
