@@ -9,4 +9,5 @@ BENCHMARKS = {
     "cost": "engine.benchmarks.cost",
     "search": "engine.benchmarks.search",
     "study": "engine.benchmarks.study",
+    "runtime": "engine.benchmarks.runtime",
 }

@@ -65,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default=None,
                         help="--mixed: comma-separated model:dataset pairs (default lenet5:digits,"
                              "cnn:fashion-mnist,resnet20:cifar10)")
+    parser.add_argument("--repeatability", action="store_true",
+                        help="--mixed: time every plan a second time; the two runs' Spearman on the mixed plans "
+                             "is the ceiling any prediction can reach on this machine")
+    parser.add_argument("--stat", default="min", choices=("median", "min"),
+                        help="--mixed: what each point's repeats are reduced to (default min: on a loaded "
+                             "machine the least disturbed of the interleaved runs repeats best)")
 
 
 # ----------------------------------------------------------------------------- plans
@@ -447,7 +453,7 @@ def _bops(row) -> float:
     return float(sum(g.macs * BITS[wi] * BITS[ai] for g, wi, ai, *_ in row.cells)) * row.batch
 
 
-def score_mixed(df, plans: dict, target: str, uniform: set, seed: int = 0) -> dict:
+def score_mixed(df, plans: dict, target: str, uniform: set, seed: int = 0, with_prediction: bool = False) -> dict:
     """Calibrate ``target``'s base profile on the rows of the ``uniform`` plan hashes; predict the
     whole-network rows of every other plan; errors of the prediction and of scaled BOPs."""
     from engine.cost.calibrate_measured import calibrate, predict_all, quality, rows_from_frame
@@ -474,12 +480,38 @@ def score_mixed(df, plans: dict, target: str, uniform: set, seed: int = 0) -> di
                            "max": float(meas.max() * 1e3)}}
     res["met"] = bool(res["mixed"]["median_abs_error"] <= MIXED_TARGET_ERROR
                       and res["mixed"]["spearman"] >= MIXED_TARGET_SPEARMAN)
+    if with_prediction:      # the predicted rows themselves, for ``repeatability``
+        res["_test_rows"], res["_pred"] = test, pred
     return res
 
 
+def repeatability(df1, df2, target: str, uniform: set, pred_rows=None, pred=None) -> dict:
+    """How far two timings of the same mixed plans agree: their Spearman (the ceiling of any
+    prediction's rank correlation here) and median |run 1 / run 2 - 1|; with a prediction, its
+    Spearman against run 2 and against the runs' mean."""
+    from engine.cost.calibrate_measured import quality
+
+    def totals(df):
+        d = df[(df["target"] == target) & (df["layer"] == "total") & ~df["plan_hash"].isin(uniform)]
+        return d.groupby("plan_hash")["seconds"].median()
+    t1, t2 = totals(df1), totals(df2)
+    common = sorted(set(t1.index) & set(t2.index))
+    a, b = t1[common].to_numpy(), t2[common].to_numpy()
+    q = quality(a, b)
+    out = {"n": q["n"], "spearman": q["spearman"], "median_abs_diff": q["median_abs_error"],
+           "spread_iqr_over_median": float((np.percentile(a, 75) - np.percentile(a, 25)) / np.median(a))}
+    if pred_rows is not None:
+        p = dict(zip([r.plan_hash for r in pred_rows], pred))
+        pp = np.array([p[h] for h in common])
+        out["prediction_vs_run2"] = quality(pp, b)["spearman"]
+        out["prediction_vs_mean"] = quality(pp, (a + b) / 2)["spearman"]
+    return out
+
+
 def validate_mixed(targets=("packed", "onnxruntime"), models=MIXED_MODELS, n_random=20, repeats=3, seed=0,
-                   progress=None, save_dir=None) -> dict:
-    """Measure uniform and mixed plans in the same interleaved rounds, then ``score_mixed`` per target."""
+                   progress=None, save_dir=None, twice: bool = False, stat: str = "median") -> dict:
+    """Measure uniform and mixed plans in the same interleaved rounds, then ``score_mixed`` per target;
+    ``twice``: time them all again and report ``repeatability`` beside."""
     from pathlib import Path
 
     import pandas as pd
@@ -488,7 +520,8 @@ def validate_mixed(targets=("packed", "onnxruntime"), models=MIXED_MODELS, n_ran
     from engine.cost.measure import model_source, random_plans, uniform_plans, write
     from engine.errors import UserError
     say = progress or (lambda m: None)
-    out = {"targets": list(targets), "random": n_random, "repeats": repeats, "results": [], "skipped": []}
+    out = {"targets": list(targets), "random": n_random, "repeats": repeats, "stat": stat, "results": [],
+           "skipped": []}
     for model, dataset in models:
         try:
             names = model_source(model, dataset, random_weights=True).names
@@ -498,8 +531,11 @@ def validate_mixed(targets=("packed", "onnxruntime"), models=MIXED_MODELS, n_ran
         uni = uniform_plans(range(1, 9))
         t0 = time.perf_counter()
         skipped: list = []
-        rows, plans = time_plans(model, dataset, uni + random_plans(names, n_random, seed), targets, (1,), repeats,
-                                 random_weights=True, progress=say, calib_size=CALIB_SIZE, skipped=skipped)
+        all_plans = uni + random_plans(names, n_random, seed)
+        rows, plans = time_plans(model, dataset, all_plans, targets, (1,), repeats, random_weights=True,
+                                 progress=say, calib_size=CALIB_SIZE, skipped=skipped, stat=stat)
+        rows2 = time_plans(model, dataset, all_plans, targets, (1,), repeats, random_weights=True, progress=say,
+                           calib_size=CALIB_SIZE, skipped=[], stat=stat)[0] if twice else None
         out["skipped"] += [{**x, "dataset": dataset} for x in skipped]
         wall = time.perf_counter() - t0
         if save_dir:
@@ -508,8 +544,11 @@ def validate_mixed(targets=("packed", "onnxruntime"), models=MIXED_MODELS, n_ran
             continue
         df = pd.DataFrame(rows)
         for target in sorted(set(df["target"]), key=list(targets).index):
-            res = score_mixed(df, plans, target, {p.digest() for p in uni}, seed)
+            res = score_mixed(df, plans, target, {p.digest() for p in uni}, seed, with_prediction=bool(rows2))
             res["measure_wall_s"] = wall
+            if rows2:
+                res["repeat"] = repeatability(df, pd.DataFrame(rows2), target, {p.digest() for p in uni},
+                                              res.pop("_test_rows"), res.pop("_pred"))
             out["results"].append(res)
             say(f"{target} {model}: mixed median |error| {res['mixed']['median_abs_error']:.1%}, "
                 f"Spearman {res['mixed']['spearman']:.3f}")
@@ -538,14 +577,15 @@ def run_mixed(args) -> int:
             raise UserError(f"--models must be model:dataset pairs (got {args.models!r})") from None
     say = (lambda m: print(m, file=sys.stderr)) if not args.json else None
     r = validate_mixed(targets, models, n, args.repeats or cfg["repeats"], progress=say,
-                       save_dir=args.save_measurements)
+                       save_dir=args.save_measurements, twice=getattr(args, "repeatability", False),
+                       stat=getattr(args, "stat", "min"))
     r["machine"] = machine()
     r["loadavg"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     r["targets_set"] = {"median_abs_error": MIXED_TARGET_ERROR, "spearman": MIXED_TARGET_SPEARMAN}
     if args.json:
         print(json.dumps(_finite(r)))
         return 0
-    print(f"uniform -> mixed: calibrate on W1A1..W8A8, predict {n} random mixed plans, batch 1, medians of "
+    print(f"uniform -> mixed: calibrate on W1A1..W8A8, predict {n} random mixed plans, batch 1, {r['stat']}s of "
           f"{args.repeats or cfg['repeats']} runs; {r['machine']}; load average {r['loadavg']}")
     for s in r["skipped"]:
         print(f"  skipped {s.get('target', 'all targets')} for {s['model']} on {s['dataset']}: {s['reason']}")
@@ -557,6 +597,12 @@ def run_mixed(args) -> int:
               f"{b['median_abs_error']:>10.1%} {b['spearman']:>9.3f}   "
               f"{x['measured_ms']['min']:.3f}/{x['measured_ms']['median']:.3f}/{x['measured_ms']['max']:.3f}"
               f"{'':<6} {_structure(x['structure'])}, fit on {x['use']}; {x['weights']}" + ("" if x["met"] else "   MISSED"))
+        if "repeat" in x:
+            rp = x["repeat"]
+            print(f"  {'':<12} {'':<9} repeatability: run 1 vs run 2 Spearman {rp['spearman']:.3f} (the ceiling), "
+                  f"median |diff| {rp['median_abs_diff']:.1%}, mixed plans' IQR / median "
+                  f"{rp['spread_iqr_over_median']:.1%}; prediction vs run 2 {rp['prediction_vs_run2']:.3f}, "
+                  f"vs mean of runs {rp['prediction_vs_mean']:.3f}")
         if x["bound_hits"]:
             print(f"  {'':<12} {'':<9} warning: at a bound: {', '.join(x['bound_hits'])}")
     print(f"targets: median |error| <= {MIXED_TARGET_ERROR:.0%} and Spearman >= {MIXED_TARGET_SPEARMAN} per target "

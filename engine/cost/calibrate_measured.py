@@ -156,13 +156,28 @@ def structures(prof: Profile) -> list[dict]:
     if prof.klass == "bitserial":
         serial = [["w", "a"], ["w"], ["a"], []]
         return [{**m, "compute.serial": s} for s in serial for m in mem]
+    if prof.klass == "lut" and _serial_widths(prof):
+        # one efficiency for the bit-serial kernel's widths (time follows its w x a bit planes, so a
+        # 1-bit layer's extra time must come from the binary-weight host terms), or one per width
+        return [{**m, **t} for t in ({}, {"fit.tie": SERIAL_TIE}) for m in mem]
     return mem
+
+
+SERIAL_TIE = ["compute.efficiency.1", "compute.efficiency.2"]
+
+
+def _serial_widths(prof: Profile) -> bool:
+    """Does the lut profile run widths 1 and 2 on a bit-serial kernel (rate ~ 1 / (w x a))?"""
+    rows = prof.to_dict().get("compute", {}).get("table", [])
+    return any(r.get("kernel") == "bitserial" for r in rows if isinstance(r, dict))
 
 
 def structure_label(s: dict) -> str:
     parts = []
     if "compute.serial" in s:
         parts.append("serial " + ("+".join(s["compute.serial"]) or "none"))
+    if s.get("fit.tie"):
+        parts.append("one efficiency for widths " + "+".join(p.rsplit(".", 1)[-1] for p in s["fit.tie"]))
     if "memory.bytes_per_s" in s and s["memory.bytes_per_s"] is None:
         parts.append("compute only")
     else:
@@ -196,12 +211,17 @@ def default_params(prof: Profile, rows: Sequence[Row], structure: dict | None = 
         params.append("compute.overhead_s")
     if prof.bw and s.get("memory.bytes_per_s", prof.bw) is not None:
         params.append("memory.efficiency")
+    tie = [p for p in s.get("fit.tie", []) if p in params]
+    if len(tie) > 1:       # tied paths are one free coefficient, written 'a|b'
+        params = ["|".join(tie) if p == tie[0] else p for p in params if p not in tie[1:]]
     return params
 
 
 def _apply_structure(prof: Profile, structure: dict) -> Profile:
     d = prof.to_dict()
     for k, v in structure.items():
+        if k.startswith("fit."):            # a choice of the fit (tied coefficients), not profile data
+            continue
         if k == "memory.bytes_per_s" and v is None:
             d.setdefault("memory", {})["bytes_per_s"] = None
         else:
@@ -219,7 +239,10 @@ class Fit:
 
 
 def _fit(prof: Profile, rows: Sequence[Row], params: Sequence[str]) -> Fit:
-    """Weighted bounded least squares of ``params`` (log-parameterised) on log(pred / measured)."""
+    """Weighted bounded least squares of ``params`` (log-parameterised) on log(pred / measured); a
+    parameter 'a|b' is one coefficient written to both paths."""
+    paths = [p.split("|") for p in params]
+    params = [p[0] for p in paths]
     base = _prepare(prof, params)
     meas = np.array([r.seconds for r in rows])
     sw = np.sqrt(np.array([r.weight for r in rows]))
@@ -230,15 +253,16 @@ def _fit(prof: Profile, rows: Sequence[Row], params: Sequence[str]) -> Fit:
 
     def build(x) -> Profile:
         d = copy.deepcopy(base)
-        for p, v in zip(params, x):
-            set_path(d, p, float(math.exp(v)))
+        for ps, v in zip(paths, x):
+            for p in ps:
+                set_path(d, p, float(math.exp(v)))
         return Profile(d, prof.path, check=False)
 
     def resid(x):
         return sw * np.log(np.maximum(predict_all(rows, build(x)), 1e-30) / meas)
 
     sol = optimize.least_squares(resid, x0, bounds=(lo, hi), method="trf", x_scale="jac", max_nfev=200)
-    values = {p: float(math.exp(v)) for p, v in zip(params, sol.x)}
+    values = {p: float(math.exp(v)) for ps, v in zip(paths, sol.x) for p in ps}
     hits = []
     for p, v, a, b in zip(params, sol.x, lo, hi):
         if v - a < BOUND_TOL and not _additive(p):    # an additive term at its floor is simply ~0

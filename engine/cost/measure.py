@@ -3,7 +3,9 @@
 Targets: ``packed`` (bitscape's kernels through ``engine.deploy``: per layer span and whole
 network), ``onnxruntime`` (the exported QDQ model: whole network, and per layer from ORT's
 profiler, each node counted with the layer whose name prefixes it, unnamed nodes with the layer
-before them), ``torch-cuda`` (only where a GPU is present; it is not implemented yet and says so).
+before them), ``torch-cuda`` (only where a GPU is present, ``engine.cost.measure_cuda``: int8 GEMMs via
+``torch._int_mm``, 2:4 via semi-structured sparse tensors, the rest in fp16 or bf16; where no GPU is
+present the target is skipped with 'no GPU').
 A plan is applied to the FP32 baseline and calibrated (no fine-tune: timing does not need it).
 Rows: target, model, dataset, plan_hash, plan, layer (or ``total``), batch, seconds (median of
 repeats), repeats, machine, weights. A sidecar JSON (``plans_path``) keeps each plan by its hash.
@@ -174,11 +176,17 @@ def machine() -> str:
     return f"{cpu}; {os.cpu_count()} cores; {os.environ.get('OMP_NUM_THREADS', '?')} thread(s)"
 
 
-def time_rounds(points: Sequence[Callable[[], dict]], repeats: int, warmup: int = 2) -> list[tuple[dict, float]]:
+STATS = {"median": statistics.median, "min": min}
+
+
+def time_rounds(points: Sequence[Callable[[], dict]], repeats: int, warmup: int = 2,
+                stat: str = "median") -> list[tuple[dict, float]]:
     """Run every point once per round, ``repeats`` rounds (a load burst hits every point alike).
 
-    A point is a callable returning {layer: seconds} for one run; returns per point the median
-    seconds per layer and the median whole-run seconds (timed around the call)."""
+    A point is a callable returning {layer: seconds} for one run; returns per point the ``stat``
+    (median, or min: the least disturbed run on a loaded machine) of the seconds per layer and of the
+    whole-run seconds (timed around the call)."""
+    agg = STATS[stat]
     for p in points:
         for _ in range(warmup):
             p()
@@ -191,7 +199,7 @@ def time_rounds(points: Sequence[Callable[[], dict]], repeats: int, warmup: int 
             totals[i].append(time.perf_counter() - t0)
             for k, v in layers.items():
                 per[i].setdefault(k, []).append(v)
-    return [({k: statistics.median(v) for k, v in d.items()}, statistics.median(t)) for d, t in zip(per, totals)]
+    return [({k: agg(v) for k, v in d.items()}, agg(t)) for d, t in zip(per, totals)]
 
 
 def packed_point(prep: Prepared, b: int) -> Callable[[], dict]:
@@ -282,30 +290,27 @@ def ort_layers(blob: bytes, x: np.ndarray, layers: Sequence[str], repeats: int, 
     return {k: statistics.median(v) for k, v in out.items()}
 
 
-def has_cuda() -> bool:
-    try:
-        import torch
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
-
-
 # ----------------------------------------------------------------------------- the driver
 
 def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[str] = ("packed",),
             batches: Sequence[int] = (1,), repeats: int = 5, data_root: str | None = None,
             random_weights: bool = False, per_layer: bool = True, threads: int = 1,
             progress: Callable[[str], None] | None = None, calib_size: int = 256,
-            skipped: list | None = None) -> tuple[list[dict], dict]:
+            skipped: list | None = None, cuda_dtype: str = "fp16", stat: str = "median") -> tuple[list[dict], dict]:
     """Time ``plans`` of ``model`` on each target; returns (tidy rows, {plan_hash: plan dict}).
 
     Each target's points (plan x batch) are timed in interleaved rounds; the whole-network time is
     taken around the call, per-layer times from the runtime's own spans / profile. A target that
     cannot run a plan (e.g. the exporter refuses it) raises, or, when ``skipped`` is a list, that
-    plan is left out on that target and noted there as {target, model, plan, reason}."""
+    plan is left out on that target and noted there as {target, model, plan, reason}. ``torch-cuda``
+    where no GPU is present is skipped (said through ``progress``, noted in ``skipped``); when no target
+    is left, that is a MeasureError saying 'no GPU'. ``cuda_dtype``: the GPU's float dtype, fp16 or bf16.
+    ``stat``: what the repeats are reduced to, 'median' (default) or 'min'."""
     for t in targets:
         if t not in TARGETS:
             raise MeasureError(f"unknown target {t!r}; targets are {', '.join(TARGETS)}")
+    if stat not in STATS:
+        raise MeasureError(f"--stat must be one of {', '.join(STATS)} (got {stat!r})")
     if repeats < 1:
         raise MeasureError(f"--repeats must be at least 1 (got {repeats})")
     if not plans:
@@ -313,11 +318,19 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
     for b in batches:
         if b < 1:
             raise MeasureError(f"batch sizes must be at least 1 (got {b})")
-    if "torch-cuda" in targets and not has_cuda():
-        raise MeasureError("target 'torch-cuda': no GPU here (torch.cuda.is_available() is False)")
-    if "torch-cuda" in targets:
-        raise MeasureError("target 'torch-cuda' is not implemented yet")
     say = progress or (lambda m: None)
+    if "torch-cuda" in targets:
+        from engine.cost.measure_cuda import DTYPES, no_gpu_reason
+        if cuda_dtype not in DTYPES:
+            raise MeasureError(f"--cuda-dtype must be one of {', '.join(DTYPES)} (got {cuda_dtype!r})")
+        reason = no_gpu_reason()
+        if reason is not None:
+            targets = [t for t in targets if t != "torch-cuda"]
+            say(f"target torch-cuda skipped: {reason}")
+            if skipped is not None:
+                skipped.append({"target": "torch-cuda", "model": model, "plan": "all", "reason": reason})
+            if not targets:
+                raise MeasureError(f"nothing measured: target 'torch-cuda' skipped: {reason}")
     src = model_source(model, dataset, data_root, random_weights, calib_size=calib_size)
     preps = []
     for plan in plans:
@@ -326,12 +339,19 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
         preps.append(prepare_plan(src, plan))
         say(f"prepared {model} {plan_label(plan)}")
     mach = machine()
+    mach_cuda = None
+    if "torch-cuda" in targets:
+        import torch
+
+        from engine.cost.measure_cuda import gpu_name
+        mach_cuda = f"{gpu_name()}; torch {torch.__version__}; float {cuda_dtype}"
     rows: list[dict] = []
     plan_map = {p.plan.digest(): {"plan": p.plan.to_dict(), "model": model, "dataset": dataset} for p in preps}
 
     def emit(target, prep, b, layers: dict, total: float):
         base = {"target": target, "model": model, "dataset": dataset, "plan_hash": prep.plan.digest(),
-                "plan": plan_label(prep.plan), "batch": b, "repeats": repeats, "machine": mach,
+                "plan": plan_label(prep.plan), "batch": b, "repeats": repeats,
+                "machine": mach_cuda if target == "torch-cuda" else mach,
                 "weights": prep.weights}
         for name in src.names:
             if per_layer and name in layers:
@@ -359,9 +379,12 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
                 keys.append((prep, b))
                 if target == "packed":
                     points.append(packed_point(prep, b))
+                elif target == "torch-cuda":
+                    from engine.cost.measure_cuda import cuda_point
+                    points.append(cuda_point(prep.applied, batch_of(prep.sample, b), cuda_dtype))
                 else:
                     points.append(ort_point(blobs[id(prep)], batch_of(prep.sample, b), threads))
-        results = time_rounds(points, repeats)
+        results = time_rounds(points, repeats, stat=stat)
         for (prep, b), (layers, total) in zip(keys, results):
             if target == "onnxruntime" and per_layer:
                 layers = ort_layers(blobs[id(prep)], batch_of(prep.sample, b), src.names, repeats, threads)

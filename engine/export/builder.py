@@ -101,9 +101,11 @@ def build_onnx(model: nn.Module, input_shape: tuple[int, ...], configs: dict[str
             elif node.op == "call_module":
                 mod = mods[node.target]
                 b.scope = node.target
-                b.layer_inputs[node.target] = val(node.args[0])
-                env[node.name] = build_module(b, node, mod, val(node.args[0]))
-                b.layer_outputs[node.target] = env[node.name] if isinstance(env[node.name], str) else env[node.name][0]
+                x_in = val(node.args[0])
+                env[node.name] = build_module(b, node, mod, x_in)
+                x_out = env[node.name] if isinstance(env[node.name], str) else env[node.name][0]
+                if x_out != x_in:     # a pass-through (Identity, Dropout) computes nothing to check
+                    b.layer_inputs[node.target], b.layer_outputs[node.target] = x_in, x_out
             elif node.op == "call_function":
                 env[node.name] = _call_function(b, node, val)
             elif node.op == "call_method":

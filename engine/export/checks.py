@@ -97,6 +97,8 @@ def _subgraph(m, in_name: str, out_name: str):
     from onnx import TensorProto, helper
     need, keep = {out_name}, []
     for n in reversed(m.graph.node):
+        if in_name in n.output:       # the subgraph's input: its producer stays outside
+            continue
         if any(o in need for o in n.output):
             keep.append(n)
             need.update(i for i in n.input if i and i != in_name)

@@ -22,7 +22,8 @@ def register(sub) -> None:
     p = sub.add_parser("measure", help="time plans on a real runtime; write a tidy CSV for 'bitscape calibrate'")
     add_model_args(p)
     p.add_argument("--target", default="packed",
-                   help="comma-separated runtimes: packed, onnxruntime, torch-cuda (default packed)")
+                   help="comma-separated runtimes: packed, onnxruntime, torch-cuda (default packed; "
+                        "torch-cuda is skipped with 'no GPU' where none is present)")
     src = p.add_argument_group("plans (at least one)")
     src.add_argument("--plan", action="append", default=[], metavar="PATH",
                      help="a plan JSON file or a directory of them (repeatable)")
@@ -37,6 +38,10 @@ def register(sub) -> None:
     p.add_argument("--random-weights", action="store_true",
                    help="time a seeded fresh network where no FP32 baseline or dataset is installed")
     p.add_argument("--no-layers", action="store_true", help="whole-network rows only")
+    p.add_argument("--stat", default="median", choices=("median", "min"),
+                   help="what the repeats are reduced to (default median; min resists a loaded machine)")
+    p.add_argument("--cuda-dtype", default="fp16", choices=("fp16", "bf16"),
+                   help="torch-cuda: the float dtype of layers not on the int8 / 2:4 paths (default fp16)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run)
 
@@ -67,7 +72,8 @@ def run(args) -> int:
     batches = _ints(args.batch, "--batch")
     say = None if args.json else (lambda m: print(m, file=sys.stderr))
     rows, plan_map = measure(model, dataset, plans, targets, batches, args.repeats, args.data_dir,
-                             args.random_weights, per_layer=not args.no_layers, progress=say)
+                             args.random_weights, per_layer=not args.no_layers, progress=say,
+                             cuda_dtype=args.cuda_dtype, stat=args.stat)
     out, side = write(rows, plan_map, args.out, append=args.append)
     totals = [r for r in rows if r["layer"] == "total"]
     if args.json:

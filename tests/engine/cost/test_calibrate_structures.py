@@ -1,0 +1,79 @@
+"""Structure choices of ``bitscape calibrate`` for the packed target: the bit-serial kernel's width-1 and
+width-2 efficiencies may be one coefficient (time follows its w x a bit planes), so the extra time of
+1-bit weights is learned by the binary-weight host terms and carries to mixed plans where 1-bit weights
+run on the int8 kernel (what decides the packed target's mixed-plan ranking)."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.benchmarks import cost as B
+from engine.cost.calibrate_measured import (
+    SERIAL_TIE,
+    _fit,
+    calibrate,
+    default_params,
+    fitted_profile,
+    predict_all,
+    rows_from_frame,
+    structure_label,
+    structures,
+)
+from engine.cost.measure import COLUMNS, uniform_plans
+from engine.cost.profiles import Profile
+from engine.plans.plan import LayerConfig, Plan
+
+LENET = ["conv1", "conv2", "fc1", "fc2", "fc3"]
+
+
+def frame(plans, truth, target="packed"):
+    pm = {p.digest(): {"plan": p.to_dict(), "model": "lenet5", "dataset": "digits"} for p in plans}
+    sk = [{"target": target, "model": "lenet5", "dataset": "digits", "plan_hash": p.digest(), "plan": p.name,
+           "layer": layer, "batch": 1, "seconds": 1.0, "repeats": 1, "machine": "simulated", "weights": "none"}
+          for p in plans for layer in LENET + ["total"]]
+    df = pd.DataFrame(sk, columns=COLUMNS)
+    df["seconds"] = predict_all(rows_from_frame(df, pm, target, "both"), truth)
+    return df, pm
+
+
+def test_packed_structures_offer_the_tie_and_label_it():
+    cands = structures(B.packed_base())
+    tied = [s for s in cands if s.get("fit.tie") == SERIAL_TIE]
+    assert tied and len(tied) == len(cands) // 2
+    assert "one efficiency for widths 1+2" in structure_label(tied[0])
+    assert not any("fit.tie" in s for s in structures(B.ort_base()))     # no bit-serial kernel there
+
+
+def test_tied_coefficient_is_one_parameter_written_to_both_paths():
+    base = B.packed_base()
+    truth = base.with_changes({"compute.efficiency.default": 0.3, "compute.efficiency.1": 0.1,
+                               "compute.efficiency.2": 0.1})
+    df, pm = frame(uniform_plans(range(1, 9)), truth)
+    rows = rows_from_frame(df, pm, "packed", "both")
+    ps = default_params(base, rows, {"fit.tie": SERIAL_TIE})
+    assert "compute.efficiency.1|compute.efficiency.2" in ps
+    assert "compute.efficiency.1" not in ps and "compute.efficiency.2" not in ps
+    f = _fit(base, rows, ps)
+    assert f.params["compute.efficiency.1"] == f.params["compute.efficiency.2"]
+    eff = f.profile.to_dict()["compute"]["efficiency"]
+    assert eff["1"] == eff["2"] == pytest.approx(0.1, rel=0.1)
+
+
+def test_tie_carries_1bit_weight_cost_to_mixed_plans():
+    base = B.packed_base()
+    truth = base.with_changes({"compute.efficiency.default": 0.3, "compute.efficiency.1": 0.1,
+                               "compute.efficiency.2": 0.1, "host.binary_s": 2e-5})
+    df, pm = frame(uniform_plans(range(1, 9)), truth)
+    rows = rows_from_frame(df, pm, "packed", "both")
+    cal = calibrate(base, rows, structure={"combine": "max", "fit.tie": SERIAL_TIE})
+    assert cal.params["host.binary_s"] == pytest.approx(2e-5, rel=0.1)
+    # 1-bit weights on the int8 kernel (a = 8): only the tied structure can know what they cost
+    mixed = [Plan(default=LayerConfig(8, 8), layers={n: {"w_bits": 1, "a_bits": 8, "quantizer": "binary"}},
+                  name=f"w1 {n}") for n in LENET[:3]]
+    dm, pmm = frame(mixed, truth)
+    test = rows_from_frame(dm, pmm, "packed", "total")
+    meas = np.array([r.seconds for r in test])
+    assert np.all(np.abs(predict_all(test, cal.profile) / meas - 1) < 0.02)
+    # the fitted profile records the tie and loads (what cost / sweep / serve --profile-file read)
+    d = fitted_profile(cal, "tied", "0" * 64, "m.csv", "packed", True, "both")
+    assert d["fit"]["structure"]["fit.tie"] == SERIAL_TIE and "fit.tie" not in d
+    assert Profile(d, "<fitted>").to_dict()["compute"]["efficiency"]["1"] == cal.params["compute.efficiency.2"]
