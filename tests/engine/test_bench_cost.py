@@ -52,6 +52,7 @@ def test_compare_and_errors_math(records):
     assert set(s["per_model"]) == {"mlp"}
 
 
+@pytest.mark.slow
 def test_fit_uses_only_the_fit_plans_and_gives_a_valid_profile(records):
     res = B.fit(records, "cpu")
     assert set(res.params) == set(B.FIT_PARAMS)
@@ -71,6 +72,7 @@ def test_shipped_cpu_profile_is_valid_and_says_where_it_came_from():
         assert "fit" in prof.to_dict()
 
 
+@pytest.mark.slow
 def test_cli_quick_json(monkeypatch, capsys):
     from explorer.cli import main
     small = [r for r in B.measure(repeats=1, models=(("mlp", "digits"),), batches=(1,))]

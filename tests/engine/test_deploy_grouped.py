@@ -38,6 +38,7 @@ def mobilenet(fashion):
     return applied, plan
 
 
+@pytest.mark.slow
 def test_mobilenetv2_mixed_plan_deploys_packed_with_identical_predictions(mobilenet, fashion, tmp_path):
     applied, _ = mobilenet
     net = deploy(applied)

@@ -33,6 +33,7 @@ def _wait_running(runner, jid, timeout=60):
     raise AssertionError(f"job never ran: {runner.status(jid)}")
 
 
+@pytest.mark.slow
 def test_local_pool_failures_do_not_stop_other_jobs(tmp_path):
     store = Store(tmp_path / "s.sqlite")
     sid = store.create_session("t", "mlp", "digits", "bismo")
@@ -61,6 +62,7 @@ def test_local_pool_failures_do_not_stop_other_jobs(tmp_path):
     assert {e.key for e in store.evaluations(session=sid)} == {bad_info.result.key, ev.key, again.result.key}
 
 
+@pytest.mark.slow
 def test_cancel_queued_and_running_jobs():
     with JobRunner(workers=1) as runner:
         a = runner.submit("lenet5", "digits", Plan.uniform(2, 2), Settings(steps=5000))
@@ -93,6 +95,7 @@ def test_diverged_evaluation_marks_the_job_failed_and_is_stored():
     runner.shutdown()
 
 
+@pytest.mark.slow
 def test_dask_cluster_runs_jobs_with_progress_and_cancel():
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp",
@@ -114,6 +117,7 @@ def test_dask_cluster_runs_jobs_with_progress_and_cancel():
             assert stored == {"mlp": "fine-tuned", "nosuchmodel": "failed"}
 
 
+@pytest.mark.slow
 def test_workers_run_at_the_asked_niceness_and_save_their_networks(tmp_path):
     import psutil
 
@@ -134,6 +138,7 @@ def test_workers_run_at_the_asked_niceness_and_save_their_networks(tmp_path):
     assert meta["evaluation"]["key"] == done.key and meta["model"] == "mlp"
 
 
+@pytest.mark.slow
 def test_stop_forkserver_waits_for_every_runner():
     import multiprocessing
     from multiprocessing import forkserver

@@ -52,6 +52,7 @@ def with_meta(src, dst, **changes):
 
 @pytest.mark.parametrize("cmd", [["export", "onnx", "--out", "{tmp}/o.onnx"], ["deploy", "--out", "{tmp}/o.packed"],
                                  ["export", "table"]])
+@pytest.mark.slow
 def test_checkpoint_naming_os_abort_is_refused_not_run(ckpt, tmp_path, cmd):
     bad = with_meta(ckpt, tmp_path / "abort.safetensors", dataset="os:abort")
     code, out, err = run_cli(*[c.format(tmp=tmp_path) for c in cmd], "--checkpoint", str(bad))

@@ -58,6 +58,7 @@ def test_alps_plans_lower_one_layer_each():
     assert (cfg["fc2"].w_bits, cfg["fc1"].w_bits, cfg["fc3"].a_bits) == (2, 8, 8)
 
 
+@pytest.mark.slow
 def test_alps_through_jobs_and_cli(capsys):
     from engine.explore.store import Store
     store = Store(":memory:")

@@ -166,6 +166,7 @@ def _writer(path, start, n):
     s.close()
 
 
+@pytest.mark.slow
 def test_concurrent_writers_from_several_processes(tmp_path):
     path = str(tmp_path / "shared.sqlite")
     Store(path).close()

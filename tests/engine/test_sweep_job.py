@@ -34,6 +34,7 @@ def test_worker_seconds_from_past_wall_times():
     assert worker_seconds([], 1, 0, 0) is None
 
 
+@pytest.mark.slow
 def test_each_point_reaches_on_evaluation_as_it_lands():
     store = Store(":memory:")
     seen = []
@@ -44,6 +45,7 @@ def test_each_point_reaches_on_evaluation_as_it_lands():
     assert {k: (p, s) for k, p, s in seen} == {r.key: (r.phase, r.status) for r in res.points.itertuples()}
 
 
+@pytest.mark.slow
 def test_should_stop_cancels_in_flight_jobs_and_submits_nothing_more():
     store = Store(":memory:")
     runner = shared_runner(store)

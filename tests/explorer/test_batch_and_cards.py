@@ -19,6 +19,7 @@ def test_bad_batch_size_is_refused_with_a_visible_message(workspace, bad):
     assert ws.batch == 8 and not box.error.visible
 
 
+@pytest.mark.slow
 def test_batch_box_is_in_the_app_and_follows_the_workspace(workspace):
     from explorer.app import build_layout
     ws = workspace
@@ -43,6 +44,7 @@ def test_cost_cards_say_what_they_measure(workspace):
     assert 'data-metric="latency"' in html and 'data-metric="throughput"' in html
 
 
+@pytest.mark.slow
 def test_session_models_load_their_stylesheets_from_this_server(services):
     """Models built when a session starts (before its page is rendered) name no CDN URL."""
     from bokeh.document import Document

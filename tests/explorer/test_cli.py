@@ -13,6 +13,7 @@ def run_cli(*args):
     return p.returncode, p.stdout, p.stderr
 
 
+@pytest.mark.slow
 def test_template_is_a_valid_plan_listing_every_layer(tmp_path):
     code, out, err = run_cli("plan", "template", "--model", "lenet5")
     assert code == 0, err
@@ -30,6 +31,7 @@ def test_template_is_a_valid_plan_listing_every_layer(tmp_path):
     ('{"version": 1, "default": {"sparsity": "2:4"}}', "layer 'conv1': sparsity='2:4' needs the input dimension"),
     ('{"version": 1,', "not valid JSON"),
 ])
+@pytest.mark.slow
 def test_validate_rejects_with_exit_2_and_no_traceback(tmp_path, doc, message):
     f = tmp_path / "bad.json"
     f.write_text(doc)
@@ -52,6 +54,7 @@ def test_finetune_json_output_and_save(tmp_path, capsys):
     assert ckpt.stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_finetune_bad_plan_writes_nothing(tmp_path):
     plan = tmp_path / "p.json"
     plan.write_text('{"version": 1, "default": {"widen": 2}}')
@@ -61,6 +64,7 @@ def test_finetune_bad_plan_writes_nothing(tmp_path):
     assert not ckpt.exists() and out == ""
 
 
+@pytest.mark.slow
 def test_unknown_model_and_missing_baseline(tmp_path):
     plan = tmp_path / "p.json"
     plan.write_text('{"version": 1}')

@@ -73,6 +73,7 @@ def test_plan_files(tmp_path, capsys, doc, message):
     refused(capsys, ["plan", "validate", str(p), "--model", "lenet5"], message)
 
 
+@pytest.mark.slow
 def test_plan_file_in_a_real_process(tmp_path):
     p = tmp_path / "plan.json"
     p.write_text(DEEP)
@@ -209,6 +210,7 @@ def test_out_paths(ckpt, tmp_path, capsys, cmd, where, message):
     refused(capsys, argv, message)
 
 
+@pytest.mark.slow
 def test_out_paths_in_a_real_process(ckpt, tmp_path):
     code, _, err = run_cli("export", "onnx", "--checkpoint", str(ckpt), "--out", str(tmp_path))
     assert code == 2 and "is a directory" in err and "Traceback" not in err

@@ -22,6 +22,7 @@ def view(workspace):
     return FrontierView(workspace=workspace)
 
 
+@pytest.mark.slow
 def test_switching_model_with_the_frontier_open_updates_the_dataset_picker(workspace):
     """Regression: the compare selects' emptied value (None) was linked into a string parameter,
     so changing model raised ValueError and the dataset picker kept the old dataset."""
@@ -109,6 +110,7 @@ def test_heatmap_and_profile_comparison_render(view):
     hv.render(view.profiles.plot_b.object, backend="bokeh")
 
 
+@pytest.mark.slow
 def test_failed_job_from_the_runner_is_a_point_with_its_reason(workspace):
     """A job that cannot start its work (no FP32 baseline for the dataset) ends as a failed
     Evaluation: a point on the failed strip, with the runner's reason in the table and the hover."""
@@ -161,6 +163,7 @@ def test_failed_job_without_an_evaluation_is_listed(workspace):
     assert workspace.selected == ""
 
 
+@pytest.mark.slow
 def test_estimate_then_fine_tune_are_linked_end_to_end(workspace):
     """Real runs: the estimate and the fine-tune of one plan share a digest, so they are linked."""
     from explorer.views.frontier_view import FrontierView

@@ -22,6 +22,7 @@ def _state(ws, jid):
     return ws.jobs.set_index("id").loc[jid, "state"]
 
 
+@pytest.mark.slow
 def test_cancel_button_of_a_running_job_cancels_it_and_rows_survive_polls(workspace):
     from explorer.views.jobs_view import JobsView
     ws = workspace
@@ -49,6 +50,7 @@ def test_cancel_button_of_a_running_job_cancels_it_and_rows_survive_polls(worksp
     wait_jobs(ws)
 
 
+@pytest.mark.slow
 def test_new_jobs_add_rows_and_old_rows_are_kept(workspace):
     from explorer.views.jobs_view import JobsView
     ws = workspace

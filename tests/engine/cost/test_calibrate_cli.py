@@ -38,6 +38,7 @@ def synthetic(truth, target="sim", batches=(1, 8)):
 
 
 @pytest.mark.parametrize("eff", [0.25, 3.0])     # slower and faster than the base (efficiency 1)
+@pytest.mark.slow
 def test_recovers_known_parameters_both_ways(eff):
     base = load_profile("bismo")
     truth = base.with_changes({"compute.efficiency": eff, "compute.overhead_s": 2e-5})
@@ -51,6 +52,7 @@ def test_recovers_known_parameters_both_ways(eff):
     assert cal.in_sample["total"]["median_abs_error"] < 1e-4
 
 
+@pytest.mark.slow
 def test_structure_chosen_on_held_out_plans():
     base = load_profile("bismo")
     truth = base.with_changes({"compute.serial": ["a"], "compute.efficiency": 0.5, "compute.overhead_s": 1e-6})
@@ -61,6 +63,7 @@ def test_structure_chosen_on_held_out_plans():
     assert len(cal.candidates) == 12
 
 
+@pytest.mark.slow
 def test_cli_fit_warns_at_a_bound_and_cost_loads_the_profile(tmp_path, capsys):
     # 100x below the lowest efficiency the fit allows (1e-5): the fit must stop at the bound and say so
     truth = load_profile("bismo").with_changes({"compute.efficiency": 1e-7, "compute.overhead_s": 1e-7})
@@ -105,6 +108,7 @@ def readme_commands() -> list[list[str]]:
     return [shlex.split(line.split("#", 1)[0]) for line in block.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_readme_commands_as_subprocesses(tmp_path):
     """measure, calibrate and cost run as subprocesses exactly as the README writes them (measure with
     one random plan and one repeat, to stay small)."""
@@ -149,6 +153,7 @@ def test_sweep_profile_file_is_found_by_name(tmp_path, monkeypatch):
     assert "mine" in [r["name"] for r in list_profiles()]     # what the dashboard's profile picker lists
 
 
+@pytest.mark.slow
 def test_bench_mixed_protocol_scores_synthetic_measurements():
     """bench cost --mixed's scoring, on rows a known packed-like profile generated: calibrated on the
     uniform plans only, it predicts the mixed ones (no timing involved)."""

@@ -50,6 +50,7 @@ def digits():
     return d, load_baseline("mlp", "digits", d)
 
 
+@pytest.mark.slow
 def test_stronger_regulariser_removes_more_planes_and_returns_a_valid_plan(digits):
     d, base = digits
     weak = bsq.run_bsq(base, d, 0.0, 60, requant_every=20, model_id="mlp")

@@ -13,6 +13,7 @@ def teacher():
     return policy.teacher_policy(0)
 
 
+@pytest.mark.slow
 def test_teacher_balances(teacher):
     assert teacher.mean_return >= 190            # the maximum is 200; random play gets about 22
     assert policy.teacher_policy(0) is teacher   # trained once per process, seeded

@@ -18,6 +18,7 @@ def _no_training(monkeypatch):
     monkeypatch.setattr(engine.explore.pipeline, "train", refuse)
 
 
+@pytest.mark.slow
 def test_job_saves_its_network_and_the_onnx_reproduces_its_accuracy(workspace, monkeypatch):
     from engine.export.onnx import predict_onnx
     ws = workspace

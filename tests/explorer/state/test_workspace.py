@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from engine.plans.plan import Plan
 from explorer.state.workspace import Workspace
 from tests.explorer.conftest import wait_jobs
@@ -60,6 +62,7 @@ def test_profile_and_batch_recost(workspace):
     assert ws.totals["batch"] == 64
 
 
+@pytest.mark.slow
 def test_jobs_make_points_and_a_frontier(workspace):
     ws = workspace
     ws.apply_preset("w4a4")
@@ -97,6 +100,7 @@ def test_failed_job_shows_its_reason(workspace):
     assert row["state"] == "failed" and "cifar10" in row["error"] and "Traceback" not in row["error"]
 
 
+@pytest.mark.slow
 def test_sessions_save_share_read_only_and_isolation(services):
     store, runner = services
     a = Workspace(store=store, runner=runner)
@@ -119,6 +123,7 @@ def test_sessions_save_share_read_only_and_isolation(services):
     assert [s["name"] for s in c.sessions.saved()] == ["my study"]
 
 
+@pytest.mark.slow
 def test_session_file_round_trip_and_tampered_file_refused(services):
     store, runner = services
     a = Workspace(store=store, runner=runner)
@@ -159,6 +164,7 @@ def test_model_change_resets_dataset_and_plan(workspace):
     assert ws.dataset == "digits" and list(ws.rows["layer"]) == ["lstm", "fc"]
 
 
+@pytest.mark.slow
 def test_export_selected_point_as_onnx_and_packed(workspace):
     import onnx
 
@@ -195,6 +201,7 @@ def test_sensitivity_and_suggestion(workspace):
     assert ws.sens.scores.empty
 
 
+@pytest.mark.slow
 def test_cancel_stops_a_long_job_and_others_finish(workspace):
     import time
     ws = workspace
