@@ -41,5 +41,5 @@ def shutdown() -> None:
         if _runner is not None:
             _runner.shutdown()
             _runner = None
-    from engine.explore.jobs import stop_forkserver
+    from engine.explore.local_pool import stop_forkserver
     stop_forkserver()

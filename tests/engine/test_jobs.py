@@ -143,7 +143,7 @@ def test_stop_forkserver_waits_for_every_runner():
     import multiprocessing
     from multiprocessing import forkserver
 
-    from engine.explore.jobs import stop_forkserver
+    from engine.explore.local_pool import stop_forkserver
     with JobRunner(workers=1) as other:
         assert other.wait(other.submit("mlp", "digits", Plan.uniform(4, 4), Settings(steps=0)), 120).state == "done"
         pid = forkserver._forkserver._forkserver_pid
