@@ -88,3 +88,14 @@ def wait_until(fn, page, timeout=60_000, interval=200):
             pass
         page.wait_for_timeout(interval)
     assert fn(), "condition not met in time"
+
+
+# Every view of the page's Bokeh documents, depth first (Bokeh renders in shadow DOM, so tests
+# find figures and glyphs through the views); the snippet that uses it declares ``seen``.
+BOKEH_WALK_JS = """  function* walk(v) {
+    if (!v || seen.has(v)) return;
+    seen.add(v);
+    yield v;
+    for (const c of (v.child_views || [])) yield* walk(c);
+    if (v.renderer_views) for (const c of v.renderer_views.values()) yield* walk(c);
+  }"""

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.ui.conftest import free_port, wait_until
+from tests.ui.conftest import BOKEH_WALK_JS, free_port, wait_until
 
 pytest.importorskip("playwright")
 pytestmark = [pytest.mark.ui, pytest.mark.slow]
@@ -23,13 +23,7 @@ pytestmark = [pytest.mark.ui, pytest.mark.slow]
 POINTS_JS = """
 () => {
   const seen = new Set(), out = [];
-  function* walk(v) {
-    if (!v || seen.has(v)) return;
-    seen.add(v);
-    yield v;
-    for (const c of (v.child_views || [])) yield* walk(c);
-    if (v.renderer_views) for (const c of v.renderer_views.values()) yield* walk(c);
-  }
+""" + BOKEH_WALK_JS + """
   for (const root of Object.values(window.Bokeh.index)) {
     for (const v of walk(root)) {
       const title = v.model && v.model.title && v.model.title.text;

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tests.ui.conftest import shot, wait_until
+from tests.ui.conftest import BOKEH_WALK_JS, shot, wait_until
 
 pytest.importorskip("playwright")
 pytestmark = pytest.mark.ui
@@ -11,13 +11,7 @@ pytestmark = pytest.mark.ui
 TAP_JS = """
 ([x, y]) => {
   const seen = new Set();
-  function* walk(v) {
-    if (!v || seen.has(v)) return;
-    seen.add(v);
-    yield v;
-    for (const c of (v.child_views || [])) yield* walk(c);
-    if (v.renderer_views) for (const c of v.renderer_views.values()) yield* walk(c);
-  }
+""" + BOKEH_WALK_JS + """
   for (const root of Object.values(window.Bokeh.index)) {
     for (const v of walk(root)) {
       const title = v.model && v.model.title && v.model.title.text;

@@ -2,7 +2,7 @@
 hypervolume chart draws, and a second search is cancelled."""
 import pytest
 
-from tests.ui.conftest import shot, wait_until
+from tests.ui.conftest import BOKEH_WALK_JS, shot, wait_until
 
 pytest.importorskip("playwright")
 pytestmark = pytest.mark.ui
@@ -12,13 +12,7 @@ pytestmark = pytest.mark.ui
 GLYPH_ROWS_JS = """
 ([title, glyph]) => {
   const seen = new Set();
-  function* walk(v) {
-    if (!v || seen.has(v)) return;
-    seen.add(v);
-    yield v;
-    for (const c of (v.child_views || [])) yield* walk(c);
-    if (v.renderer_views) for (const c of v.renderer_views.values()) yield* walk(c);
-  }
+""" + BOKEH_WALK_JS + """
   let rows = null;
   for (const root of Object.values(window.Bokeh.index)) {
     for (const v of walk(root)) {

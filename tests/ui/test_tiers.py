@@ -3,7 +3,7 @@ and draw the frontier from confirmed points only. The confirmed budget is made t
 (the class default of the workspace's TierState, before the page is opened)."""
 import pytest
 
-from tests.ui.conftest import shot, wait_until
+from tests.ui.conftest import BOKEH_WALK_JS, shot, wait_until
 from tests.ui.test_frontier import PIXEL_JS, preset
 
 pytest.importorskip("playwright")
@@ -34,13 +34,7 @@ SCATTER_COLUMN_JS = """
 DRAWN_MARKERS_JS = """
 () => {
   const seen = new Set();
-  function* walk(v) {
-    if (!v || seen.has(v)) return;
-    seen.add(v);
-    yield v;
-    for (const c of (v.child_views || [])) yield* walk(c);
-    if (v.renderer_views) for (const c of v.renderer_views.values()) yield* walk(c);
-  }
+""" + BOKEH_WALK_JS + """
   for (const root of Object.values(window.Bokeh.index)) {
     for (const v of walk(root)) {
       const t = v.model && v.model.type === "Figure" && v.model.title;
