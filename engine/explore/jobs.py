@@ -133,7 +133,7 @@ def _save_network(run, folder: str) -> None:
     the file name goes into the provenance (a failure to save is recorded, not raised)."""
     from pathlib import Path
 
-    from engine.explore.pipeline import save_planned
+    from engine.models.checkpoint import save_planned
     ev = run.evaluation
     name = f"{ev.key}.safetensors"
     try:

@@ -185,87 +185,6 @@ def divergence(ev: Evaluation, y_val: torch.Tensor) -> str | None:
     return None
 
 
-def checkpoint_meta(run: Run) -> dict:
-    ev = run.evaluation
-    return {"kind": "planned-model", "plan": ev.plan, "model": ev.model, "dataset": ev.dataset,
-            "settings": ev.settings, "evaluation": ev.to_dict()}
-
-
-def save_planned(run: Run, path) -> None:
-    """Save the fine-tuned network's tensors with its plan embedded (safetensors)."""
-    from engine.models.checkpoint import save_state
-    if run.applied is None:
-        raise ValueError("this run produced no network to save")
-    save_state(path, run.applied.model.state_dict(), checkpoint_meta(run))
-
-
-@dataclass
-class PlannedMeta:
-    """The checked metadata of a planned checkpoint: what it may be rebuilt from."""
-
-    plan: Plan
-    model: str
-    dataset: str
-    settings: Settings
-    meta: dict
-
-
-def planned_meta(meta, path) -> PlannedMeta:
-    """Check a planned checkpoint's metadata completely before anything is built from it: a
-    plan, a zoo model (or one the user allowed), a built-in dataset, valid settings."""
-    from engine.errors import UserError
-    from engine.models.data import check_dataset_name
-    from engine.models.zoo import check_model_name
-    from engine.plans.plan import PlanError
-    where = f"checkpoint {str(path)!r}"
-    if not isinstance(meta, dict) or meta.get("kind") != "planned-model":
-        raise UserError(f"{where} is not a planned model written by `bitscape finetune --save` (it carries no plan)")
-    if "plan" not in meta:
-        raise UserError(f"{where} carries no plan in its metadata")
-    try:
-        plan = Plan.from_dict(meta["plan"])
-    except PlanError as e:
-        raise UserError(f"{where}: its plan is invalid: {e}") from None
-    model = check_model_name(meta.get("model"), f"{where}: ")
-    dataset = check_dataset_name(meta.get("dataset"), f"{where}: ")
-    try:
-        plan.check_model(model)
-        settings = Settings.from_dict(meta.get("settings", {}))
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{where}: {e}") from None
-    if not isinstance(meta.get("evaluation", {}), dict):
-        raise UserError(f"{where}: its 'evaluation' must be an object")
-    return PlannedMeta(plan, model, dataset, settings, meta)
-
-
-def load_planned(path, data: Dataset | None = None) -> tuple[Applied, dict]:
-    """Rebuild a network saved by ``save_planned``: same plan, same shapes, saved weights."""
-    from engine.errors import UserError
-    from engine.models.checkpoint import load_state
-    from engine.models.zoo import build_model
-    state, meta = load_state(path)
-    pm = planned_meta(meta, path)
-    plan, settings = pm.plan, pm.settings
-    data = data or load_dataset(pm.dataset)
-    base = build_model(pm.model, data.input_shape, data.num_classes).eval()
-    applied = apply_plan(base, plan, data.input_shape, seed=settings.seed)
-    # masks are recomputed from random weights above; the saved tensors replace them
-    mods = dict(applied.model.named_modules())
-    for key, t in state.items():
-        owner, _, attr = key.rpartition(".")
-        mod = mods.get(owner)
-        if mod is not None and attr.startswith("mask") and getattr(mod, attr, None) is None:
-            setattr(mod, attr, torch.zeros_like(t))
-    try:
-        applied.model.load_state_dict(state)
-    except RuntimeError as e:
-        raise UserError(f"checkpoint {str(path)!r} does not match its plan: {str(e).splitlines()[0]}") from None
-    applied.model.eval()
-    return applied, meta
-
-
-
-
 def rebuild(ev: Evaluation, data: Dataset | None = None) -> Run:
     """Re-run an Evaluation's plan and settings to get its network back (runs are seeded).
 
@@ -296,6 +215,7 @@ def export_network(ev: Evaluation, kind: str, checkpoint=None) -> tuple[str, byt
 
     from engine.errors import UserError
     from engine.models.artifacts import NO_WEIGHTS
+    from engine.models.checkpoint import load_planned
     from engine.models.data import load_dataset
     if ev.status == "failed":
         raise UserError(f"this point failed ({ev.reason}); there is no network to export")

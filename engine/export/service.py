@@ -20,10 +20,9 @@ def export_checkpoint(checkpoint: str | Path, model_id: str | None = None, datas
                       data_root: str | None = None) -> Exported:
     """Load a fine-tuned planned checkpoint and export it; model/dataset, if given, must match it."""
     from engine.errors import UserError
-    from engine.explore.pipeline import load_planned, planned_meta
     from engine.export.onnx import onnx_model_bytes
     from engine.fileio import clip
-    from engine.models.checkpoint import load_state
+    from engine.models.checkpoint import load_planned, load_state, planned_meta
     from engine.models.data import load_dataset
     _, meta0 = load_state(checkpoint)
     pm = planned_meta(meta0, checkpoint)   # checked before any name in it is resolved

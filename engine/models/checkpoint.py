@@ -1,5 +1,8 @@
 """Checkpoints as safetensors (no pickle) with bitscape metadata; .pt files load weights_only.
 
+Planned checkpoints (a fine-tuned network with its plan, written by `bitscape finetune --save`)
+are saved, checked and rebuilt here: ``save_planned``, ``planned_meta``, ``load_planned``.
+
 A checkpoint carries a sha256 of its tensors and metadata, checked on load: a damaged or
 edited file is refused with one line instead of silently giving other weights. The hash
 detects accidents and naive edits, not a forger (who can recompute it): checkpoints are
@@ -9,12 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from engine.errors import UserError
+from engine.evaluation import Settings
 from engine.fileio import atomic_write_bytes, load_json
+from engine.plans.plan import Plan
 
 META_KEY = "bitscape"
 HASH_KEY = "bitscape.sha256"
@@ -87,3 +93,84 @@ def _check_finite(state: dict[str, torch.Tensor], p: Path) -> None:
     for name, t in state.items():
         if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
             raise UserError(f"checkpoint {str(p)!r}: tensor {name[:80]!r} holds NaN or infinite values")
+
+
+def checkpoint_meta(run) -> dict:
+    """The metadata a planned checkpoint carries: its plan, model, dataset, settings and record."""
+    ev = run.evaluation
+    return {"kind": "planned-model", "plan": ev.plan, "model": ev.model, "dataset": ev.dataset,
+            "settings": ev.settings, "evaluation": ev.to_dict()}
+
+
+def save_planned(run, path) -> None:
+    """Save a run's (``engine.explore.pipeline.Run``) fine-tuned network with its plan embedded."""
+    if run.applied is None:
+        raise ValueError("this run produced no network to save")
+    save_state(path, run.applied.model.state_dict(), checkpoint_meta(run))
+
+
+@dataclass
+class PlannedMeta:
+    """The checked metadata of a planned checkpoint: what it may be rebuilt from."""
+
+    plan: Plan
+    model: str
+    dataset: str
+    settings: Settings
+    meta: dict
+
+
+def planned_meta(meta, path) -> PlannedMeta:
+    """Check a planned checkpoint's metadata completely before anything is built from it: a
+    plan, a zoo model (or one the user allowed), a built-in dataset, valid settings."""
+    from engine.errors import UserError
+    from engine.models.data import check_dataset_name
+    from engine.models.zoo import check_model_name
+    from engine.plans.plan import PlanError
+    where = f"checkpoint {str(path)!r}"
+    if not isinstance(meta, dict) or meta.get("kind") != "planned-model":
+        raise UserError(f"{where} is not a planned model written by `bitscape finetune --save` (it carries no plan)")
+    if "plan" not in meta:
+        raise UserError(f"{where} carries no plan in its metadata")
+    try:
+        plan = Plan.from_dict(meta["plan"])
+    except PlanError as e:
+        raise UserError(f"{where}: its plan is invalid: {e}") from None
+    model = check_model_name(meta.get("model"), f"{where}: ")
+    dataset = check_dataset_name(meta.get("dataset"), f"{where}: ")
+    try:
+        plan.check_model(model)
+        settings = Settings.from_dict(meta.get("settings", {}))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{where}: {e}") from None
+    if not isinstance(meta.get("evaluation", {}), dict):
+        raise UserError(f"{where}: its 'evaluation' must be an object")
+    return PlannedMeta(plan, model, dataset, settings, meta)
+
+
+def load_planned(path, data=None) -> tuple:
+    """Rebuild a network saved by ``save_planned`` (an ``Applied`` and its metadata): same plan, same
+    shapes, saved weights; ``data`` (a Dataset) gives the input shape, else the saved dataset is loaded."""
+    from engine.errors import UserError
+    from engine.models.data import load_dataset
+    from engine.models.zoo import build_model
+    from engine.plans.apply import apply_plan
+    state, meta = load_state(path)
+    pm = planned_meta(meta, path)
+    plan, settings = pm.plan, pm.settings
+    data = data or load_dataset(pm.dataset)
+    base = build_model(pm.model, data.input_shape, data.num_classes).eval()
+    applied = apply_plan(base, plan, data.input_shape, seed=settings.seed)
+    # masks are recomputed from random weights above; the saved tensors replace them
+    mods = dict(applied.model.named_modules())
+    for key, t in state.items():
+        owner, _, attr = key.rpartition(".")
+        mod = mods.get(owner)
+        if mod is not None and attr.startswith("mask") and getattr(mod, attr, None) is None:
+            setattr(mod, attr, torch.zeros_like(t))
+    try:
+        applied.model.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {str(path)!r} does not match its plan: {str(e).splitlines()[0]}") from None
+    applied.model.eval()
+    return applied, meta

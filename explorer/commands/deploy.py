@@ -19,7 +19,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from engine import deploy as D
     from engine.errors import UserError
-    from engine.explore.pipeline import load_planned, planned_meta
+    from engine.models.checkpoint import load_planned, planned_meta
     from engine.models.data import load_dataset
 
     if not args.out and not args.verify:

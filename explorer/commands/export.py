@@ -65,9 +65,8 @@ def run_onnx(args) -> int:
 
 def _plan_source(args):
     from engine.errors import UserError
-    from engine.explore.pipeline import planned_meta
     from engine.fileio import clip
-    from engine.models.checkpoint import load_state
+    from engine.models.checkpoint import load_state, planned_meta
     from engine.models.zoo import ZOO
     from engine.plans.plan import Plan
     if args.checkpoint:

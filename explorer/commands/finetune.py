@@ -58,8 +58,9 @@ def settings_from(args):
 
 def run(args) -> int:
     from engine.errors import UserError
-    from engine.explore.pipeline import evaluate_plan, save_planned
+    from engine.explore.pipeline import evaluate_plan
     from engine.models.baselines import load_baseline
+    from engine.models.checkpoint import save_planned
     from engine.plans.graph import analyze
     from engine.plans.plan import Plan
     from engine.training.budget import budget_steps

@@ -9,7 +9,8 @@ import torch.nn as nn
 
 from engine.deploy import DeployError, deploy, load_packed, reference_logits, save_packed
 from engine.evaluation import Settings
-from engine.explore.pipeline import evaluate_plan, prepare, save_planned
+from engine.explore.pipeline import evaluate_plan, prepare
+from engine.models.checkpoint import save_planned
 from engine.models.data import load_dataset
 from engine.plans.apply import apply_plan, calibrate
 from engine.plans.plan import LayerConfig, Plan

@@ -7,8 +7,9 @@ import onnx
 import pytest
 
 from engine.evaluation import Settings
-from engine.explore.pipeline import evaluate_plan, save_planned
+from engine.explore.pipeline import evaluate_plan
 from engine.export import mapping, table_csv
+from engine.models.checkpoint import save_planned
 from engine.models.zoo import build_model
 from engine.plans.graph import analyze
 from engine.plans.plan import LayerConfig, Plan

@@ -208,8 +208,8 @@ def test_session_file_bytes_flipped(session_store, seed):
 # ---- checkpoint metadata ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
-    from engine.explore.pipeline import evaluate_plan, save_planned
-    from engine.models.checkpoint import load_state
+    from engine.explore.pipeline import evaluate_plan
+    from engine.models.checkpoint import load_state, save_planned
     run = evaluate_plan("mlp", "digits", Plan.uniform(4, 4, model="mlp"), Settings(steps=2))
     path = tmp_path_factory.mktemp("ckpt") / "mlp.safetensors"
     save_planned(run, path)
@@ -223,8 +223,7 @@ def planned(tmp_path_factory):
 def test_checkpoint_metadata(planned, tmp_path_factory, capsys, data):
     from safetensors.torch import save
 
-    from engine.explore.pipeline import load_planned
-    from engine.models.checkpoint import HASH_KEY, META_KEY, content_hash
+    from engine.models.checkpoint import HASH_KEY, META_KEY, content_hash, load_planned
     state, meta = planned
     text = to_text(mutate(meta, data, n_max=2))
     path = tmp_path_factory.mktemp("meta") / "m.safetensors"

@@ -121,8 +121,8 @@ def test_dask_cluster_runs_jobs_with_progress_and_cancel():
 def test_workers_run_at_the_asked_niceness_and_save_their_networks(tmp_path):
     import psutil
 
-    from engine.explore.pipeline import load_planned
     from engine.models.artifacts import artifact_path
+    from engine.models.checkpoint import load_planned
     with pytest.raises(Exception, match="nice must be between 0 and 19"):
         JobRunner(workers=1, nice=25)
     store = Store(tmp_path / "s.sqlite")

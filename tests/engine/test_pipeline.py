@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from engine.evaluation import Evaluation, Settings
-from engine.explore.pipeline import evaluate_plan, load_planned, save_planned
+from engine.explore.pipeline import evaluate_plan
+from engine.models.checkpoint import load_planned, save_planned
 from engine.models.data import load_dataset
 from engine.plans.plan import LayerConfig, Plan
 from engine.training.distill import kd_loss

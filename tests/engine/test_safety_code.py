@@ -14,9 +14,9 @@ import torch.nn as nn
 
 from engine.errors import UserError
 from engine.evaluation import Settings
-from engine.explore.pipeline import evaluate_plan, load_planned, save_planned
+from engine.explore.pipeline import evaluate_plan
 from engine.explore.store import Store, checksum
-from engine.models.checkpoint import META_KEY, load_state, save_state
+from engine.models.checkpoint import META_KEY, load_planned, load_state, save_planned, save_state
 from engine.plans.plan import LayerConfig, Plan
 from explorer.cli import main
 

@@ -11,9 +11,9 @@ import pytest
 
 from engine.errors import UserError
 from engine.evaluation import Settings
-from engine.explore.pipeline import evaluate_plan, save_planned
+from engine.explore.pipeline import evaluate_plan
 from engine.explore.store import Store, checksum
-from engine.models.checkpoint import load_state
+from engine.models.checkpoint import load_state, save_planned
 from engine.plans.plan import LayerConfig, Plan
 from explorer.cli import main
 

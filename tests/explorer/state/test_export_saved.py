@@ -61,7 +61,8 @@ def test_saved_weights_of_another_point_are_refused(workspace, tmp_path):
     import shutil
 
     from engine.evaluation import Settings
-    from engine.explore.pipeline import evaluate_plan, save_planned
+    from engine.explore.pipeline import evaluate_plan
+    from engine.models.checkpoint import save_planned
     from engine.plans.plan import Plan
     ws = workspace
     a = evaluate_plan("lenet5", "digits", Plan.uniform(4, 4), Settings(steps=0))
