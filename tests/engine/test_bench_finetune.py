@@ -14,6 +14,7 @@ def rows():
     return B.measure(TINY, seeds=1)
 
 
+@pytest.mark.slow
 def test_rows_hold_each_plan_against_its_fp32_twin(rows):
     by = {r["plan"]: r for r in rows}
     assert list(by) == ["fp32", "w4a4", "w2a2"]
@@ -34,6 +35,7 @@ def test_harm_names_a_fine_tune_below_its_estimate():
     assert "1 of 3 runs failed" in B.harm({**r, "failed": ["diverged: x"]})
 
 
+@pytest.mark.slow
 def test_run_prints_pass_miss_and_harm(monkeypatch, capsys):
     monkeypatch.setattr(B, "CASES", TINY)
     p = argparse.ArgumentParser()

@@ -55,6 +55,7 @@ def test_mobilenetv2_mixed_plan_deploys_packed_with_identical_predictions(mobile
     np.testing.assert_array_equal(again.predict(x.numpy()), got)
 
 
+@pytest.mark.slow
 def test_mobilenetv2_mixed_plan_exports_to_onnx_with_agreement_1(mobilenet, fashion):
     applied, plan = mobilenet
     blob = onnx_model_bytes(applied, fashion.input_shape, plan, "mobilenetv2", "fashion-mnist",

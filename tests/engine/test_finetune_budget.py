@@ -192,6 +192,7 @@ def test_cuda_without_a_gpu_is_a_failed_record_with_the_reason():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.slow
 def test_cli_device_cuda_without_a_gpu_is_a_one_line_error(tmp_path):
     plan = tmp_path / "p.json"
     plan.write_text('{"version": 1}')

@@ -12,6 +12,7 @@ from engine.training.distill import kd_loss
 from engine.training.finetune import accuracy, predict_logits
 
 
+@pytest.mark.slow
 def test_quick_finetune_improves_on_the_no_training_estimate():
     plan = Plan.uniform(2, 2)
     est = evaluate_plan("lenet5", "digits", plan, Settings(steps=0)).evaluation
@@ -33,6 +34,7 @@ def test_runs_are_deterministic_for_a_seed():
     assert c.key != a.key
 
 
+@pytest.mark.slow
 def test_distillation_and_lstm_and_wide_sparse_plans_run():
     ev = evaluate_plan("lstm", "digits", Plan.uniform(4, 4), Settings(steps=20, distill=True)).evaluation
     assert ev.status == "fine-tuned" and ev.test_accuracy > 0.5
@@ -42,6 +44,7 @@ def test_distillation_and_lstm_and_wide_sparse_plans_run():
     assert ev.status == "fine-tuned", ev.reason
 
 
+@pytest.mark.slow
 def test_gru_quantized_fine_tune_and_cost():
     from engine.cost import LayerTable, cost_batch, cost_topology, encode_plans, load_profile
     from engine.models.zoo import build_model

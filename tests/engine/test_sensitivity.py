@@ -120,6 +120,7 @@ def test_hessian_trace_matches_the_exact_trace_on_a_tiny_network():
 
 
 @pytest.mark.parametrize("model", ["gru", "lstm"])
+@pytest.mark.slow
 def test_recurrent_layers_are_scored_by_every_method(model):
     """GRU and LSTM layers have no ``.weight``: every method scores their two weight matrices
     (a GRU's EAGL used to die with AttributeError: 'GRU' object has no attribute 'weight')."""

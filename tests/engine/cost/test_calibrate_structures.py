@@ -58,6 +58,7 @@ def test_tied_coefficient_is_one_parameter_written_to_both_paths():
     assert eff["1"] == eff["2"] == pytest.approx(0.1, rel=0.1)
 
 
+@pytest.mark.slow
 def test_tie_carries_1bit_weight_cost_to_mixed_plans():
     base = B.packed_base()
     truth = base.with_changes({"compute.efficiency.default": 0.3, "compute.efficiency.1": 0.1,

@@ -70,6 +70,7 @@ def test_stronger_regulariser_removes_more_planes_and_returns_a_valid_plan(digit
     json.dumps(strong.to_dict())
 
 
+@pytest.mark.slow
 def test_bsq_search_and_cli(digits, tmp_path, capsys):
     plan = bsq.bsq_search("lenet5", "digits", strength=20.0, steps=20, requant_every=10)
     assert isinstance(plan, Plan) and plan.model == "lenet5"

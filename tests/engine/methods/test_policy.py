@@ -19,6 +19,7 @@ def test_teacher_balances(teacher):
     assert policy.teacher_policy(0) is teacher   # trained once per process, seeded
 
 
+@pytest.mark.slow
 def test_w8a8_student_is_close_to_teacher(teacher):
     r = policy.distill_policy(teacher.model, (8, 8), steps=150, eval_episodes=50)
     assert r.teacher_return >= 190

@@ -37,6 +37,7 @@ def _close(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor | None = None) -> b
 @given(method=st.sampled_from(["lsq", "wrpn", "binary", "ternary"]), bits=st.integers(1, 8),
        per_channel=st.booleans(), c=st.integers(1, 6), k=st.integers(1, 12), seed=st.integers(0, 10_000),
        zeros=st.booleans(), stretch=st.floats(0.3, 3.0))
+@pytest.mark.slow
 def test_weight_spec_reproduces_the_forward(method, bits, per_channel, c, k, seed, zeros, stretch):
     w = _weights(seed, c, k, zeros)
     wq = WeightQuantizer(bits, method, per_channel, c)

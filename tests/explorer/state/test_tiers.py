@@ -94,6 +94,7 @@ def test_rank_correlation_of_quick_and_confirmed(tmp_path):
     assert "validation accuracy" in w.tiers.agreement("val_accuracy").text()
 
 
+@pytest.mark.slow
 def test_confirm_a_point_runs_a_confirmed_job_and_marks_it(services, tmp_path):
     store, runner = services
     ws = Workspace(store=store, runner=runner)
@@ -132,6 +133,7 @@ def test_confirm_is_refused_read_only_and_for_failed_points(ws):
     assert ws.tiers.confirm([quick]) == [] and "read-only" in ws.tiers.message
 
 
+@pytest.mark.slow
 def test_search_ends_by_confirming_its_pareto_points(workspace):
     ws = workspace
     s = ws.search
