@@ -1,5 +1,8 @@
 """The torch-cuda target: where no GPU is present it says 'no GPU' and skips; its layer modules (int8 via
 torch._int_mm, the float dtype) compute the planned network's function, checked here on CPU."""
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -14,6 +17,20 @@ needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the n
 def test_torch_cuda_alone_says_no_gpu():
     with pytest.raises(MeasureError, match="no GPU"):
         measure("mlp", "digits", [Plan.uniform(8, 8)], ["torch-cuda"], random_weights=True, repeats=1)
+
+
+@pytest.mark.slow
+@needs_no_gpu
+def test_cli_torch_cuda_without_a_gpu_is_a_clear_error_and_writes_nothing(tmp_path):
+    """As the README runs it: `bitscape measure --target torch-cuda` on a machine without a GPU."""
+    out = tmp_path / "m.csv"
+    p = subprocess.run([sys.executable, "-m", "explorer.cli", "measure", "--model", "mlp", "--dataset", "digits",
+                        "--target", "torch-cuda", "--uniform", "8", "--repeats", "1", "--random-weights",
+                        "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("bitscape: error:") and "no GPU" in last and "Traceback" not in p.stderr
+    assert not out.exists()
 
 
 @needs_no_gpu
