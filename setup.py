@@ -9,7 +9,7 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-ASSETS = ("baselines/*.safetensors", "profiles/*.json")
+ASSETS = ("baselines/*.safetensors", "baselines/*.json", "profiles/*.json")
 
 
 class BuildPyWithAssets(build_py):

@@ -40,14 +40,23 @@ def code_version() -> str:
     return v
 
 
+DEFAULT_LR = 1e-3
+
+
+def rates(s: "Settings") -> tuple[float, float]:
+    """(lr, lr_step) of ``s``, DEFAULT_LR for either left unset."""
+    return (DEFAULT_LR if s.lr is None else s.lr), (DEFAULT_LR if s.lr_step is None else s.lr_step)
+
+
 @dataclass
 class Settings:
     """How a plan is evaluated: the fine-tuning budget and method."""
 
     steps: int = 400                # 0 = no-training estimate (calibrate, evaluate)
     batch_size: int = 64
-    lr: float = 1e-3
-    lr_step: float = 1e-3           # learning rate of the quantizers' step sizes
+    # None: the rate stored for the baseline (data/baselines/rates.json), else DEFAULT_LR
+    lr: float | None = None
+    lr_step: float | None = None    # learning rate of the quantizers' step sizes
     weight_decay: float = 0.0
     distill: bool = False
     kd_alpha: float = 1.0
@@ -111,7 +120,7 @@ SETTING_TIERS = ("quick", "confirmed")  # "estimated" is no setting: it is any e
 # name -> (kind, low, high): ints and floats are closed ranges; "pos" floats exclude 0
 _RULES: dict[str, tuple] = {
     "steps": ("int", 0, MAX_STEPS), "batch_size": ("int", 1, MAX_BATCH),
-    "lr": ("pos", 0.0, MAX_LR), "lr_step": ("pos", 0.0, MAX_LR), "weight_decay": ("float", 0.0, 1.0),
+    "lr": ("pos?", 0.0, MAX_LR), "lr_step": ("pos?", 0.0, MAX_LR), "weight_decay": ("float", 0.0, 1.0),
     "kd_alpha": ("float", 0.0, 1000.0), "kd_beta": ("float", 0.0, 1000.0), "temperature": ("pos", 0.0, 1000.0),
     "seed": ("int", 0, 2 ** 63 - 1), "calib_batches": ("int", 1, 10_000),
     "eval_limit": ("int?", 1, 10 ** 9), "patience": ("int?", 1, MAX_STEPS), "val_every": ("int?", 1, MAX_STEPS),

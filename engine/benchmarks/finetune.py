@@ -13,10 +13,12 @@ import sys
 import time
 
 # (model, dataset, budget and recipe, plans with the most points below FP32 allowed; None = no target).
-# LeNet-5 runs the default quick budget and recipe. The CNN's batch of 128 (one epoch = 422 steps)
-# came out best of six recipes measured on an H200 (3 seeds each, docs/benchmarks.md).
+# LeNet-5 runs the default quick budget and recipe (its learning rate stored per baseline,
+# data/baselines/rates.json). The CNN's batch of 128 (one epoch = 422 steps) came out best of six
+# recipes measured on an H200 (3 seeds each, docs/benchmarks.md). Presets feed the network input at
+# 8 bits (engine.plans.presets); "w4a4-input4" is W4A4 with the input at 4 bits too, shown without a target.
 CASES = (
-    ("lenet5", "digits", {"steps": 400}, (("w4a4", 0.5), ("w8a8", None), ("2:4-w8a8", None))),
+    ("lenet5", "digits", {"steps": 400}, (("w4a4", 0.5), ("w8a8", None), ("2:4-w8a8", None), ("w4a4-input4", None))),
     ("cnn", "fashion-mnist", {"epochs": 1.0, "steps": 1_000_000, "batch_size": 128},
      (("w4a4", 0.5), ("w8a8", 0.1), ("2:4-w8a8", 0.5))),
 )
@@ -31,41 +33,40 @@ def add_arguments(p) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     p.add_argument("--recipe", default=None,
                    help='settings for every fine-tune, FP32 twin included, as JSON (e.g. \'{"lr": 3e-4}\')')
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes running the fine-tunes side by side, one torch thread each (default 1)")
     p.add_argument("--json", action="store_true")
 
 
 def measure(cases=CASES, seeds: int = 3, device: str = "cpu", log=None, overrides: dict | None = None,
-            recipe: dict | None = None) -> list[dict]:
+            recipe: dict | None = None, workers: int = 1) -> list[dict]:
     """Rows per case and plan: mean test accuracies of the plan, its FP32 twin and its estimate,
-    validation of the fine-tune and of its start, and seconds per fine-tune."""
-    from engine.evaluation import Settings
-    from engine.explore.pipeline import evaluate_plan
-    from engine.models.baselines import load_baseline
+    validation of the fine-tune and of its start, and seconds per fine-tune. ``workers`` > 1 runs
+    the (plan, seed) fine-tunes in that many processes of one torch thread each."""
     from engine.models.data import load_dataset
-    from engine.plans.graph import analyze
-    from engine.plans.presets import preset_plan
 
     rows = []
     for model, dataset, budget, plans in cases:
         budget = {**budget, **(overrides or {}).get(model, {}), **(recipe or {})}
         try:
-            data = load_dataset(dataset)
+            load_dataset(dataset)
         except Exception as e:
             rows.append({"model": model, "dataset": dataset, "skipped": str(e)})
             continue
-        base = load_baseline(model, dataset, data)
-        topo = analyze(base, data.input_shape)
+        names = ("fp32", *(p for p, _ in plans))
+        jobs = [(model, dataset, name, seed, budget, device) for name in names for seed in range(seeds)]
+        if workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_one_thread) as pool:
+                results = list(pool.map(_run_one, jobs))
+        else:
+            results = [_run_one(j) for j in jobs]
+        done = {(j[2], j[3]): r for j, r in zip(jobs, results)}
         runs: dict[str, dict] = {}
-        for name in ("fp32", *(p for p, _ in plans)):
-            plan = preset_plan(name, topo, model)
-            tuned, est, secs = [], [], []
-            for seed in range(seeds):
-                est.append(evaluate_plan(model, dataset, plan, Settings(steps=0, seed=seed), baseline=base,
-                                         data=data).evaluation)
-                t0 = time.perf_counter()
-                tuned.append(evaluate_plan(model, dataset, plan, Settings(seed=seed, device=device, **budget),
-                                           baseline=base, data=data).evaluation)
-                secs.append(time.perf_counter() - t0)
+        for name in names:
+            est, tuned, secs = (list(x) for x in zip(*(done[(name, seed)] for seed in range(seeds))))
             failed = [e.reason for e in tuned if e.status == "failed"]
             ok = [e for e in tuned if e.status != "failed"] or tuned
             mean = lambda xs: statistics.mean(x for x in xs if x is not None) if any(  # noqa: E731
@@ -95,6 +96,50 @@ def measure(cases=CASES, seeds: int = 3, device: str = "cpu", log=None, override
     return rows
 
 
+_CACHE: dict = {}
+
+
+def _one_thread() -> None:
+    import torch
+    torch.set_num_threads(1)
+
+
+def _run_one(job) -> tuple:
+    """(estimate, fine-tune, seconds of the fine-tune) of one plan and seed; data cached per process."""
+    from engine.evaluation import Settings
+    from engine.explore.pipeline import evaluate_plan
+    from engine.models.baselines import load_baseline
+    from engine.models.data import load_dataset
+    from engine.plans.graph import analyze
+    model, dataset, name, seed, budget, device = job
+    if (model, dataset) not in _CACHE:
+        data = load_dataset(dataset)
+        base = load_baseline(model, dataset, data)
+        _CACHE[(model, dataset)] = (data, base, analyze(base, data.input_shape))
+    data, base, topo = _CACHE[(model, dataset)]
+    plan = _plan(name, topo, model)
+    est = evaluate_plan(model, dataset, plan, Settings(steps=0, seed=seed), baseline=base, data=data).evaluation
+    t0 = time.perf_counter()
+    tuned = evaluate_plan(model, dataset, plan, Settings(seed=seed, device=device, **budget), baseline=base,
+                          data=data).evaluation
+    return est, tuned, time.perf_counter() - t0
+
+
+def _plan(name: str, topo, model: str):
+    """A preset, or ``<preset>-input4``: the preset with the layers reading the network input at its bits."""
+    from engine.plans.presets import preset_plan
+    if not name.endswith("-input4"):
+        return preset_plan(name, topo, model)
+    plan = preset_plan(name[: -len("-input4")], topo, model)
+    for layer in topo.layers:
+        if layer.is_input:
+            rest = {k: v for k, v in plan.layers.pop(layer.name, {}).items() if k != "a_bits"}
+            if rest:
+                plan.layers[layer.name] = rest
+    plan.name = name
+    return plan
+
+
 def harm(r: dict) -> str | None:
     """Why a fine-tune counts as worse than its own estimate, or None."""
     if r["failed"]:
@@ -110,7 +155,7 @@ def _line(r: dict) -> str:
     pct = lambda v: "   -  " if v is None else f"{100 * v:6.2f}"   # noqa: E731
     budget = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k} {v}" for k, v in r["budget"].items()
                        if not (k == "steps" and "epochs" in r["budget"]))
-    return (f"  {r['model']:6s} {r['plan']:9s} fine-tuned {pct(r['finetuned_test'])}  FP32 fine-tuned "
+    return (f"  {r['model']:6s} {r['plan']:11s} fine-tuned {pct(r['finetuned_test'])}  FP32 fine-tuned "
             f"{pct(r['fp32_finetuned_test'])}  gap {r['gap_points'] if r['gap_points'] is not None else '-':>5}  "
             f"estimate {pct(r['estimate_test'])}  ({budget}; {r['steps_run']:.0f} steps run, kept "
             f"{r['kept_steps']}; {r['finetune_s']:.1f} s each)")
@@ -149,7 +194,7 @@ def run(args) -> int:
               "fine-tuned with the same recipe and budget", flush=True)
     t0 = time.perf_counter()
     rows = measure(cases, seeds, device, None if args.json else (lambda r: print(_line(r), flush=True)), overrides,
-                   recipe)
+                   recipe, workers=max(1, args.workers))
     wall = round(time.perf_counter() - t0, 1)
     if args.json:
         json.dump({"rows": rows, "wall_s": wall}, sys.stdout)

@@ -17,6 +17,7 @@ from engine.plans.apply import Applied, apply_plan, calibrate
 from engine.plans.plan import Plan
 from engine.training.device import data_on, resolve_device
 from engine.training.finetune import Cancelled, Diverged, Progress, accuracy, bn_statistics, reestimate_bn, train
+from engine.training.rates import resolve as resolve_rates
 
 
 @dataclass
@@ -146,8 +147,9 @@ def finetune_kept_best(ev: Evaluation, net: nn.Module, teacher: nn.Module, data:
     if s.distill and device.type != "cpu":
         teacher = copy.deepcopy(teacher).to(device)   # the shared baseline stays where it is
     score = lambda: accuracy(net, x_val, y_val)   # noqa: E731
+    s, lr_source = resolve_rates(s, ev.model, ev.dataset)
     tuned = train(net, dev_data, s, teacher=teacher if s.distill else None, progress=progress,
-                  should_stop=should_stop, validate=score)
+                  should_stop=should_stop, validate=score, lr_source=lr_source)
     kept = tuned.best
     summary = tuned.summary()
     ev.val_accuracy, bn = kept.best, False

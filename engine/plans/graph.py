@@ -40,6 +40,7 @@ class LayerInfo:
     steps: int = 1                  # lstm time steps, or rows a linear layer is applied to
     bias: bool = True
     is_output: bool = False
+    is_input: bool = False          # it reads the network input (the data, not another layer)
     in_space: int = -1
     out_space: int = -1
 
@@ -231,6 +232,7 @@ class _T:
     space: int
     axis: int           # feature axis (1 for NCHW / NC, -1 for sequences)
     repeat: int = 1     # features per channel after a flatten
+    data: bool = False  # derived from the network input by reshapes only (no layer in between)
 
 
 def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
@@ -296,7 +298,7 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
             shp = shape(node)
             axis = 1 if shp is not None and len(shp) != 3 else -1
             size = shp[axis] if shp else 1
-            state[node] = _T(new_space(size, fixed="it carries the network input"), axis)
+            state[node] = _T(new_space(size, fixed="it carries the network input"), axis, data=True)
             continue
         if node.op == "output":
             for a in node.all_input_nodes:
@@ -351,6 +353,7 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
                 if src is not None:
                     sp = find(src.space)
                     info.in_space = sp
+                    info.is_input = src.data
                     spaces[sp].consumers.append((name, src.repeat))
                     if src.repeat * spaces[sp].size != info.in_channels:
                         fix(sp, f"layer {name!r} reads it in a layout bitscape cannot follow")
@@ -388,14 +391,14 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
                 if isinstance(base, _T):
                     in_shape = shape(node.args[0])
                     if base.axis == -1 and in_shape and out_shape and in_shape[-1] == out_shape[-1]:
-                        state[node] = _T(base.space, -1, base.repeat)
+                        state[node] = _T(base.space, -1, base.repeat, base.data)
                         continue
                     state[node] = _unsupported(node, base, fix, new_space)
                     continue
             if fn in _ADD and len(args) == 2:
                 a, b = state[args[0]], state[args[1]]
                 union(a.space, b.space)
-                state[node] = _T(find(a.space), a.axis, a.repeat)
+                state[node] = _T(find(a.space), a.axis, a.repeat, a.data and b.data)
                 continue
             if fn in _ADD and len(args) == 1:
                 state[node] = src
@@ -416,7 +419,7 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
             if node.target == "mean" and src is not None:
                 in_shape = shape(args[0])
                 if in_shape and out_shape and len(in_shape) == 4 and out_shape[:2] == in_shape[:2]:
-                    state[node] = _T(src.space, 1, src.repeat)
+                    state[node] = _T(src.space, 1, src.repeat, src.data)
                     continue
         if args or src is not None:
             for a in args:
@@ -438,7 +441,7 @@ def _flatten(src: _T, in_shape, out_shape) -> _T | None:
     if not in_shape or not out_shape:
         return None
     if len(out_shape) == 2 and src.axis == 1 and out_shape[1] == math.prod(in_shape[1:]):
-        return _T(src.space, 1, src.repeat * int(math.prod(in_shape[2:])))
+        return _T(src.space, 1, src.repeat * int(math.prod(in_shape[2:])), src.data)
     if tuple(in_shape) == tuple(out_shape):
         return src
     return None
@@ -447,4 +450,4 @@ def _flatten(src: _T, in_shape, out_shape) -> _T | None:
 def _unsupported(node, src: _T, fix, new_space) -> _T:
     fix(src.space, f"it goes through {node.target if isinstance(node.target, str) else getattr(node.target, '__name__', node.name)!s}, "
                    "which bitscape cannot widen through")
-    return _T(new_space(1, fixed=f"it comes from {node.name}"), 1)
+    return _T(new_space(1, fixed=f"it comes from {node.name}"), 1, data=src.data)

@@ -15,11 +15,12 @@ import platform
 import time
 from pathlib import Path
 
-from engine.study.core import TOL, VERDICTS, Config
+from engine.study.core import QUICK_ONLY, TOL, VERDICTS, Config
 
-CLAIMS = ("wrpn", "apprentice", "lsq", "faq", "mixed", "sparsity", "dlac", "rnn", "pbatch", "dual", "cpt", "bsq")
+CLAIMS = ("wrpn", "apprentice", "lsq", "faq", "mixed", "sparsity", "dlac", "rnn", "pbatch", "dual", "cpt", "bsq",
+          "policy")
 
-__all__ = ["CLAIMS", "Config", "VERDICTS", "run_study", "render_markdown"]
+__all__ = ["CLAIMS", "Config", "VERDICTS", "run_study", "run_both", "render_markdown"]
 
 
 def modules(claims=CLAIMS):
@@ -37,8 +38,30 @@ def main_context(cfg: Config) -> dict:
     return {"topo": topo, "train_size": len(data.y_train), "sizes": data.sizes()}
 
 
+def run_both(cfg: Config, out: str | Path, log=None, claims=CLAIMS, resume: str | Path | None = None,
+             render_only: bool = False) -> dict:
+    """The study at the quick budget (every claim), then at the convergent one (every claim not in
+    QUICK_ONLY), in one report: a verdict per claim at each budget. ``resume`` keeps the quick runs
+    in FILE and the convergent ones in FILE with ``.convergent`` before its suffix."""
+    from dataclasses import replace
+    out = Path(out)
+    plots = out.parent / out.stem
+    quick = run_study(replace(cfg, budget="quick") if cfg.budget != "quick" else cfg, log=log, claims=claims,
+                      resume=resume, render_only=render_only, plots=plots)
+    conv_cfg = Config.make(quick=cfg.quick, workers=cfg.workers, budget="convergent")
+    conv_claims = tuple(c for c in claims if c not in QUICK_ONLY)
+    conv_resume = None if resume is None else Path(resume).with_suffix(".convergent" + (Path(resume).suffix or ".json"))
+    if log:
+        log(f"convergent budget: {', '.join(conv_claims)}")
+    quick["convergent"] = run_study(conv_cfg, log=log, claims=conv_claims, resume=conv_resume,
+                                    render_only=render_only, plots=plots / "convergent") if conv_claims else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_markdown(quick, plots_rel=plots.name))
+    return quick
+
+
 def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIMS, resume: str | Path | None = None,
-              render_only: bool = False) -> dict:
+              render_only: bool = False, plots: Path | None = None) -> dict:
     """Run the study; write ``out`` (Markdown) and its plots in ``<out without .md>/``; return the results.
 
     ``resume``: a JSON file of finished runs, read if it exists (those runs are not repeated) and
@@ -94,7 +117,8 @@ def run_study(cfg: Config, out: str | Path | None = None, log=None, claims=CLAIM
         if save is not None:
             save(done)
     out = Path(out) if out else None
-    plots = (out.parent / out.stem) if out else Path(os.environ.get("TMPDIR", "/tmp")) / "bitscape-study"
+    if plots is None:
+        plots = (out.parent / out.stem) if out else Path(os.environ.get("TMPDIR", "/tmp")) / "bitscape-study"
     sections = []
     for m in mods:
         try:
@@ -184,13 +208,40 @@ def render_markdown(result: dict, plots_rel: str = "results") -> str:
     else:
         L.append(f"- Runtime: {result['wall_s'] / 60:.1f} min wall ({result['tasks']} runs, "
                  f"{result['task_cpu_s'] / 60:.1f} min summed over runs).")
+    conv = result.get("convergent")
+    by_id = {s["id"]: s for s in conv["sections"]} if conv else {}
+    if conv:
+        cc = conv["config"]
+        L.append(f"- Convergent budget: {cc['steps']} steps of batch {cc['batch_size']} on the CNN "
+                 f"({_epochs(cc['steps'], cc['batch_size'], sz['train'])} epoch of the training split), "
+                 f"{cc['rnn_steps']} on the LSTM; seeds {list(cc['seeds'])} (one seed: its differences carry no "
+                 "noise estimate, and the quick budget's spread over seeds is the guide). Claims run at it: "
+                 f"{', '.join(by_id) or 'none'}; "
+                 + "; ".join(f"{k} ran at the quick budget only ({why})" for k, why in QUICK_ONLY.items()
+                             if any(x["id"] == k for x in result["sections"])) + ".")
+        if conv.get("missing_runs"):
+            L.append(f"- **Partial at the convergent budget**: {len(conv['missing_runs'])} planned runs did not run; "
+                     "the sections that need them are marked inconclusive there.")
+        L.append(f"- Runtime at the convergent budget: {_wall(conv)}. Both budgets: "
+                 f"{(_wall_s(result) + _wall_s(conv)) / 60:.1f} min wall.")
     L.append("")
     L.append("## Summary")
     L.append("")
-    L.append("| claim | paper's claim (paraphrased) | our figure | verdict |")
-    L.append("|---|---|---|---|")
-    for s in result["sections"]:
-        L.append(f"| [{s['title']}](#{_anchor(s['title'])}) | {s['claim']} | {s['figure']} | **{s['verdict']}** |")
+    if conv:
+        L.append("| claim | paper's claim (paraphrased) | quick budget: our figure | verdict | convergent budget: "
+                 "our figure | verdict |")
+        L.append("|---|---|---|---|---|---|")
+        for s in result["sections"]:
+            c = by_id.get(s["id"])
+            tail = (f"{c['figure']} | **{c['verdict']}**" if c else
+                    f"not run ({QUICK_ONLY.get(s['id'], 'not requested')}) | -")
+            L.append(f"| [{s['title']}](#{_anchor(s['title'])}) | {s['claim']} | {s['figure']} | "
+                     f"**{s['verdict']}** | {tail} |")
+    else:
+        L.append("| claim | paper's claim (paraphrased) | our figure | verdict |")
+        L.append("|---|---|---|---|")
+        for s in result["sections"]:
+            L.append(f"| [{s['title']}](#{_anchor(s['title'])}) | {s['claim']} | {s['figure']} | **{s['verdict']}** |")
     L.append("")
     for s in result["sections"]:
         L.append(f"## {s['title']}")
@@ -216,7 +267,43 @@ def render_markdown(result: dict, plots_rel: str = "results") -> str:
         for p in s.get("plots", []):
             L.append(f"![{s['title']}]({plots_rel}/{p})")
             L.append("")
+        if conv:
+            L += _convergent_part(s, by_id.get(s["id"]), conv, plots_rel)
     return "\n".join(L).rstrip() + "\n"
+
+
+def _convergent_part(quick: dict, c: dict | None, conv: dict, plots_rel: str) -> list[str]:
+    cc = conv["config"]
+    L = [f"### At the convergent budget ({cc['steps']} steps, {len(cc['seeds'])} seed)", ""]
+    if c is None:
+        L += [f"Not run at the convergent budget: {QUICK_ONLY.get(quick['id'], 'not requested in this run')}.", ""]
+        return L
+    L += [f"**Our figure**: {c['figure']}", "", f"**Verdict**: {c['verdict']}"
+          + ("" if c["verdict"] == quick["verdict"] else f" (quick budget: {quick['verdict']})"), ""]
+    if c.get("table"):
+        L += [_md_table(c["table"]), ""]
+    for n in c.get("notes", [])[:1]:
+        L.append(f"- {n}")
+    if c.get("notes"):
+        L.append("")
+    for p in c.get("plots", []):
+        L += [f"![{c['title']}, convergent budget]({plots_rel}/convergent/{p})", ""]
+    why = getattr(importlib.import_module(f"{__name__}.{quick['id']}"), "BEYOND_BUDGET", None)
+    if c["verdict"] != "held" and why:
+        L += [f"**Still short with the longer budget; what the evidence points to**: {why}", ""]
+    return L
+
+
+def _epochs(steps: int, batch: int, train: int) -> str:
+    return f"{steps * batch / max(train, 1):.2f}"
+
+
+def _wall_s(r: dict) -> float:
+    return float(r.get("total_wall_s") or r.get("wall_s") or 0.0)
+
+
+def _wall(r: dict) -> str:
+    return f"{_wall_s(r) / 60:.1f} min wall ({r['tasks']} runs, {r['task_cpu_s'] / 60:.1f} min summed over runs)"
 
 
 def _anchor(title: str) -> str:

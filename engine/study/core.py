@@ -17,11 +17,16 @@ import statistics
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 VERDICTS = ("held", "partly held", "did not hold", "inconclusive")
 TOL = 0.5        # accuracy points: "matches" means within this of the reference
+BUDGETS = ("quick", "convergent")
+# claims whose runs do not depend on the fine-tune budget, or too costly to repeat at one epoch here
+QUICK_ONLY = {"mixed": "its frontier needs 7 ALPS fine-tunes and 9 uniform and mixed points per budget",
+              "pbatch": "it fine-tunes nothing: bit-planes of the calibrated W8 network",
+              "bsq": "its search has its own budget (bsq_steps); the uniform chord is at the quick budget"}
 
 
 @dataclass(frozen=True)
@@ -43,14 +48,23 @@ class Config:
     workers: int = 2
     profile: str = "bitfusion"         # accelerator profile of the mixed-precision frontier
     batch_size: int = 64
+    budget: str = "quick"              # "quick" (the interactive budget) or "convergent" (one epoch)
 
     @classmethod
-    def make(cls, quick: bool = False, workers: int | None = None) -> "Config":
+    def make(cls, quick: bool = False, workers: int | None = None, budget: str = "quick") -> "Config":
+        """The study's configuration: ``quick`` is the smoke run on digits; ``budget`` picks the
+        fine-tune length of the claims that train (BUDGETS)."""
+        if budget not in BUDGETS:
+            raise ValueError(f"unknown budget {budget!r}; budgets are {', '.join(BUDGETS)}")
         w = workers if workers is not None else min(2, os.cpu_count() or 1)
         if quick:
-            return cls(quick=True, model="lenet5", dataset="digits", steps=25, rnn_steps=25, alps_steps=10,
+            base = cls(quick=True, model="lenet5", dataset="digits", steps=25, rnn_steps=25, alps_steps=10,
                        bsq_steps=25, seeds=(0,), seeds_minor=(0,), val_limit=None, lstm_epochs=2.0,
                        pb_examples=100, workers=w)
+            return base if budget == "quick" else replace(base, budget=budget, steps=60, rnn_steps=60)
+        if budget == "convergent":
+            # one epoch of the 54,000 training images at batch 64, one seed (a 2-core machine's hour)
+            return cls(workers=w, budget=budget, steps=844, rnn_steps=844, seeds=(0,), seeds_minor=(0,))
         return cls(workers=w)
 
     def epochs(self, steps: int, train_size: int) -> float:
@@ -109,8 +123,9 @@ def resolve_plan(spec, topo, model: str):
         return Plan.from_dict(spec)
     if spec in PRESETS:
         return preset_plan(spec, topo, model)
-    if spec == "w3a3":
-        return Plan.uniform(3, 3, model=model, name=spec)
+    if spec == "w3a3":               # as the presets: the network input at 8 bits
+        from engine.plans.presets import _input_at
+        return _input_at(Plan.uniform(3, 3, model=model, name=spec), 3, topo)
     if spec == "ternary-a8":
         return Plan.uniform(2, 8, quantizer="ternary", model=model, name=spec)
     if spec == "w2a8":

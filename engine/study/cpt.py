@@ -9,6 +9,10 @@ PAPER = "Fu et al., 'CPT: Efficient Deep Neural Network Training via Cyclic Prec
 CLAIM = ("Cycling the precision between a lower bound (found by a precision range test) and the target during "
          "training improves the final accuracy over static-precision training while lowering its cost "
          "(paraphrased).")
+# what the evidence points to when the claim still fails at the convergent budget
+BEYOND_BUDGET = ("CPT's gains come from training from scratch, where the low-precision phases act as exploration; from "
+                 'a pretrained network they mostly disturb a good solution, and a longer fine-tune does not change '
+                 'that. The evidence points to the setting (fine-tuning, not training), not to the budget.')
 PLAN = "w4a4"
 CYCLES = 8
 

@@ -14,7 +14,7 @@ CLAIM = ("Choosing which layers drop from 4 to 2 bits by weight entropy (EAGL, n
          "accuracy-throughput frontier than uniform precision, and EAGL does so at a tiny fraction of the "
          "cost (paraphrased).")
 LADDER = (4, 2)
-UNIFORM = ("w4a4", "w3a3", "w2a2")
+UNIFORM = ("u-w4a4", "u-w3a3", "u-w2a2")   # every layer, the input too: the greedy path's own ends
 
 
 def run_eagl(cfg) -> dict:
@@ -107,7 +107,7 @@ def section(cfg, ctx, done, plots):
     hv_u = hypervolume([list(v) for v in uni.values()], ref)
     hv = {m: hypervolume([list(v) for v in uni.values()] + [[t, a] for t, a, _ in ps], ref) for m, ps in pts.items()}
     # accuracy above the chord joining uniform W4A4 and W2A2 at the same throughput
-    (t4, a4), (t2, a2) = uni["w4a4"], uni["w2a2"]
+    (t4, a4), (t2, a2) = uni["u-w4a4"], uni["u-w2a2"]
     chord = lambda t: a4 + (a2 - a4) * (t - t4) / (t2 - t4) if t2 != t4 else max(a4, a2)  # noqa: E731
     excess = {m: float(np.mean([a - chord(t) for t, a, _ in ps])) if ps else float("nan") for m, ps in pts.items()}
     # are mixed points on the joint frontier?
@@ -120,14 +120,14 @@ def section(cfg, ctx, done, plots):
     frontier_ok = any(hv[m] > hv_u * 1.001 and excess[m] > 0 for m in hv)
     cost_ok = alps_s > 10 * eagl_s
     verdict = "held" if frontier_ok and cost_ok else ("partly held" if frontier_ok or cost_ok else "did not hold")
-    rows = [[f"uniform {p.upper()}", f"{a:.2f}", f"{t:,.0f}", "-"] for p, (t, a) in uni.items()]
+    rows = [[f"uniform {p[2:].upper()}", f"{a:.2f}", f"{t:,.0f}", "-"] for p, (t, a) in uni.items()]
     for m, ps in pts.items():
         rows += [[f"{m}: {lbl}", f"{a:.2f}", f"{t:,.0f}", f"{a - chord(t):+.2f}"] for t, a, lbl in ps]
     fig, ax = core.figure(5.2, 3.4)
     ut = sorted(uni.items(), key=lambda kv: kv[1][0])
     ax.plot([v[0] for _, v in ut], [v[1] for _, v in ut], "ks--", label="uniform", ms=5)
     for p, (t, a) in uni.items():
-        ax.annotate(p.upper(), (t, a), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(p[2:].upper(), (t, a), fontsize=7, xytext=(3, 3), textcoords="offset points")
     for m, mk in (("EAGL", "o-"), ("ALPS", "^-")):
         ps = sorted(pts[m])
         ax.plot([t for t, _, _ in ps], [a for _, a, _ in ps], mk, label=f"{m} 4/2 path", ms=4, alpha=0.8)

@@ -8,6 +8,10 @@ TITLE = "Low-precision RNNs, with and without widening"
 PAPER = "Kapur, Mishra, Marr, 'Low Precision RNNs: Quantizing RNNs Without Losing Accuracy', arXiv 1710.07706"
 CLAIM = ("Quantized LSTMs lose accuracy at 4 and 2 bits, and widening the hidden state (WRPN-style) recovers "
          "full-precision accuracy at low precision (paraphrased).")
+# what the evidence points to when the claim still fails at the convergent budget
+BEYOND_BUDGET = ("The papers' LSTMs are language models trained from scratch at the target precision; ours reads image "
+                 'rows and is fine-tuned from FP32, where a 2-bit hidden state loses information a longer schedule '
+                 'cannot restore without retraining the recurrence from scratch.')
 PAIRS = (("w4a4", "2x-w4a4"), ("w2a2", "2x-w2a2"))
 BASELINE = "rnn-baseline"
 

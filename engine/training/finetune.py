@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.errors import UserError
-from engine.evaluation import MAX_STEPS, Settings
+from engine.evaluation import MAX_STEPS, Settings, rates
 from engine.fileio import clip
 from engine.models.data import Dataset, batches
 from engine.plans.apply import quant_layers
@@ -139,9 +139,10 @@ def param_groups(model: nn.Module, s: Settings, extra=()) -> list[dict]:
             continue
         seen.add(id(p))
         (steps if is_step_param(name) else norm if id(p) in no_decay else rest).append(p)
-    groups = [{"name": "weights", "params": rest, "lr": s.lr, "weight_decay": s.weight_decay},
-              {"name": "steps", "params": steps, "lr": s.lr_step, "weight_decay": 0.0},
-              {"name": "norm", "params": norm, "lr": s.lr, "weight_decay": 0.0}]
+    lr, lr_step = rates(s)
+    groups = [{"name": "weights", "params": rest, "lr": lr, "weight_decay": s.weight_decay},
+              {"name": "steps", "params": steps, "lr": lr_step, "weight_decay": 0.0},
+              {"name": "norm", "params": norm, "lr": lr, "weight_decay": 0.0}]
     for g in extra:
         ids = {id(p) for p in g["params"]}
         for gr in groups:
@@ -243,11 +244,17 @@ def optimise(model: nn.Module, data: Dataset, s: Settings, loss_fn: LossFn, step
 
 def train(model: nn.Module, data: Dataset, s: Settings, teacher: nn.Module | None = None,
           progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
-          freeze_bn: bool = True, validate: Callable[[], float] | None = None) -> TrainResult:
+          freeze_bn: bool = True, validate: Callable[[], float] | None = None,
+          lr_source: str = "settings") -> TrainResult:
     """Fine-tune within ``s``'s budget; with a teacher, the loss is the Apprentice KD loss. With
-    ``s.lr_find`` the rates come from a short range test first; ``validate`` as in ``optimise``."""
+    ``s.lr_find`` the rates come from a short range test first; ``validate`` as in ``optimise``.
+    Unset rates are the default (callers that know the baseline resolve them first: engine.training.rates)."""
     loss = default_loss(s, teacher)
-    lr = {"lr": s.lr, "lr_step": s.lr_step, "lr_source": "settings"}
+    if s.lr is None or s.lr_step is None:
+        lr_, lr_step_ = rates(s)
+        s = dataclasses.replace(s, lr=lr_, lr_step=lr_step_)
+        lr_source = "default"
+    lr = {"lr": s.lr, "lr_step": s.lr_step, "lr_source": lr_source}
     if s.lr_find:
         from engine.training.lr_range import lr_range_test
         found = lr_range_test(model, data, s, loss, lambda m: param_groups(m, s))

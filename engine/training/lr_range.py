@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn as nn
 
-from engine.evaluation import MAX_LR, Settings
+from engine.evaluation import MAX_LR, Settings, rates
 from engine.models.data import Dataset, batches
 
 LOW, HIGH, STEPS = 1e-3, 1e2, 60   # factors of the configured rates, and the test's length
@@ -62,7 +62,7 @@ def lr_range_test(model: nn.Module, data: Dataset, s: Settings, loss_fn, groups_
         if i == before:   # no training batch at all
             break
     factor = max(low, (edge if edge is not None else high) / 10)
-    cap = MAX_LR / max(s.lr, s.lr_step)
-    factor = min(factor, cap)
-    return {"lr": s.lr * factor, "lr_step": s.lr_step * factor, "factor": round(factor, 6),
+    lr, lr_step = rates(s)
+    factor = min(factor, MAX_LR / max(lr, lr_step))
+    return {"lr": lr * factor, "lr_step": lr_step * factor, "factor": round(factor, 6),
             "range_steps": len(seen), "edge_factor": None if edge is None else round(edge, 6)}

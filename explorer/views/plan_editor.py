@@ -40,7 +40,10 @@ class PlanEditor(pn.viewable.Viewer):
             formatters={"macs": {"type": "money", "precision": 0, "thousand": ","}}, name="plan-table")
         self.table.on_edit(self._on_edit)
         self.error = Notice(name="plan-error")
-        self.preset = pn.widgets.Select.from_param(ws.param.preset, name="preset", width=130)
+        self.preset = pn.widgets.Select.from_param(
+            ws.param.preset, name="preset", width=130,
+            description="Uniform bits, 2x wide or 2:4 on every layer; below 8 bits the layers reading the "
+                        "network input keep it at 8 bits (the data's own precision).")
         self.apply_preset = pn.widgets.Button(name="Apply preset", button_type="primary", width=120)
         self.apply_preset.on_click(lambda e: ws.apply_preset())
         self.bulk_column = pn.widgets.Select(name="bulk edit column", options=list(EDITABLE), value="w_bits", width=150)

@@ -52,3 +52,24 @@ def test_bad_recipe_is_refused(capsys, recipe):
     B.add_arguments(p)
     assert B.run(p.parse_args(["--recipe", recipe])) == 2
     assert "--recipe" in capsys.readouterr().err
+
+
+def test_input4_variant_is_the_preset_with_the_network_input_at_the_preset_bits():
+    from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
+    topo = analyze(build_model("lenet5", (1, 8, 8), 10).eval(), (1, 8, 8))
+    preset = B._plan("w4a4", topo, "lenet5").resolve(topo.names)
+    low = B._plan("w4a4-input4", topo, "lenet5").resolve(topo.names)
+    assert preset["conv1"].a_bits == 8 and low["conv1"].a_bits == 4
+    assert {c.a_bits for c in low.values()} == {4} and {c.w_bits for c in low.values()} == {4}
+    sparse = B._plan("2:4-w4a4-input4", topo, "lenet5").resolve(topo.names)
+    assert sparse["conv1"].a_bits == 4 and sparse["conv1"].sparsity == B._plan("2:4-w4a4", topo, "lenet5").resolve(
+        topo.names)["conv1"].sparsity
+
+
+@pytest.mark.slow
+def test_workers_give_the_same_rows_as_one_process(rows):
+    side = B.measure(TINY, seeds=1, workers=2)
+    drop = ("finetune_s",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in side] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in rows]

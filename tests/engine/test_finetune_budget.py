@@ -10,11 +10,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.errors import UserError
-from engine.evaluation import Settings
+from engine.evaluation import DEFAULT_LR, Settings
 from engine.explore.pipeline import evaluate_plan, validation_subset
 from engine.models.data import Dataset
 from engine.plans.apply import apply_plan
 from engine.plans.plan import Plan
+from engine.training import rates
 from engine.training.finetune import accuracy, optimise, param_groups
 
 
@@ -86,8 +87,21 @@ def test_provenance_of_a_default_fine_tune():
     ft = ev.provenance["finetune"]
     assert ev.status == "fine-tuned" and ev.provenance["device"] == "cpu"
     assert ft["budget_steps"] == 6 and ft["validations"] == 3 and ft["stopped"] == "budget"
-    assert ft["lr"] == Settings().lr and ft["lr_step"] == Settings().lr_step
+    assert (ft["lr"], ft["lr_step"], ft["lr_source"]) == (DEFAULT_LR, DEFAULT_LR, "default")   # none stored for mlp
     assert len(ev.loss_curve) == 6 and ev.steps == 6
+
+
+def test_rates_stored_per_baseline_are_used_and_recorded_unless_the_settings_give_them():
+    stored = rates.stored("lenet5", "digits")
+    assert stored and stored["lr"] != DEFAULT_LR          # data/baselines/rates.json
+    ev = evaluate_plan("lenet5", "digits", Plan.uniform(8, 8), Settings(steps=4, val_every=2)).evaluation
+    ft = ev.provenance["finetune"]
+    assert (ft["lr"], ft["lr_step"], ft["lr_source"]) == (stored["lr"], stored["lr_step"], "stored for lenet5/digits")
+    assert ev.settings["lr"] is None                      # the record keeps what was asked; provenance what ran
+    ev = evaluate_plan("lenet5", "digits", Plan.uniform(8, 8), Settings(steps=4, lr=2e-3, lr_step=5e-4)).evaluation
+    assert (ev.provenance["finetune"]["lr"], ev.provenance["finetune"]["lr_source"]) == (2e-3, "settings")
+    s, source = rates.resolve(Settings(lr=2e-3), "lenet5", "digits")
+    assert (s.lr, s.lr_step, source) == (2e-3, stored["lr_step"], "settings and stored for lenet5/digits")
 
 
 # ---- optimiser groups -----------------------------------------------------------------------------------

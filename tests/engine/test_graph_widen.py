@@ -137,3 +137,17 @@ def test_unsupported_recurrent_layers_are_named():
 def test_gru_layer_shapes():
     gru = analyze(build_model("gru", (1, 8, 8), 10), (1, 8, 8)).layer("gru")
     assert (gru.kind, gru.gemm_n, gru.reduction, gru.macs) == ("gru", 3 * 64, 8 + 64, 3 * 64 * 72 * 8)
+
+
+@pytest.mark.parametrize("model_id, shape, first", [
+    ("lenet5", (1, 8, 8), "conv1"), ("mlp", (1, 8, 8), "fc1"), ("lstm", (1, 8, 8), "lstm"),
+    ("resnet20", (3, 32, 32), "conv1"), ("mobilenetv2", (1, 28, 28), "stem")])
+def test_layers_reading_the_network_input_are_found_and_presets_feed_them_8_bits(model_id, shape, first):
+    from engine.plans.presets import INPUT_BITS, preset_plan
+    topo = analyze(build_model(model_id, shape, 10).eval(), shape)
+    assert [layer.name for layer in topo.layers if layer.is_input] == [first]
+    for name in ("w4a4", "2x-w2a2", "2:4-w4a4"):
+        cfg = preset_plan(name, topo, model_id).resolve(topo.names)
+        assert cfg[first].a_bits == INPUT_BITS
+        assert {c.a_bits for n, c in cfg.items() if n != first} == {int(name[-1])}
+    assert preset_plan("w8a8", topo, model_id).layers == {}

@@ -67,6 +67,26 @@ def test_report_structure(quick):
         assert p.stat().st_size < 200_000, png
 
 
+def test_both_budgets_give_a_verdict_per_claim(quick):
+    from engine.study.core import QUICK_ONLY
+    _, result, out = quick
+    conv = result["convergent"]
+    assert conv["config"]["budget"] == "convergent" and conv["config"]["steps"] > result["config"]["steps"]
+    assert [s["id"] for s in conv["sections"]] == [c for c in CLAIMS if c not in QUICK_ONLY]
+    text = out.read_text()
+    summary = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert "convergent budget: our figure" in summary
+    for m in modules():
+        body = text.split(f"## {m.TITLE}\n", 1)[1].split("\n## ", 1)[0]
+        part = body.split("### At the convergent budget", 1)[1]
+        if m.ID in QUICK_ONLY:
+            assert "Not run at the convergent budget" in part, m.ID
+        else:
+            v = re.search(r"\*\*Verdict\*\*: ([a-z ]+)", part)
+            assert v and v.group(1).strip() in VERDICTS, m.ID
+    assert (out.parent / out.stem / "convergent" / "policy.png").is_file()
+
+
 def test_compare_noise_rule():
     c = compare([90.0, 90.2, 89.8], [92.0, 92.1, 91.9])
     assert c["diff"] == pytest.approx(2.0) and c["significant"] is True

@@ -83,3 +83,20 @@ def test_train_baseline_then_finetune_bring_your_own(tmp_path, capsys):
     plan.write_text('{"version": 1, "default": {"w_bits": 8, "a_bits": 8}}')
     assert main(["finetune", *args, "--plan", str(plan), "--steps", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "fine-tuned"
+
+
+@pytest.mark.slow
+def test_finetune_from_the_cli_uses_the_baselines_stored_rates_and_says_so(tmp_path):
+    """As the README runs it: the default lenet5/digits fine-tune takes data/baselines/rates.json's
+    rates and prints where they came from; --lr overrides them."""
+    from engine.training.rates import stored
+    plan = tmp_path / "p.json"
+    plan.write_text('{"version": 1, "default": {"w_bits": 4, "a_bits": 4}}')
+    code, out, err = run_cli("finetune", "--model", "lenet5", "--dataset", "digits", "--plan", str(plan),
+                             "--steps", "6")
+    assert code == 0, err
+    assert f"lr {stored('lenet5', 'digits')['lr']:.3g}" in out and "from stored for lenet5/digits" in out
+    code, out, err = run_cli("finetune", "--model", "lenet5", "--dataset", "digits", "--plan", str(plan),
+                             "--steps", "6", "--lr", "0.002")
+    assert code == 0, err
+    assert "lr 0.002" in out and "from settings" in out

@@ -127,7 +127,8 @@ def test_save_share_and_bad_session_file(app_server, page, browser, tmp_path):
     assert sorted(viewer.points["key"]) == sorted(ws.points["key"])
     wait_until(lambda: other.get_by_text("Read-only view of session").count() > 0, other)
     other.get_by_text("Frontier", exact=True).click()
-    wait_until(lambda: other.get_by_text("W2A2 ×5").count() >= 1 and other.get_by_text("W4A4 ×5").count() >= 1, other)
+    # the presets feed the network input at 8 bits: 'W2A8, W2A2 ×4', 'W4A8, W4A4 ×4'
+    wait_until(lambda: other.get_by_text("W2A2 ×4").count() >= 1 and other.get_by_text("W4A4 ×4").count() >= 1, other)
     other.wait_for_timeout(1000)
     shot(other, "shared-read-only")
     other.close()

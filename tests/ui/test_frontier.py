@@ -86,7 +86,8 @@ def test_frontier_reads_well(app_server, page):
     assert "Rect" in drawn["glyphs"]  # the per-layer heat map was drawn
     assert "Segment" in drawn["glyphs"]  # the estimate -> fine-tune link
     labels = page.locator('[tabulator-field="label"].tabulator-cell').all_inner_texts()
-    assert "W2A2 ×5 · 20 steps" in labels and "W4A4 ×5 · estimate" in labels
+    # the presets feed the network input (conv1) at 8 bits
+    assert "W2A8, W2A2 ×4 · 20 steps" in labels and "W4A8, W4A4 ×4 · estimate" in labels
     shot(page, "frontier-tab")
 
     # tap the fine-tuned point: its plan loads and its loss curve opens
@@ -94,7 +95,7 @@ def test_frontier_reads_well(app_server, page):
     xy = page.evaluate(PIXEL_JS, [float(tuned["throughput"]), float(tuned["test_accuracy"])])
     page.mouse.click(xy[0], xy[1])
     wait_until(lambda: ws.selected == tuned["key"], page, timeout=60_000)
-    page.wait_for_selector("text=Training loss of W2A2 ×5 · 20 steps", timeout=60_000)
+    page.wait_for_selector("text=Training loss of W2A8, W2A2 ×4 · 20 steps", timeout=60_000)
     shot(page, "frontier-tapped")
     page.get_by_text("Bits per layer of").scroll_into_view_if_needed()
     page.wait_for_timeout(1000)

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.errors import UserError
-from engine.evaluation import Settings
+from engine.evaluation import Settings, rates
 from engine.models.data import Dataset
 from engine.plans.apply import Applied, apply_plan, calibrate, quant_layers
 from engine.plans.layers import QuantRecurrent
@@ -192,8 +192,9 @@ def _groups(model: nn.Module, s: Settings, lr_step_low: float) -> list[dict]:
             continue
         seen.add(id(p))
         (steps if id(p) in high or ft.is_step_param(name) else weights).append(p)
-    groups = [{"params": weights, "lr": s.lr, "weight_decay": s.weight_decay},
-              {"params": steps, "lr": s.lr_step, "weight_decay": 0.0},
+    lr, lr_step = rates(s)
+    groups = [{"params": weights, "lr": lr, "weight_decay": s.weight_decay},
+              {"params": steps, "lr": lr_step, "weight_decay": 0.0},
               {"params": [p for p in low.values() if p.requires_grad], "lr": lr_step_low, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
@@ -215,7 +216,7 @@ def train_dual(model: nn.Module, data: Dataset, s: Settings, phase1_steps: int, 
         raise UserError(f"schedule must be 'joint' or 'alternate', got {schedule!r}")
     if phase1_steps < 0 or phase2_steps < 0:
         raise UserError("phase steps must be 0 or more")
-    lr_low = s.lr_step if lr_step_low is None else lr_step_low
+    lr_low = rates(s)[1] if lr_step_low is None else lr_step_low
     say = progress or (lambda f, m: None)
     total = max(phase1_steps + phase2_steps, 1)
     curves: dict[str, list[float]] = {"phase1": [], "phase2": []}
