@@ -61,7 +61,8 @@ def section(cfg, ctx, done, plots):
               f"W2A2 {ok['w2a2']:+.2f} points vs FP32")
     notes = [f"'Matches' means within {core.TOL} points (W3A3: {tol3}); W4A4 and W2A2 over "
              f"{core.n_seeds(cfg.seeds)}, W8A8 and W3A3 over {core.n_seeds(cfg.seeds_minor)}.",
-             f"Every layer (the first and the last included) is quantized; LSQ kept the first and last layers at "
+             f"Every layer is quantized at the plan's bits, the network input at 8 (the presets' convention), the "
+             f"last layer too; LSQ kept the first and last layers at "
              f"8 bits and trained for 90 epochs, we fine-tune {cfg.steps} steps of batch {cfg.batch_size} from the "
              f"pretrained FP32 network with steps initialised by an MSE search."]
     if not held4:
