@@ -16,6 +16,8 @@ BIN="$TMP/venv/bin"
 "$BIN/bitscape" plan template --model lenet5 > plan.json
 "$BIN/bitscape" finetune --model lenet5 --dataset digits --plan plan.json --steps 20 --json > finetune.json
 "$BIN/python" -c "import json; e = json.load(open('finetune.json')); assert e['status'] == 'fine-tuned', e; print('wheel: default fine-tune', e['status'], round(e['test_accuracy'], 4))"
+# data/baselines/rates.json travels too: the default fine-tune takes the baseline's stored rates
+"$BIN/python" -c "import json; ft = json.load(open('finetune.json'))['provenance']['finetune']; assert ft['lr_source'] == 'stored for lenet5/digits', ft; print('wheel: rates', ft['lr_source'])"
 "$BIN/bitscape" cost --model lenet5 --plan plan.json --profile bitfusion > /dev/null
 PORT="$("$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 "$BIN/bitscape" serve --port "$PORT" --store "$TMP/store.sqlite" > serve.log 2>&1 &
