@@ -251,9 +251,8 @@ def train(model: nn.Module, data: Dataset, s: Settings, teacher: nn.Module | Non
     Unset rates are the default (callers that know the baseline resolve them first: engine.training.rates)."""
     loss = default_loss(s, teacher)
     if s.lr is None or s.lr_step is None:
-        lr_, lr_step_ = rates(s)
-        s = dataclasses.replace(s, lr=lr_, lr_step=lr_step_)
-        lr_source = "default"
+        from engine.training.rates import resolve
+        s, lr_source = resolve(s)
     lr = {"lr": s.lr, "lr_step": s.lr_step, "lr_source": lr_source}
     if s.lr_find:
         from engine.training.lr_range import lr_range_test

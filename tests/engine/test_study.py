@@ -1,30 +1,26 @@
 """The reproduction study's quick path (digits, tiny budgets): report structure, every claim with a verdict."""
 from __future__ import annotations
 
-import argparse
 import json
 import re
 
 import pytest
 
 from engine.benchmarks import BENCHMARKS
-from engine.benchmarks import study as bench
 from engine.study import CLAIMS, VERDICTS, modules
 from engine.study.core import compare
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
+    """As the README runs it: the CLI in a subprocess, both budgets (the default)."""
+    import subprocess
+    import sys
     out = tmp_path_factory.mktemp("study") / "results.md"
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
-    args = parser.parse_args(["--quick", "--json", "--out", str(out), "--workers", "2"])
-    import contextlib
-    import io
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = bench.run(args)
-    return rc, json.loads(buf.getvalue()), out
+    p = subprocess.run([sys.executable, "-m", "explorer.cli", "bench", "study", "--quick", "--json", "--out", str(out),
+                        "--workers", "2"], capture_output=True, text=True, timeout=1200)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return p.returncode, json.loads(p.stdout), out
 
 
 def test_registered():

@@ -264,9 +264,10 @@ def run_bsq(model: nn.Module, data: Dataset, strength: float, steps: int, max_bi
     rest = [p for p in bm.model.parameters() if p.requires_grad and id(p) not in ids]
     steps_q = [p for n, p in bm.model.named_parameters() if id(p) in {id(q) for q in rest} and ft.is_step_param(n)]
     rest = [p for p in rest if all(p is not q for q in steps_q)]
+    lr, lr_step = rates(s)
     groups = [{"params": bit_params, "lr": lr_bits, "weight_decay": 0.0},
-              {"params": bm.scales() + steps_q, "lr": rates(s)[1], "weight_decay": 0.0},
-              {"params": rest, "lr": rates(s)[0], "weight_decay": s.weight_decay}]
+              {"params": bm.scales() + steps_q, "lr": lr_step, "weight_decay": 0.0},
+              {"params": rest, "lr": lr, "weight_decay": s.weight_decay}]
     r = ft.optimise(bm.model, data, s, loss, steps=steps, after_step=after, groups=[g for g in groups if g["params"]],
                   progress=progress, should_stop=should_stop, cosine=False)
     bm.requantize_()
