@@ -157,7 +157,6 @@ class FrontierView(pn.viewable.Viewer):
         brushed = self.state.brushed
         self._failed_jobs = failed_jobs(ws)
         self.table.value = table_frame(pts, ws.y_axis, brushed, self._failed_jobs)
-        self.table.height = min(320, 52 + 34 * max(1, len(self.table.value)))
         n = 0 if pts is None else len(pts)
         if brushed is None:
             self.brush_note.object = ("<i>Drag with the box-select tool to list only the points in a region.</i>"
