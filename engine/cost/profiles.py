@@ -75,6 +75,12 @@ SCHEMA: dict[str, Any] = {
                 "binary_macs_per_s": _pos,
                 "serial": {"type": "array", "items": {"enum": ["w", "a"]}, "uniqueItems": True},
                 "macs_per_s_8bit": _pos,
+                # fixed: which operand's plan width picks the INT unit (default: the wider of the two),
+                # and plan widths that run on a unit other than the next wider one (a runtime's rule)
+                "operand": {"enum": ["max", "w", "a"]},
+                "width_map": {"type": "object", "patternProperties": {"^[1-8]$": {"type": "integer", "minimum": 1,
+                                                                                   "maximum": 32}},
+                              "additionalProperties": False},
                 "table": {"type": "array", "minItems": 1, "items": {
                     "type": "object", "required": ["w", "a", "macs_per_s"], "additionalProperties": False,
                     "properties": {"w": {"type": "integer", "minimum": 1, "maximum": 8},
@@ -305,6 +311,10 @@ def validate(d: Any, where: str = "<memory>") -> None:
         if c["float_bits"] not in widths:
             raise ProfileError(f"profile {where}: field 'compute.rates' has no rate for float_bits="
                                f"{c['float_bits']} (the width float layers run at)")
+        for b, to in c.get("width_map", {}).items():
+            if str(to) not in c["rates"]:
+                raise ProfileError(f"profile {where}: field 'compute.width_map.{b}': {to} has no rate in "
+                                   f"'compute.rates' (widths: {', '.join(sorted(c['rates'], key=str))})")
     for key in ("efficiency",):
         eff = c.get(key)
         if isinstance(eff, dict) and "default" not in eff and klass == "fixed":
@@ -365,7 +375,8 @@ def compile_tables(d: dict) -> Tables:
             overhead = ovh
             if klass == "fixed":
                 widths = sorted(int(k) for k in c["rates"] if k != "default")
-                p = fb if FLOAT in (wb, ab) else round_up_to(max(w, a), widths)
+                x = {"max": max(w, a), "w": w, "a": a}[c.get("operand", "max")]
+                p = fb if FLOAT in (wb, ab) else int(c.get("width_map", {}).get(str(x), round_up_to(x, widths)))
                 r, we, ae = c["rates"][str(p)], p, p
                 e = _width_value(eff_spec, p, "efficiency")
                 k = _width_value(tile_k_spec, p, "tile k")
@@ -401,9 +412,10 @@ def compile_tables(d: dict) -> Tables:
             we_t[wi][ai], ae_t[wi][ai], nm_ok[wi][ai] = we, ae, bool(ok)
             emac[wi][ai] = mac_energy_pj(we, ae, 1, scale) if mac_on else 0.0
     w_store, a_store = [], []
+    stored_as = c.get("width_map", {}) if klass == "fixed" else {}
     for b in BITS:
         x = fb if b == FLOAT else b
-        s = round_up_to(x, storage) if storage else x
+        s = int(stored_as[str(x)]) if str(x) in stored_as else round_up_to(x, storage) if storage else x
         w_store.append(s)
         a_store.append(s)
     return Tables(rate, eff, tk, oh, we_t, ae_t, emac, nm_ok, w_store, a_store)
@@ -507,6 +519,10 @@ PARAMETERS: tuple[tuple[str, str, str, str], ...] = (
      "(/ w or / a alone when compute.serial names one operand)", "bitserial"),
     ("compute.macs_per_s_8bit", "MAC/s", "peak 8-bit x 8-bit MAC rate (Bit Fusion scales it by bit-width)", "fusion"),
     ("compute.rates.<width>", "MAC/s", "peak dense MAC rate of INT<width> units", "fixed"),
+    ("compute.operand", "max | w | a", "which operand's plan width picks the INT unit (a structure choice of "
+     "the base, not fitted): the wider one, the weights' or the activations'", "fixed"),
+    ("compute.width_map.<bits>", "width", "the INT unit a plan width runs on where it is not the next wider "
+     "one (e.g. onnxruntime stores only 4-bit codes as int4: 1-3 -> 8)", "fixed"),
     ("compute.float_macs_per_s", "MAC/s", "rate of float layers (and widths no kernel handles)", "lut"),
     ("compute.overhead_s", "s per layer call", "fixed time added to every layer (launch, call cost)", "all"),
     ("memory.bytes_per_s", "bytes/s", "peak off-chip (or last-level) bandwidth", "all"),

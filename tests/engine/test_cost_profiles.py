@@ -81,3 +81,23 @@ def test_with_changes_revalidates():
     assert a.with_changes({"compute.overhead_s": 0.0}).tables.overhead[7][7] == 0.0
     with pytest.raises(ProfileError, match="compute.overhead_s"):
         a.with_changes({"compute.overhead_s": -1})
+
+
+def test_fixed_profile_picks_the_unit_by_the_named_operand_and_width_map(tmp_path):
+    d = _base()
+    rates = d["compute"]["rates"]
+    d["compute"].update(operand="w", width_map={"1": 8, "2": 8, "3": 8})
+    prof = load_profile(_write(tmp_path, d))
+    from engine.cost.profiles import bit_index
+    t = prof.tables
+    unit = {(w, a): t.w_exec[bit_index(w)][bit_index(a)] for w in (1, 3, 4, 8) for a in (2, 4, 8)}
+    assert {unit[(4, a)] for a in (2, 4, 8)} == {4} and rates.get("4")      # a 4-bit weight: INT4 whatever a
+    assert {unit[(w, a)] for w in (1, 3, 8) for a in (2, 4, 8)} == {8}     # 1-3 mapped to INT8, not rounded up
+    assert t.w_store[bit_index(3)] == 8 and t.w_store[bit_index(4)] == 4
+
+
+def test_width_map_to_a_unit_without_a_rate_names_the_field(tmp_path):
+    d = _base()
+    d["compute"]["width_map"] = {"3": 6}
+    with pytest.raises(ProfileError, match=r"compute\.width_map\.3.*no rate"):
+        load_profile(_write(tmp_path, d))

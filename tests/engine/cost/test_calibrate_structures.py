@@ -78,3 +78,23 @@ def test_tie_carries_1bit_weight_cost_to_mixed_plans():
     d = fitted_profile(cal, "tied", "0" * 64, "m.csv", "packed", True, "both")
     assert d["fit"]["structure"]["fit.tie"] == SERIAL_TIE and "fit.tie" not in d
     assert Profile(d, "<fitted>").to_dict()["compute"]["efficiency"]["1"] == cal.params["compute.efficiency.2"]
+
+
+def test_packed_base_prices_the_int8_kernel_by_weight_digits_only():
+    """The int8 kernel reads weights as 4-bit digits: W<=4 runs at one rate whatever a is, W5-8 at
+    another; W<=2 A<=2 stays on the bit-serial kernel."""
+    from engine.cost.profiles import bit_index
+    t = B.packed_base().tables
+    rate = {(w, a): t.rate[bit_index(w)][bit_index(a)] for w in range(1, 9) for a in range(1, 9)}
+    one = {rate[(w, a)] for w in range(1, 5) for a in range(1, 9) if not (w <= 2 and a <= 2)}
+    two = {rate[(w, a)] for w in range(5, 9) for a in range(1, 9)}
+    assert len(one) == 1 and len(two) == 1
+    assert one.pop() / two.pop() == pytest.approx(B.INT8_ONE_DIGIT)
+    assert rate[(2, 2)] > rate[(4, 8)] and rate[(1, 1)] == 4 * rate[(2, 2)]
+
+
+def test_ort_base_follows_the_weight_width():
+    from engine.cost.profiles import bit_index
+    t = B.ort_base().tables
+    assert t.w_exec[bit_index(4)][bit_index(8)] == 4 and t.w_exec[bit_index(8)][bit_index(4)] == 8
+    assert t.w_exec[bit_index(3)][bit_index(3)] == 8
