@@ -7,6 +7,7 @@ from engine.benchmarks import BENCHMARKS as ENGINE_BENCHMARKS
 from explorer.benchmarks import BENCHMARKS as EXPLORER_BENCHMARKS
 
 BENCHMARKS = {**ENGINE_BENCHMARKS, **EXPLORER_BENCHMARKS}
+ALIASES = {"study": ["seeds"]}      # issue 14 names the study 'bench seeds' (seeds x budgets per claim)
 
 
 def register(sub) -> None:
@@ -20,6 +21,6 @@ def register(sub) -> None:
             if e.name != module:
                 raise
             continue
-        q = names.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0] if mod.__doc__ else None)
+        q = names.add_parser(name, aliases=ALIASES.get(name, []), help=(mod.__doc__ or "").strip().splitlines()[0] if mod.__doc__ else None)
         mod.add_arguments(q)
         q.set_defaults(func=mod.run)

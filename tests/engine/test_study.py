@@ -27,6 +27,16 @@ def test_registered():
     assert BENCHMARKS["study"] == "engine.benchmarks.study"
 
 
+def test_bench_seeds_is_the_study():
+    """Issue 14 calls it 'bench seeds': the same command, the same options."""
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-m", "explorer.cli", "bench", "seeds", "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "--budget" in p.stdout and "convergent" in p.stdout
+
+
 def test_quick_runs_every_claim(quick):
     rc, result, _ = quick
     assert rc == 0
