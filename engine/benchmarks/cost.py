@@ -442,7 +442,9 @@ def ort_base():
     otherwise (engine.export.qdq); measured here, only a 4-bit weight changes its time (W4A4 and W4A8
     ~1.4x W8A8, W8A4 and W3A3 as W8A8). So the INT unit follows the weight's width, 1-3 run as 8: a
     fixed-width profile with INT4 / INT8 / FP32 rates from the cpu profile's int8 and float figures and
-    its host terms (quantize, rescale, per-call); the fit sets the efficiencies."""
+    its host terms (quantize, rescale, per-call), plus the per-call unpacking of int4 weights (their
+    DequantizeLinear is not fused: per layer measured here, fc1/fc2 at 4-bit weights +12-14%, the
+    convolutions' few weights ~+2%); the fit sets the efficiencies and host terms."""
     from engine.cost import load_profile
     from engine.cost.profiles import Profile
     d = load_profile("cpu").to_dict()
@@ -451,6 +453,8 @@ def ort_base():
     d["compute"] = {"class": "fixed", "float_bits": 32, "rates": {"4": int8, "8": int8, "32": c["float_macs_per_s"]},
                     "efficiency": {"4": 1.0, "8": 1.0, "32": 1.0}, "overhead_s": 0.0,
                     "operand": "w", "width_map": {"1": 8, "2": 8, "3": 8}, "storage_widths": [4, 8, 32]}
+    d["host"]["unpack_s"] = 1e-9        # int4 weights are dequantized at every call, not fused
+    d["host"]["binary_s"] = d["host"]["binary_out_s"] = 0.0    # 1-bit codes are plain int8 here
     d["name"], d["title"] = "cpu-ort", "Host CPU, onnxruntime QDQ (INT4 weights at 4 bits, INT8, FP32)"
     d["combine"] = "sum"
     return Profile(d, "<onnxruntime base>")

@@ -160,6 +160,12 @@ def structures(prof: Profile) -> list[dict]:
         # one efficiency for the bit-serial kernel's widths (time follows its w x a bit planes, so a
         # 1-bit layer's extra time must come from the binary-weight host terms), or one per width
         return [{**m, **t} for t in ({}, {"fit.tie": SERIAL_TIE}) for m in mem]
+    if prof.klass == "fixed" and prof.host_unpack:
+        # one efficiency for every integer unit: a narrow weight's extra time is its per-call
+        # unpacking (host.unpack_s), which scales with the weights, not the MACs; or one per unit
+        units = sorted({str(u) for row in prof.tables.w_exec for u in row if u != prof.float_bits}, key=int)
+        tie = [f"compute.efficiency.{u}" for u in units]
+        return [{**m, **t} for t in ({}, {"fit.tie": tie}) for m in mem] if len(tie) > 1 else mem
     return mem
 
 
@@ -206,7 +212,10 @@ def default_params(prof: Profile, rows: Sequence[Row], structure: dict | None = 
         params += ["host.quant_s"] + [f"host.out_s.{k}" for k in ("linear", "conv2d", "lstm") if k in kinds]
         params += ["host.im2col_s"] if "conv2d" in kinds else []
         params += ["host.step_s"] if "lstm" in kinds else []
-        params += ["host.binary_s", "host.binary_out_s"] if any(wi == 0 for wi, _ in seen) else []
+        # the {-1, +1} sum correction belongs to popcount kernels (lut); integer units take 1-bit codes as is
+        binary = prof.klass == "lut" and any(wi == 0 for wi, _ in seen)
+        params += ["host.binary_s", "host.binary_out_s"] if binary else []
+        params += ["host.unpack_s"] if "unpack_s" in prof.data.get("host", {}) else []
     else:
         params.append("compute.overhead_s")
     if prof.bw and s.get("memory.bytes_per_s", prof.bw) is not None:

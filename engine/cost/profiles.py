@@ -134,10 +134,13 @@ SCHEMA: dict[str, Any] = {
                            "elements quantized + out_s[kind] * GEMM output elements + im2col_s * im2col "
                            "elements); out_s is one number or one per layer kind. Layers with 1-bit ({-1, +1}) "
                            "weights add binary_s per call + batch * binary_out_s per GEMM output element (the "
-                           "sum correction of the popcount result).",
+                           "sum correction of the popcount result). unpack_s is paid per call for each weight a "
+                           "layer stores below 8 bits and the runtime unpacks at every call (onnxruntime's int4 "
+                           "DequantizeLinear), whatever the batch.",
             "properties": {"layer_s": _kind_map,
                            "step_s": _nonneg, "quant_s": _nonneg, "out_s": {"oneOf": [_nonneg, _kind_map]},
-                           "im2col_s": _nonneg, "binary_s": _nonneg, "binary_out_s": _nonneg},
+                           "im2col_s": _nonneg, "binary_s": _nonneg, "binary_out_s": _nonneg,
+                           "unpack_s": _nonneg},
         },
         "energy": {
             "type": "object", "additionalProperties": False,
@@ -237,6 +240,7 @@ class Profile:
         self.host_im2col: float = float(host.get("im2col_s", 0.0))
         self.host_binary: float = float(host.get("binary_s", 0.0))
         self.host_binary_out: float = float(host.get("binary_out_s", 0.0))
+        self.host_unpack: float = float(host.get("unpack_s", 0.0))
 
     @property
     def title(self) -> str:
@@ -537,6 +541,8 @@ PARAMETERS: tuple[tuple[str, str, str, str], ...] = (
     ("host.im2col_s", "s per element", "im2col gather of one element (convolutions)", "all"),
     ("host.binary_s", "s per layer call", "extra call cost of a layer with 1-bit {-1, +1} weights", "all"),
     ("host.binary_out_s", "s per element", "sum correction of one output element of a 1-bit-weight layer", "all"),
+    ("host.unpack_s", "s per weight", "unpacking one weight stored below 8 bits at every call (e.g. onnxruntime's "
+     "int4 DequantizeLinear); fitted only where the base profile has it", "all"),
 )
 # structure choices 'bitscape calibrate' selects by cross-validation (not fitted numbers)
 STRUCTURES: tuple[tuple[str, str], ...] = (

@@ -274,6 +274,8 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
         h_per = prof.host_quant * q_el + h_out * o_el + prof.host_im2col * i_el
         h_fixed = h_fixed + np.where(wi == 0, prof.host_binary, 0.0)
         h_per = h_per + np.where(wi == 0, prof.host_binary_out * o_el, 0.0)
+        if prof.host_unpack:
+            h_fixed = h_fixed + np.where(T["w_store"][wi] < 8, prof.host_unpack * weights, 0.0)
 
     def times(bb: int):
         m = bb * table.positions

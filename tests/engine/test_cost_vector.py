@@ -100,3 +100,38 @@ def test_encode_plans_accepts_plan_objects(topos):
     assert arr.w_bits[0].tolist() == [4, 4, 8]
     with pytest.raises(ValueError, match="channel spaces"):
         LayerTable.from_layers(topo.layers).widened(np.full((1, 3), 2.0))
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1), batch=st.sampled_from([1, 16]), model=st.sampled_from(["resnet20", "cnn"]))
+def test_per_operand_rules_and_unpacking_match_scalar(topos, seed, batch, model):
+    """A fixed profile whose unit follows the weight (compute.operand, compute.width_map) and that
+    unpacks narrow weights at every call (host.unpack_s): the sweep path agrees with the scalar one."""
+    from engine.benchmarks.cost import ort_base
+    prof = ort_base().with_changes({"host.unpack_s": 3e-9})
+    topo = topos[model]
+    rng = np.random.default_rng(seed)
+    plans = [_random_configs(topo, rng) for _ in range(4)]
+    table = LayerTable.from_topology(topo)
+    bc = cost_batch(table, encode_plans(table, plans), prof, batch, keep_layers=True)
+    for i, cfgs in enumerate(plans):
+        rep = cost_plan(topo.widened(cfgs), cfgs, prof, batch)
+        assert bc.latency_s[i] == pytest.approx(rep.latency_s, rel=1e-9)
+        assert bc.layer_time_s[i] == pytest.approx([x.time_s for x in rep.layers], rel=1e-9)
+
+
+def test_unpacking_is_paid_per_weight_at_4_bits_only():
+    from engine.benchmarks.cost import ort_base
+    from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
+    topo = analyze(build_model("lenet5", (1, 8, 8), 10), (1, 8, 8))
+    prof = ort_base()
+    fc1 = next(x for x in topo.layers if x.name == "fc1")
+    cost = {}
+    for u in (0.0, 1e-8):
+        p = prof.with_changes({"host.unpack_s": u})
+        for w in (3, 4, 8):
+            cfgs = {x.name: LayerConfig(w if x.name == "fc1" else 8, 8) for x in topo.layers}
+            cost[(u, w)] = cost_plan(topo.widened(cfgs), cfgs, p, 1).latency_s
+    assert cost[(1e-8, 4)] - cost[(0.0, 4)] == pytest.approx(1e-8 * fc1.weights, rel=1e-6)
+    assert cost[(1e-8, 3)] == cost[(0.0, 3)] and cost[(1e-8, 8)] == cost[(0.0, 8)]

@@ -40,7 +40,10 @@ def test_packed_structures_offer_the_tie_and_label_it():
     tied = [s for s in cands if s.get("fit.tie") == SERIAL_TIE]
     assert tied and len(tied) == len(cands) // 2
     assert "one efficiency for widths 1+2" in structure_label(tied[0])
-    assert not any("fit.tie" in s for s in structures(B.ort_base()))     # no bit-serial kernel there
+    # onnxruntime has no bit-serial kernel; its tie is one efficiency for INT4 and INT8 (a 4-bit
+    # weight's extra time is its unpacking, host.unpack_s)
+    ort_ties = [s["fit.tie"] for s in structures(B.ort_base()) if "fit.tie" in s]
+    assert ort_ties and all(t == ["compute.efficiency.4", "compute.efficiency.8"] for t in ort_ties)
 
 
 def test_tied_coefficient_is_one_parameter_written_to_both_paths():
@@ -98,3 +101,20 @@ def test_ort_base_follows_the_weight_width():
     t = B.ort_base().tables
     assert t.w_exec[bit_index(4)][bit_index(8)] == 4 and t.w_exec[bit_index(8)][bit_index(4)] == 8
     assert t.w_exec[bit_index(3)][bit_index(3)] == 8
+
+
+@pytest.mark.slow
+def test_ort_unpacking_learned_on_uniform_plans_carries_to_4bit_weights_in_mixed_plans():
+    """Only W4A4 stores int4 weights among the uniform plans; with one efficiency for INT4 and INT8
+    its extra time must go to host.unpack_s (per weight), which prices a 4-bit fc1 in a W8A8 plan."""
+    base = B.ort_base()
+    truth = base.with_changes({"compute.efficiency.4": 0.5, "compute.efficiency.8": 0.5, "host.unpack_s": 4e-9})
+    df, pm = frame(uniform_plans(range(1, 9)), truth, "onnxruntime")
+    tie = next(s for s in structures(base) if s.get("fit.tie") and s.get("combine") == "max")
+    cal = calibrate(base, rows_from_frame(df, pm, "onnxruntime", "both"), structure=tie)
+    assert cal.params["host.unpack_s"] == pytest.approx(4e-9, rel=0.1)
+    mixed = [Plan(default=LayerConfig(8, 8), layers={n: {"w_bits": 4, "a_bits": 8}}, name=f"w4 {n}") for n in LENET]
+    dm, pmm = frame(mixed, truth, "onnxruntime")
+    test = rows_from_frame(dm, pmm, "onnxruntime", "total")
+    meas = np.array([r.seconds for r in test])
+    assert np.all(np.abs(predict_all(test, cal.profile) / meas - 1) < 0.02)
