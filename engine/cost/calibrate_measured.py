@@ -161,11 +161,12 @@ def structures(prof: Profile) -> list[dict]:
         # 1-bit layer's extra time must come from the binary-weight host terms), or one per width
         return [{**m, **t} for t in ({}, {"fit.tie": SERIAL_TIE}) for m in mem]
     if prof.klass == "fixed" and prof.host_unpack:
-        # one efficiency for every integer unit: a narrow weight's extra time is its per-call
-        # unpacking (host.unpack_s), which scales with the weights, not the MACs; or one per unit
+        # a runtime that unpacks narrow weights at every call (host.unpack_s) computes them on its
+        # wider unit: one efficiency for every integer unit, so their extra time is learned per
+        # weight, not per MAC (uniform plans alone cannot tell the two apart)
         units = sorted({str(u) for row in prof.tables.w_exec for u in row if u != prof.float_bits}, key=int)
         tie = [f"compute.efficiency.{u}" for u in units]
-        return [{**m, **t} for t in ({}, {"fit.tie": tie}) for m in mem] if len(tie) > 1 else mem
+        return [{**m, "fit.tie": tie} for m in mem] if len(tie) > 1 else mem
     return mem
 
 

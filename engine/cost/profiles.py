@@ -551,7 +551,9 @@ STRUCTURES: tuple[tuple[str, str], ...] = (
     ("combine", "how compute and memory time combine: max (roofline: a layer is bound by one) or sum"),
     ("memory", "whether the memory term is modeled at all (off: every layer compute-bound)"),
     ("fit.tie", "lut profiles with a bit-serial kernel: one efficiency for widths 1 and 2 (time follows the "
-                "kernel's w x a bit planes; 1-bit weights' extra cost goes to host.binary_*) or one per width"),
+                "kernel's w x a bit planes; 1-bit weights' extra cost goes to host.binary_*) or one per width; "
+                "fixed profiles with host.unpack_s: always one efficiency for every INT unit (narrow weights "
+                "are unpacked, then computed on the wider unit)"),
 )
 
 
