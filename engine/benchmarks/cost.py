@@ -412,28 +412,15 @@ MIXED_QUICK = dict(random=20, repeats=9)
 CALIB_SIZE = 16           # calibration images per plan: timing needs a calibrated plan, not a good one
 
 
-# the int8 kernel reads weights as 4-bit digits: one pass at w <= 4, two above, whatever the
-# activation width ('bench kernels' here: W<=4 1.7-1.8x faster than W8 at A2, A4 and A8 alike)
-INT8_ONE_DIGIT = 1.75
-
-
 def packed_base():
-    """The ``cpu`` profile set up for the packed deployment's kernel choice: W<=2 A<=2 layers run the
-    bit-serial kernel (time ~ w x a bit planes), everything else the int8 kernel, whose time follows
-    the weight's 4-bit digits only (W<=4: one, else two). The lut picks the fastest row that handles a
-    cell, so the bit-serial rows sit above the one-digit int8 row at W2A2; the fitted efficiencies
-    .1 / .2 / default then set the real rates (all int8 cells share one, keeping the digit ratio)."""
+    """The shipped ``cpu`` profile, whose table is the packed deployment's kernel choice: W<=2 A<=2
+    layers on the bit-serial kernel (time ~ w x a bit planes), everything else on the int8 kernel,
+    whose time follows the weight's 4-bit digits only (a one-digit row for W<=4, a two-digit row
+    above); the fitted efficiencies .1 / .2 / default set the real rates."""
     from engine.cost import load_profile
     from engine.cost.profiles import Profile
     d = load_profile("cpu").to_dict()
-    c = d["compute"]
-    int8 = next(r["macs_per_s"] for r in c["table"] if (r["w"], r["a"]) == (8, 8))
-    one_digit = INT8_ONE_DIGIT * int8
-    c["table"] = [{"w": w, "a": a, "macs_per_s": 1.1 * one_digit * 4 / (w * a), "kernel": "bitserial"}
-                  for w in (1, 2) for a in (1, 2)] + [
-        {"w": 4, "a": 8, "macs_per_s": one_digit, "kernel": "int8 (one weight digit)"},
-        {"w": 8, "a": 8, "macs_per_s": int8, "kernel": "int8"}]
-    d["name"], d["title"] = "cpu-packed", d["title"] + " (bit-serial for W<=2 A<=2, as the deployment runs)"
+    d["name"], d["title"] = "cpu-packed", d["title"] + " (as the packed deployment runs)"
     return Profile(d, "<packed base>")
 
 

@@ -179,3 +179,36 @@ def test_dashboard_profile_picker_lists_a_profile_file(tmp_path, monkeypatch):
     add_profile_file(tmp_path / "fitted-dash.json")
     ws = Workspace(store=Store(tmp_path / "s.sqlite"), runner=None)
     assert "fitted-dash" in ws.param.profile.objects
+
+
+def test_profile_with_per_operand_rules_calibrates_from_the_cli(tmp_path):
+    """A user's fixed profile with the README's per-operand fields (compute.operand, compute.width_map)
+    and host.unpack_s: 'bitscape calibrate' run as a subprocess ties its INT units and learns the
+    unpacking per weight; 'profiles --describe' names the fields; a width_map to a unit with no rate
+    is a one-line error that writes nothing."""
+    from engine.benchmarks.cost import ort_base
+    base = ort_base().to_dict()
+    base["name"], base["title"] = "mine", "my onnxruntime machine"
+    (tmp_path / "mine.json").write_text(json.dumps(base))
+    truth = load_profile(tmp_path / "mine.json").with_changes(
+        {"compute.efficiency.4": 0.4, "compute.efficiency.8": 0.4, "host.unpack_s": 5e-9})
+    df, plans = synthetic(truth, batches=(1,))
+    df.to_csv(tmp_path / "m.csv", index=False)
+    (tmp_path / "m.plans.json").write_text(json.dumps(plans))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "explorer.cli", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600)
+    r = cli("calibrate", "--profile", "mine.json", "--measurements", "m.csv", "--out", "fitted.json", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads((tmp_path / "fitted.json").read_text())
+    assert d["fit"]["structure"]["fit.tie"] == ["compute.efficiency.4", "compute.efficiency.8"]
+    assert d["host"]["unpack_s"] == pytest.approx(5e-9, rel=0.05)
+    assert d["compute"]["operand"] == "w" and d["compute"]["width_map"] == {"1": 8, "2": 8, "3": 8}
+    r = cli("profiles", "--describe")
+    assert r.returncode == 0 and all(f in r.stdout for f in ("compute.operand", "compute.width_map", "host.unpack_s"))
+    base["compute"]["width_map"] = {"3": 6}
+    (tmp_path / "bad.json").write_text(json.dumps(base))
+    r = cli("calibrate", "--profile", "bad.json", "--measurements", "m.csv", "--out", "bad-fit.json")
+    assert r.returncode == 2 and "compute.width_map.3" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "bad-fit.json").exists()

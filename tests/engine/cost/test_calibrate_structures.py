@@ -84,15 +84,15 @@ def test_tie_carries_1bit_weight_cost_to_mixed_plans():
 
 
 def test_packed_base_prices_the_int8_kernel_by_weight_digits_only():
-    """The int8 kernel reads weights as 4-bit digits: W<=4 runs at one rate whatever a is, W5-8 at
-    another; W<=2 A<=2 stays on the bit-serial kernel."""
+    """The shipped cpu profile (the packed base): the int8 kernel reads weights as 4-bit digits, so
+    W<=4 runs at one rate whatever a is, W5-8 at another; W<=2 A<=2 stays on the bit-serial kernel."""
     from engine.cost.profiles import bit_index
     t = B.packed_base().tables
     rate = {(w, a): t.rate[bit_index(w)][bit_index(a)] for w in range(1, 9) for a in range(1, 9)}
     one = {rate[(w, a)] for w in range(1, 5) for a in range(1, 9) if not (w <= 2 and a <= 2)}
     two = {rate[(w, a)] for w in range(5, 9) for a in range(1, 9)}
     assert len(one) == 1 and len(two) == 1
-    assert one.pop() / two.pop() == pytest.approx(B.INT8_ONE_DIGIT)
+    assert one.pop() / two.pop() == pytest.approx(1.75)     # gemm_int8 measured 1.7-1.8x (cpu provenance)
     assert rate[(2, 2)] > rate[(4, 8)] and rate[(1, 1)] == 4 * rate[(2, 2)]
 
 
