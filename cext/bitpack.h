@@ -132,6 +132,8 @@ void dw_avx2(const dw_args *p, int64_t r0, int64_t r1);
 /* Bytes of the pair-interleaved taps dw_prep_avx2 writes (0 when C < 16). */
 size_t dw_prep_bytes(int64_t T, int64_t C);
 void dw_prep_avx2(const int8_t *w, int64_t T, int64_t C, int16_t *wp);
+/* Least and greatest of n bytes read as int8 (sgn) or uint8: a code range check at memory speed. */
+void range_avx2(const uint8_t *p, int64_t n, int sgn, int *lo, int *hi);
 #endif
 
 #endif

@@ -705,4 +705,33 @@ TGT void dw_avx2(const dw_args *p, int64_t r0, int64_t r1)
         dw_rows(p, r0, r1, 0);
 }
 
+/* ---- code range: least and greatest byte (int8 or uint8) ---- */
+
+TGT void range_avx2(const uint8_t *p, int64_t n, int sgn, int *lo, int *hi)
+{
+    int64_t i = 0;
+    uint8_t bl[32], bh[32];
+    int l = sgn ? 127 : 255, h = sgn ? -128 : 0;
+    __m256i vl = _mm256_set1_epi8(sgn ? 127 : -1), vh = _mm256_set1_epi8(sgn ? -128 : 0);
+    for (; i + 32 <= n; i += 32) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(p + i));
+        vl = sgn ? _mm256_min_epi8(vl, x) : _mm256_min_epu8(vl, x);
+        vh = sgn ? _mm256_max_epi8(vh, x) : _mm256_max_epu8(vh, x);
+    }
+    _mm256_storeu_si256((__m256i *)bl, vl);
+    _mm256_storeu_si256((__m256i *)bh, vh);
+    for (int k = 0; k < 32; k++) {
+        int a = sgn ? (int)(int8_t)bl[k] : (int)bl[k], b = sgn ? (int)(int8_t)bh[k] : (int)bh[k];
+        l = a < l ? a : l;
+        h = b > h ? b : h;
+    }
+    for (; i < n; i++) {
+        int v = sgn ? (int)(int8_t)p[i] : (int)p[i];
+        l = v < l ? v : l;
+        h = v > h ? v : h;
+    }
+    *lo = l;
+    *hi = h;
+}
+
 #endif /* BP_X86 */

@@ -127,6 +127,11 @@ static int check_codes(const char *fn, const char *name, const Py_buffer *v, int
         return 0;  /* every int8 / uint8 value is an 8-bit code */
     const Py_ssize_t n = v->len;
     int lo = 255, hi = -128;
+#ifdef BP_X86
+    if (simd())
+        range_avx2(v->buf, n, sgn, &lo, &hi);
+    else
+#endif
     if (sgn) {
         const int8_t *p = v->buf;
         for (Py_ssize_t i = 0; i < n; i++) {

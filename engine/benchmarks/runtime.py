@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "resnet20:cifar10)")
     parser.add_argument("--bits", default=None, help="comma-separated uniform bit-widths (default 8,4,2,1)")
     parser.add_argument("--batch", default=None, help="comma-separated batch sizes (default 1,64; 1,16 with --quick)")
+    parser.add_argument("--min-time", type=float, default=0.005, metavar="S",
+                        help="seconds each timed run lasts at least: back-to-back calls averaged after an "
+                             "untimed one (default 0.005; 0: one call per run)")
     parser.add_argument("--stat", default="min", choices=("min", "median"),
                         help="what each point's repeats are reduced to (default min: a loaded machine's "
                              "preemptions add tens of ms to some runs)")
@@ -51,7 +54,7 @@ def torch_point(base, x):
 
 
 def bench_model(model: str, dataset: str, bits=BITS, batches=(1, 64), repeats: int = 15, progress=None,
-                stat: str = "min") -> dict:
+                stat: str = "min", min_time: float = 0.0) -> dict:
     """Whole-network seconds (``stat`` of the repeats: min, or median) of packed / onnxruntime / torch
     FP32 per plan and batch, one interleaved set of rounds; a plan a runtime cannot run is noted in
     'skipped'."""
@@ -93,10 +96,10 @@ def bench_model(model: str, dataset: str, bits=BITS, batches=(1, 64), repeats: i
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        timed = time_rounds(points, repeats, stat=stat)
+        timed = time_rounds(points, repeats, stat=stat, min_time=min_time)
     finally:
         torch.set_num_threads(threads)
-    secs = {k: t for k, (_, t) in zip(keys, timed)}
+    secs = {k: t.total for k, t in zip(keys, timed)}
     rows = []
     for plan in uniform_plans(bits):
         for b in batches:
@@ -107,7 +110,7 @@ def bench_model(model: str, dataset: str, bits=BITS, batches=(1, 64), repeats: i
                          "packed_vs_ort": (o / p) if (o and p) else None,
                          "packed_vs_torch": (t / p) if (t and p) else None,
                          "ort_vs_torch": (t / o) if (t and o) else None})
-    return {"model": model, "dataset": dataset, "weights": src.weights, "stat": stat, "rows": rows,
+    return {"model": model, "dataset": dataset, "weights": src.weights, "stat": stat, "min_time": min_time, "rows": rows,
             "skipped": skipped}
 
 
@@ -142,20 +145,25 @@ def _ints(text: str, what: str, lo: int, hi: int | None = None):
 
 def run(args) -> int:
     from engine.cost.measure import machine
+    from engine.errors import UserError
     cfg = dict(QUICK if args.quick else FULL)
     models = _pairs(args.models) if args.models else MODELS
     bits = _ints(args.bits, "--bits", 1, 8) if args.bits else BITS
     batches = _ints(args.batch, "--batch", 1) if args.batch else cfg["batches"]
     repeats = args.repeats or cfg["repeats"]
     say = None if args.json else (lambda m: print(m, file=sys.stderr))
-    results = [bench_model(m, d, bits, batches, repeats, say, args.stat) for m, d in models]
+    if not 0 <= args.min_time <= 10:
+        raise UserError(f"--min-time must be within 0..10 seconds (got {args.min_time})")
+    results = [bench_model(m, d, bits, batches, repeats, say, args.stat, args.min_time) for m, d in models]
     rows = [r for x in results for r in x["rows"]]
     out = {"machine": machine(), "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
-           "repeats": repeats, "stat": args.stat, "results": results, "moonshot": moonshot(rows)}
+           "repeats": repeats, "stat": args.stat, "min_time": args.min_time, "results": results,
+           "moonshot": moonshot(rows)}
     if args.json:
         print(json.dumps(out, default=lambda o: None if isinstance(o, float) and not math.isfinite(o) else o))
         return 0
-    print(f"end-to-end latency, {args.stat} of {repeats} interleaved runs, one thread; {out['machine']}; "
+    print(f"end-to-end latency, {args.stat} of {repeats} interleaved runs of >= {args.min_time * 1e3:g} ms, one thread; "
+          f"{out['machine']}; "
           f"load average {out['loadavg']}")
     print(f"  {'model':<9} {'plan':<5} {'batch':>5} {'packed ms':>10} {'ORT ms':>10} {'torch ms':>10}"
           f"   {'packed/ORT':>10} {'packed/torch':>12} {'ORT/torch':>9}   (speedups: x > 1 = faster)")

@@ -8,11 +8,12 @@ before them), ``torch-cuda`` (only where a GPU is present, ``engine.cost.measure
 present the target is skipped with 'no GPU').
 A plan is applied to the FP32 baseline and calibrated (no fine-tune: timing does not need it).
 Rows: target, model, dataset, plan_hash, plan, layer (or ``total``), batch, seconds (median of
-repeats), repeats, machine, weights. A sidecar JSON (``plans_path``) keeps each plan by its hash.
+repeats, per call), repeats, machine, weights, number (calls averaged per repeat, ``--min-time``). A sidecar JSON (``plans_path``) keeps each plan by its hash.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -20,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -29,7 +30,7 @@ from engine.plans.plan import LayerConfig, Plan
 
 TARGETS = ("packed", "onnxruntime", "torch-cuda")
 COLUMNS = ["target", "model", "dataset", "plan_hash", "plan", "layer", "batch", "seconds", "repeats", "machine",
-           "weights"]
+           "weights", "number"]
 TOTAL = "total"
 
 
@@ -179,27 +180,58 @@ def machine() -> str:
 STATS = {"median": statistics.median, "min": min}
 
 
+class Timed(NamedTuple):
+    """One point's timing: seconds per call per layer and for the whole call, and the calls per repeat."""
+
+    layers: dict
+    total: float
+    number: int
+
+
+def calls_per_repeat(point: Callable[[], dict], min_time: float, cap: int = 1000) -> int:
+    """How many back-to-back calls of ``point`` last at least ``min_time`` seconds (1 when 0), from the
+    fastest of three timed calls (timeit's autorange, without its powers of ten)."""
+    if min_time <= 0:
+        return 1
+    one = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        point()
+        one.append(time.perf_counter() - t0)
+    return int(min(cap, max(1, math.ceil(min_time / max(min(one), 1e-9)))))
+
+
 def time_rounds(points: Sequence[Callable[[], dict]], repeats: int, warmup: int = 2,
-                stat: str = "median") -> list[tuple[dict, float]]:
+                stat: str = "median", min_time: float = 0.0) -> list[Timed]:
     """Run every point once per round, ``repeats`` rounds (a load burst hits every point alike).
 
-    A point is a callable returning {layer: seconds} for one run; returns per point the ``stat``
-    (median, or min: the least disturbed run on a loaded machine) of the seconds per layer and of the
-    whole-run seconds (timed around the call)."""
+    A point is a callable returning {layer: seconds} for one call. With ``min_time``, a repeat is one
+    untimed call (the other points ran in between, so its caches are cold) and then ``number`` timed
+    calls lasting at least ``min_time``, averaged: the steady-state latency, and a short network's
+    timer and scheduling jitter spread over many calls. Per point: the ``stat`` (median, or min: the
+    least disturbed repeat on a loaded machine) of the seconds per call, per layer and whole call
+    (timed around the calls)."""
     agg = STATS[stat]
     for p in points:
         for _ in range(warmup):
             p()
+    numbers = [calls_per_repeat(p, min_time) for p in points]
     per: list[dict] = [{} for _ in points]
     totals: list[list] = [[] for _ in points]
     for _ in range(repeats):
         for i, p in enumerate(points):
+            n = numbers[i]
+            if min_time > 0:
+                p()
+            sums: dict = {}
             t0 = time.perf_counter()
-            layers = p()
-            totals[i].append(time.perf_counter() - t0)
-            for k, v in layers.items():
-                per[i].setdefault(k, []).append(v)
-    return [({k: agg(v) for k, v in d.items()}, agg(t)) for d, t in zip(per, totals)]
+            for _ in range(n):
+                for k, v in p().items():
+                    sums[k] = sums.get(k, 0.0) + v
+            totals[i].append((time.perf_counter() - t0) / n)
+            for k, v in sums.items():
+                per[i].setdefault(k, []).append(v / n)
+    return [Timed({k: agg(v) for k, v in d.items()}, agg(t), n) for d, t, n in zip(per, totals, numbers)]
 
 
 def packed_point(prep: Prepared, b: int) -> Callable[[], dict]:
@@ -296,7 +328,8 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
             batches: Sequence[int] = (1,), repeats: int = 5, data_root: str | None = None,
             random_weights: bool = False, per_layer: bool = True, threads: int = 1,
             progress: Callable[[str], None] | None = None, calib_size: int = 256,
-            skipped: list | None = None, cuda_dtype: str = "fp16", stat: str = "median") -> tuple[list[dict], dict]:
+            skipped: list | None = None, cuda_dtype: str = "fp16", stat: str = "median",
+            min_time: float = 0.0) -> tuple[list[dict], dict]:
     """Time ``plans`` of ``model`` on each target; returns (tidy rows, {plan_hash: plan dict}).
 
     Each target's points (plan x batch) are timed in interleaved rounds; the whole-network time is
@@ -305,7 +338,8 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
     plan is left out on that target and noted there as {target, model, plan, reason}. ``torch-cuda``
     where no GPU is present is skipped (said through ``progress``, noted in ``skipped``); when no target
     is left, that is a MeasureError saying 'no GPU'. ``cuda_dtype``: the GPU's float dtype, fp16 or bf16.
-    ``stat``: what the repeats are reduced to, 'median' (default) or 'min'."""
+    ``stat``: what the repeats are reduced to, 'median' (default) or 'min'. ``min_time``: seconds a
+    repeat lasts at least (back-to-back calls averaged after an untimed one; 0: one call, as is)."""
     for t in targets:
         if t not in TARGETS:
             raise MeasureError(f"unknown target {t!r}; targets are {', '.join(TARGETS)}")
@@ -313,6 +347,8 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
         raise MeasureError(f"--stat must be one of {', '.join(STATS)} (got {stat!r})")
     if repeats < 1:
         raise MeasureError(f"--repeats must be at least 1 (got {repeats})")
+    if not 0 <= min_time <= 10:
+        raise MeasureError(f"--min-time must be within 0..10 seconds (got {min_time})")
     if not plans:
         raise MeasureError("no plans to measure")
     for b in batches:
@@ -348,9 +384,9 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
     rows: list[dict] = []
     plan_map = {p.plan.digest(): {"plan": p.plan.to_dict(), "model": model, "dataset": dataset} for p in preps}
 
-    def emit(target, prep, b, layers: dict, total: float):
+    def emit(target, prep, b, layers: dict, total: float, number: int):
         base = {"target": target, "model": model, "dataset": dataset, "plan_hash": prep.plan.digest(),
-                "plan": plan_label(prep.plan), "batch": b, "repeats": repeats,
+                "plan": plan_label(prep.plan), "batch": b, "repeats": repeats, "number": number,
                 "machine": mach_cuda if target == "torch-cuda" else mach,
                 "weights": prep.weights}
         for name in src.names:
@@ -384,11 +420,11 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
                     points.append(cuda_point(prep.applied, batch_of(prep.sample, b), cuda_dtype))
                 else:
                     points.append(ort_point(blobs[id(prep)], batch_of(prep.sample, b), threads))
-        results = time_rounds(points, repeats, stat=stat)
-        for (prep, b), (layers, total) in zip(keys, results):
+        results = time_rounds(points, repeats, stat=stat, min_time=min_time)
+        for (prep, b), (layers, total, number) in zip(keys, results):
             if target == "onnxruntime" and per_layer:
                 layers = ort_layers(blobs[id(prep)], batch_of(prep.sample, b), src.names, repeats, threads)
-            emit(target, prep, b, layers, total)
+            emit(target, prep, b, layers, total, number)
             say(f"{target} {model} {plan_label(prep.plan)} batch {b}: {total * 1e3:.3f} ms")
     return rows, plan_map
 

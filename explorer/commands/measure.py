@@ -32,7 +32,7 @@ def register(sub) -> None:
     src.add_argument("--random", type=int, default=0, metavar="N", help="N random mixed plans (bits 1..8 per layer)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random plans")
     p.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per point; the median is kept (default 5)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per point; the median is kept (default 5; see --stat)")
     p.add_argument("--out", required=True, help="CSV to write (its plans go to <name>.plans.json beside it)")
     p.add_argument("--append", action="store_true", help="add to an existing CSV instead of replacing it")
     p.add_argument("--random-weights", action="store_true",
@@ -40,6 +40,10 @@ def register(sub) -> None:
     p.add_argument("--no-layers", action="store_true", help="whole-network rows only")
     p.add_argument("--stat", default="median", choices=("median", "min"),
                    help="what the repeats are reduced to (default median; min resists a loaded machine)")
+    p.add_argument("--min-time", type=float, default=0.005, metavar="S",
+                   help="seconds each timed run lasts at least: after one untimed call (the other plans ran in "
+                        "between), back-to-back calls averaged, so a short network's jitter is spread thin "
+                        "(default 0.005; 0: one call per run)")
     p.add_argument("--cuda-dtype", default="fp16", choices=("fp16", "bf16"),
                    help="torch-cuda: the float dtype of layers not on the int8 / 2:4 paths (default fp16)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -73,7 +77,7 @@ def run(args) -> int:
     say = None if args.json else (lambda m: print(m, file=sys.stderr))
     rows, plan_map = measure(model, dataset, plans, targets, batches, args.repeats, args.data_dir,
                              args.random_weights, per_layer=not args.no_layers, progress=say,
-                             cuda_dtype=args.cuda_dtype, stat=args.stat)
+                             cuda_dtype=args.cuda_dtype, stat=args.stat, min_time=args.min_time)
     out, side = write(rows, plan_map, args.out, append=args.append)
     totals = [r for r in rows if r["layer"] == "total"]
     if args.json:

@@ -411,3 +411,22 @@ def test_packed_arrays_are_read_only():
     p = _w("int8")
     with pytest.raises(ValueError):
         p.arrays["digits"][0, 0, 0] = 1
+
+
+@SETTINGS
+@given(m=st.integers(1, 5), k=st.integers(1, 70), bits=st.integers(1, 7), signed=st.booleans(), data=st.data())
+def test_the_c_code_range_check_names_the_range_on_both_paths(path, m, k, bits, signed, data):
+    """bind_gemm leaves the activation range to the C extension: one code out of range anywhere (vector
+    body or tail) is a ValueError naming the codes' least and greatest value; in range runs exactly."""
+    rng = np.random.default_rng(k * 31 + m)
+    w = codes(rng, (3, k), 4, True)
+    a = codes(rng, (m, k), bits, signed).astype(np.int8 if signed else np.uint8)
+    run = K.bind_gemm(K.pack_weights(w, 4, True, layout="int8"), bits, signed)
+    assert np.array_equal(run(a), ref(a, w))
+    i, j = data.draw(st.integers(0, m - 1)), data.draw(st.integers(0, k - 1))
+    bad = a.copy()
+    bad[i, j] = (-(1 << (bits - 1)) - 1) if signed and data.draw(st.booleans()) else (
+        (1 << (bits - 1)) if signed else (1 << bits))
+    lo, hi = int(bad.min()), int(bad.max())
+    with pytest.raises(ValueError, match=rf"holds codes in \[{lo}, {hi}\], outside the {bits}-bit"):
+        run(bad)
