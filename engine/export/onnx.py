@@ -9,9 +9,9 @@ The graph is built directly with ``onnx.helper`` from a torch.fx trace of the pl
 (``torch.onnx.export`` of the fake-quant graph would give float arithmetic, not QDQ):
 
 * activation entering a quantized layer -> ``QuantizeLinear`` -> ``DequantizeLinear`` with the
-  learned step as scale and zero point 0: int8/uint8 at 8 bits, int4/uint4 at 4 bits (opset
-  21 types); any other width is quantized to int8/uint8, ``Clip``-ped to the k-bit code range
-  and dequantized, which keeps exactly the 2^k levels the engine uses. A 1-bit *signed* LSQ
+  learned step as scale and zero point 0, in int8/uint8; a narrower width is ``Clip``-ped to
+  the k-bit code range between the two, which keeps exactly the 2^k levels the engine uses
+  (4-bit too, unless ``act_int4``: onnxruntime runs int4 activation pairs unfused, in float). A 1-bit *signed* LSQ
   activation (codes {-1, +1}, sign(0) = +1) is ``Where(x >= 0, s, -s)``, which is exact.
 * weights -> integer codes stored as an int8 initializer (int4 at 4 bits; uint8 with zero
   point 128 for full-range 8-bit codes, see ``_weight_type``) followed by
@@ -63,7 +63,8 @@ __all__ = ["FLOAT", "INPUT_NAME", "IR_VERSION", "OPSET", "OUTPUT_NAME", "ActQ", 
 
 def onnx_model_bytes(applied, input_shape: tuple[int, ...], plan: Plan | dict | None = None,
                      model_id: str | None = None, dataset_id: str | None = None,
-                     check_inputs: torch.Tensor | None = None, extra_metadata: dict | None = None) -> bytes:
+                     check_inputs: torch.Tensor | None = None, extra_metadata: dict | None = None,
+                     act_int4: bool = False) -> bytes:
     """Serialized ONNX of an applied plan's network: the bytes a file or a download holds.
 
     The graph is checked by onnx's checker, loaded by onnxruntime (a layer it cannot run is an
@@ -71,17 +72,19 @@ def onnx_model_bytes(applied, input_shape: tuple[int, ...], plan: Plan | dict | 
     compared layer by layer with the engine's network: a layer whose output differs beyond
     float tolerance is an ExportError naming it, so no silently different model is produced.
 
-    4-bit activations are int4/uint4 QDQ where onnxruntime loads them; its graph optimizer
-    moves activation QDQ through max-pooling, where it has no int4 kernel, and in that case
-    the 4-bit activations are held in int8/uint8 with a Clip to the 16 levels (recorded in
-    the metadata key ``bitscape.act_containers``).
+    4-bit activations are held in int8/uint8 with a Clip to the 16 levels, like every width below
+    8: onnxruntime has no int4 kernels, so an int4 activation QDQ pair is not fused and its layer
+    runs in float (measured: a 4-bit input made lenet5's fc2 ~15% of the network slower). With
+    ``act_int4`` they are int4/uint4 QDQ where onnxruntime loads them (its graph optimizer moves
+    activation QDQ through max-pooling, where it has no int4 kernel; then int8/uint8 again). The
+    metadata key ``bitscape.act_containers`` records which.
     """
     model = applied.model
     extra = dict(extra_metadata or {})
     four = any(aq.active and aq.bits == 4 for m in model.modules() if isinstance(m, QUANT_LAYERS)
                for aq in act_quantizers(m))
-    built, note = None, "int4 where 4-bit" if four else "int8/uint8"
-    if four:
+    built, note = None, "int4 where 4-bit" if four and act_int4 else "int8/uint8"
+    if four and act_int4:
         built = build_onnx(model, input_shape, applied.configs,
                            metadata_for(applied.configs, plan, model_id, dataset_id, {**extra, "act_containers": note}))
         try:

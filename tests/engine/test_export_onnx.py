@@ -131,6 +131,22 @@ def test_graph_is_qdq_with_the_learned_scales_and_the_plan_in_metadata():
     assert md["bitscape.model"] == "mlp" and md["bitscape.dataset"] == "digits"
 
 
+def test_4bit_activations_are_clipped_int8_unless_int4_is_asked_for():
+    """onnxruntime has no int4 kernels (an int4 activation QDQ pair is not fused), so 4-bit activations
+    are uint8 clipped to the 16 levels like every width below 8; act_int4 keeps the opset's uint4."""
+    plan = Plan(default=LayerConfig(8, 8), layers={"fc2": {"a_bits": 4}})
+    applied, data = _tuned("mlp", "digits", plan, steps=1)
+    T = onnx.TensorProto
+    for int4, zp_type, clips in ((False, T.UINT8, 1), (True, T.UINT4, 0)):
+        blob = onnx_model_bytes(applied, data.input_shape, plan, "mlp", "digits", check_inputs=data.x_val[:32],
+                                act_int4=int4)
+        m = onnx.load_from_string(blob)
+        assert _initializer_types(m)["fc2.aq.zero_point"] == zp_type
+        assert sum(n.op_type == "Clip" and n.name.startswith("fc2/aq") for n in m.graph.node) == clips
+        assert read_metadata(blob)["bitscape.act_containers"] == ("int4 where 4-bit" if int4 else "int8/uint8")
+        _assert_same(blob, applied, data.x_test, data.y_test)
+
+
 def test_sparsity_mask_is_in_the_stored_codes():
     plan = Plan(default=LayerConfig(8, 8, sparsity="2:4"))
     applied, data = _tuned("mlp", "digits", plan, steps=1)
