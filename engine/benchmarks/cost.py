@@ -445,6 +445,7 @@ def ort_base():
                     "efficiency": {"4": 1.0, "8": 1.0, "32": 1.0}, "overhead_s": 0.0,
                     "operand": "w", "width_map": {"1": 8, "2": 8, "3": 8}, "storage_widths": [4, 8, 32]}
     d["host"]["unpack_s"] = 1e-9        # int4 weights are dequantized at every call, not fused
+    d["host"]["clip_s"] = 1e-7          # activations below 8 bits pass a Clip node (engine.export.qdq)
     d["host"]["binary_s"] = d["host"]["binary_out_s"] = 0.0    # 1-bit codes are plain int8 here
     d["name"], d["title"] = "cpu-ort", "Host CPU, onnxruntime QDQ (INT4 weights at 4 bits, INT8, FP32)"
     d["combine"] = "sum"

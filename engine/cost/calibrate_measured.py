@@ -222,6 +222,7 @@ def default_params(prof: Profile, rows: Sequence[Row], structure: dict | None = 
         binary = prof.klass == "lut" and any(wi == 0 for wi, _ in seen)
         params += ["host.binary_s", "host.binary_out_s"] if binary else []
         params += ["host.unpack_s"] if _unpacks(prof) else []
+        params += ["host.clip_s"] if "clip_s" in (prof.data.get("host") or {}) else []
     else:
         params.append("compute.overhead_s")
     if prof.bw and s.get("memory.bytes_per_s", prof.bw) is not None:

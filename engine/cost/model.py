@@ -186,7 +186,8 @@ def host_terms(g: Geom, wi: int, ai: int, prof: Profile) -> tuple[float, float]:
     call cost plus per-time-step cost (LSTM), and per sample the activation quantization (elements
     entering the GEMMs; an LSTM re-quantizes h every step), the rescale/epilogue (GEMM output
     elements, both LSTM GEMMs) and the im2col gather (convolutions); 1-bit weights add the sum
-    correction of their {-1, +1} codes; weights stored below 8 bits add their per-call unpacking."""
+    correction of their {-1, +1} codes; weights stored below 8 bits add their per-call unpacking,
+    activations below 8 bits their clamp (host.clip_s)."""
     lstm = g.kind in ("lstm", "gru")  # recurrent: per-step calls, hidden state re-quantized each step
     fixed = prof.host_layer.get("lstm" if lstm else g.kind, 0.0) + (prof.host_step * g.positions if lstm else 0.0)
     q_el = 0 if ai == 8 else g.act_in + (g.act_out if lstm else 0)
@@ -198,6 +199,8 @@ def host_terms(g: Geom, wi: int, ai: int, prof: Profile) -> tuple[float, float]:
         per += prof.host_binary_out * o_el
     if prof.host_unpack and prof.tables.w_store[wi] < 8:
         fixed += prof.host_unpack * g.weights
+    if prof.host_clip and ai < bit_index(8):
+        fixed += prof.host_clip
     return fixed, per
 
 

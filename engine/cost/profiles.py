@@ -136,11 +136,13 @@ SCHEMA: dict[str, Any] = {
                            "weights add binary_s per call + batch * binary_out_s per GEMM output element (the "
                            "sum correction of the popcount result). unpack_s is paid per call for each weight a "
                            "layer stores below 8 bits and the runtime unpacks at every call (onnxruntime's int4 "
-                           "DequantizeLinear), whatever the batch.",
+                           "DequantizeLinear), whatever the batch. clip_s is paid per call by a layer whose "
+                           "activations are narrower than 8 bits and are clamped to their k-bit range inside "
+                           "an 8-bit container (onnxruntime's Clip between QuantizeLinear and DequantizeLinear).",
             "properties": {"layer_s": _kind_map,
                            "step_s": _nonneg, "quant_s": _nonneg, "out_s": {"oneOf": [_nonneg, _kind_map]},
                            "im2col_s": _nonneg, "binary_s": _nonneg, "binary_out_s": _nonneg,
-                           "unpack_s": _nonneg},
+                           "unpack_s": _nonneg, "clip_s": _nonneg},
         },
         "energy": {
             "type": "object", "additionalProperties": False,
@@ -241,6 +243,7 @@ class Profile:
         self.host_binary: float = float(host.get("binary_s", 0.0))
         self.host_binary_out: float = float(host.get("binary_out_s", 0.0))
         self.host_unpack: float = float(host.get("unpack_s", 0.0))
+        self.host_clip: float = float(host.get("clip_s", 0.0))
 
     @property
     def title(self) -> str:
@@ -540,6 +543,8 @@ PARAMETERS: tuple[tuple[str, str, str, str], ...] = (
     ("host.out_s.<kind>", "s per element", "rescale / epilogue of one GEMM output element of a layer kind", "all"),
     ("host.im2col_s", "s per element", "im2col gather of one element (convolutions)", "all"),
     ("host.binary_s", "s per layer call", "extra call cost of a layer with 1-bit {-1, +1} weights", "all"),
+    ("host.clip_s", "s per layer call", "clamping a layer's activations narrower than 8 bits to their k-bit "
+     "range in an 8-bit container (onnxruntime's Clip node); fitted only where the base profile has it", "all"),
     ("host.binary_out_s", "s per element", "sum correction of one output element of a 1-bit-weight layer", "all"),
     ("host.unpack_s", "s per weight", "unpacking one weight stored below 8 bits at every call (e.g. onnxruntime's "
      "int4 DequantizeLinear); fitted only where the base profile has it", "all"),

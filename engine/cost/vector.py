@@ -276,6 +276,8 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
         h_per = h_per + np.where(wi == 0, prof.host_binary_out * o_el, 0.0)
         if prof.host_unpack:
             h_fixed = h_fixed + np.where(T["w_store"][wi] < 8, prof.host_unpack * weights, 0.0)
+        if prof.host_clip:
+            h_fixed = h_fixed + np.where(ai < 7, prof.host_clip, 0.0)
 
     def times(bb: int):
         m = bb * table.positions

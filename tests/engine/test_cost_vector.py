@@ -106,9 +106,10 @@ def test_encode_plans_accepts_plan_objects(topos):
 @given(seed=st.integers(0, 2 ** 31 - 1), batch=st.sampled_from([1, 16]), model=st.sampled_from(["resnet20", "cnn"]))
 def test_per_operand_rules_and_unpacking_match_scalar(topos, seed, batch, model):
     """A fixed profile whose unit follows the weight (compute.operand, compute.width_map) and that
-    unpacks narrow weights at every call (host.unpack_s): the sweep path agrees with the scalar one."""
+    unpacks narrow weights at every call (host.unpack_s) and clamps narrow activations (host.clip_s):
+    the sweep path agrees with the scalar one."""
     from engine.benchmarks.cost import ort_base
-    prof = ort_base().with_changes({"host.unpack_s": 3e-9})
+    prof = ort_base().with_changes({"host.unpack_s": 3e-9, "host.clip_s": 2e-6})
     topo = topos[model]
     rng = np.random.default_rng(seed)
     plans = [_random_configs(topo, rng) for _ in range(4)]
@@ -135,3 +136,19 @@ def test_unpacking_is_paid_per_weight_at_4_bits_only():
             cost[(u, w)] = cost_plan(topo.widened(cfgs), cfgs, p, 1).latency_s
     assert cost[(1e-8, 4)] - cost[(0.0, 4)] == pytest.approx(1e-8 * fc1.weights, rel=1e-6)
     assert cost[(1e-8, 3)] == cost[(0.0, 3)] and cost[(1e-8, 8)] == cost[(0.0, 8)]
+
+
+def test_a_clamp_is_paid_per_layer_below_8_activation_bits():
+    from engine.benchmarks.cost import ort_base
+    from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
+    topo = analyze(build_model("lenet5", (1, 8, 8), 10), (1, 8, 8))
+    cost = {}
+    for c in (0.0, 1e-6):
+        p = ort_base().with_changes({"host.clip_s": c})
+        for a in (1, 4, 7, 8, 32):
+            cfgs = {x.name: LayerConfig(8, a if x.name == "fc2" else 8) for x in topo.layers}
+            cost[(c, a)] = cost_plan(topo.widened(cfgs), cfgs, p, 1).latency_s
+    for a in (1, 4, 7):
+        assert cost[(1e-6, a)] - cost[(0.0, a)] == pytest.approx(1e-6, rel=1e-6)
+    assert cost[(1e-6, 8)] == cost[(0.0, 8)] and cost[(1e-6, 32)] == cost[(0.0, 32)]

@@ -108,12 +108,15 @@ def test_ort_unpacking_learned_on_uniform_plans_carries_to_4bit_weights_in_mixed
     """Only W4A4 stores int4 weights among the uniform plans; with one efficiency for INT4 and INT8
     its extra time must go to host.unpack_s (per weight), which prices a 4-bit fc1 in a W8A8 plan."""
     base = B.ort_base()
-    truth = base.with_changes({"compute.efficiency.4": 0.5, "compute.efficiency.8": 0.5, "host.unpack_s": 4e-9})
+    truth = base.with_changes({"compute.efficiency.4": 0.5, "compute.efficiency.8": 0.5, "host.unpack_s": 4e-9,
+                               "host.clip_s": 1.5e-6})
     df, pm = frame(uniform_plans(range(1, 9)), truth, "onnxruntime")
     tie = next(s for s in structures(base) if s.get("fit.tie") and s.get("combine") == "max")
     cal = calibrate(base, rows_from_frame(df, pm, "onnxruntime", "both"), structure=tie)
     assert cal.params["host.unpack_s"] == pytest.approx(4e-9, rel=0.1)
+    assert cal.params["host.clip_s"] == pytest.approx(1.5e-6, rel=0.1)     # W8A8 is the one plan without
     mixed = [Plan(default=LayerConfig(8, 8), layers={n: {"w_bits": 4, "a_bits": 8}}, name=f"w4 {n}") for n in LENET]
+    mixed += [Plan(default=LayerConfig(8, 8), layers={n: {"w_bits": 8, "a_bits": 3}}, name=f"a3 {n}") for n in LENET]
     dm, pmm = frame(mixed, truth, "onnxruntime")
     test = rows_from_frame(dm, pmm, "onnxruntime", "total")
     meas = np.array([r.seconds for r in test])
