@@ -219,7 +219,7 @@ def default_params(prof: Profile, rows: Sequence[Row], structure: dict | None = 
         params += ["host.im2col_s"] if "conv2d" in kinds else []
         params += ["host.step_s"] if "lstm" in kinds else []
         # the {-1, +1} sum correction belongs to popcount kernels (lut); integer units take 1-bit codes as is
-        binary = prof.klass == "lut" and any(wi == 0 for wi, _ in seen)
+        binary = prof.klass == "lut" and any(t.binary[wi][ai] for wi, ai in seen)
         params += ["host.binary_s", "host.binary_out_s"] if binary else []
         params += ["host.unpack_s"] if _unpacks(prof) else []
         params += ["host.clip_s"] if "clip_s" in (prof.data.get("host") or {}) else []

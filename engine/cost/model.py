@@ -194,7 +194,7 @@ def host_terms(g: Geom, wi: int, ai: int, prof: Profile) -> tuple[float, float]:
     o_el = g.gemm_n * g.positions * (2 if lstm else 1)
     i_el = g.positions * g.reduction if g.kind == "conv2d" and not g.depthwise else 0  # direct kernel: no im2col
     per = prof.host_quant * q_el + prof.host_out["lstm" if lstm else g.kind] * o_el + prof.host_im2col * i_el
-    if wi == 0:
+    if prof.tables.binary[wi][ai]:
         fixed += prof.host_binary
         per += prof.host_binary_out * o_el
     if prof.host_unpack and prof.tables.w_store[wi] < 8:

@@ -132,8 +132,9 @@ SCHEMA: dict[str, Any] = {
             "description": "Host-side work a CPU deployment does around each kernel call (Python, numpy): "
                            "time = layer_s[kind] + step_s * time steps (LSTM) + batch * (quant_s * activation "
                            "elements quantized + out_s[kind] * GEMM output elements + im2col_s * im2col "
-                           "elements); out_s is one number or one per layer kind. Layers with 1-bit ({-1, +1}) "
-                           "weights add binary_s per call + batch * binary_out_s per GEMM output element (the "
+                           "elements); out_s is one number or one per layer kind. Layers whose 1-bit ({-1, +1}) "
+                           "weights run as {0, 1} bits (a lut profile's 1-bit-weight rows; every 1-bit layer "
+                           "elsewhere) add binary_s per call + batch * binary_out_s per GEMM output element (the "
                            "sum correction of the popcount result). unpack_s is paid per call for each weight a "
                            "layer stores below 8 bits and the runtime unpacks at every call (onnxruntime's int4 "
                            "DequantizeLinear), whatever the batch. clip_s is paid per call by a layer whose "
@@ -169,6 +170,7 @@ class Tables:
     nm_ok: list           # the sparse math path supports this width pair
     w_store: list         # per weight-bit index: stored bits
     a_store: list         # per activation-bit index: stored bits
+    binary: list = None   # 1-bit weights run as {0, 1} bits with a per-call correction (a popcount kernel)
     label: list = None    # what the target runs, e.g. 'INT4', 'W2A2'
 
 
@@ -371,6 +373,7 @@ def compile_tables(d: dict) -> Tables:
         return [[0.0] * NB for _ in range(NB)]
 
     rate, eff, tk, oh, we_t, ae_t, emac, nm_ok = z(), z(), z(), z(), z(), z(), z(), z()
+    binary = [[wb == 1 for _ in BITS] for wb in BITS]
     lut = {}
     if klass == "lut":
         for row in c["table"]:
@@ -410,6 +413,7 @@ def compile_tables(d: dict) -> Tables:
                         best = max(cands, key=lambda row: row["macs_per_s"])
                         r, overhead = best["macs_per_s"], best.get("overhead_s", ovh)
                         we, ae = w, a
+                        binary[wi][ai] = wb == 1 and best["w"] == 1     # a 1-bit-weight (popcount) row
                     else:
                         r, overhead, we, ae = c["float_macs_per_s"], c.get("float_overhead_s", ovh), fb, fb
                 e = _width_value(eff_spec, max(w, a), "efficiency")
@@ -425,7 +429,7 @@ def compile_tables(d: dict) -> Tables:
         s = int(stored_as[str(x)]) if str(x) in stored_as else round_up_to(x, storage) if storage else x
         w_store.append(s)
         a_store.append(s)
-    return Tables(rate, eff, tk, oh, we_t, ae_t, emac, nm_ok, w_store, a_store)
+    return Tables(rate, eff, tk, oh, we_t, ae_t, emac, nm_ok, w_store, a_store, binary)
 
 
 # ---- discovery --------------------------------------------------------------------------------
@@ -542,7 +546,8 @@ PARAMETERS: tuple[tuple[str, str, str, str], ...] = (
     ("host.quant_s", "s per element", "quantizing one activation element before a GEMM", "all"),
     ("host.out_s.<kind>", "s per element", "rescale / epilogue of one GEMM output element of a layer kind", "all"),
     ("host.im2col_s", "s per element", "im2col gather of one element (convolutions)", "all"),
-    ("host.binary_s", "s per layer call", "extra call cost of a layer with 1-bit {-1, +1} weights", "all"),
+    ("host.binary_s", "s per layer call", "extra call cost of a layer whose 1-bit {-1, +1} weights run as "
+     "{0, 1} bits (on a lut profile: where its 1-bit-weight rows are the fastest kernel)", "all"),
     ("host.clip_s", "s per layer call", "clamping a layer's activations narrower than 8 bits to their k-bit "
      "range in an 8-bit container (onnxruntime's Clip node); fitted only where the base profile has it", "all"),
     ("host.binary_out_s", "s per element", "sum correction of one output element of a 1-bit-weight layer", "all"),

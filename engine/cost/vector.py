@@ -187,6 +187,7 @@ def _np_tables(prof: Profile) -> dict:
         cached = {k: np.array(getattr(t, k), dtype=float) for k in
                   ("rate", "eff", "tile_k", "overhead", "emac", "w_store", "a_store")}
         cached["nm_ok"] = np.array(t.nm_ok, dtype=bool)
+        cached["binary"] = np.array(t.binary, dtype=bool)
         cached["tile_k"] = cached["tile_k"].astype(np.int64)
         cached["nm_pairs"] = [tuple(map(int, p.split(":"))) for p in prof.nm_patterns]
         prof._np_tables = cached
@@ -272,8 +273,9 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
         i_el = np.where(conv & ~dw, pos * reduction, 0)
         h_out = np.select([conv, lstm], [prof.host_out["conv2d"], prof.host_out["lstm"]], prof.host_out["linear"])
         h_per = prof.host_quant * q_el + h_out * o_el + prof.host_im2col * i_el
-        h_fixed = h_fixed + np.where(wi == 0, prof.host_binary, 0.0)
-        h_per = h_per + np.where(wi == 0, prof.host_binary_out * o_el, 0.0)
+        binary = T["binary"][wi, ai]
+        h_fixed = h_fixed + np.where(binary, prof.host_binary, 0.0)
+        h_per = h_per + np.where(binary, prof.host_binary_out * o_el, 0.0)
         if prof.host_unpack:
             h_fixed = h_fixed + np.where(T["w_store"][wi] < 8, prof.host_unpack * weights, 0.0)
         if prof.host_clip:

@@ -131,6 +131,10 @@ def _gemm_from_codes(name, cfg, codes, scale, act, k_order=None, threads=1, rows
             note = "unstructured sparsity runs dense (zeros stored)"
         if kernel is None:
             kernel = "bitserial" if (int(cfg.w_bits) <= 2 and int(cfg.a_bits) <= 2) else "int8"
+    if kernel == "int8" and w_p == 2:
+        # {-1, +1} as signed 2-bit codes: still one 4-bit digit on the int8 kernel, and no per-call
+        # correction (the {0, 1} bits + 2u - 1 rewrite only pays off on the bit-serial planes)
+        u, bits, signed, w_p, w_q = codes, 2, True, 1, 0
     if kernel != "nm":
         layout = {"bitserial": "planes", "int8": "int8", "float-act": "float"}[kernel]
         packed = K.pack_weights(u, bits, signed, layout)

@@ -152,3 +152,21 @@ def test_a_clamp_is_paid_per_layer_below_8_activation_bits():
     for a in (1, 4, 7):
         assert cost[(1e-6, a)] - cost[(0.0, a)] == pytest.approx(1e-6, rel=1e-6)
     assert cost[(1e-6, 8)] == cost[(0.0, 8)] and cost[(1e-6, 32)] == cost[(0.0, 32)]
+
+
+def test_binary_terms_follow_the_kernel_row_on_the_cpu_profile():
+    """1-bit weights pay the {0, 1} correction only where they run on a 1-bit-weight (popcount) row:
+    W1A1 and W1A2, not W1A8 (the int8 kernel takes {-1, +1} as signed codes)."""
+    from engine.cost import load_profile
+    from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
+    topo = analyze(build_model("lenet5", (1, 8, 8), 10), (1, 8, 8))
+    extra = {}
+    for a in (1, 2, 8):
+        cost = []
+        for b in (0.0, 1e-5):
+            p = load_profile("cpu").with_changes({"host.binary_s": b})
+            cfgs = {x.name: LayerConfig(1 if x.name == "fc2" else 8, a if x.name == "fc2" else 8) for x in topo.layers}
+            cost.append(cost_plan(topo.widened(cfgs), cfgs, p, 1).latency_s)
+        extra[a] = cost[1] - cost[0]
+    assert extra[1] == pytest.approx(1e-5) and extra[2] == pytest.approx(1e-5) and extra[8] == 0.0

@@ -103,6 +103,17 @@ def test_kernel_choice_binary_codes_and_memory(digits):
     assert s["ideal_weight_bytes"] == (64 * 128 + 128 * 64 + 10 * 64) // 8
 
 
+def test_binary_weights_on_the_int8_kernel_are_signed_2bit_codes_without_correction(digits):
+    """A1 > 2 puts 1-bit weights on the int8 kernel: their {-1, +1} codes go in as signed 2-bit codes
+    (one 4-bit digit, the same speed) and need no per-call {0, 1} correction; results unchanged."""
+    plan = Plan(default=LayerConfig(8, 8), layers={"fc2": {"w_bits": 1, "a_bits": 8, "quantizer": "binary"}})
+    applied = _prepared("mlp", plan, digits)
+    net = deploy(applied)
+    g = net.layers["fc2"].gemms["w"]
+    assert g.kernel == "int8" and g.packed.bits == 2 and g.packed.signed and (g.w_p, g.w_q) == (1, 0)
+    assert_same_predictions(reference_logits(applied, digits.x_test), net.predict(digits.x_test.numpy()))
+
+
 def test_save_load_roundtrip_is_exact_and_has_no_pickle(tmp_path, digits):
     plan = Plan(default=LayerConfig(4, 4, sparsity="2:4"), layers={"conv1": {"sparsity": "none", "widen": 2.0},
                                                                    "conv2": {"w_bits": 2, "a_bits": 2}})
