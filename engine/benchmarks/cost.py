@@ -71,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stat", default="min", choices=("median", "min"),
                         help="--mixed: what each point's repeats are reduced to (default min: on a loaded "
                              "machine the least disturbed of the interleaved runs repeats best)")
+    parser.add_argument("--instances", type=int, default=None, metavar="N",
+                        help="--mixed: fresh deployments / sessions of every plan, each timed, averaged (default "
+                             "4; 1 with --quick): where a network's memory lands moves its time by ~1%%")
     parser.add_argument("--min-time", type=float, default=None, metavar="S",
                         help="--mixed: seconds each repeat lasts at least: after an untimed call, back-to-back "
                              f"calls averaged (default {MIXED_MIN_TIME}; 0: one call per repeat)")
@@ -410,8 +413,8 @@ def _print(r: dict) -> None:
 MIXED_TARGET_ERROR = 0.15
 MIXED_TARGET_SPEARMAN = 0.8
 MIXED_MODELS = (("lenet5", "digits"), ("cnn", "fashion-mnist"), ("resnet20", "cifar10"))
-MIXED_FULL = dict(random=200, repeats=15)
-MIXED_QUICK = dict(random=20, repeats=9)
+MIXED_FULL = dict(random=200, repeats=15, instances=4)
+MIXED_QUICK = dict(random=20, repeats=9, instances=1)
 MIXED_MIN_TIME = 0.005    # a repeat: calls averaged over >= 5 ms (a 60 us network's jitter spread thin)
 CALIB_SIZE = 16           # calibration images per plan: timing needs a calibrated plan, not a good one
 
@@ -517,7 +520,7 @@ def repeatability(df1, df2, target: str, uniform: set, pred_rows=None, pred=None
 
 def validate_mixed(targets=("packed", "onnxruntime"), models=MIXED_MODELS, n_random=20, repeats=3, seed=0,
                    progress=None, save_dir=None, twice: bool = False, stat: str = "median",
-                   min_time: float = 0.0) -> dict:
+                   min_time: float = 0.0, instances: int = 1) -> dict:
     """Measure uniform and mixed plans in the same interleaved rounds, then ``score_mixed`` per target;
     ``twice``: time them all again and report ``repeatability`` beside."""
     from pathlib import Path
@@ -529,6 +532,7 @@ def validate_mixed(targets=("packed", "onnxruntime"), models=MIXED_MODELS, n_ran
     from engine.errors import UserError
     say = progress or (lambda m: None)
     out = {"targets": list(targets), "random": n_random, "repeats": repeats, "stat": stat, "min_time": min_time,
+           "instances": instances,
            "results": [],
            "skipped": []}
     for model, dataset in models:
@@ -542,9 +546,11 @@ def validate_mixed(targets=("packed", "onnxruntime"), models=MIXED_MODELS, n_ran
         skipped: list = []
         all_plans = uni + random_plans(names, n_random, seed)
         rows, plans = time_plans(model, dataset, all_plans, targets, (1,), repeats, random_weights=True,
-                                 progress=say, calib_size=CALIB_SIZE, skipped=skipped, stat=stat, min_time=min_time)
+                                 progress=say, calib_size=CALIB_SIZE, skipped=skipped, stat=stat, min_time=min_time,
+                                 instances=instances)
         rows2 = time_plans(model, dataset, all_plans, targets, (1,), repeats, random_weights=True, progress=say,
-                           calib_size=CALIB_SIZE, skipped=[], stat=stat, min_time=min_time)[0] if twice else None
+                           calib_size=CALIB_SIZE, skipped=[], stat=stat, min_time=min_time,
+                           instances=instances)[0] if twice else None
         out["skipped"] += [{**x, "dataset": dataset} for x in skipped]
         wall = time.perf_counter() - t0
         if save_dir:
@@ -573,6 +579,7 @@ def run_mixed(args) -> int:
     if n < 3:
         raise UserError(f"--random must be at least 3 for a rank correlation (got {n})")
     min_time = MIXED_MIN_TIME if getattr(args, "min_time", None) is None else args.min_time
+    instances = cfg["instances"] if getattr(args, "instances", None) is None else args.instances
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     for t in targets:
         if t not in BASES:
@@ -588,7 +595,7 @@ def run_mixed(args) -> int:
     say = (lambda m: print(m, file=sys.stderr)) if not args.json else None
     r = validate_mixed(targets, models, n, args.repeats or cfg["repeats"], progress=say,
                        save_dir=args.save_measurements, twice=getattr(args, "repeatability", False),
-                       stat=getattr(args, "stat", "min"), min_time=min_time)
+                       stat=getattr(args, "stat", "min"), min_time=min_time, instances=instances)
     r["machine"] = machine()
     r["loadavg"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     r["targets_set"] = {"median_abs_error": MIXED_TARGET_ERROR, "spearman": MIXED_TARGET_SPEARMAN}
@@ -596,7 +603,8 @@ def run_mixed(args) -> int:
         print(json.dumps(_finite(r)))
         return 0
     print(f"uniform -> mixed: calibrate on W1A1..W8A8, predict {n} random mixed plans, batch 1, {r['stat']}s of "
-          f"{args.repeats or cfg['repeats']} runs of >= {min_time * 1e3:g} ms; {r['machine']}; "
+          f"{args.repeats or cfg['repeats']} runs of >= {min_time * 1e3:g} ms, mean of {instances} instance(s); "
+          f"{r['machine']}; "
           f"load average {r['loadavg']}")
     for s in r["skipped"]:
         print(f"  skipped {s.get('target', 'all targets')} for {s['model']} on {s['dataset']}: {s['reason']}")

@@ -8,7 +8,8 @@ before them), ``torch-cuda`` (only where a GPU is present, ``engine.cost.measure
 present the target is skipped with 'no GPU').
 A plan is applied to the FP32 baseline and calibrated (no fine-tune: timing does not need it).
 Rows: target, model, dataset, plan_hash, plan, layer (or ``total``), batch, seconds (median of
-repeats, per call), repeats, machine, weights, number (calls averaged per repeat, ``--min-time``). A sidecar JSON (``plans_path``) keeps each plan by its hash.
+repeats, per call), repeats, machine, weights, number (calls averaged per repeat, ``--min-time``),
+instances (fresh deployments averaged, ``--instances``). A sidecar JSON (``plans_path``) keeps each plan by its hash.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from engine.plans.plan import LayerConfig, Plan
 
 TARGETS = ("packed", "onnxruntime", "torch-cuda")
 COLUMNS = ["target", "model", "dataset", "plan_hash", "plan", "layer", "batch", "seconds", "repeats", "machine",
-           "weights", "number"]
+           "weights", "number", "instances"]
 TOTAL = "total"
 
 
@@ -234,6 +235,13 @@ def time_rounds(points: Sequence[Callable[[], dict]], repeats: int, warmup: int 
     return [Timed({k: agg(v) for k, v in d.items()}, agg(t), n) for d, t, n in zip(per, totals, numbers)]
 
 
+def mean_timed(ts: Sequence[Timed]) -> Timed:
+    """The mean over instances of one point's timings (layers seen in every instance)."""
+    keys = set.intersection(*(set(t.layers) for t in ts))
+    return Timed({k: statistics.fmean(t.layers[k] for t in ts) for k in keys},
+                 statistics.fmean(t.total for t in ts), ts[0].number)
+
+
 def packed_point(prep: Prepared, b: int) -> Callable[[], dict]:
     """One forward pass of the packed network; layer spans (layer + the ops after it) per layer."""
     from engine.deploy import deploy
@@ -329,7 +337,7 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
             random_weights: bool = False, per_layer: bool = True, threads: int = 1,
             progress: Callable[[str], None] | None = None, calib_size: int = 256,
             skipped: list | None = None, cuda_dtype: str = "fp16", stat: str = "median",
-            min_time: float = 0.0) -> tuple[list[dict], dict]:
+            min_time: float = 0.0, instances: int = 1) -> tuple[list[dict], dict]:
     """Time ``plans`` of ``model`` on each target; returns (tidy rows, {plan_hash: plan dict}).
 
     Each target's points (plan x batch) are timed in interleaved rounds; the whole-network time is
@@ -339,7 +347,9 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
     where no GPU is present is skipped (said through ``progress``, noted in ``skipped``); when no target
     is left, that is a MeasureError saying 'no GPU'. ``cuda_dtype``: the GPU's float dtype, fp16 or bf16.
     ``stat``: what the repeats are reduced to, 'median' (default) or 'min'. ``min_time``: seconds a
-    repeat lasts at least (back-to-back calls averaged after an untimed one; 0: one call, as is)."""
+    repeat lasts at least (back-to-back calls averaged after an untimed one; 0: one call, as is).
+    ``instances``: fresh deployments / sessions of every point, each timed in its own rounds; the
+    seconds are the mean of their per-instance ``stat``."""
     for t in targets:
         if t not in TARGETS:
             raise MeasureError(f"unknown target {t!r}; targets are {', '.join(TARGETS)}")
@@ -347,6 +357,8 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
         raise MeasureError(f"--stat must be one of {', '.join(STATS)} (got {stat!r})")
     if repeats < 1:
         raise MeasureError(f"--repeats must be at least 1 (got {repeats})")
+    if not 1 <= instances <= 100:
+        raise MeasureError(f"--instances must be within 1..100 (got {instances})")
     if not 0 <= min_time <= 10:
         raise MeasureError(f"--min-time must be within 0..10 seconds (got {min_time})")
     if not plans:
@@ -387,6 +399,7 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
     def emit(target, prep, b, layers: dict, total: float, number: int):
         base = {"target": target, "model": model, "dataset": dataset, "plan_hash": prep.plan.digest(),
                 "plan": plan_label(prep.plan), "batch": b, "repeats": repeats, "number": number,
+                "instances": instances,
                 "machine": mach_cuda if target == "torch-cuda" else mach,
                 "weights": prep.weights}
         for name in src.names:
@@ -395,7 +408,7 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
         rows.append({**base, "layer": TOTAL, "seconds": float(total)})
 
     for target in targets:
-        keys, points, blobs, runnable = [], [], {}, []
+        blobs, runnable = {}, []
         for prep in preps:
             if target == "onnxruntime":
                 try:
@@ -410,17 +423,25 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
             runnable.append(prep)
         if not runnable:
             continue
-        for prep in runnable:
-            for b in batches:
-                keys.append((prep, b))
-                if target == "packed":
-                    points.append(packed_point(prep, b))
-                elif target == "torch-cuda":
-                    from engine.cost.measure_cuda import cuda_point
-                    points.append(cuda_point(prep.applied, batch_of(prep.sample, b), cuda_dtype))
-                else:
-                    points.append(ort_point(blobs[id(prep)], batch_of(prep.sample, b), threads))
-        results = time_rounds(points, repeats, stat=stat, min_time=min_time)
+        keys = [(prep, b) for prep in runnable for b in batches]
+
+        def point(prep, b, target=target, blobs=blobs):
+            if target == "packed":
+                return packed_point(prep, b)
+            if target == "torch-cuda":
+                from engine.cost.measure_cuda import cuda_point
+                return cuda_point(prep.applied, batch_of(prep.sample, b), cuda_dtype)
+            return ort_point(blobs[id(prep)], batch_of(prep.sample, b), threads)
+        # each instance is a fresh deployment / session of every point: where its memory lands moves
+        # a small network's time by ~1%, the same in every repeat, so only other instances average it
+        per_instance = []
+        for i in range(instances):
+            points = [point(prep, b) for prep, b in keys]
+            per_instance.append(time_rounds(points, repeats, stat=stat, min_time=min_time))
+            del points
+            if instances > 1:
+                say(f"{target} {model}: instance {i + 1} of {instances} timed")
+        results = [mean_timed(ts) for ts in zip(*per_instance)]
         for (prep, b), (layers, total, number) in zip(keys, results):
             if target == "onnxruntime" and per_layer:
                 layers = ort_layers(blobs[id(prep)], batch_of(prep.sample, b), src.names, repeats, threads)

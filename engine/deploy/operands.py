@@ -88,6 +88,17 @@ class ActSpec:
                 np.rint(c, out=out, casting="unsafe")   # integral values in range: the cast is exact
                 return out
             return lsq_codes
+        if self.method == "lsq" and self.binary and self.p == 1:
+            pos, neg = np.int8(1), np.int8(-1)
+
+            def sign_codes(x, out=None):     # {-1, +1} as signed codes: x >= 0 -> +1 (NaN -> -1, as torch)
+                ge = np.greater_equal(x, 0)
+                if out is None:
+                    out = np.empty(x.shape, dt)
+                np.copyto(out, neg)
+                np.copyto(out, pos, where=ge)
+                return out
+            return sign_codes
 
         def codes(x, out=None):
             if self.method == "wrpn":

@@ -44,6 +44,9 @@ def register(sub) -> None:
                    help="seconds each timed run lasts at least: after one untimed call (the other plans ran in "
                         "between), back-to-back calls averaged, so a short network's jitter is spread thin "
                         "(default 0.005; 0: one call per run)")
+    p.add_argument("--instances", type=int, default=1, metavar="N",
+                   help="fresh deployments / sessions of every plan, each timed in its own rounds, averaged: "
+                        "where a small network's memory lands moves its time by ~1%% (default 1)")
     p.add_argument("--cuda-dtype", default="fp16", choices=("fp16", "bf16"),
                    help="torch-cuda: the float dtype of layers not on the int8 / 2:4 paths (default fp16)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -77,7 +80,8 @@ def run(args) -> int:
     say = None if args.json else (lambda m: print(m, file=sys.stderr))
     rows, plan_map = measure(model, dataset, plans, targets, batches, args.repeats, args.data_dir,
                              args.random_weights, per_layer=not args.no_layers, progress=say,
-                             cuda_dtype=args.cuda_dtype, stat=args.stat, min_time=args.min_time)
+                             cuda_dtype=args.cuda_dtype, stat=args.stat, min_time=args.min_time,
+                             instances=args.instances)
     out, side = write(rows, plan_map, args.out, append=args.append)
     totals = [r for r in rows if r["layer"] == "total"]
     if args.json:
