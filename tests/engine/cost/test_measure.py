@@ -7,7 +7,9 @@ import pytest
 from engine.cost.measure import (
     COLUMNS,
     MeasureError,
+    Timed,
     attribute_nodes,
+    mean_timed,
     measure,
     plans_path,
     random_plans,
@@ -32,6 +34,25 @@ def test_packed_and_onnxruntime_rows_are_tidy(tmp_path):
     for (target, h), g in df.groupby(["target", "plan_hash"]):
         assert list(g["layer"]) == LENET + ["total"], (target, h)   # one row per layer, then the total
     assert side == plans_path(out)
+
+
+def test_instances_and_calls_per_run_are_recorded(tmp_path):
+    """--instances times fresh deployments of every plan and averages them; --min-time's calls per run
+    and the instances are columns of the CSV."""
+    plans = uniform_plans([8, 2])
+    rows, plan_map = measure("mlp", "digits", plans, ["packed"], batches=[1], repeats=2, random_weights=True,
+                             min_time=0.002, instances=2)
+    df = pd.read_csv(write(rows, plan_map, tmp_path / "m.csv")[0], dtype={"plan_hash": str})
+    assert (df["instances"] == 2).all() and (df["number"] >= 1).all() and (df["seconds"] > 0).all()
+    assert len(df[df["layer"] == "total"]) == len(plans)
+    with pytest.raises(MeasureError, match="--instances"):
+        measure("mlp", "digits", plans, ["packed"], random_weights=True, instances=0)
+
+
+def test_mean_timed_averages_instances_over_the_layers_all_of_them_have():
+    a = Timed({"fc1": 1.0, "fc2": 4.0}, 10.0, 3)
+    b = Timed({"fc1": 3.0}, 20.0, 5)
+    assert mean_timed([a, b]) == Timed({"fc1": 2.0}, 15.0, 3)
 
 
 def test_random_plans_are_seeded_and_in_range():
