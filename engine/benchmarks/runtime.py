@@ -144,16 +144,14 @@ def _ints(text: str, what: str, lo: int, hi: int | None = None):
 
 
 def run(args) -> int:
-    from engine.cost.measure import machine
-    from engine.errors import UserError
+    from engine.cost.measure import check_min_time, machine
     cfg = dict(QUICK if args.quick else FULL)
     models = _pairs(args.models) if args.models else MODELS
     bits = _ints(args.bits, "--bits", 1, 8) if args.bits else BITS
     batches = _ints(args.batch, "--batch", 1) if args.batch else cfg["batches"]
     repeats = args.repeats or cfg["repeats"]
     say = None if args.json else (lambda m: print(m, file=sys.stderr))
-    if not 0 <= args.min_time <= 10:
-        raise UserError(f"--min-time must be within 0..10 seconds (got {args.min_time})")
+    check_min_time(args.min_time)
     results = [bench_model(m, d, bits, batches, repeats, say, args.stat, args.min_time) for m, d in models]
     rows = [r for x in results for r in x["rows"]]
     out = {"machine": machine(), "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,

@@ -160,7 +160,7 @@ def structures(prof: Profile) -> list[dict]:
         # one efficiency for the bit-serial kernel's widths (time follows its w x a bit planes, so a
         # 1-bit layer's extra time must come from the binary-weight host terms), or one per width
         return [{**m, **t} for t in ({}, {"fit.tie": SERIAL_TIE}) for m in mem]
-    if prof.klass == "fixed" and _unpacks(prof):
+    if prof.klass == "fixed" and _names_host(prof, "unpack_s"):
         # a runtime that unpacks narrow weights at every call (host.unpack_s) computes them on its
         # wider unit: one efficiency for every integer unit, so their extra time is learned per
         # weight, not per MAC (uniform plans alone cannot tell the two apart)
@@ -173,9 +173,10 @@ def structures(prof: Profile) -> list[dict]:
 SERIAL_TIE = ["compute.efficiency.1", "compute.efficiency.2"]
 
 
-def _unpacks(prof: Profile) -> bool:
-    """Does the base model per-call unpacking of narrow weights (its host section names unpack_s)?"""
-    return "unpack_s" in (prof.data.get("host") or {})
+def _names_host(prof: Profile, term: str) -> bool:
+    """Does the base's host section name ``term``? Runtime-specific terms (unpack_s: narrow weights
+    unpacked at every call; clip_s: narrow activations clamped) are fitted only where it does."""
+    return term in (prof.data.get("host") or {})
 
 
 def _serial_widths(prof: Profile) -> bool:
@@ -221,8 +222,7 @@ def default_params(prof: Profile, rows: Sequence[Row], structure: dict | None = 
         # the {-1, +1} sum correction belongs to popcount kernels (lut); integer units take 1-bit codes as is
         binary = prof.klass == "lut" and any(t.binary[wi][ai] for wi, ai in seen)
         params += ["host.binary_s", "host.binary_out_s"] if binary else []
-        params += ["host.unpack_s"] if _unpacks(prof) else []
-        params += ["host.clip_s"] if "clip_s" in (prof.data.get("host") or {}) else []
+        params += [f"host.{t}" for t in ("unpack_s", "clip_s") if _names_host(prof, t)]
     else:
         params.append("compute.overhead_s")
     if prof.bw and s.get("memory.bytes_per_s", prof.bw) is not None:

@@ -181,6 +181,12 @@ def machine() -> str:
 STATS = {"median": statistics.median, "min": min}
 
 
+def check_min_time(min_time: float) -> None:
+    """A run's minimum length must be 0 (one call) up to 10 seconds."""
+    if not 0 <= min_time <= 10:
+        raise MeasureError(f"--min-time must be within 0..10 seconds (got {min_time})")
+
+
 class Timed(NamedTuple):
     """One point's timing: seconds per call per layer and for the whole call, and the calls per repeat."""
 
@@ -359,8 +365,7 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
         raise MeasureError(f"--repeats must be at least 1 (got {repeats})")
     if not 1 <= instances <= 100:
         raise MeasureError(f"--instances must be within 1..100 (got {instances})")
-    if not 0 <= min_time <= 10:
-        raise MeasureError(f"--min-time must be within 0..10 seconds (got {min_time})")
+    check_min_time(min_time)
     if not plans:
         raise MeasureError("no plans to measure")
     for b in batches:

@@ -14,7 +14,7 @@ import numpy as np
 
 from engine.cost.formulas import E_ADD_BIT_PJ, FLOAT
 from engine.cost.geometry import _get, geometry
-from engine.cost.profiles import NB, Profile, load_profile
+from engine.cost.profiles import NB, Profile, bit_index, load_profile
 
 _KIND = {"conv2d": 0, "linear": 1, "lstm": 2, "gru": 3}
 
@@ -279,7 +279,7 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
         if prof.host_unpack:
             h_fixed = h_fixed + np.where(T["w_store"][wi] < 8, prof.host_unpack * weights, 0.0)
         if prof.host_clip:
-            h_fixed = h_fixed + np.where(ai < 7, prof.host_clip, 0.0)
+            h_fixed = h_fixed + np.where(ai < bit_index(8), prof.host_clip, 0.0)
 
     def times(bb: int):
         m = bb * table.positions

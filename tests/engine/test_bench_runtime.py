@@ -43,4 +43,6 @@ def test_cli_json_and_bad_input(capsys):
     assert d["moonshot"]["points"] == 1
     assert main(["bench", "runtime", "--bits", "9"]) == 2
     assert "--bits" in capsys.readouterr().err
+    assert main(["bench", "runtime", "--min-time", "-1"]) == 2
+    assert "--min-time" in capsys.readouterr().err
     assert main(["bench", "runtime", "--models", "mlp"]) == 2

@@ -140,3 +140,26 @@ def test_a_plan_the_target_cannot_run_is_skipped_not_the_target(monkeypatch):
     rows, _ = measure("lenet5", "digits", plans, ["onnxruntime"], repeats=1, per_layer=False, skipped=skipped)
     assert [r["plan"] for r in rows] == ["W8A8"]
     assert skipped[0]["plan"] == "W2A2" and "exporter refuses it" in skipped[0]["reason"]
+
+
+@pytest.mark.slow
+def test_measure_cli_instances_and_min_time_as_a_subprocess(tmp_path):
+    """'bitscape measure' with --instances and --min-time, run as the README runs it: the CSV records
+    them; a bad --instances is a one-line error (exit 2, no traceback) that leaves the CSV as it was."""
+    import os
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "explorer.cli", "measure", "--model", "lenet5",
+                               "--target", "packed", "--uniform", "8,2", "--repeats", "2", "--out", "m.csv", *args],
+                              cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=600)
+    r = run("--instances", "2", "--min-time", "0.002")
+    assert r.returncode == 0, r.stderr
+    before = (tmp_path / "m.csv").read_text()
+    df = pd.read_csv(tmp_path / "m.csv")
+    assert (df["instances"] == 2).all() and (df["number"] >= 1).all() and len(df[df["layer"] == "total"]) == 2
+    for bad, flag in ((("--instances", "0"), "--instances"), (("--min-time", "-1"), "--min-time")):
+        r = run(*bad)
+        assert r.returncode == 2 and flag in r.stderr and "Traceback" not in r.stderr
+        assert (tmp_path / "m.csv").read_text() == before
