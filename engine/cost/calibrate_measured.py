@@ -175,7 +175,8 @@ SERIAL_TIE = ["compute.efficiency.1", "compute.efficiency.2"]
 
 def _names_host(prof: Profile, term: str) -> bool:
     """Does the base's host section name ``term``? Runtime-specific terms (unpack_s: narrow weights
-    unpacked at every call; clip_s: narrow activations clamped) are fitted only where it does."""
+    unpacked at every call; clip_s: narrow activations clamped; sign_s: signed 1-bit activations
+    made {-1, +1} codes) are fitted only where it does."""
     return term in (prof.data.get("host") or {})
 
 
@@ -223,6 +224,8 @@ def default_params(prof: Profile, rows: Sequence[Row], structure: dict | None = 
         binary = prof.klass == "lut" and any(t.binary[wi][ai] for wi, ai in seen)
         params += ["host.binary_s", "host.binary_out_s"] if binary else []
         params += [f"host.{t}" for t in ("unpack_s", "clip_s") if _names_host(prof, t)]
+        signed = any(c[0].signed_in and c[2] == bit_index(1) for r in rows for c in r.cells)
+        params += ["host.sign_s"] if signed and _names_host(prof, "sign_s") else []
     else:
         params.append("compute.overhead_s")
     if prof.bw and s.get("memory.bytes_per_s", prof.bw) is not None:

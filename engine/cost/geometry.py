@@ -28,6 +28,7 @@ class Geom(NamedTuple):
     act_out: int
     bias: bool
     nm_dims: tuple
+    signed_in: bool = False  # its input activations can be negative (signed codes)
 
     @property
     def depthwise(self) -> bool:
@@ -52,6 +53,8 @@ def geometry(layer) -> Geom:
         ih, iw = layer.get("in_hw", (1, 1))
         steps = int(layer.get("steps", 1))
         name, bias = layer.get("name"), layer.get("bias", True)
+        signed = layer.get("signed_input")
+        signed = layer.get("is_input", False) if signed is None else signed
     else:
         kind, cin, cout = layer.kind, layer.in_channels, layer.out_channels
         kh, kw = layer.kernel
@@ -59,6 +62,8 @@ def geometry(layer) -> Geom:
         oh, ow = layer.out_hw
         ih, iw = layer.in_hw
         steps, name, bias = layer.steps, layer.name, layer.bias
+        signed = getattr(layer, "signed_input", None)
+        signed = getattr(layer, "is_input", False) if signed is None else signed
     positions = oh * ow * steps
     if kind == "conv2d":
         reduction = cin // g * kh * kw
@@ -80,4 +85,4 @@ def geometry(layer) -> Geom:
     gemm_n = {"lstm": 4, "gru": 3}.get(kind, 1) * cout
     weights = gemm_n * reduction
     return Geom(str(name), kind, cin, cout, kh, kw, g, positions, gemm_n, cin_g, reduction,
-                weights, weights * positions, act_in, act_out, bool(bias), nm_dims)
+                weights, weights * positions, act_in, act_out, bool(bias), nm_dims, bool(signed))

@@ -112,8 +112,21 @@ def _cfg_facts(cfg) -> tuple:
     return facts
 
 
+_A1 = bit_index(1)
+
+
+def signed_binary(g: Geom, ai: int, prof: Profile) -> tuple[bool, int]:
+    """(signed 1-bit activations?, the activation index the layer executes at): a convolution's
+    {-1, +1} activation codes run at ``compute.signed_binary_conv_bits`` where the profile names it."""
+    sign = g.signed_in and ai == _A1
+    if sign and g.kind == "conv2d" and prof.signed_binary_conv_bits:
+        return True, bit_index(prof.signed_binary_conv_bits)
+    return sign, ai
+
+
 def _numbers(g: Geom, wi: int, ai: int, nm, density: float, ni: int, prof: Profile, batch: int) -> tuple:
     """The numeric part of one layer's cost (no strings): see LayerCost for the fields."""
+    sign, ai = signed_binary(g, ai, prof)
     t = prof.tables
     rate, eff, tk, ovh = t.rate[wi][ai], t.eff[wi][ai], t.tile_k[wi][ai], t.overhead[wi][ai]
 
@@ -154,7 +167,7 @@ def _numbers(g: Geom, wi: int, ai: int, nm, density: float, ni: int, prof: Profi
     w_tiles = math.ceil(w_all / prof.w_buf) if prof.w_buf else 1
     bw = prof.bw * prof.mem_eff if prof.bw else 0.0
     a_buf, tf, summed = prof.a_buf, prof.traffic_factor, prof.combine == "sum"
-    h_fixed, h_per = host_terms(g, wi, ai, prof) if prof.host else (0.0, 0.0)
+    h_fixed, h_per = host_terms(g, wi, ai, prof, sign) if prof.host else (0.0, 0.0)
     out = []
     for bb in ((batch, 1) if batch != 1 else (1,)):
         compute = -(-(bb * g.positions) // tm) * tm * per_row
@@ -181,13 +194,14 @@ def _numbers(g: Geom, wi: int, ai: int, nm, density: float, ni: int, prof: Profi
             energy, time1, nm_used, d_exec, skip)
 
 
-def host_terms(g: Geom, wi: int, ai: int, prof: Profile) -> tuple[float, float]:
+def host_terms(g: Geom, wi: int, ai: int, prof: Profile, sign: bool = False) -> tuple[float, float]:
     """(fixed seconds per layer call, seconds per sample) of the profile's host terms: the per-kind
     call cost plus per-time-step cost (LSTM), and per sample the activation quantization (elements
     entering the GEMMs; an LSTM re-quantizes h every step), the rescale/epilogue (GEMM output
     elements, both LSTM GEMMs) and the im2col gather (convolutions); 1-bit weights add the sum
     correction of their {-1, +1} codes; weights stored below 8 bits add their per-call unpacking,
-    activations below 8 bits their clamp (host.clip_s)."""
+    activations below 8 bits their clamp (host.clip_s), signed 1-bit activations their {-1, +1}
+    codes (host.sign_s; ``sign``)."""
     lstm = g.kind in ("lstm", "gru")  # recurrent: per-step calls, hidden state re-quantized each step
     fixed = prof.host_layer.get("lstm" if lstm else g.kind, 0.0) + (prof.host_step * g.positions if lstm else 0.0)
     q_el = 0 if ai == 8 else g.act_in + (g.act_out if lstm else 0)
@@ -201,6 +215,8 @@ def host_terms(g: Geom, wi: int, ai: int, prof: Profile) -> tuple[float, float]:
         fixed += prof.host_unpack * g.weights
     if prof.host_clip and ai < bit_index(8):
         fixed += prof.host_clip
+    if sign:
+        fixed += prof.host_sign
     return fixed, per
 
 
@@ -228,6 +244,11 @@ def _note(g: Geom, cfg, prof: Profile, wi: int, ai: int, nums: tuple, bound: str
         msgs.append(f"W{w}A{a} runs at W{we}A{ae} speed")
     elif prof.klass == "lut" and FLOAT not in (w, a) and we == prof.float_bits:
         msgs.append(f"no W{w}A{a} kernel: runs in float")
+    sign, ax = signed_binary(g, ai, prof)
+    if ax != ai:
+        msgs.append(f"signed 1-bit activations run as {prof.signed_binary_conv_bits}-bit {{-1, +1}} codes")
+    elif sign and prof.host_sign:
+        msgs.append("signed 1-bit activations: {-1, +1} codes")
     if g.depthwise:
         msgs.append(f"depthwise: {g.kh}x{g.kw} reduction per channel, no GEMM padding")
     if nm:

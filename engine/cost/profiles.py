@@ -96,6 +96,9 @@ SCHEMA: dict[str, Any] = {
                     "k_mode": {"enum": ["reduction", "cin"]}}},
                 "storage_widths": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 32},
                                    "minItems": 1},
+                # a convolution whose 1-bit activations are signed ({-1, +1}) runs them as codes of this
+                # many bits (the packed deployment: 2, no {0, 1} rewrite on the im2col path)
+                "signed_binary_conv_bits": {"type": "integer", "minimum": 1, "maximum": 8},
             },
         },
         "sparsity": {
@@ -139,11 +142,12 @@ SCHEMA: dict[str, Any] = {
                            "layer stores below 8 bits and the runtime unpacks at every call (onnxruntime's int4 "
                            "DequantizeLinear), whatever the batch. clip_s is paid per call by a layer whose "
                            "activations are narrower than 8 bits and are clamped to their k-bit range inside "
-                           "an 8-bit container (onnxruntime's Clip between QuantizeLinear and DequantizeLinear).",
+                           "an 8-bit container (onnxruntime's Clip between QuantizeLinear and DequantizeLinear). sign_s "
+                           "is paid per call by a layer whose 1-bit activations are signed ({-1, +1} codes).",
             "properties": {"layer_s": _kind_map,
                            "step_s": _nonneg, "quant_s": _nonneg, "out_s": {"oneOf": [_nonneg, _kind_map]},
                            "im2col_s": _nonneg, "binary_s": _nonneg, "binary_out_s": _nonneg,
-                           "unpack_s": _nonneg, "clip_s": _nonneg},
+                           "unpack_s": _nonneg, "clip_s": _nonneg, "sign_s": _nonneg},
         },
         "energy": {
             "type": "object", "additionalProperties": False,
@@ -202,6 +206,7 @@ class Profile:
         self.klass: str = c["class"]
         self.min_width: int = min((int(k) for k in c.get("rates", {}) if k != "default"), default=1)
         self.float_bits: int = c["float_bits"]
+        self.signed_binary_conv_bits: int | None = c.get("signed_binary_conv_bits")
         tile = c.get("tile", {})
         self.tile_m: int = tile.get("m", 1)
         self.tile_n: int = tile.get("n", 1)
@@ -246,6 +251,7 @@ class Profile:
         self.host_binary_out: float = float(host.get("binary_out_s", 0.0))
         self.host_unpack: float = float(host.get("unpack_s", 0.0))
         self.host_clip: float = float(host.get("clip_s", 0.0))
+        self.host_sign: float = float(host.get("sign_s", 0.0))
 
     @property
     def title(self) -> str:
@@ -535,6 +541,8 @@ PARAMETERS: tuple[tuple[str, str, str, str], ...] = (
     ("compute.width_map.<bits>", "width", "the INT unit a plan width runs on where it is not the next wider "
      "one (e.g. onnxruntime stores only 4-bit codes as int4: 1-3 -> 8)", "fixed"),
     ("compute.float_macs_per_s", "MAC/s", "rate of float layers (and widths no kernel handles)", "lut"),
+    ("compute.signed_binary_conv_bits", "bits", "the activation width a convolution's signed 1-bit "
+     "activations ({-1, +1}) run at (a fact of the runtime, not fitted; the packed deployment: 2)", "all"),
     ("compute.overhead_s", "s per layer call", "fixed time added to every layer (launch, call cost)", "all"),
     ("memory.bytes_per_s", "bytes/s", "peak off-chip (or last-level) bandwidth", "all"),
     ("memory.efficiency", "fraction of peak (may exceed 1)", "scales the bandwidth: memory time = bytes / (bw x eff)",
@@ -551,6 +559,8 @@ PARAMETERS: tuple[tuple[str, str, str, str], ...] = (
     ("host.clip_s", "s per layer call", "clamping a layer's activations narrower than 8 bits to their k-bit "
      "range in an 8-bit container (onnxruntime's Clip node); fitted only where the base profile has it", "all"),
     ("host.binary_out_s", "s per element", "sum correction of one output element of a 1-bit-weight layer", "all"),
+    ("host.sign_s", "s per layer call", "turning a layer's signed 1-bit activations into {-1, +1} codes (the "
+     "packed deployment's input layer on signed data); fitted only where the base profile has it", "all"),
     ("host.unpack_s", "s per weight", "unpacking one weight stored below 8 bits at every call (e.g. onnxruntime's "
      "int4 DequantizeLinear); fitted only where the base profile has it", "all"),
 )

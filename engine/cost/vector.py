@@ -42,6 +42,7 @@ class LayerTable:
     space_fixed: np.ndarray = field(default=None)
     space_extra: list = field(default_factory=list)   # (space pos, other producer idx) pairs to agree
     in_rep: np.ndarray = field(default=None)
+    signed_in: np.ndarray = field(default=None)       # input activations can be negative
 
     @property
     def n(self) -> int:
@@ -64,6 +65,7 @@ class LayerTable:
             out_area=np.array([g.act_out // g.cout for g in geoms], dtype=np.int64),
             positions=np.array([g.positions for g in geoms], dtype=np.int64),
             bias=np.array([g.bias for g in geoms], dtype=bool),
+            signed_in=np.array([g.signed_in for g in geoms], dtype=bool),
         )
         del conv
         if spaces is not None:
@@ -213,6 +215,9 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
     cin, cout, valid = table.widened(np.asarray(plans.widen, dtype=float))
     kind = table.kind
     conv, lstm = kind == 0, (kind == 2) | (kind == 3)  # lstm: any recurrent layer
+    sign = table.signed_in & (ai == bit_index(1))      # signed 1-bit activations (model.signed_binary)
+    if prof.signed_binary_conv_bits:
+        ai = np.where(sign & conv, bit_index(prof.signed_binary_conv_bits), ai)
     dw = conv & (table.groups > 1) & (table.groups == table.cin) & (table.groups == table.cout)
     g = np.where(dw, cin, table.groups)   # a widened depthwise layer keeps groups = channels
     gemm_n = np.where(kind == 2, 4 * cout, np.where(kind == 3, 3 * cout, cout))
@@ -280,6 +285,7 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
             h_fixed = h_fixed + np.where(T["w_store"][wi] < 8, prof.host_unpack * weights, 0.0)
         if prof.host_clip:
             h_fixed = h_fixed + np.where(ai < bit_index(8), prof.host_clip, 0.0)
+        h_fixed = h_fixed + np.where(sign, prof.host_sign, 0.0)
 
     def times(bb: int):
         m = bb * table.positions

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.fx
@@ -41,6 +41,7 @@ class LayerInfo:
     bias: bool = True
     is_output: bool = False
     is_input: bool = False          # it reads the network input (the data, not another layer)
+    signed_input: bool | None = None  # its input can be negative (no ReLU-like op before it); None: unknown
     in_space: int = -1
     out_space: int = -1
 
@@ -220,6 +221,18 @@ _PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.Tanh, nn.Sigmo
 _PASS_FUNCS = {F.relu, torch.relu, F.relu6, torch.tanh, torch.sigmoid, F.max_pool2d, F.avg_pool2d,
                F.adaptive_avg_pool2d, F.dropout, F.gelu, F.leaky_relu, F.hardtanh, torch.nn.functional.silu}
 _PASS_METHODS = {"relu", "tanh", "sigmoid", "contiguous", "clone", "float"}
+# which pass-through ops make their output non-negative (True) or possibly negative (False); the rest
+# (pooling, dropout, identity, copies) keep their input's sign
+_NONNEG_MODULES = {nn.ReLU: True, nn.ReLU6: True, nn.Sigmoid: True, nn.LeakyReLU: False, nn.Hardtanh: False,
+                   nn.Tanh: False, nn.GELU: False, nn.SiLU: False}
+_NONNEG_FUNCS = {F.relu: True, torch.relu: True, F.relu6: True, torch.sigmoid: True, torch.tanh: False,
+                 F.gelu: False, F.leaky_relu: False, F.hardtanh: False, torch.nn.functional.silu: False}
+_NONNEG_METHODS = {"relu": True, "sigmoid": True, "tanh": False}
+
+
+def _signed_as(src: "_T", nonneg: bool | None) -> "_T":
+    """``src`` through an op that makes it non-negative (True), possibly negative (False) or keeps it (None)."""
+    return src if nonneg is None or nonneg == src.nonneg else replace(src, nonneg=nonneg)
 _ADD = {operator.add, operator.iadd, torch.add}
 _FLATTEN_FUNCS = {torch.flatten}
 _FLATTEN_METHODS = {"view", "reshape", "flatten"}
@@ -233,6 +246,7 @@ class _T:
     axis: int           # feature axis (1 for NCHW / NC, -1 for sequences)
     repeat: int = 1     # features per channel after a flatten
     data: bool = False  # derived from the network input by reshapes only (no layer in between)
+    nonneg: bool = False  # provably >= 0 (after ReLU / ReLU6 / sigmoid, through pooling and reshapes)
 
 
 def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
@@ -354,6 +368,7 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
                     sp = find(src.space)
                     info.in_space = sp
                     info.is_input = src.data
+                    info.signed_input = not src.nonneg
                     spaces[sp].consumers.append((name, src.repeat))
                     if src.repeat * spaces[sp].size != info.in_channels:
                         fix(sp, f"layer {name!r} reads it in a layout bitscape cannot follow")
@@ -370,10 +385,10 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
                 continue
             if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)) and src is not None:
                 spaces[find(src.space)].norms.append(name)
-                state[node] = src
+                state[node] = _signed_as(src, False)
                 continue
             if isinstance(mod, _PASS_MODULES) and src is not None:
-                state[node] = src
+                state[node] = _signed_as(src, _NONNEG_MODULES.get(type(mod)))
                 continue
             if isinstance(mod, nn.Flatten) and src is not None:
                 state[node] = _flatten(src, shape(node.args[0]), out_shape) or _unsupported(node, src, fix, new_space)
@@ -391,27 +406,27 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
                 if isinstance(base, _T):
                     in_shape = shape(node.args[0])
                     if base.axis == -1 and in_shape and out_shape and in_shape[-1] == out_shape[-1]:
-                        state[node] = _T(base.space, -1, base.repeat, base.data)
+                        state[node] = _T(base.space, -1, base.repeat, base.data, base.nonneg)
                         continue
                     state[node] = _unsupported(node, base, fix, new_space)
                     continue
             if fn in _ADD and len(args) == 2:
                 a, b = state[args[0]], state[args[1]]
                 union(a.space, b.space)
-                state[node] = _T(find(a.space), a.axis, a.repeat, a.data and b.data)
+                state[node] = _T(find(a.space), a.axis, a.repeat, a.data and b.data, a.nonneg and b.nonneg)
                 continue
             if fn in _ADD and len(args) == 1:
                 state[node] = src
                 continue
             if fn in _PASS_FUNCS and src is not None:
-                state[node] = src
+                state[node] = _signed_as(src, _NONNEG_FUNCS.get(fn))
                 continue
             if fn in _FLATTEN_FUNCS and src is not None:
                 state[node] = _flatten(src, shape(args[0]), out_shape) or _unsupported(node, src, fix, new_space)
                 continue
         elif node.op == "call_method":
             if node.target in _PASS_METHODS and src is not None:
-                state[node] = src
+                state[node] = _signed_as(src, _NONNEG_METHODS.get(node.target))
                 continue
             if node.target in _FLATTEN_METHODS and src is not None:
                 state[node] = _flatten(src, shape(args[0]), out_shape) or _unsupported(node, src, fix, new_space)
@@ -419,7 +434,7 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
             if node.target == "mean" and src is not None:
                 in_shape = shape(args[0])
                 if in_shape and out_shape and len(in_shape) == 4 and out_shape[:2] == in_shape[:2]:
-                    state[node] = _T(src.space, 1, src.repeat, src.data)
+                    state[node] = _T(src.space, 1, src.repeat, src.data, src.nonneg)
                     continue
         if args or src is not None:
             for a in args:
@@ -441,7 +456,7 @@ def _flatten(src: _T, in_shape, out_shape) -> _T | None:
     if not in_shape or not out_shape:
         return None
     if len(out_shape) == 2 and src.axis == 1 and out_shape[1] == math.prod(in_shape[1:]):
-        return _T(src.space, 1, src.repeat * int(math.prod(in_shape[2:])), src.data)
+        return _T(src.space, 1, src.repeat * int(math.prod(in_shape[2:])), src.data, src.nonneg)
     if tuple(in_shape) == tuple(out_shape):
         return src
     return None

@@ -122,3 +122,49 @@ def test_fit_recovers_known_host_coefficients_on_synthetic_data():
     from engine.cost.calibrate import default_params
     names = default_params(start, ms)
     assert "compute.overhead_s" not in names and set(want) <= set(names)
+
+
+def test_signed_binary_activations_run_as_the_profiles_width_plus_their_conversion():
+    """A convolution reading signed data at 1 bit runs {-1, +1} codes in a 2-bit container (cpu:
+    compute.signed_binary_conv_bits) and pays host.sign_s; unsigned 1-bit inputs and linear layers keep
+    the 1-bit cell (a linear layer pays the conversion only)."""
+    prof = _with_host({**HOST, "sign_s": 7e-6})
+    assert prof.signed_binary_conv_bits == 2
+    signed_conv, unsigned_conv = ({**LAYERS[0], "signed_input": s} for s in (True, False))
+    fc_s, fc_u = ({**LAYERS[2], "signed_input": s} for s in (True, False))
+
+    def t(layer, w, a):
+        return cost_plan([layer], [LayerConfig(w, a)], prof, 1).layers[0].time_s
+
+    for w in (1, 2, 8):
+        assert t(signed_conv, w, 1) == pytest.approx(t(unsigned_conv, w, 2) + 7e-6, rel=1e-12)
+        assert t(signed_conv, w, 2) == t(unsigned_conv, w, 2)
+        assert t(unsigned_conv, w, 1) != pytest.approx(t(unsigned_conv, w, 2) + 7e-6, rel=1e-3)
+        assert t(fc_s, w, 1) == pytest.approx(t(fc_u, w, 1) + 7e-6, rel=1e-12)
+    note = cost_plan([signed_conv], [LayerConfig(8, 1)], prof, 1).layers[0].note
+    assert "signed 1-bit activations run as 2-bit" in note
+    # a profile without the width keeps the 1-bit cell; the topology's old dicts fall back on is_input
+    d = prof.to_dict()
+    d["compute"].pop("signed_binary_conv_bits")
+    plain = Profile(d)
+    legacy = {**LAYERS[0], "is_input": True}
+    assert cost_plan([legacy], [LayerConfig(8, 1)], prof, 1).layers[0].time_s == pytest.approx(t(signed_conv, 8, 1))
+    assert cost_plan([signed_conv], [LayerConfig(8, 1)], plain, 1).layers[0].time_s == pytest.approx(
+        cost_plan([unsigned_conv], [LayerConfig(8, 1)], plain, 1).layers[0].time_s + 7e-6, rel=1e-12)
+
+
+def test_vectorised_path_equals_scalar_with_signed_inputs():
+    from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
+    prof = _with_host({**HOST, "sign_s": 7e-6})
+    rng = np.random.default_rng(5)
+    for model, shape in (("lenet5", (1, 8, 8)), ("lstm", (1, 8, 8)), ("mlp", (1, 8, 8))):
+        topo = analyze(build_model(model, shape, 10), shape)
+        assert any(layer.signed_input for layer in topo.layers)
+        plans = [{l.name: LayerConfig(int(rng.choice([1, 2, 8])), int(rng.choice([1, 2, 8]))) for l in topo.layers}
+                 for _ in range(12)]
+        table = LayerTable.from_topology(topo)
+        bc = cost_batch(table, encode_plans(table, plans), prof, 1, keep_layers=True)
+        for i, cfgs in enumerate(plans):
+            rep = cost_plan(topo.widened(cfgs), cfgs, prof, 1)
+            assert bc.layer_time_s[i] == pytest.approx([x.time_s for x in rep.layers], rel=1e-9)
