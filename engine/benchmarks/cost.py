@@ -22,6 +22,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -61,7 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--mixed: random mixed plans per model (default 200; 20 with --quick)")
     parser.add_argument("--targets", default="packed,onnxruntime", help="--mixed: comma-separated targets")
     parser.add_argument("--save-measurements", default=None, metavar="DIR",
-                        help="--mixed: also write each model's measurements (CSV + plans) to DIR")
+                        help="--mixed: also write each model's measurements (CSV + plans; with --repeatability "
+                             "the second run as <model>-<dataset>.run2.csv) to DIR")
+    parser.add_argument("--from-measurements", default=None, metavar="DIR",
+                        help="--mixed: time nothing; score the measurements an earlier --save-measurements "
+                             "wrote to DIR (after a change to the cost model or a base profile)")
     parser.add_argument("--models", default=None,
                         help="--mixed: comma-separated model:dataset pairs (default lenet5:digits,"
                              "cnn:fashion-mnist,resnet20:cifar10)")
@@ -450,6 +455,9 @@ def ort_base():
     d["host"]["unpack_s"] = 1e-9        # int4 weights are dequantized at every call, not fused
     d["host"]["clip_s"] = 1e-7          # activations below 8 bits pass a Clip node (engine.export.qdq)
     d["host"]["binary_s"] = d["host"]["binary_out_s"] = 0.0    # 1-bit codes are plain int8 here
+    # a signed 1-bit activation is exported as GreaterOrEqual + Where in float (engine.export.qdq): no
+    # conversion on top of the layer, which then runs unfused; the packed deployment's sign_s does not apply
+    d["host"].pop("sign_s", None)
     d["name"], d["title"] = "cpu-ort", "Host CPU, onnxruntime QDQ (INT4 weights at 4 bits, INT8, FP32)"
     d["combine"] = "sum"
     return Profile(d, "<onnxruntime base>")
@@ -520,10 +528,10 @@ def repeatability(df1, df2, target: str, uniform: set, pred_rows=None, pred=None
 
 def validate_mixed(targets=("packed", "onnxruntime"), models=MIXED_MODELS, n_random=20, repeats=3, seed=0,
                    progress=None, save_dir=None, twice: bool = False, stat: str = "median",
-                   min_time: float = 0.0, instances: int = 1) -> dict:
+                   min_time: float = 0.0, instances: int = 1, from_dir=None) -> dict:
     """Measure uniform and mixed plans in the same interleaved rounds, then ``score_mixed`` per target;
-    ``twice``: time them all again and report ``repeatability`` beside."""
-    from pathlib import Path
+    ``twice``: time them all again and report ``repeatability`` beside; ``from_dir``: time nothing,
+    score what ``save_dir`` wrote there earlier."""
 
     import pandas as pd
 
@@ -536,12 +544,25 @@ def validate_mixed(targets=("packed", "onnxruntime"), models=MIXED_MODELS, n_ran
            "results": [],
            "skipped": []}
     for model, dataset in models:
+        uni = uniform_plans(range(1, 9))
+        if from_dir:
+            saved = _saved(Path(from_dir), model, dataset)
+            if isinstance(saved, str):
+                out["skipped"].append({"model": model, "dataset": dataset, "reason": saved})
+                continue
+            df, plans, df2 = saved
+            for target in [t for t in targets if t in set(df["target"])]:
+                res = score_mixed(df, plans, target, {p.digest() for p in uni}, seed, with_prediction=df2 is not None)
+                if df2 is not None:
+                    res["repeat"] = repeatability(df, df2, target, {p.digest() for p in uni},
+                                                  res.pop("_test_rows"), res.pop("_pred"))
+                out["results"].append(res)
+            continue
         try:
             names = model_source(model, dataset, random_weights=True).names
         except UserError as e:
             out["skipped"].append({"model": model, "dataset": dataset, "reason": str(e)})
             continue
-        uni = uniform_plans(range(1, 9))
         t0 = time.perf_counter()
         skipped: list = []
         all_plans = uni + random_plans(names, n_random, seed)
@@ -555,6 +576,8 @@ def validate_mixed(targets=("packed", "onnxruntime"), models=MIXED_MODELS, n_ran
         wall = time.perf_counter() - t0
         if save_dir:
             write(rows, plans, Path(save_dir) / f"{model}-{dataset}.csv")
+            if rows2:
+                write(rows2, plans, Path(save_dir) / f"{model}-{dataset}.run2.csv")
         if not rows:
             continue
         df = pd.DataFrame(rows)
@@ -568,6 +591,26 @@ def validate_mixed(targets=("packed", "onnxruntime"), models=MIXED_MODELS, n_ran
             say(f"{target} {model}: mixed median |error| {res['mixed']['median_abs_error']:.1%}, "
                 f"Spearman {res['mixed']['spearman']:.3f}")
     return out
+
+
+def _saved(folder, model: str, dataset: str):
+    """(measurements, plans, second run or None) that ``--save-measurements`` wrote, or why not."""
+    import pandas as pd
+
+    from engine.cost.measure import MeasureError, plans_path, read_rows
+    csv = folder / f"{model}-{dataset}.csv"
+    if not csv.is_file():
+        return f"no saved measurements {str(csv)!r}"
+    try:
+        df = read_rows(csv)
+        plans = json.loads(plans_path(csv).read_text(encoding="utf-8"))
+        run2 = folder / f"{model}-{dataset}.run2.csv"
+        df2 = read_rows(run2) if run2.is_file() else None
+    except (MeasureError, OSError, ValueError) as e:
+        return f"cannot read the saved measurements: {e}"
+    if not isinstance(plans, dict):
+        return f"{str(plans_path(csv))!r} is not a plans file"
+    return pd.DataFrame(df), plans, df2
 
 
 def run_mixed(args) -> int:
@@ -593,19 +636,25 @@ def run_mixed(args) -> int:
         except AssertionError:
             raise UserError(f"--models must be model:dataset pairs (got {args.models!r})") from None
     say = (lambda m: print(m, file=sys.stderr)) if not args.json else None
+    src = getattr(args, "from_measurements", None)
+    if src and not Path(src).is_dir():
+        raise UserError(f"--from-measurements: {src!r} is not a folder")
     r = validate_mixed(targets, models, n, args.repeats or cfg["repeats"], progress=say,
                        save_dir=args.save_measurements, twice=getattr(args, "repeatability", False),
-                       stat=getattr(args, "stat", "min"), min_time=min_time, instances=instances)
+                       stat=getattr(args, "stat", "min"), min_time=min_time, instances=instances, from_dir=src)
     r["machine"] = machine()
     r["loadavg"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     r["targets_set"] = {"median_abs_error": MIXED_TARGET_ERROR, "spearman": MIXED_TARGET_SPEARMAN}
     if args.json:
         print(json.dumps(_finite(r)))
         return 0
-    print(f"uniform -> mixed: calibrate on W1A1..W8A8, predict {n} random mixed plans, batch 1, {r['stat']}s of "
-          f"{args.repeats or cfg['repeats']} runs of >= {min_time * 1e3:g} ms, mean of {instances} instance(s); "
-          f"{r['machine']}; "
-          f"load average {r['loadavg']}")
+    if src:
+        print(f"uniform -> mixed: calibrate on W1A1..W8A8, predict the random mixed plans measured in {src} "
+              "(re-scored: nothing timed now)")
+    else:
+        print(f"uniform -> mixed: calibrate on W1A1..W8A8, predict {n} random mixed plans, batch 1, {r['stat']}s "
+              f"of {args.repeats or cfg['repeats']} runs of >= {min_time * 1e3:g} ms, mean of {instances} "
+              f"instance(s); {r['machine']}; load average {r['loadavg']}")
     for s in r["skipped"]:
         print(f"  skipped {s.get('target', 'all targets')} for {s['model']} on {s['dataset']}: {s['reason']}")
     print(f"  {'target':<12} {'model':<9} {'median |err|':>12} {'Spearman':>9}   {'BOPs |err|':>10} {'BOPs rho':>9}"

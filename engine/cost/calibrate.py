@@ -98,7 +98,8 @@ def default_params(prof: Profile, ms: Sequence[Measurement]) -> list[str]:
 
 
 # efficiencies go both ways: a measured device may be faster than the base profile assumes
-_BOUNDS = {"host": (1e-13, 1.0), "efficiency": (1e-5, 1e3), "overhead_s": (1e-12, 1.0), "traffic_factor": (1.0, 1e4),
+_BOUNDS = {"host": (1e-13, 1.0), "efficiency": (1e-5, 1e3), "kind_efficiency": (1e-3, 1e3), "overhead_s": (1e-12, 1.0),
+           "traffic_factor": (1.0, 1e4),
            "speedup": (1.0, 4.0)}   # N:M: 2:4 halves the MACs; 4x allows 1:4 or a lighter sparse kernel
 
 

@@ -148,8 +148,25 @@ def file_hash(*paths) -> str:
 
 # ----------------------------------------------------------------------------- structures and parameters
 
-def structures(prof: Profile) -> list[dict]:
-    """Candidate model structures for ``prof`` as dotted-path changes (selected by cross-validation)."""
+def structures(prof: Profile, rows: Sequence[Row] = ()) -> list[dict]:
+    """Candidate model structures for ``prof`` as dotted-path changes (selected by cross-validation);
+    with ``rows`` of two or more layer kinds, each also with one compute efficiency per kind."""
+    base = _structures(prof)
+    if len(kind_groups(rows)) < 2:
+        return base
+    return base + [{**s, "fit.kinds": True} for s in base]
+
+
+def kind_groups(rows: Sequence[Row]) -> list[str]:
+    """The layer kinds (Geom.group) of the rows' plans, the one with the most MACs first."""
+    macs: dict = {}
+    for r in rows:
+        for c in (r.cells if r.index is None else [r.cells[r.index]]):
+            macs[c[0].group] = macs.get(c[0].group, 0) + c[0].macs
+    return sorted(macs, key=lambda k: -macs[k])
+
+
+def _structures(prof: Profile) -> list[dict]:
     mem = [{"combine": "max"}, {"combine": "sum"}]
     if prof.bw:
         mem.append({"memory.bytes_per_s": None, "combine": "max"})
@@ -192,6 +209,8 @@ def structure_label(s: dict) -> str:
         parts.append("serial " + ("+".join(s["compute.serial"]) or "none"))
     if s.get("fit.tie"):
         parts.append("one efficiency for widths " + "+".join(p.rsplit(".", 1)[-1] for p in s["fit.tie"]))
+    if s.get("fit.kinds"):
+        parts.append("one efficiency per layer kind")
     if "memory.bytes_per_s" in s and s["memory.bytes_per_s"] is None:
         parts.append("compute only")
     else:
@@ -228,6 +247,8 @@ def default_params(prof: Profile, rows: Sequence[Row], structure: dict | None = 
         params += ["host.sign_s"] if signed and _names_host(prof, "sign_s") else []
     else:
         params.append("compute.overhead_s")
+    if s.get("fit.kinds"):   # the kind with the most MACs is the reference the per-width efficiencies set
+        params += [f"compute.kind_efficiency.{k}" for k in kind_groups(rows)[1:]]
     if prof.bw and s.get("memory.bytes_per_s", prof.bw) is not None:
         params.append("memory.efficiency")
     tie = [p for p in s.get("fit.tie", []) if p in params]
@@ -359,7 +380,7 @@ def calibrate(base, rows: Sequence[Row], params: Sequence[str] | None = None, fo
         for p in params:
             if not any(p == k or p.startswith(k + ".") for k in known):
                 raise CalibrationError(f"unknown parameter {p!r}; see 'bitscape profiles --describe'")
-    cands = [structure] if structure is not None else structures(prof)
+    cands = [structure] if structure is not None else structures(prof, rows)
     fold_sets = _folds(rows, folds, seed) if len({r.plan_hash for r in rows}) >= 2 else []
     tried = []
     for s in cands:

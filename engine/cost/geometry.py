@@ -35,6 +35,20 @@ class Geom(NamedTuple):
         """A depthwise convolution (groups = in = out channels): a k x k reduction per channel."""
         return self.kind == "conv2d" and self.groups > 1 and self.groups == self.cin == self.cout
 
+    @property
+    def group(self) -> str:
+        """The layer's kind for a per-kind compute efficiency (one of KIND_GROUPS)."""
+        if self.kind in ("lstm", "gru"):
+            return "recurrent"
+        if self.kind == "linear":
+            return "linear"
+        if self.depthwise:
+            return "depthwise"
+        return "pointwise" if self.kh * self.kw == 1 else "conv"
+
+
+KIND_GROUPS = ("conv", "depthwise", "pointwise", "linear", "recurrent")
+
 
 def _get(layer, key, default=None):
     if isinstance(layer, dict):

@@ -146,7 +146,7 @@ def _numbers(g: Geom, wi: int, ai: int, nm, density: float, ni: int, prof: Profi
     else:
         np_ = g.groups * (-(-(g.gemm_n // g.groups) // tn)) * tn
         kp = k_tiles(g.cin_g, g.kh, g.kw, tk, prof.k_mode) * tk
-    per_row = np_ * kp / (rate * eff) * skip
+    per_row = np_ * kp / (rate * eff * prof.kind_eff[g.group]) * skip
     if nm_used:
         per_row /= prof.nm_speedup * prof.nm_eff
     peak = rate * prof.nm_speedup if nm_used else rate

@@ -18,6 +18,7 @@ import jsonschema
 
 from engine.assets import data_dir
 from engine.cost.formulas import FLOAT, bitfusion_perf_factor, mac_energy_pj, round_up_to
+from engine.cost.geometry import KIND_GROUPS
 from engine.errors import UserError
 
 BITS = tuple(range(1, 9)) + (FLOAT,)       # plan bit choices, in table order
@@ -99,6 +100,9 @@ SCHEMA: dict[str, Any] = {
                 # a convolution whose 1-bit activations are signed ({-1, +1}) runs them as codes of this
                 # many bits (the packed deployment: 2, no {0, 1} rewrite on the im2col path)
                 "signed_binary_conv_bits": {"type": "integer", "minimum": 1, "maximum": 8},
+                # compute efficiency per layer kind, on top of the per-width one (default 1)
+                "kind_efficiency": {"type": "object", "additionalProperties": False,
+                                    "properties": {k: _pos for k in KIND_GROUPS}},
             },
         },
         "sparsity": {
@@ -207,6 +211,8 @@ class Profile:
         self.min_width: int = min((int(k) for k in c.get("rates", {}) if k != "default"), default=1)
         self.float_bits: int = c["float_bits"]
         self.signed_binary_conv_bits: int | None = c.get("signed_binary_conv_bits")
+        ke = c.get("kind_efficiency", {})
+        self.kind_eff: dict = {k: float(ke.get(k, 1.0)) for k in KIND_GROUPS}
         tile = c.get("tile", {})
         self.tile_m: int = tile.get("m", 1)
         self.tile_n: int = tile.get("n", 1)
@@ -541,6 +547,9 @@ PARAMETERS: tuple[tuple[str, str, str, str], ...] = (
     ("compute.width_map.<bits>", "width", "the INT unit a plan width runs on where it is not the next wider "
      "one (e.g. onnxruntime stores only 4-bit codes as int4: 1-3 -> 8)", "fixed"),
     ("compute.float_macs_per_s", "MAC/s", "rate of float layers (and widths no kernel handles)", "lut"),
+    ("compute.kind_efficiency.<kind>", "x (may exceed 1)", "compute efficiency of one layer kind (conv, "
+     "depthwise, pointwise, linear, recurrent) on top of the per-width one; fitted when cross-validation "
+     "selects it (fit.kinds)", "all"),
     ("compute.signed_binary_conv_bits", "bits", "the activation width a convolution's signed 1-bit "
      "activations ({-1, +1}) run at (a fact of the runtime, not fitted; the packed deployment: 2)", "all"),
     ("compute.overhead_s", "s per layer call", "fixed time added to every layer (launch, call cost)", "all"),
@@ -570,6 +579,8 @@ STRUCTURES: tuple[tuple[str, str], ...] = (
                        "(time follows w x a bits, w bits, a bits, or neither)"),
     ("combine", "how compute and memory time combine: max (roofline: a layer is bound by one) or sum"),
     ("memory", "whether the memory term is modeled at all (off: every layer compute-bound)"),
+    ("fit.kinds", "a separate compute efficiency per layer kind (compute.kind_efficiency.<kind>, the kind "
+                  "with the most MACs staying the reference) or one for all"),
     ("fit.tie", "lut profiles with a bit-serial kernel: one efficiency for widths 1 and 2 (time follows the "
                 "kernel's w x a bit planes; 1-bit weights' extra cost goes to host.binary_*) or one per width; "
                 "fixed profiles with host.unpack_s: always one efficiency for every INT unit (narrow weights "

@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from engine.cost.formulas import E_ADD_BIT_PJ, FLOAT
-from engine.cost.geometry import _get, geometry
+from engine.cost.geometry import KIND_GROUPS, _get, geometry
 from engine.cost.profiles import NB, Profile, bit_index, load_profile
 
 _KIND = {"conv2d": 0, "linear": 1, "lstm": 2, "gru": 3}
@@ -43,6 +43,7 @@ class LayerTable:
     space_extra: list = field(default_factory=list)   # (space pos, other producer idx) pairs to agree
     in_rep: np.ndarray = field(default=None)
     signed_in: np.ndarray = field(default=None)       # input activations can be negative
+    group: np.ndarray = field(default=None)           # index into KIND_GROUPS (per-kind efficiency)
 
     @property
     def n(self) -> int:
@@ -66,6 +67,7 @@ class LayerTable:
             positions=np.array([g.positions for g in geoms], dtype=np.int64),
             bias=np.array([g.bias for g in geoms], dtype=bool),
             signed_in=np.array([g.signed_in for g in geoms], dtype=bool),
+            group=np.array([KIND_GROUPS.index(g.group) for g in geoms], dtype=np.int64),
         )
         del conv
         if spaces is not None:
@@ -247,6 +249,7 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
     d_exec = np.where(skip < 1.0, d, 1.0)
 
     rate, eff, tk, ovh = T["rate"][wi, ai], T["eff"][wi, ai], T["tile_k"][wi, ai], T["overhead"][wi, ai]
+    eff = eff * np.array([prof.kind_eff[k] for k in KIND_GROUPS])[table.group]
     ng = gemm_n // g
     np_ = np.where(dw, gemm_n, g * _ceil_div(ng, prof.tile_n) * prof.tile_n).astype(float)
     khw = table.kh * table.kw

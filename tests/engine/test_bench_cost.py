@@ -86,3 +86,35 @@ def test_cli_quick_json(monkeypatch, capsys):
                                                 "net_spearman_met"}
     assert main(["bench", "cost", "--repeats", "0"]) == 2
     assert np.isfinite(d["fitted"]["held_out"]["layers"]["mape"])
+
+
+@pytest.mark.slow
+def test_mixed_protocol_as_the_readme_runs_it_then_rescored_from_its_measurements(tmp_path):
+    """``bitscape bench cost --mixed`` in a subprocess on lenet5 (few plans): it times, saves both runs,
+    prints the figures; ``--from-measurements`` re-scores the saved CSVs to the same figures without
+    timing; a missing folder or model is a one-line error or a named skip."""
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "explorer.cli", "bench", "cost", "--mixed", "--quick",
+                               "--models", "lenet5:digits", *args], capture_output=True, text=True, timeout=900)
+    r = cli("--random", "6", "--repeats", "3", "--min-time", "0.001", "--repeatability",
+            "--save-measurements", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stdout.splitlines() if x.strip().startswith(("packed", "onnxruntime"))]
+    assert [x.split()[0] for x in lines] == ["packed", "onnxruntime"]
+    assert "repeatability: run 1 vs run 2 Spearman" in r.stdout and "/2 met" in r.stdout
+    for name in ("lenet5-digits.csv", "lenet5-digits.plans.json", "lenet5-digits.run2.csv"):
+        assert (tmp_path / name).is_file()
+    again = cli("--from-measurements", str(tmp_path))
+    assert again.returncode == 0, again.stderr
+    assert "re-scored: nothing timed now" in again.stdout
+    assert [x for x in again.stdout.splitlines() if x.strip().startswith(("packed", "onnxruntime"))] == lines
+    assert "timed" not in again.stderr          # no progress lines: nothing was measured
+    bad = cli("--from-measurements", str(tmp_path / "nowhere"))
+    assert bad.returncode == 2 and "is not a folder" in bad.stderr and "Traceback" not in bad.stderr
+    other = subprocess.run([sys.executable, "-m", "explorer.cli", "bench", "cost", "--mixed", "--models",
+                            "cnn:fashion-mnist", "--from-measurements", str(tmp_path)],
+                           capture_output=True, text=True, timeout=300)
+    assert other.returncode == 0 and "skipped all targets for cnn on fashion-mnist: no saved measurements" in other.stdout

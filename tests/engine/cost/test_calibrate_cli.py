@@ -60,7 +60,7 @@ def test_structure_chosen_on_held_out_plans():
     cal = calibrate(base, rows_from_frame(df, plans, "sim", "total"), folds=4)
     assert cal.structure["compute.serial"] == ["a"]
     assert cal.held_out["total"]["median_abs_error"] < 0.01
-    assert len(cal.candidates) == 12
+    assert len(cal.candidates) == 24      # x 2: one compute efficiency for all layer kinds, or one per kind
 
 
 @pytest.mark.slow
