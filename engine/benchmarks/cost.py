@@ -532,71 +532,74 @@ def validate_mixed(targets=("packed", "onnxruntime"), models=MIXED_MODELS, n_ran
     """Measure uniform and mixed plans in the same interleaved rounds, then ``score_mixed`` per target;
     ``twice``: time them all again and report ``repeatability`` beside; ``from_dir``: time nothing,
     score what ``save_dir`` wrote there earlier."""
-
-    import pandas as pd
-
-    from engine.cost.measure import measure as time_plans
-    from engine.cost.measure import model_source, random_plans, uniform_plans, write
-    from engine.errors import UserError
+    from engine.cost.measure import uniform_plans
     say = progress or (lambda m: None)
     out = {"targets": list(targets), "random": n_random, "repeats": repeats, "stat": stat, "min_time": min_time,
            "instances": instances,
            "results": [],
            "skipped": []}
+    uni = uniform_plans(range(1, 9))
+    uni_h = {p.digest() for p in uni}
     for model, dataset in models:
-        uni = uniform_plans(range(1, 9))
+        wall = None
         if from_dir:
             saved = _saved(Path(from_dir), model, dataset)
             if isinstance(saved, str):
                 out["skipped"].append({"model": model, "dataset": dataset, "reason": saved})
                 continue
             df, plans, df2 = saved
-            for target in [t for t in targets if t in set(df["target"])]:
-                res = score_mixed(df, plans, target, {p.digest() for p in uni}, seed, with_prediction=df2 is not None)
-                if df2 is not None:
-                    res["repeat"] = repeatability(df, df2, target, {p.digest() for p in uni},
-                                                  res.pop("_test_rows"), res.pop("_pred"))
-                out["results"].append(res)
-            continue
-        try:
-            names = model_source(model, dataset, random_weights=True).names
-        except UserError as e:
-            out["skipped"].append({"model": model, "dataset": dataset, "reason": str(e)})
-            continue
-        t0 = time.perf_counter()
-        skipped: list = []
-        all_plans = uni + random_plans(names, n_random, seed)
-        rows, plans = time_plans(model, dataset, all_plans, targets, (1,), repeats, random_weights=True,
-                                 progress=say, calib_size=CALIB_SIZE, skipped=skipped, stat=stat, min_time=min_time,
-                                 instances=instances)
-        rows2 = time_plans(model, dataset, all_plans, targets, (1,), repeats, random_weights=True, progress=say,
-                           calib_size=CALIB_SIZE, skipped=[], stat=stat, min_time=min_time,
-                           instances=instances)[0] if twice else None
-        out["skipped"] += [{**x, "dataset": dataset} for x in skipped]
-        wall = time.perf_counter() - t0
-        if save_dir:
-            write(rows, plans, Path(save_dir) / f"{model}-{dataset}.csv")
-            if rows2:
-                write(rows2, plans, Path(save_dir) / f"{model}-{dataset}.run2.csv")
-        if not rows:
-            continue
-        df = pd.DataFrame(rows)
-        for target in sorted(set(df["target"]), key=list(targets).index):
-            res = score_mixed(df, plans, target, {p.digest() for p in uni}, seed, with_prediction=bool(rows2))
-            res["measure_wall_s"] = wall
-            if rows2:
-                res["repeat"] = repeatability(df, pd.DataFrame(rows2), target, {p.digest() for p in uni},
-                                              res.pop("_test_rows"), res.pop("_pred"))
+        else:
+            timed = _time_mixed(model, dataset, uni, targets, n_random, repeats, seed, say, save_dir, twice, stat,
+                                min_time, instances, out["skipped"])
+            if timed is None:
+                continue
+            df, plans, df2, wall = timed
+        for target in sorted(set(df["target"]) & set(targets), key=list(targets).index):
+            res = score_mixed(df, plans, target, uni_h, seed, with_prediction=df2 is not None)
+            if wall is not None:
+                res["measure_wall_s"] = wall
+            if df2 is not None:
+                res["repeat"] = repeatability(df, df2, target, uni_h, res.pop("_test_rows"), res.pop("_pred"))
             out["results"].append(res)
             say(f"{target} {model}: mixed median |error| {res['mixed']['median_abs_error']:.1%}, "
                 f"Spearman {res['mixed']['spearman']:.3f}")
     return out
 
 
-def _saved(folder, model: str, dataset: str):
-    """(measurements, plans, second run or None) that ``--save-measurements`` wrote, or why not."""
+def _time_mixed(model, dataset, uni, targets, n_random, repeats, seed, say, save_dir, twice, stat, min_time,
+                instances, skipped_out):
+    """Time the uniform and random plans of one model (twice with ``twice``), save them to ``save_dir``:
+    (measurements, plans, second run or None, seconds), or None where nothing was timed."""
     import pandas as pd
 
+    from engine.cost.measure import measure as time_plans
+    from engine.cost.measure import model_source, random_plans, write
+    from engine.errors import UserError
+    try:
+        names = model_source(model, dataset, random_weights=True).names
+    except UserError as e:
+        skipped_out.append({"model": model, "dataset": dataset, "reason": str(e)})
+        return None
+    t0 = time.perf_counter()
+    skipped: list = []
+    all_plans = uni + random_plans(names, n_random, seed)
+    kw = dict(random_weights=True, progress=say, calib_size=CALIB_SIZE, stat=stat, min_time=min_time,
+              instances=instances)
+    rows, plans = time_plans(model, dataset, all_plans, targets, (1,), repeats, skipped=skipped, **kw)
+    rows2 = time_plans(model, dataset, all_plans, targets, (1,), repeats, skipped=[], **kw)[0] if twice else None
+    skipped_out += [{**x, "dataset": dataset} for x in skipped]
+    wall = time.perf_counter() - t0
+    if save_dir:
+        write(rows, plans, Path(save_dir) / f"{model}-{dataset}.csv")
+        if rows2:
+            write(rows2, plans, Path(save_dir) / f"{model}-{dataset}.run2.csv")
+    if not rows:
+        return None
+    return pd.DataFrame(rows), plans, (pd.DataFrame(rows2) if rows2 else None), wall
+
+
+def _saved(folder, model: str, dataset: str):
+    """(measurements, plans, second run or None) that ``--save-measurements`` wrote, or why not."""
     from engine.cost.measure import MeasureError, plans_path, read_rows
     csv = folder / f"{model}-{dataset}.csv"
     if not csv.is_file():
@@ -610,7 +613,7 @@ def _saved(folder, model: str, dataset: str):
         return f"cannot read the saved measurements: {e}"
     if not isinstance(plans, dict):
         return f"{str(plans_path(csv))!r} is not a plans file"
-    return pd.DataFrame(df), plans, df2
+    return df, plans, df2
 
 
 def run_mixed(args) -> int:

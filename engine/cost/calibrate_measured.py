@@ -58,9 +58,14 @@ def _cells(geoms: Sequence[Geom], cfgs: Sequence[LayerConfig]) -> list:
     return out
 
 
+def _covered(row: Row) -> list:
+    """The cells a row's time covers: the whole plan (a total row) or its one layer."""
+    return row.cells if row.index is None else [row.cells[row.index]]
+
+
 def predict(row: Row, prof: Profile) -> float:
     """Predicted seconds of one row on ``prof``."""
-    cells = row.cells if row.index is None else [row.cells[row.index]]
+    cells = _covered(row)
     return float(sum(_numbers(g, wi, ai, nm, d, ni, prof, row.batch)[11] for g, wi, ai, nm, d, ni in cells))
 
 
@@ -161,7 +166,7 @@ def kind_groups(rows: Sequence[Row]) -> list[str]:
     """The layer kinds (Geom.group) of the rows' plans, the one with the most MACs first."""
     macs: dict = {}
     for r in rows:
-        for c in (r.cells if r.index is None else [r.cells[r.index]]):
+        for c in _covered(r):
             macs[c[0].group] = macs.get(c[0].group, 0) + c[0].macs
     return sorted(macs, key=lambda k: -macs[k])
 
@@ -223,8 +228,9 @@ def default_params(prof: Profile, rows: Sequence[Row], structure: dict | None = 
     plus a default (lut), one scalar (bitserial, fusion); the host terms of the layer kinds seen when
     the profile has a 'host' section, else the per-layer overhead; the memory efficiency."""
     s = structure or {}
-    seen = {(c[1], c[2]) for r in rows for c in (r.cells if r.index is None else [r.cells[r.index]])}
-    kinds = {c[0].kind for r in rows for c in (r.cells if r.index is None else [r.cells[r.index]])}
+    cells = [c for r in rows for c in _covered(r)]
+    seen = {(c[1], c[2]) for c in cells}
+    kinds = {c[0].kind for c in cells}
     params: list[str] = []
     t = prof.tables
     if prof.klass == "fixed":
@@ -243,7 +249,7 @@ def default_params(prof: Profile, rows: Sequence[Row], structure: dict | None = 
         binary = prof.klass == "lut" and any(t.binary[wi][ai] for wi, ai in seen)
         params += ["host.binary_s", "host.binary_out_s"] if binary else []
         params += [f"host.{t}" for t in ("unpack_s", "clip_s") if _names_host(prof, t)]
-        signed = any(c[0].signed_in and c[2] == bit_index(1) for r in rows for c in r.cells)
+        signed = any(c[0].signed_in and c[2] == bit_index(1) for c in cells)
         params += ["host.sign_s"] if signed and _names_host(prof, "sign_s") else []
     else:
         params.append("compute.overhead_s")

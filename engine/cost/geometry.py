@@ -67,8 +67,6 @@ def geometry(layer) -> Geom:
         ih, iw = layer.get("in_hw", (1, 1))
         steps = int(layer.get("steps", 1))
         name, bias = layer.get("name"), layer.get("bias", True)
-        signed = layer.get("signed_input")
-        signed = layer.get("is_input", False) if signed is None else signed
     else:
         kind, cin, cout = layer.kind, layer.in_channels, layer.out_channels
         kh, kw = layer.kernel
@@ -76,8 +74,8 @@ def geometry(layer) -> Geom:
         oh, ow = layer.out_hw
         ih, iw = layer.in_hw
         steps, name, bias = layer.steps, layer.name, layer.bias
-        signed = getattr(layer, "signed_input", None)
-        signed = getattr(layer, "is_input", False) if signed is None else signed
+    signed = _get(layer, "signed_input")   # unknown (an older topology): the layer reading the data is
+    signed = _get(layer, "is_input", False) if signed is None else signed
     positions = oh * ow * steps
     if kind == "conv2d":
         reduction = cin // g * kh * kw

@@ -194,6 +194,7 @@ def _np_tables(prof: Profile) -> dict:
         cached["binary"] = np.array(t.binary, dtype=bool)
         cached["tile_k"] = cached["tile_k"].astype(np.int64)
         cached["nm_pairs"] = [tuple(map(int, p.split(":"))) for p in prof.nm_patterns]
+        cached["kind_eff"] = np.array([prof.kind_eff[k] for k in KIND_GROUPS])
         prof._np_tables = cached
     return cached
 
@@ -249,7 +250,7 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
     d_exec = np.where(skip < 1.0, d, 1.0)
 
     rate, eff, tk, ovh = T["rate"][wi, ai], T["eff"][wi, ai], T["tile_k"][wi, ai], T["overhead"][wi, ai]
-    eff = eff * np.array([prof.kind_eff[k] for k in KIND_GROUPS])[table.group]
+    eff = eff * T["kind_eff"][table.group]
     ng = gemm_n // g
     np_ = np.where(dw, gemm_n, g * _ceil_div(ng, prof.tile_n) * prof.tile_n).astype(float)
     khw = table.kh * table.kw

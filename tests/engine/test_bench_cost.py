@@ -95,9 +95,13 @@ def test_mixed_protocol_as_the_readme_runs_it_then_rescored_from_its_measurement
     timing; a missing folder or model is a one-line error or a named skip."""
     import subprocess
     import sys
+    from pathlib import Path
+
+    bitscape = Path(sys.executable).with_name("bitscape")     # the console script the README's install makes
+    assert bitscape.is_file()
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "explorer.cli", "bench", "cost", "--mixed", "--quick",
+        return subprocess.run([str(bitscape), "bench", "cost", "--mixed", "--quick",
                                "--models", "lenet5:digits", *args], capture_output=True, text=True, timeout=900)
     r = cli("--random", "6", "--repeats", "3", "--min-time", "0.001", "--repeatability",
             "--save-measurements", str(tmp_path))
@@ -111,10 +115,10 @@ def test_mixed_protocol_as_the_readme_runs_it_then_rescored_from_its_measurement
     assert again.returncode == 0, again.stderr
     assert "re-scored: nothing timed now" in again.stdout
     assert [x for x in again.stdout.splitlines() if x.strip().startswith(("packed", "onnxruntime"))] == lines
-    assert "timed" not in again.stderr          # no progress lines: nothing was measured
+    assert "timed" not in again.stderr and "prepared" not in again.stderr   # nothing was measured
     bad = cli("--from-measurements", str(tmp_path / "nowhere"))
     assert bad.returncode == 2 and "is not a folder" in bad.stderr and "Traceback" not in bad.stderr
-    other = subprocess.run([sys.executable, "-m", "explorer.cli", "bench", "cost", "--mixed", "--models",
+    other = subprocess.run([str(bitscape), "bench", "cost", "--mixed", "--models",
                             "cnn:fashion-mnist", "--from-measurements", str(tmp_path)],
                            capture_output=True, text=True, timeout=300)
     assert other.returncode == 0 and "skipped all targets for cnn on fashion-mnist: no saved measurements" in other.stdout
