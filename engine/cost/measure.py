@@ -264,7 +264,7 @@ def packed_point(prep: Prepared, b: int) -> Callable[[], dict]:
 def ort_bytes(prep: Prepared) -> bytes:
     """The plan's exported QDQ ONNX model (checked layer by layer against the network by the exporter)."""
     from engine.export import onnx_model_bytes
-    return onnx_model_bytes(prep.applied, prep.applied.topology.input_shape, prep.plan)
+    return onnx_model_bytes(prep.applied, prep.applied.topology.input_shape, prep.plan, integer=True)
 
 
 def _ort_session(blob: bytes, threads: int, profile_dir: str | None = None):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.export import qdq
+from engine.export.fold import bn_after
 from engine.export.onnx_layers import _UNARY, _pair, _pool, _reshape, _shape, build_module
 from engine.export.qdq import (
     _SAMPLE_BATCH,
@@ -56,14 +57,17 @@ class Built:
     owner: dict[str, str | None]
     layer_outputs: dict[str, str]
     layer_inputs: dict[str, str]
+    output_of: dict[str, str] = field(default_factory=dict)   # layer -> module whose output it computes (a folded batch norm)
+    slack: dict[str, Any] = field(default_factory=dict)       # layer -> per-channel bound of its int32 bias's rounding
 
 
 def build_onnx(model: nn.Module, input_shape: tuple[int, ...], configs: dict[str, LayerConfig] | None = None,
-               metadata: dict[str, str] | None = None, act_int4: bool = True) -> Built:
+               metadata: dict[str, str] | None = None, act_int4: bool = True, fold_bn: bool = False) -> Built:
     """The ONNX ModelProto of ``model`` (an applied plan's network, in eval mode).
 
     ``act_int4``: 4-bit activations as int4/uint4 QDQ; otherwise in int8/uint8 with a Clip to
-    the 4-bit range (the same 16 levels).
+    the 4-bit range (the same 16 levels). ``fold_bn``: batch norm folded into the quantized
+    convolution before it, with an int32 bias (``fold``), so integer runtimes fuse the convolution.
     """
     import onnx
     from onnx import TensorProto, helper
@@ -76,10 +80,10 @@ def build_onnx(model: nn.Module, input_shape: tuple[int, ...], configs: dict[str
     model.eval()
     try:
         gm = _trace(model, tuple(input_shape))
-        b = _Builder(act_int4=act_int4)
+        mods = dict(gm.named_modules())
+        b = _Builder(act_int4=act_int4, bn_after=bn_after(gm) if fold_bn else {}, modules=mods)
         b.used.update({INPUT_NAME, OUTPUT_NAME})
         env: dict[str, Any] = {}
-        mods = dict(gm.named_modules())
         out_value = None
 
         def val(a):
@@ -98,6 +102,8 @@ def build_onnx(model: nn.Module, input_shape: tuple[int, ...], configs: dict[str
                 env[node.name] = INPUT_NAME
             elif node.op == "get_attr":
                 raise ExportError(f"the network reads the tensor {node.target!r} directly in forward; not exported")
+            elif node.op == "call_module" and node.target in b.folded:
+                env[node.name] = val(node.args[0])
             elif node.op == "call_module":
                 mod = mods[node.target]
                 b.scope = node.target
@@ -140,7 +146,8 @@ def build_onnx(model: nn.Module, input_shape: tuple[int, ...], configs: dict[str
     names = {o for n in nodes for o in n.output} | {INPUT_NAME}
     outs = {k: v for k, v in b.layer_outputs.items()
             if isinstance(v, str) and v in names and b.layer_inputs.get(k) in names}
-    return Built(m, owner, outs, {k: b.layer_inputs[k] for k in outs})
+    return Built(m, owner, outs, {k: b.layer_inputs[k] for k in outs},
+                 {conv: bn for bn, conv in b.folded.items() if conv in outs}, {k: v for k, v in b.slack.items() if k in outs})
 
 
 _STATIC = object()

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.export import qdq
+from engine.export.fold import fold
 from engine.export.qdq import _SAMPLE_BATCH, ExportError, _Builder, _emit_act, _emit_weight, _f32
 from engine.plans.handlers import Handlers
 from engine.plans.layers import QUANT_LAYERS
@@ -84,12 +85,44 @@ def _conv(b: _Builder, node, mod: nn.Conv2d, x: str, in_shape: tuple[int, ...]) 
     else:
         pads = _pair(mod.padding)
     quant = _quantized(mod)
+    attrs = dict(kernel_shape=_pair(mod.kernel_size), strides=_pair(mod.stride), pads=pads + pads,
+                 dilations=_pair(mod.dilation), group=mod.groups)
     if quant:
-        x = _emit_act(b, x, qdq.act_params(mod.aq, _per_sample(in_shape), b.scope))
+        px = qdq.act_params(mod.aq, _per_sample(in_shape), b.scope)
+        x = _emit_act(b, x, px)
+        folded = _folded_conv(b, mod, x, px, attrs)
+        if folded is not None:
+            return folded
     wn = _emit_weight(b, "weight", mod.masked_weight() if quant else mod.weight, mod.wq if quant else None)
-    y = b.op("Conv", [x, wn], "Conv", kernel_shape=_pair(mod.kernel_size), strides=_pair(mod.stride),
-             pads=pads + pads, dilations=_pair(mod.dilation), group=mod.groups)
+    y = b.op("Conv", [x, wn], "Conv", **attrs)
     return _bias(b, y, mod.bias, 3)
+
+
+def _folded_conv(b: _Builder, mod, x: str, px, attrs: dict) -> str | None:
+    """The convolution with the batch norm after it folded in (``fold``), where that is possible:
+    a QDQ-quantized input and weight. None leaves the batch norm to its own node."""
+    from onnx import TensorProto as T
+    bn_name = b.bn_after.get(b.scope)
+    if bn_name is None or px is None or px.kind != "qdq":
+        return None
+    pw = qdq.weight_params(mod.wq, mod.masked_weight(), b.scope)
+    if pw is None:
+        return None
+    f = fold(pw, None if mod.bias is None else _f32(mod.bias), b.modules[bn_name], px)
+    if f is None:
+        return None
+    elem = T.UINT8 if f.zero_point else T.INT8
+    cq = b.const(f"{b.scope}.weight_quantized", (f.codes + f.zero_point).astype(np.uint8 if f.zero_point else np.int8))
+    s = b.const(f"{b.scope}.weight_scale", f.scale)
+    zp = b.typed_const(f"{b.scope}.weight_zero_point", np.full(f.scale.shape, f.zero_point, np.int64), elem)
+    wn = b.op("DequantizeLinear", [cq, s, zp], "weight/DequantizeLinear", axis=0)
+    bq = b.const(f"{b.scope}.bias_quantized", f.bias)
+    bs = b.const(f"{b.scope}.bias_scale", f.bias_scale)
+    bz = b.const(f"{b.scope}.bias_zero_point", np.zeros(f.bias.shape, np.int32))
+    bn = b.op("DequantizeLinear", [bq, bs, bz], "bias/DequantizeLinear", axis=0)
+    b.folded[bn_name] = b.scope
+    b.slack[b.scope] = f.slack
+    return b.op("Conv", [x, wn, bn], "Conv", **attrs)
 
 
 def _per_sample(shape: tuple[int, ...]) -> int:

@@ -96,6 +96,10 @@ class _Builder:
     layer_inputs: dict = field(default_factory=dict)   # layer name -> ONNX tensor name
     scope: str = ""
     act_int4: bool = True
+    bn_after: dict = field(default_factory=dict)       # conv module -> the batch norm that may fold into it
+    modules: dict = field(default_factory=dict)        # module name -> module
+    folded: dict = field(default_factory=dict)         # batch norm folded away -> its convolution
+    slack: dict = field(default_factory=dict)          # layer -> per-channel bound of the folded bias's rounding
 
     def uniq(self, base: str) -> str:
         name, i = base, 1

@@ -17,8 +17,9 @@ class Exported:
 
 
 def export_checkpoint(checkpoint: str | Path, model_id: str | None = None, dataset_id: str | None = None,
-                      data_root: str | None = None) -> Exported:
-    """Load a fine-tuned planned checkpoint and export it; model/dataset, if given, must match it."""
+                      data_root: str | None = None, integer: bool = False) -> Exported:
+    """Load a fine-tuned planned checkpoint and export it; model/dataset, if given, must match it.
+    ``integer``: the integer form (``onnx_model_bytes``)."""
     from engine.errors import UserError
     from engine.export.onnx import onnx_model_bytes
     from engine.fileio import clip
@@ -35,5 +36,5 @@ def export_checkpoint(checkpoint: str | Path, model_id: str | None = None, datas
     extra = {"status": ev.get("status", ""), "test_accuracy": ev.get("test_accuracy"),
              "settings": meta.get("settings", {})}
     blob = onnx_model_bytes(applied, data.input_shape, meta["plan"], meta["model"], meta["dataset"],
-                            check_inputs=data.x_val[:64], extra_metadata=extra)
+                            check_inputs=data.x_val[:64], extra_metadata=extra, integer=integer)
     return Exported(blob, applied, meta, data)

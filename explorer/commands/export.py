@@ -19,6 +19,10 @@ def register(sub) -> None:
     o.add_argument("--model", default=None, help="model id (default: the checkpoint's; must match it)")
     o.add_argument("--dataset", default=None, help="dataset id (default: the checkpoint's; must match it)")
     o.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
+    o.add_argument("--integer", action="store_true",
+                   help="fold batch norm into quantized convolutions with int32 biases, so onnxruntime runs them "
+                        "as integer convolutions (faster; activations near a rounding edge may move a level: "
+                        "use --verify to see the agreement)")
     o.add_argument("--verify", action="store_true",
                    help="run the exported model with onnxruntime over the test set next to the engine's model")
     o.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -43,11 +47,12 @@ def run_onnx(args) -> int:
     from engine.fileio import atomic_write_bytes
 
     check_out(args.out, inputs={"--checkpoint": args.checkpoint})
-    ex = export_checkpoint(args.checkpoint, args.model, args.dataset, args.data_dir)
+    ex = export_checkpoint(args.checkpoint, args.model, args.dataset, args.data_dir, integer=args.integer)
     atomic_write_bytes(args.out, ex.data)
     md = read_metadata(ex.data)
     out = {"out": args.out, "bytes": len(ex.data), "opset": OPSET, "model": ex.meta["model"],
-           "dataset": ex.meta["dataset"], "activation_containers": md.get("bitscape.act_containers", "")}
+           "dataset": ex.meta["dataset"], "activation_containers": md.get("bitscape.act_containers", ""),
+           "bias": md.get("bitscape.bias", "float, as the engine computes it")}
     if args.verify:
         out.update(verify(ex.data, ex.applied.model, ex.dataset.x_test, ex.dataset.y_test).to_dict())
     if args.json:
