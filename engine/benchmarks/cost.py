@@ -436,31 +436,46 @@ def packed_base():
     return Profile(d, "<packed base>")
 
 
-def ort_base():
-    """onnxruntime runs a QDQ model whose weights the exporter stores as int4 at exactly 4 bits and int8
-    otherwise (engine.export.qdq); measured here, only a 4-bit weight changes its time (W4A4 and W4A8
-    ~1.4x W8A8, W8A4 and W3A3 as W8A8). So the INT unit follows the weight's width, 1-3 run as 8: a
-    fixed-width profile with INT4 / INT8 / FP32 rates from the cpu profile's int8 and float figures and
-    its host terms (quantize, rescale, per-call), plus the per-call unpacking of int4 weights (their
-    DequantizeLinear is not fused: per layer measured here, fc1/fc2 at 4-bit weights +12-14%, the
-    convolutions' few weights ~+2%); the fit sets the efficiencies and host terms."""
+def ort_base(integer: bool = True):
+    """onnxruntime as it runs bitscape's export; by default the integer form, which ``measure`` times
+    (engine.export.onnx_model_bytes(integer=True)): weights are int8 codes at every width, fused into
+    integer convolutions and matmuls; codes within +-64 (widths 1-7) run the u8s8 kernels, full-range
+    8-bit codes (stored uint8 with zero point 128, engine.export.qdq) the u8u8 ones, measured ~2x
+    slower on the CNN's convolutions. So a fixed-width profile on the weight's width, 1-6 run as 7,
+    with the cpu profile's int8 and float rates and host terms (quantize, rescale, per-call); a
+    convolution taking signed 1-bit activations (GreaterOrEqual + Where in float) runs unfused in
+    float with its batch norm (host.sign_s prices the extra nodes). The fit sets the efficiencies
+    and host terms.
+
+    ``integer=False``: the faithful form, whose weights are int4 at exactly 4 bits and int8
+    otherwise, its batch norms float nodes. Measured on lenet5, only a 4-bit weight changes its time
+    (W4A4 and W4A8 ~1.4x W8A8): INT4 / INT8 / FP32 units on the weight's width, 1-3 run as 8, plus
+    the per-call unpacking of int4 weights (their DequantizeLinear is not fused: fc1/fc2 at 4-bit
+    weights +12-14%, the convolutions' few weights ~+2%)."""
     from engine.cost import load_profile
     from engine.cost.profiles import Profile
     d = load_profile("cpu").to_dict()
     c = d["compute"]
     int8 = next(r["macs_per_s"] for r in c["table"] if (r["w"], r["a"]) == (8, 8))
-    d["compute"] = {"class": "fixed", "float_bits": 32, "rates": {"4": int8, "8": int8, "32": c["float_macs_per_s"]},
+    fp32 = c["float_macs_per_s"]
+    d["host"]["clip_s"] = 1e-7          # activations below 8 bits pass a Clip node (engine.export.qdq)
+    d["host"]["binary_s"] = d["host"]["binary_out_s"] = 0.0    # 1-bit codes are plain int8 here
+    d["combine"] = "sum"
+    if integer:
+        d["compute"] = {"class": "fixed", "float_bits": 32, "rates": {"7": int8, "8": int8, "32": fp32},
+                        "efficiency": {"7": 1.0, "8": 1.0, "32": 1.0}, "overhead_s": 0.0, "operand": "w",
+                        "width_map": {str(b): 7 for b in range(1, 7)}, "storage_widths": [8, 32],
+                        "signed_binary_conv_bits": 32}
+        d["host"].pop("unpack_s", None)
+        d["name"], d["title"] = "cpu-ort", "Host CPU, onnxruntime QDQ, integer form (INT8 u8s8 / u8u8, FP32)"
+        return Profile(d, "<onnxruntime base>")
+    d["compute"] = {"class": "fixed", "float_bits": 32, "rates": {"4": int8, "8": int8, "32": fp32},
                     "efficiency": {"4": 1.0, "8": 1.0, "32": 1.0}, "overhead_s": 0.0,
                     "operand": "w", "width_map": {"1": 8, "2": 8, "3": 8}, "storage_widths": [4, 8, 32]}
     d["host"]["unpack_s"] = 1e-9        # int4 weights are dequantized at every call, not fused
-    d["host"]["clip_s"] = 1e-7          # activations below 8 bits pass a Clip node (engine.export.qdq)
-    d["host"]["binary_s"] = d["host"]["binary_out_s"] = 0.0    # 1-bit codes are plain int8 here
-    # a signed 1-bit activation is exported as GreaterOrEqual + Where in float (engine.export.qdq): no
-    # conversion on top of the layer, which then runs unfused; the packed deployment's sign_s does not apply
-    d["host"].pop("sign_s", None)
-    d["name"], d["title"] = "cpu-ort", "Host CPU, onnxruntime QDQ (INT4 weights at 4 bits, INT8, FP32)"
-    d["combine"] = "sum"
-    return Profile(d, "<onnxruntime base>")
+    d["host"].pop("sign_s", None)       # a signed 1-bit activation is GreaterOrEqual + Where, no conversion
+    d["name"], d["title"] = "cpu-ort-faithful", "Host CPU, onnxruntime QDQ (INT4 weights at 4 bits, INT8, FP32)"
+    return Profile(d, "<onnxruntime base, faithful form>")
 
 
 BASES = {"packed": packed_base, "onnxruntime": ort_base}

@@ -246,7 +246,8 @@ def _note(g: Geom, cfg, prof: Profile, wi: int, ai: int, nums: tuple, bound: str
         msgs.append(f"no W{w}A{a} kernel: runs in float")
     sign, ax = signed_binary(g, ai, prof)
     if ax != ai:
-        msgs.append(f"signed 1-bit activations run as {prof.signed_binary_conv_bits}-bit {{-1, +1}} codes")
+        msgs.append("signed 1-bit activations run in float" if prof.signed_binary_conv_bits == FLOAT else
+                    f"signed 1-bit activations run as {prof.signed_binary_conv_bits}-bit {{-1, +1}} codes")
     elif sign and prof.host_sign:
         msgs.append("signed 1-bit activations: {-1, +1} codes")
     if g.depthwise:

@@ -62,12 +62,13 @@ class Built:
 
 
 def build_onnx(model: nn.Module, input_shape: tuple[int, ...], configs: dict[str, LayerConfig] | None = None,
-               metadata: dict[str, str] | None = None, act_int4: bool = True, fold_bn: bool = False) -> Built:
+               metadata: dict[str, str] | None = None, act_int4: bool = True, integer: bool = False) -> Built:
     """The ONNX ModelProto of ``model`` (an applied plan's network, in eval mode).
 
     ``act_int4``: 4-bit activations as int4/uint4 QDQ; otherwise in int8/uint8 with a Clip to
-    the 4-bit range (the same 16 levels). ``fold_bn``: batch norm folded into the quantized
-    convolution before it, with an int32 bias (``fold``), so integer runtimes fuse the convolution.
+    the 4-bit range (the same 16 levels). ``integer``: the form integer runtimes fuse -- batch
+    norm folded into the quantized convolution before it with an int32 bias (``fold``), and
+    4-bit weights held as int8.
     """
     import onnx
     from onnx import TensorProto, helper
@@ -81,7 +82,7 @@ def build_onnx(model: nn.Module, input_shape: tuple[int, ...], configs: dict[str
     try:
         gm = _trace(model, tuple(input_shape))
         mods = dict(gm.named_modules())
-        b = _Builder(act_int4=act_int4, bn_after=bn_after(gm) if fold_bn else {}, modules=mods)
+        b = _Builder(act_int4=act_int4, integer=integer, bn_after=bn_after(gm) if integer else {}, modules=mods)
         b.used.update({INPUT_NAME, OUTPUT_NAME})
         env: dict[str, Any] = {}
         out_value = None

@@ -79,9 +79,9 @@ def onnx_model_bytes(applied, input_shape: tuple[int, ...], plan: Plan | dict | 
     activation QDQ through max-pooling, where it has no int4 kernel; then int8/uint8 again). The
     metadata key ``bitscape.act_containers`` records which.
 
-    ``integer``: each batch norm after a quantized convolution is folded into it with an int32
-    bias, the form integer runtimes fuse (``fold``; onnxruntime then runs the convolution in
-    int8 instead of float). The int32 bias rounds the engine's float bias, so activations near a
+    ``integer``: the form integer runtimes fuse. Each batch norm after a quantized convolution is
+    folded into it with an int32 bias (``fold``), and 4-bit weights are int8 (onnxruntime then
+    runs those convolutions and matmuls in int8 instead of float). The int32 bias rounds the engine's float bias, so activations near a
     rounding boundary can move one level: layers are checked within that rounding's bound, the
     whole network is not held to the engine's logits (``verify`` measures its agreement), and
     the metadata key ``bitscape.bias`` says so.
@@ -96,7 +96,7 @@ def onnx_model_bytes(applied, input_shape: tuple[int, ...], plan: Plan | dict | 
     if four and act_int4:
         built = build_onnx(model, input_shape, applied.configs,
                            metadata_for(applied.configs, plan, model_id, dataset_id, {**extra, "act_containers": note}),
-                           fold_bn=integer)
+                           integer=integer)
         try:
             session(built.model.SerializeToString(), built.owner, applied.configs)
         except ExportError as e:
@@ -104,7 +104,7 @@ def onnx_model_bytes(applied, input_shape: tuple[int, ...], plan: Plan | dict | 
     if built is None:
         built = build_onnx(model, input_shape, applied.configs,
                            metadata_for(applied.configs, plan, model_id, dataset_id, {**extra, "act_containers": note}),
-                           act_int4=False, fold_bn=integer)
+                           act_int4=False, integer=integer)
     if check_inputs is None:
         check_inputs = torch.randn(8, *input_shape, generator=torch.Generator().manual_seed(0))
     check_layers(built, model, check_inputs, applied.configs, net_tol=None if integer else 5e-2)

@@ -96,6 +96,7 @@ class _Builder:
     layer_inputs: dict = field(default_factory=dict)   # layer name -> ONNX tensor name
     scope: str = ""
     act_int4: bool = True
+    integer: bool = False                              # the integer form (engine.export.onnx_model_bytes)
     bn_after: dict = field(default_factory=dict)       # conv module -> the batch norm that may fold into it
     modules: dict = field(default_factory=dict)        # module name -> module
     folded: dict = field(default_factory=dict)         # batch norm folded away -> its convolution
@@ -158,6 +159,12 @@ def _emit_act(b: _Builder, x: str, p: ActQ | None, tag: str = "aq") -> str:
     elem, clip = _int_type(p.bits, p.signed, p.lo, p.hi, b.act_int4)
     s = b.const(f"{b.scope}.{tag}.scale", np.float32(p.scale))
     zp = b.typed_const(f"{b.scope}.{tag}.zero_point", np.array(0), elem)
+    if clip and p.signed and b.integer:
+        # onnxruntime turns int8 activations into uint8 only where Q and DQ touch (then fuses the
+        # layer): the clamp goes before Q, in float -- exact, since Q rounds lo*s and hi*s to lo and hi
+        lo = b.const(f"{b.scope}.{tag}.lo", np.float32(p.lo * p.scale))
+        hi = b.const(f"{b.scope}.{tag}.hi", np.float32(p.hi * p.scale))
+        x, clip = b.op("Clip", [x, lo, hi], f"{tag}/Clip"), False
     q = b.op("QuantizeLinear", [x, s, zp], f"{tag}/QuantizeLinear")
     if clip:
         lo = b.typed_const(f"{b.scope}.{tag}.lo", np.array(p.lo), elem)
@@ -166,16 +173,16 @@ def _emit_act(b: _Builder, x: str, p: ActQ | None, tag: str = "aq") -> str:
     return b.op("DequantizeLinear", [q, s, zp], f"{tag}/DequantizeLinear")
 
 
-def _weight_type(p: WeightQ) -> tuple[int, int]:
+def _weight_type(p: WeightQ, integer: bool = False) -> tuple[int, int]:
     """(ONNX element type, zero point) of stored weight codes.
 
-    4-bit codes are int4. Codes needing the full signed 8-bit range (-128..127) are stored
+    4-bit codes are int4 (int8 in the integer form: onnxruntime fuses int8 weights only). Codes needing the full signed 8-bit range (-128..127) are stored
     as uint8 with zero point 128: onnxruntime fuses int8-weight QDQ matmuls into u8s8
     integer kernels whose int16 pair sums saturate on CPUs without AVX-VNNI, while u8u8
     kernels are exact. Narrower codes are int8 (their pair sums cannot saturate).
     """
     from onnx import TensorProto as T
-    if p.bits == 4 and p.lo >= -8 and p.hi <= 7:
+    if p.bits == 4 and p.lo >= -8 and p.hi <= 7 and not integer:
         return T.INT4, 0
     if p.lo < -64 or p.hi > 64:
         return T.UINT8, 128
@@ -191,7 +198,7 @@ def _emit_weight(b: _Builder, name: str, w: torch.Tensor, wq, transpose: bool = 
         arr = _f32(w)
         return b.const(f"{b.scope}.{name}", arr.T.copy() if transpose else arr)
     codes = p.codes.T.copy() if transpose else p.codes
-    elem, offset = _weight_type(p)
+    elem, offset = _weight_type(p, b.integer)
     if elem in (T.INT8, T.UINT8):
         cq = b.const(f"{b.scope}.{name}_quantized", (codes.astype(np.int16) + offset).astype(
             np.uint8 if elem == T.UINT8 else np.int8))

@@ -109,7 +109,7 @@ def test_per_operand_rules_and_unpacking_match_scalar(topos, seed, batch, model)
     unpacks narrow weights at every call (host.unpack_s) and clamps narrow activations (host.clip_s):
     the sweep path agrees with the scalar one."""
     from engine.benchmarks.cost import ort_base
-    prof = ort_base().with_changes({"host.unpack_s": 3e-9, "host.clip_s": 2e-6})
+    prof = ort_base(integer=False).with_changes({"host.unpack_s": 3e-9, "host.clip_s": 2e-6})
     topo = topos[model]
     rng = np.random.default_rng(seed)
     plans = [_random_configs(topo, rng) for _ in range(4)]
@@ -126,7 +126,7 @@ def test_unpacking_is_paid_per_weight_at_4_bits_only():
     from engine.models.zoo import build_model
     from engine.plans.graph import analyze
     topo = analyze(build_model("lenet5", (1, 8, 8), 10), (1, 8, 8))
-    prof = ort_base()
+    prof = ort_base(integer=False)
     fc1 = next(x for x in topo.layers if x.name == "fc1")
     cost = {}
     for u in (0.0, 1e-8):
@@ -145,7 +145,7 @@ def test_a_clamp_is_paid_per_layer_below_8_activation_bits():
     topo = analyze(build_model("lenet5", (1, 8, 8), 10), (1, 8, 8))
     cost = {}
     for c in (0.0, 1e-6):
-        p = ort_base().with_changes({"host.clip_s": c})
+        p = ort_base(integer=False).with_changes({"host.clip_s": c})
         for a in (1, 4, 7, 8, 32):
             cfgs = {x.name: LayerConfig(8, a if x.name == "fc2" else 8) for x in topo.layers}
             cost[(c, a)] = cost_plan(topo.widened(cfgs), cfgs, p, 1).latency_s

@@ -187,7 +187,7 @@ def test_profile_with_per_operand_rules_calibrates_from_the_cli(tmp_path):
     unpacking per weight; 'profiles --describe' names the fields; a width_map to a unit with no rate
     is a one-line error that writes nothing."""
     from engine.benchmarks.cost import ort_base
-    base = ort_base().to_dict()
+    base = ort_base(integer=False).to_dict()
     base["name"], base["title"] = "mine", "my onnxruntime machine"
     (tmp_path / "mine.json").write_text(json.dumps(base))
     truth = load_profile(tmp_path / "mine.json").with_changes(

@@ -40,10 +40,12 @@ def test_packed_structures_offer_the_tie_and_label_it():
     tied = [s for s in cands if s.get("fit.tie") == SERIAL_TIE]
     assert tied and len(tied) == len(cands) // 2
     assert "one efficiency for widths 1+2" in structure_label(tied[0])
-    # onnxruntime has no bit-serial kernel; its tie is one efficiency for INT4 and INT8 (a 4-bit
-    # weight's extra time is its unpacking, host.unpack_s)
-    ort_ties = [s["fit.tie"] for s in structures(B.ort_base()) if "fit.tie" in s]
+    # onnxruntime's faithful form has no bit-serial kernel; its tie is one efficiency for INT4 and
+    # INT8 (a 4-bit weight's extra time is its unpacking, host.unpack_s); the integer form has no
+    # int4 weights, so nothing to tie
+    ort_ties = [s["fit.tie"] for s in structures(B.ort_base(integer=False)) if "fit.tie" in s]
     assert ort_ties and all(t == ["compute.efficiency.4", "compute.efficiency.8"] for t in ort_ties)
+    assert not any("fit.tie" in s for s in structures(B.ort_base()))
 
 
 def test_tied_coefficient_is_one_parameter_written_to_both_paths():
@@ -98,16 +100,20 @@ def test_packed_base_prices_the_int8_kernel_by_weight_digits_only():
 
 def test_ort_base_follows_the_weight_width():
     from engine.cost.profiles import bit_index
-    t = B.ort_base().tables
+    t = B.ort_base(integer=False).tables
     assert t.w_exec[bit_index(4)][bit_index(8)] == 4 and t.w_exec[bit_index(8)][bit_index(4)] == 8
     assert t.w_exec[bit_index(3)][bit_index(3)] == 8
+    # the integer form: int8 codes within +-64 (u8s8) below 8 bits, full-range uint8 codes (u8u8) at 8
+    t = B.ort_base().tables
+    assert t.w_exec[bit_index(4)][bit_index(8)] == 7 and t.w_exec[bit_index(1)][bit_index(1)] == 7
+    assert t.w_exec[bit_index(8)][bit_index(2)] == 8
 
 
 @pytest.mark.slow
 def test_ort_unpacking_learned_on_uniform_plans_carries_to_4bit_weights_in_mixed_plans():
     """Only W4A4 stores int4 weights among the uniform plans; with one efficiency for INT4 and INT8
     its extra time must go to host.unpack_s (per weight), which prices a 4-bit fc1 in a W8A8 plan."""
-    base = B.ort_base()
+    base = B.ort_base(integer=False)
     truth = base.with_changes({"compute.efficiency.4": 0.5, "compute.efficiency.8": 0.5, "host.unpack_s": 4e-9,
                                "host.clip_s": 1.5e-6})
     df, pm = frame(uniform_plans(range(1, 9)), truth, "onnxruntime")
