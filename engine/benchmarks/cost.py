@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "uniform W1A1..W8A8 plans, predict random mixed plans (lenet5, cnn, resnet20)")
     parser.add_argument("--random", type=int, default=None, metavar="N",
                         help="--mixed: random mixed plans per model (default 200; 20 with --quick)")
-    parser.add_argument("--targets", default="packed,onnxruntime", help="--mixed: comma-separated targets")
+    parser.add_argument("--targets", default="packed,onnxruntime,onnxruntime-integer",
+                        help="--mixed: comma-separated targets")
     parser.add_argument("--save-measurements", default=None, metavar="DIR",
                         help="--mixed: also write each model's measurements (CSV + plans; with --repeatability "
                              "the second run as <model>-<dataset>.run2.csv) to DIR")
@@ -436,19 +437,23 @@ def packed_base():
     return Profile(d, "<packed base>")
 
 
-def ort_base(integer: bool = True):
-    """onnxruntime as it runs bitscape's export; by default the integer form, which ``measure`` times
-    (engine.export.onnx_model_bytes(integer=True)): weights are int8 codes at every width, fused into
+def ort_base(integer: bool = False):
+    """onnxruntime as it runs bitscape's export (``measure``'s targets onnxruntime and
+    onnxruntime-integer).
+
+    ``integer``: the integer form (engine.export.onnx_model_bytes(integer=True)): weights are int8 codes at every width, fused into
     integer convolutions and matmuls; codes within +-64 (widths 1-7) run the u8s8 kernels, full-range
     8-bit codes (stored uint8 with zero point 128, engine.export.qdq) the u8u8 ones, measured ~2x
     slower on the CNN's convolutions. So a fixed-width profile on the weight's width, 1-6 run as 7,
     with the cpu profile's int8 and float rates and host terms (quantize, rescale, per-call); a
     convolution taking signed 1-bit activations (GreaterOrEqual + Where in float) runs unfused in
-    float with its batch norm (host.sign_s prices the extra nodes). The fit sets the efficiencies
-    and host terms.
+    float with its batch norm (host.sign_s prices the extra nodes), and so does one whose output is
+    not requantized for the next layer (ResNet's second convolution of a block, whose output meets
+    the shortcut; compute.unfused_conv_bits), its int8 weights dequantized at every call
+    (host.unpack_s). The fit sets the efficiencies and host terms.
 
     ``integer=False``: the faithful form, whose weights are int4 at exactly 4 bits and int8
-    otherwise, its batch norms float nodes. Measured on lenet5, only a 4-bit weight changes its time
+    otherwise, its batch norms float nodes (so a convolution followed by one is not fused). Measured on lenet5, only a 4-bit weight changes its time
     (W4A4 and W4A8 ~1.4x W8A8): INT4 / INT8 / FP32 units on the weight's width, 1-3 run as 8, plus
     the per-call unpacking of int4 weights (their DequantizeLinear is not fused: fc1/fc2 at 4-bit
     weights +12-14%, the convolutions' few weights ~+2%)."""
@@ -465,20 +470,21 @@ def ort_base(integer: bool = True):
         d["compute"] = {"class": "fixed", "float_bits": 32, "rates": {"7": int8, "8": int8, "32": fp32},
                         "efficiency": {"7": 1.0, "8": 1.0, "32": 1.0}, "overhead_s": 0.0, "operand": "w",
                         "width_map": {str(b): 7 for b in range(1, 7)}, "storage_widths": [8, 32],
-                        "signed_binary_conv_bits": 32}
-        d["host"].pop("unpack_s", None)
+                        "signed_binary_conv_bits": 32, "unfused_conv_bits": 32, "folds_bn": True}
+        d["host"]["unpack_s"] = 2e-10   # an unfused convolution's int8 weights are dequantized at every call
         d["name"], d["title"] = "cpu-ort", "Host CPU, onnxruntime QDQ, integer form (INT8 u8s8 / u8u8, FP32)"
         return Profile(d, "<onnxruntime base>")
     d["compute"] = {"class": "fixed", "float_bits": 32, "rates": {"4": int8, "8": int8, "32": fp32},
                     "efficiency": {"4": 1.0, "8": 1.0, "32": 1.0}, "overhead_s": 0.0,
-                    "operand": "w", "width_map": {"1": 8, "2": 8, "3": 8}, "storage_widths": [4, 8, 32]}
+                    "operand": "w", "width_map": {"1": 8, "2": 8, "3": 8}, "storage_widths": [4, 8, 32],
+                    "unfused_conv_bits": 32, "folds_bn": False}
     d["host"]["unpack_s"] = 1e-9        # int4 weights are dequantized at every call, not fused
     d["host"].pop("sign_s", None)       # a signed 1-bit activation is GreaterOrEqual + Where, no conversion
     d["name"], d["title"] = "cpu-ort-faithful", "Host CPU, onnxruntime QDQ (INT4 weights at 4 bits, INT8, FP32)"
     return Profile(d, "<onnxruntime base, faithful form>")
 
 
-BASES = {"packed": packed_base, "onnxruntime": ort_base}
+BASES = {"packed": packed_base, "onnxruntime": ort_base, "onnxruntime-integer": lambda: ort_base(integer=True)}
 
 
 def _bops(row) -> float:

@@ -182,7 +182,7 @@ def _structures(prof: Profile) -> list[dict]:
         # one efficiency for the bit-serial kernel's widths (time follows its w x a bit planes, so a
         # 1-bit layer's extra time must come from the binary-weight host terms), or one per width
         return [{**m, **t} for t in ({}, {"fit.tie": SERIAL_TIE}) for m in mem]
-    if prof.klass == "fixed" and _names_host(prof, "unpack_s"):
+    if prof.klass == "fixed" and _names_host(prof, "unpack_s") and min(prof.tables.w_store) < 8:
         # a runtime that unpacks narrow weights at every call (host.unpack_s) computes them on its
         # wider unit: one efficiency for every integer unit, so their extra time is learned per
         # weight, not per MAC (uniform plans alone cannot tell the two apart)

@@ -29,6 +29,7 @@ class Geom(NamedTuple):
     bias: bool
     nm_dims: tuple
     signed_in: bool = False  # its input activations can be negative (signed codes)
+    requant: str = "unknown"  # LayerInfo.requantized: "direct", "after_bn", "none", "unknown"
 
     @property
     def depthwise(self) -> bool:
@@ -48,6 +49,7 @@ class Geom(NamedTuple):
 
 
 KIND_GROUPS = ("conv", "depthwise", "pointwise", "linear", "recurrent")
+REQUANT = ("unknown", "direct", "after_bn", "none")   # Geom.requant's values (LayerInfo.requantized)
 
 
 def _get(layer, key, default=None):
@@ -76,6 +78,7 @@ def geometry(layer) -> Geom:
         steps, name, bias = layer.steps, layer.name, layer.bias
     signed = _get(layer, "signed_input")   # unknown (an older topology): the layer reading the data is
     signed = _get(layer, "is_input", False) if signed is None else signed
+    requant = _get(layer, "requantized", "unknown")
     positions = oh * ow * steps
     if kind == "conv2d":
         reduction = cin // g * kh * kw
@@ -97,4 +100,4 @@ def geometry(layer) -> Geom:
     gemm_n = {"lstm": 4, "gru": 3}.get(kind, 1) * cout
     weights = gemm_n * reduction
     return Geom(str(name), kind, cin, cout, kh, kw, g, positions, gemm_n, cin_g, reduction,
-                weights, weights * positions, act_in, act_out, bool(bias), nm_dims, bool(signed))
+                weights, weights * positions, act_in, act_out, bool(bias), nm_dims, bool(signed), str(requant))

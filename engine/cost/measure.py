@@ -1,7 +1,8 @@
 """Time plans on a real runtime and write tidy rows (the input of ``bitscape calibrate``).
 
 Targets: ``packed`` (bitscape's kernels through ``engine.deploy``: per layer span and whole
-network), ``onnxruntime`` (the exported QDQ model: whole network, and per layer from ORT's
+network), ``onnxruntime`` / ``onnxruntime-integer`` (the exported QDQ model, faithful or in its
+integer form: whole network, and per layer from ORT's
 profiler, each node counted with the layer whose name prefixes it, unnamed nodes with the layer
 before them), ``torch-cuda`` (only where a GPU is present, ``engine.cost.measure_cuda``: int8 GEMMs via
 ``torch._int_mm``, 2:4 via semi-structured sparse tensors, the rest in fp16 or bf16; where no GPU is
@@ -29,7 +30,8 @@ import numpy as np
 from engine.errors import UserError
 from engine.plans.plan import LayerConfig, Plan
 
-TARGETS = ("packed", "onnxruntime", "torch-cuda")
+TARGETS = ("packed", "onnxruntime", "onnxruntime-integer", "torch-cuda")
+ORT_TARGETS = {"onnxruntime": False, "onnxruntime-integer": True}   # target -> the export's integer form
 COLUMNS = ["target", "model", "dataset", "plan_hash", "plan", "layer", "batch", "seconds", "repeats", "machine",
            "weights", "number", "instances"]
 TOTAL = "total"
@@ -261,10 +263,11 @@ def packed_point(prep: Prepared, b: int) -> Callable[[], dict]:
     return run
 
 
-def ort_bytes(prep: Prepared) -> bytes:
-    """The plan's exported QDQ ONNX model (checked layer by layer against the network by the exporter)."""
+def ort_bytes(prep: Prepared, integer: bool = False) -> bytes:
+    """The plan's exported QDQ ONNX model (checked layer by layer against the network by the exporter);
+    ``integer``: its integer form (``export onnx --integer``)."""
     from engine.export import onnx_model_bytes
-    return onnx_model_bytes(prep.applied, prep.applied.topology.input_shape, prep.plan, integer=True)
+    return onnx_model_bytes(prep.applied, prep.applied.topology.input_shape, prep.plan, integer=integer)
 
 
 def _ort_session(blob: bytes, threads: int, profile_dir: str | None = None):
@@ -415,9 +418,9 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
     for target in targets:
         blobs, runnable = {}, []
         for prep in preps:
-            if target == "onnxruntime":
+            if target in ORT_TARGETS:
                 try:
-                    blobs[id(prep)] = ort_bytes(prep)
+                    blobs[id(prep)] = ort_bytes(prep, ORT_TARGETS[target])
                 except UserError as e:
                     if skipped is None:
                         raise
@@ -448,7 +451,7 @@ def measure(model: str, dataset: str, plans: Sequence[Plan], targets: Sequence[s
                 say(f"{target} {model}: instance {i + 1} of {instances} timed")
         results = [mean_timed(ts) for ts in zip(*per_instance)]
         for (prep, b), (layers, total, number) in zip(keys, results):
-            if target == "onnxruntime" and per_layer:
+            if target in ORT_TARGETS and per_layer:
                 layers = ort_layers(blobs[id(prep)], batch_of(prep.sample, b), src.names, repeats, threads)
             emit(target, prep, b, layers, total, number)
             say(f"{target} {model} {plan_label(prep.plan)} batch {b}: {total * 1e3:.3f} ms")

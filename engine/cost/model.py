@@ -124,11 +124,25 @@ def signed_binary(g: Geom, ai: int, prof: Profile) -> tuple[bool, int]:
     return sign, ai
 
 
+_FLOAT = bit_index(FLOAT)
+
+
+def unfused(g: Geom, ni: int, prof: Profile) -> bool:
+    """A convolution the runtime cannot fuse into an integer kernel (``compute.unfused_conv_bits``): its
+    output is not requantized for the next layer, directly or (``compute.folds_bn``) after a batch norm."""
+    if not prof.unfused_conv_bits or g.kind != "conv2d" or g.requant == "unknown":
+        return False
+    fused = g.requant == "direct" or (g.requant == "after_bn" and prof.folds_bn)
+    return not fused or ni == _FLOAT
+
+
 def _numbers(g: Geom, wi: int, ai: int, nm, density: float, ni: int, prof: Profile, batch: int) -> tuple:
     """The numeric part of one layer's cost (no strings): see LayerCost for the fields."""
     sign, ai = signed_binary(g, ai, prof)
+    uf = unfused(g, ni, prof)
+    ac = bit_index(prof.unfused_conv_bits) if uf else ai      # the width the compute runs at
     t = prof.tables
-    rate, eff, tk, ovh = t.rate[wi][ai], t.eff[wi][ai], t.tile_k[wi][ai], t.overhead[wi][ai]
+    rate, eff, tk, ovh = t.rate[wi][ac], t.eff[wi][ac], t.tile_k[wi][ac], t.overhead[wi][ac]
 
     # sparsity: does the sparse math path run; what density the datapath sees
     nm_used = bool(nm) and _nm_ok(g, nm, prof, wi, ai)
@@ -167,7 +181,7 @@ def _numbers(g: Geom, wi: int, ai: int, nm, density: float, ni: int, prof: Profi
     w_tiles = math.ceil(w_all / prof.w_buf) if prof.w_buf else 1
     bw = prof.bw * prof.mem_eff if prof.bw else 0.0
     a_buf, tf, summed = prof.a_buf, prof.traffic_factor, prof.combine == "sum"
-    h_fixed, h_per = host_terms(g, wi, ai, prof, sign) if prof.host else (0.0, 0.0)
+    h_fixed, h_per = host_terms(g, wi, ai, prof, sign, uf) if prof.host else (0.0, 0.0)
     out = []
     for bb in ((batch, 1) if batch != 1 else (1,)):
         compute = -(-(bb * g.positions) // tm) * tm * per_row
@@ -194,12 +208,14 @@ def _numbers(g: Geom, wi: int, ai: int, nm, density: float, ni: int, prof: Profi
             energy, time1, nm_used, d_exec, skip)
 
 
-def host_terms(g: Geom, wi: int, ai: int, prof: Profile, sign: bool = False) -> tuple[float, float]:
+def host_terms(g: Geom, wi: int, ai: int, prof: Profile, sign: bool = False,
+               unfused_conv: bool = False) -> tuple[float, float]:
     """(fixed seconds per layer call, seconds per sample) of the profile's host terms: the per-kind
     call cost plus per-time-step cost (LSTM), and per sample the activation quantization (elements
     entering the GEMMs; an LSTM re-quantizes h every step), the rescale/epilogue (GEMM output
     elements, both LSTM GEMMs) and the im2col gather (convolutions); 1-bit weights add the sum
-    correction of their {-1, +1} codes; weights stored below 8 bits add their per-call unpacking,
+    correction of their {-1, +1} codes; weights stored below 8 bits, and those of an unfused
+    convolution (``unfused_conv``), add their per-call unpacking,
     activations below 8 bits their clamp (host.clip_s), signed 1-bit activations their {-1, +1}
     codes (host.sign_s; ``sign``)."""
     lstm = g.kind in ("lstm", "gru")  # recurrent: per-step calls, hidden state re-quantized each step
@@ -211,7 +227,7 @@ def host_terms(g: Geom, wi: int, ai: int, prof: Profile, sign: bool = False) -> 
     if prof.tables.binary[wi][ai]:
         fixed += prof.host_binary
         per += prof.host_binary_out * o_el
-    if prof.host_unpack and prof.tables.w_store[wi] < 8:
+    if prof.host_unpack and (prof.tables.w_store[wi] < 8 or unfused_conv):
         fixed += prof.host_unpack * g.weights
     if prof.host_clip and ai < bit_index(8):
         fixed += prof.host_clip
@@ -226,7 +242,7 @@ def _nm_ok(g: Geom, nm, prof: Profile, wi: int, ai: int) -> bool:
     return all(d >= prof.nm_min_ch and d % prof.nm_mult == 0 for d in g.nm_dims)
 
 
-def _note(g: Geom, cfg, prof: Profile, wi: int, ai: int, nums: tuple, bound: str) -> str:
+def _note(g: Geom, cfg, prof: Profile, wi: int, ai: int, nums: tuple, bound: str, ni: int) -> str:
     """What the target really runs for this layer and what it falls back on."""
     t = prof.tables
     nm_used, d_exec, skip = nums[14], nums[15], nums[16]
@@ -250,6 +266,9 @@ def _note(g: Geom, cfg, prof: Profile, wi: int, ai: int, nums: tuple, bound: str
                     f"signed 1-bit activations run as {prof.signed_binary_conv_bits}-bit {{-1, +1}} codes")
     elif sign and prof.host_sign:
         msgs.append("signed 1-bit activations: {-1, +1} codes")
+    if unfused(g, ni, prof):
+        msgs.append("not fused: runs in float" if prof.unfused_conv_bits == FLOAT
+                    else f"not fused: runs at {prof.unfused_conv_bits} bits")
     if g.depthwise:
         msgs.append(f"depthwise: {g.kh}x{g.kw} reduction per channel, no GEMM padding")
     if nm:
@@ -294,7 +313,7 @@ def _layer_uncached(g: Geom, cfg, ni: int, prof: Profile, batch: int, notes: boo
     (macs, macs_exec, peak, weight_bytes, param_bytes, a_in, a_out, dram, compute_s, memory_s, ovh, time_s,
      energy, time1) = nums[:14]
     bound = "overhead" if ovh > max(compute_s, memory_s) else ("memory" if memory_s > compute_s else "compute")
-    note = _note(g, cfg, prof, wi, ai, nums, bound) if notes else ""
+    note = _note(g, cfg, prof, wi, ai, nums, bound, ni) if notes else ""
     bops = float(macs) * (FLOAT if cfg.w_bits == FLOAT else cfg.w_bits) * (FLOAT if cfg.a_bits == FLOAT else cfg.a_bits)
     return LayerCost(g.name, g.kind, prof.tables.label[wi][ai], macs, bops, macs_exec, peak, weight_bytes,
                      param_bytes, a_in, a_out, dram, compute_s, memory_s, ovh, time_s, energy, bound, note), time1

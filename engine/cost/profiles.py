@@ -100,6 +100,12 @@ SCHEMA: dict[str, Any] = {
                 # a convolution whose 1-bit activations are signed ({-1, +1}) runs them as codes of this
                 # many bits (the packed deployment: 2, no {0, 1} rewrite on the im2col path)
                 "signed_binary_conv_bits": {"enum": [1, 2, 3, 4, 5, 6, 7, 8, 32]},
+                # an integer runtime fuses a convolution only when its output is requantized for the
+                # next layer (analyze(): LayerInfo.requantized); the others run at this width (32: float)
+                "unfused_conv_bits": {"enum": [1, 2, 3, 4, 5, 6, 7, 8, 32]},
+                # whether the runtime's model has batch norms folded into the convolutions before them
+                # (a batch norm between a convolution and the requantization stops fusion otherwise)
+                "folds_bn": {"type": "boolean"},
                 # compute efficiency per layer kind, on top of the per-width one (default 1)
                 "kind_efficiency": {"type": "object", "additionalProperties": False,
                                     "properties": {k: _pos for k in KIND_GROUPS}},
@@ -144,7 +150,8 @@ SCHEMA: dict[str, Any] = {
                            "elsewhere) add binary_s per call + batch * binary_out_s per GEMM output element (the "
                            "sum correction of the popcount result). unpack_s is paid per call for each weight a "
                            "layer stores below 8 bits and the runtime unpacks at every call (onnxruntime's int4 "
-                           "DequantizeLinear), whatever the batch. clip_s is paid per call by a layer whose "
+                           "DequantizeLinear), and for each weight of a convolution it does not fuse "
+                           "(compute.unfused_conv_bits), whatever the batch. clip_s is paid per call by a layer whose "
                            "activations are narrower than 8 bits and are clamped to their k-bit range inside "
                            "an 8-bit container (onnxruntime's Clip between QuantizeLinear and DequantizeLinear). sign_s "
                            "is paid per call by a layer whose 1-bit activations are signed ({-1, +1} codes).",
@@ -211,6 +218,8 @@ class Profile:
         self.min_width: int = min((int(k) for k in c.get("rates", {}) if k != "default"), default=1)
         self.float_bits: int = c["float_bits"]
         self.signed_binary_conv_bits: int | None = c.get("signed_binary_conv_bits")
+        self.unfused_conv_bits: int | None = c.get("unfused_conv_bits")
+        self.folds_bn: bool = bool(c.get("folds_bn", False))
         ke = c.get("kind_efficiency", {})
         self.kind_eff: dict = {k: float(ke.get(k, 1.0)) for k in KIND_GROUPS}
         tile = c.get("tile", {})
@@ -438,7 +447,8 @@ def compile_tables(d: dict) -> Tables:
     stored_as = c.get("width_map", {}) if klass == "fixed" else {}
     for b in BITS:
         x = fb if b == FLOAT else b
-        s = int(stored_as[str(x)]) if str(x) in stored_as else round_up_to(x, storage) if storage else x
+        s = int(stored_as.get(str(x), x))
+        s = round_up_to(s, storage) if storage else s      # the mapped unit's width, in a container it has
         w_store.append(s)
         a_store.append(s)
     return Tables(rate, eff, tk, oh, we_t, ae_t, emac, nm_ok, w_store, a_store, binary)
@@ -553,6 +563,12 @@ PARAMETERS: tuple[tuple[str, str, str, str], ...] = (
     ("compute.signed_binary_conv_bits", "bits", "the activation width a convolution's signed 1-bit "
      "activations ({-1, +1}) run at (a fact of the runtime, not fitted; the packed deployment: 2; "
      "32: in float, as onnxruntime runs them)", "all"),
+    ("compute.unfused_conv_bits", "bits", "the width a convolution runs at when the runtime cannot fuse it into "
+     "an integer kernel: its output is not requantized for the next layer (an add, a fan-out, the output; a "
+     "fact of the graph) (a fact of the runtime, not fitted; onnxruntime: 32, in float)", "all"),
+    ("compute.folds_bn", "true/false", "the runtime's model has each batch norm folded into the convolution "
+     "before it (onnxruntime on the integer export: true); otherwise a batch norm after a convolution "
+     "leaves it unfused (with compute.unfused_conv_bits)", "all"),
     ("compute.overhead_s", "s per layer call", "fixed time added to every layer (launch, call cost)", "all"),
     ("memory.bytes_per_s", "bytes/s", "peak off-chip (or last-level) bandwidth", "all"),
     ("memory.efficiency", "fraction of peak (may exceed 1)", "scales the bandwidth: memory time = bytes / (bw x eff)",
@@ -571,8 +587,8 @@ PARAMETERS: tuple[tuple[str, str, str, str], ...] = (
     ("host.binary_out_s", "s per element", "sum correction of one output element of a 1-bit-weight layer", "all"),
     ("host.sign_s", "s per layer call", "turning a layer's signed 1-bit activations into {-1, +1} codes (the "
      "packed deployment's input layer on signed data); fitted only where the base profile has it", "all"),
-    ("host.unpack_s", "s per weight", "unpacking one weight stored below 8 bits at every call (e.g. onnxruntime's "
-     "int4 DequantizeLinear); fitted only where the base profile has it", "all"),
+    ("host.unpack_s", "s per weight", "unpacking one weight stored below 8 bits, or of an unfused convolution, "
+     "at every call (e.g. onnxruntime's DequantizeLinear); fitted only where the base profile has it", "all"),
 )
 # structure choices 'bitscape calibrate' selects by cross-validation (not fitted numbers)
 STRUCTURES: tuple[tuple[str, str], ...] = (

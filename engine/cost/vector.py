@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from engine.cost.formulas import E_ADD_BIT_PJ, FLOAT
-from engine.cost.geometry import KIND_GROUPS, _get, geometry
+from engine.cost.geometry import KIND_GROUPS, REQUANT, _get, geometry
 from engine.cost.profiles import NB, Profile, bit_index, load_profile
 
 _KIND = {"conv2d": 0, "linear": 1, "lstm": 2, "gru": 3}
@@ -43,6 +43,7 @@ class LayerTable:
     space_extra: list = field(default_factory=list)   # (space pos, other producer idx) pairs to agree
     in_rep: np.ndarray = field(default=None)
     signed_in: np.ndarray = field(default=None)       # input activations can be negative
+    requant: np.ndarray = field(default=None)         # index into REQUANT (geometry's requant)
     group: np.ndarray = field(default=None)           # index into KIND_GROUPS (per-kind efficiency)
 
     @property
@@ -67,6 +68,7 @@ class LayerTable:
             positions=np.array([g.positions for g in geoms], dtype=np.int64),
             bias=np.array([g.bias for g in geoms], dtype=bool),
             signed_in=np.array([g.signed_in for g in geoms], dtype=bool),
+            requant=np.array([REQUANT.index(g.requant) for g in geoms], dtype=np.int64),
             group=np.array([KIND_GROUPS.index(g.group) for g in geoms], dtype=np.int64),
         )
         del conv
@@ -221,6 +223,14 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
     sign = table.signed_in & (ai == bit_index(1))      # signed 1-bit activations (model.signed_binary)
     if prof.signed_binary_conv_bits:
         ai = np.where(sign & conv, bit_index(prof.signed_binary_conv_bits), ai)
+    ac = ai      # the width the compute runs at (model.unfused)
+    if prof.unfused_conv_bits:
+        req = table.requant
+        fused = (req == REQUANT.index("direct")) | ((req == REQUANT.index("after_bn")) & prof.folds_bn)
+        uf = conv & (req != REQUANT.index("unknown")) & ~(fused & (a_next != NB - 1))
+        ac = np.where(uf, bit_index(prof.unfused_conv_bits), ai)
+    else:
+        uf = np.zeros_like(conv)
     dw = conv & (table.groups > 1) & (table.groups == table.cin) & (table.groups == table.cout)
     g = np.where(dw, cin, table.groups)   # a widened depthwise layer keeps groups = channels
     gemm_n = np.where(kind == 2, 4 * cout, np.where(kind == 3, 3 * cout, cout))
@@ -249,7 +259,7 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
     skip = np.where(d < 1.0, np.minimum(1.0, d / prof.skip_eff + prof.skip_idx), 1.0)
     d_exec = np.where(skip < 1.0, d, 1.0)
 
-    rate, eff, tk, ovh = T["rate"][wi, ai], T["eff"][wi, ai], T["tile_k"][wi, ai], T["overhead"][wi, ai]
+    rate, eff, tk, ovh = T["rate"][wi, ac], T["eff"][wi, ac], T["tile_k"][wi, ac], T["overhead"][wi, ac]
     eff = eff * T["kind_eff"][table.group]
     ng = gemm_n // g
     np_ = np.where(dw, gemm_n, g * _ceil_div(ng, prof.tile_n) * prof.tile_n).astype(float)
@@ -286,7 +296,7 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
         h_fixed = h_fixed + np.where(binary, prof.host_binary, 0.0)
         h_per = h_per + np.where(binary, prof.host_binary_out * o_el, 0.0)
         if prof.host_unpack:
-            h_fixed = h_fixed + np.where(T["w_store"][wi] < 8, prof.host_unpack * weights, 0.0)
+            h_fixed = h_fixed + np.where((T["w_store"][wi] < 8) | uf, prof.host_unpack * weights, 0.0)
         if prof.host_clip:
             h_fixed = h_fixed + np.where(ai < bit_index(8), prof.host_clip, 0.0)
         h_fixed = h_fixed + np.where(sign, prof.host_sign, 0.0)

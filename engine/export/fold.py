@@ -28,7 +28,7 @@ class Folded:
     """A convolution's weight and bias with the batch norm after it folded in."""
 
     codes: np.ndarray       # int16 (values fit the storage type), shape of the weight
-    scale: np.ndarray       # float32 (out_channels,), positive
+    scale: np.ndarray       # float32 (out_channels,); negative only where a channel keeps its codes (see fold)
     zero_point: int         # 0 (int8 storage) or 128 (uint8 storage)
     bias: np.ndarray        # int32 (out_channels,), at scale x_scale * scale
     bias_scale: np.ndarray  # float32 (out_channels,)

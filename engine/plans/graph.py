@@ -42,6 +42,9 @@ class LayerInfo:
     is_output: bool = False
     is_input: bool = False          # it reads the network input (the data, not another layer)
     signed_input: bool | None = None  # its input can be negative (no ReLU-like op before it); None: unknown
+    requantized: str = "unknown"      # its output goes to one next layer's input quantizer only: "direct"
+                                      # (through ReLU, max-pool, reshapes), "after_bn" (a batch norm first),
+                                      # or not ("none"); "unknown": not analyzed (an older topology)
     in_space: int = -1
     out_space: int = -1
 
@@ -442,6 +445,9 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
         elif out_shape is not None and len(out_shape) > 1:
             state[node] = _T(new_space(out_shape[1], fixed=f"it comes from {node.name}"), 1)
 
+    for name, how in _requantized(gm, modules, set(infos)).items():
+        infos[name].requantized = how
+
     # canonical spaces: roots only, ids re-pointed
     roots = {sid: sp for sid, sp in spaces.items() if find(sid) == sid}
     for info in layers:
@@ -450,6 +456,41 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
         if roots[info.out_space].fixed == "it carries the network output":
             info.is_output = True
     return Topology(layers=layers, spaces=roots, input_shape=tuple(input_shape))
+
+
+_KEEP_MODULES = (nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
+_KEEP_FUNCS = {F.relu, torch.relu, F.max_pool2d, torch.flatten, F.dropout}
+_KEEP_METHODS = {"relu", "view", "reshape", "flatten", "contiguous"}
+
+
+def _requantized(gm: torch.fx.GraphModule, modules: dict, layers: set[str]) -> dict[str, str]:
+    """Per layer, whether its output reaches exactly one next layer (whose input quantizer then takes
+    it) through a chain of single-use ops a runtime fuses into the requantization (ReLU, max-pool,
+    reshapes): "direct", "after_bn" (a batch norm right after the layer, which a runtime must fold
+    first), or "none" (an add, a fan-out, the network output...). Integer runtimes run a convolution
+    as an integer kernel only when its output is requantized."""
+    out: dict[str, str] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or node.target not in layers:
+            continue
+        cur, how = node, "direct"
+        while True:
+            if len(cur.users) != 1:
+                how = "none"
+                break
+            u = next(iter(cur.users))
+            mod = modules.get(u.target) if u.op == "call_module" else None
+            if mod is not None and u.target in layers and u.args and u.args[0] is cur:
+                break
+            if cur is node and isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                how = "after_bn"
+            elif not (isinstance(mod, _KEEP_MODULES) or (u.op == "call_function" and u.target in _KEEP_FUNCS)
+                      or (u.op == "call_method" and u.target in _KEEP_METHODS)):
+                how = "none"
+                break
+            cur = u
+        out[node.target] = how
+    return out
 
 
 def _flatten(src: _T, in_shape, out_shape) -> _T | None:

@@ -22,8 +22,9 @@ def register(sub) -> None:
     p = sub.add_parser("measure", help="time plans on a real runtime; write a tidy CSV for 'bitscape calibrate'")
     add_model_args(p)
     p.add_argument("--target", default="packed",
-                   help="comma-separated runtimes: packed, onnxruntime, torch-cuda (default packed; "
-                        "torch-cuda is skipped with 'no GPU' where none is present)")
+                   help="comma-separated runtimes: packed, onnxruntime, onnxruntime-integer (the export's "
+                        "integer form, `export onnx --integer`), torch-cuda (default packed; torch-cuda is "
+                        "skipped with 'no GPU' where none is present)")
     src = p.add_argument_group("plans (at least one)")
     src.add_argument("--plan", action="append", default=[], metavar="PATH",
                      help="a plan JSON file or a directory of them (repeatable)")

@@ -107,8 +107,8 @@ def test_mixed_protocol_as_the_readme_runs_it_then_rescored_from_its_measurement
             "--save-measurements", str(tmp_path))
     assert r.returncode == 0, r.stderr
     lines = [x for x in r.stdout.splitlines() if x.strip().startswith(("packed", "onnxruntime"))]
-    assert [x.split()[0] for x in lines] == ["packed", "onnxruntime"]
-    assert "repeatability: run 1 vs run 2 Spearman" in r.stdout and "/2 met" in r.stdout
+    assert [x.split()[0] for x in lines] == ["packed", "onnxruntime", "onnxruntime-integer"]
+    assert "repeatability: run 1 vs run 2 Spearman" in r.stdout and "/3 met" in r.stdout
     for name in ("lenet5-digits.csv", "lenet5-digits.plans.json", "lenet5-digits.run2.csv"):
         assert (tmp_path / name).is_file()
     again = cli("--from-measurements", str(tmp_path))

@@ -45,7 +45,7 @@ def test_packed_structures_offer_the_tie_and_label_it():
     # int4 weights, so nothing to tie
     ort_ties = [s["fit.tie"] for s in structures(B.ort_base(integer=False)) if "fit.tie" in s]
     assert ort_ties and all(t == ["compute.efficiency.4", "compute.efficiency.8"] for t in ort_ties)
-    assert not any("fit.tie" in s for s in structures(B.ort_base()))
+    assert not any("fit.tie" in s for s in structures(B.ort_base(integer=True)))
 
 
 def test_tied_coefficient_is_one_parameter_written_to_both_paths():
@@ -104,7 +104,7 @@ def test_ort_base_follows_the_weight_width():
     assert t.w_exec[bit_index(4)][bit_index(8)] == 4 and t.w_exec[bit_index(8)][bit_index(4)] == 8
     assert t.w_exec[bit_index(3)][bit_index(3)] == 8
     # the integer form: int8 codes within +-64 (u8s8) below 8 bits, full-range uint8 codes (u8u8) at 8
-    t = B.ort_base().tables
+    t = B.ort_base(integer=True).tables
     assert t.w_exec[bit_index(4)][bit_index(8)] == 7 and t.w_exec[bit_index(1)][bit_index(1)] == 7
     assert t.w_exec[bit_index(8)][bit_index(2)] == 8
 

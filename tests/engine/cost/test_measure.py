@@ -23,11 +23,12 @@ LENET = ["conv1", "conv2", "fc1", "fc2", "fc3"]
 
 def test_packed_and_onnxruntime_rows_are_tidy(tmp_path):
     plans = uniform_plans([2]) + random_plans(LENET, 1, seed=3)
-    rows, plan_map = measure("lenet5", "digits", plans, ["packed", "onnxruntime"], batches=[1], repeats=2)
+    targets = ["packed", "onnxruntime", "onnxruntime-integer"]
+    rows, plan_map = measure("lenet5", "digits", plans, targets, batches=[1], repeats=2)
     out, side = write(rows, plan_map, tmp_path / "m.csv")
     df = pd.read_csv(out, dtype={"plan_hash": str})
     assert list(df.columns) == COLUMNS
-    assert set(df["target"]) == {"packed", "onnxruntime"}
+    assert set(df["target"]) == set(targets)
     assert set(df["plan_hash"]) == {p.digest() for p in plans} == set(json.loads(side.read_text()))
     assert (df["seconds"] > 0).all() and (df["repeats"] == 2).all() and (df["batch"] == 1).all()
     assert (df["weights"] == "baseline").all() and df["machine"].str.len().gt(0).all()
@@ -128,10 +129,10 @@ def test_a_plan_the_target_cannot_run_is_skipped_not_the_target(monkeypatch):
     from engine.errors import UserError
     real = M.ort_bytes
 
-    def refuse_w2(prep):
+    def refuse_w2(prep, integer=False):
         if prep.plan.name == "W2A2":
             raise UserError("exporter refuses it")
-        return real(prep)
+        return real(prep, integer)
     monkeypatch.setattr(M, "ort_bytes", refuse_w2)
     plans = uniform_plans([2, 8])
     with pytest.raises(UserError, match="exporter refuses it"):
