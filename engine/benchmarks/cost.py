@@ -450,7 +450,7 @@ def ort_base(integer: bool = False):
     float with its batch norm (host.sign_s prices the extra nodes), and so does one whose output is
     not requantized for the next layer (ResNet's second convolution of a block, whose output meets
     the shortcut; compute.unfused_conv_bits), its int8 weights dequantized at every call
-    (host.unpack_s). The fit sets the efficiencies and host terms.
+    (host.dequant_s). The fit sets the efficiencies and host terms.
 
     ``integer=False``: the faithful form, whose weights are int4 at exactly 4 bits and int8
     otherwise, its batch norms float nodes (so a convolution followed by one is not fused). Measured on lenet5, only a 4-bit weight changes its time
@@ -471,7 +471,7 @@ def ort_base(integer: bool = False):
                         "efficiency": {"7": 1.0, "8": 1.0, "32": 1.0}, "overhead_s": 0.0, "operand": "w",
                         "width_map": {str(b): 7 for b in range(1, 7)}, "storage_widths": [8, 32],
                         "signed_binary_conv_bits": 32, "unfused_conv_bits": 32, "folds_bn": True}
-        d["host"]["unpack_s"] = 2e-10   # an unfused convolution's int8 weights are dequantized at every call
+        d["host"]["dequant_s"] = 2e-10  # an unfused convolution's int8 weights are dequantized at every call
         d["name"], d["title"] = "cpu-ort", "Host CPU, onnxruntime QDQ, integer form (INT8 u8s8 / u8u8, FP32)"
         return Profile(d, "<onnxruntime base>")
     d["compute"] = {"class": "fixed", "float_bits": 32, "rates": {"4": int8, "8": int8, "32": fp32},
@@ -479,6 +479,7 @@ def ort_base(integer: bool = False):
                     "operand": "w", "width_map": {"1": 8, "2": 8, "3": 8}, "storage_widths": [4, 8, 32],
                     "unfused_conv_bits": 32, "folds_bn": False}
     d["host"]["unpack_s"] = 1e-9        # int4 weights are dequantized at every call, not fused
+    d["host"]["dequant_s"] = 2e-10      # and so are an unfused convolution's int8 weights
     d["host"].pop("sign_s", None)       # a signed 1-bit activation is GreaterOrEqual + Where, no conversion
     d["name"], d["title"] = "cpu-ort-faithful", "Host CPU, onnxruntime QDQ (INT4 weights at 4 bits, INT8, FP32)"
     return Profile(d, "<onnxruntime base, faithful form>")

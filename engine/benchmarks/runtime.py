@@ -1,4 +1,5 @@
-"""End-to-end speed: the packed network vs onnxruntime (the same plan's QDQ model) vs torch FP32.
+"""End-to-end speed: the packed network vs onnxruntime (the same plan's QDQ model, by default its integer
+form) vs torch FP32.
 
 Per model and uniform plan (W8A8, W4A4, W2A2, W1A1) and batch (1 and 64): whole-network latency of
 bitscape's packed kernels (``engine.deploy``), of onnxruntime running the plan's exported QDQ model, and
@@ -36,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-time", type=float, default=0.005, metavar="S",
                         help="seconds each timed run lasts at least: back-to-back calls averaged after an "
                              "untimed one (default 0.005; 0: one call per run)")
+    parser.add_argument("--onnx-form", default="integer", choices=("integer", "faithful"),
+                        help="which export onnxruntime runs (default integer: `export onnx --integer`, its "
+                             "convolutions fused into integer kernels; faithful: the default export)")
     parser.add_argument("--stat", default="min", choices=("min", "median"),
                         help="what each point's repeats are reduced to (default min: a loaded machine's "
                              "preemptions add tens of ms to some runs)")
@@ -54,10 +58,10 @@ def torch_point(base, x):
 
 
 def bench_model(model: str, dataset: str, bits=BITS, batches=(1, 64), repeats: int = 15, progress=None,
-                stat: str = "min", min_time: float = 0.0) -> dict:
+                stat: str = "min", min_time: float = 0.0, onnx_form: str = "integer") -> dict:
     """Whole-network seconds (``stat`` of the repeats: min, or median) of packed / onnxruntime / torch
     FP32 per plan and batch, one interleaved set of rounds; a plan a runtime cannot run is noted in
-    'skipped'."""
+    'skipped'. ``onnx_form``: the export onnxruntime runs, integer or faithful."""
     import torch
 
     from engine.cost.measure import (
@@ -81,7 +85,7 @@ def bench_model(model: str, dataset: str, bits=BITS, batches=(1, 64), repeats: i
     for plan in uniform_plans(bits):
         prep = prepare_plan(src, plan)
         try:
-            blob = ort_bytes(prep)
+            blob = ort_bytes(prep, integer=onnx_form == "integer")
         except UserError as e:
             blob = None
             skipped.append({"runtime": "onnxruntime", "plan": plan.name, "reason": str(e)})
@@ -110,8 +114,8 @@ def bench_model(model: str, dataset: str, bits=BITS, batches=(1, 64), repeats: i
                          "packed_vs_ort": (o / p) if (o and p) else None,
                          "packed_vs_torch": (t / p) if (t and p) else None,
                          "ort_vs_torch": (t / o) if (t and o) else None})
-    return {"model": model, "dataset": dataset, "weights": src.weights, "stat": stat, "min_time": min_time, "rows": rows,
-            "skipped": skipped}
+    return {"model": model, "dataset": dataset, "weights": src.weights, "stat": stat, "min_time": min_time,
+            "onnx_form": onnx_form, "rows": rows, "skipped": skipped}
 
 
 def moonshot(rows: list[dict]) -> dict:
@@ -152,16 +156,17 @@ def run(args) -> int:
     repeats = args.repeats or cfg["repeats"]
     say = None if args.json else (lambda m: print(m, file=sys.stderr))
     check_min_time(args.min_time)
-    results = [bench_model(m, d, bits, batches, repeats, say, args.stat, args.min_time) for m, d in models]
+    form = getattr(args, "onnx_form", "integer")
+    results = [bench_model(m, d, bits, batches, repeats, say, args.stat, args.min_time, form) for m, d in models]
     rows = [r for x in results for r in x["rows"]]
     out = {"machine": machine(), "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
-           "repeats": repeats, "stat": args.stat, "min_time": args.min_time, "results": results,
+           "repeats": repeats, "stat": args.stat, "min_time": args.min_time, "onnx_form": form, "results": results,
            "moonshot": moonshot(rows)}
     if args.json:
         print(json.dumps(out, default=lambda o: None if isinstance(o, float) and not math.isfinite(o) else o))
         return 0
     print(f"end-to-end latency, {args.stat} of {repeats} interleaved runs of >= {args.min_time * 1e3:g} ms, one thread; "
-          f"{out['machine']}; "
+          f"onnxruntime runs the {form} export; {out['machine']}; "
           f"load average {out['loadavg']}")
     print(f"  {'model':<9} {'plan':<5} {'batch':>5} {'packed ms':>10} {'ORT ms':>10} {'torch ms':>10}"
           f"   {'packed/ORT':>10} {'packed/torch':>12} {'ORT/torch':>9}   (speedups: x > 1 = faster)")

@@ -249,6 +249,9 @@ def default_params(prof: Profile, rows: Sequence[Row], structure: dict | None = 
         binary = prof.klass == "lut" and any(t.binary[wi][ai] for wi, ai in seen)
         params += ["host.binary_s", "host.binary_out_s"] if binary else []
         params += [f"host.{t}" for t in ("unpack_s", "clip_s") if _names_host(prof, t)]
+        unfused_convs = prof.unfused_conv_bits and any(c[0].kind == "conv2d" and c[0].requant != "unknown"
+                                                       for c in cells)
+        params += ["host.dequant_s"] if unfused_convs and _names_host(prof, "dequant_s") else []
         signed = any(c[0].signed_in and c[2] == bit_index(1) for c in cells)
         params += ["host.sign_s"] if signed and _names_host(prof, "sign_s") else []
     else:

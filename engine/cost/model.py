@@ -214,8 +214,8 @@ def host_terms(g: Geom, wi: int, ai: int, prof: Profile, sign: bool = False,
     call cost plus per-time-step cost (LSTM), and per sample the activation quantization (elements
     entering the GEMMs; an LSTM re-quantizes h every step), the rescale/epilogue (GEMM output
     elements, both LSTM GEMMs) and the im2col gather (convolutions); 1-bit weights add the sum
-    correction of their {-1, +1} codes; weights stored below 8 bits, and those of an unfused
-    convolution (``unfused_conv``), add their per-call unpacking,
+    correction of their {-1, +1} codes; weights stored below 8 bits add their per-call unpacking,
+    those of an unfused convolution (``unfused_conv``) their dequantization (host.dequant_s),
     activations below 8 bits their clamp (host.clip_s), signed 1-bit activations their {-1, +1}
     codes (host.sign_s; ``sign``)."""
     lstm = g.kind in ("lstm", "gru")  # recurrent: per-step calls, hidden state re-quantized each step
@@ -227,8 +227,10 @@ def host_terms(g: Geom, wi: int, ai: int, prof: Profile, sign: bool = False,
     if prof.tables.binary[wi][ai]:
         fixed += prof.host_binary
         per += prof.host_binary_out * o_el
-    if prof.host_unpack and (prof.tables.w_store[wi] < 8 or unfused_conv):
+    if prof.host_unpack and prof.tables.w_store[wi] < 8:
         fixed += prof.host_unpack * g.weights
+    if unfused_conv:
+        fixed += prof.host_dequant * g.weights
     if prof.host_clip and ai < bit_index(8):
         fixed += prof.host_clip
     if sign:

@@ -150,15 +150,15 @@ SCHEMA: dict[str, Any] = {
                            "elsewhere) add binary_s per call + batch * binary_out_s per GEMM output element (the "
                            "sum correction of the popcount result). unpack_s is paid per call for each weight a "
                            "layer stores below 8 bits and the runtime unpacks at every call (onnxruntime's int4 "
-                           "DequantizeLinear), and for each weight of a convolution it does not fuse "
-                           "(compute.unfused_conv_bits), whatever the batch. clip_s is paid per call by a layer whose "
+                           "DequantizeLinear), whatever the batch; dequant_s for each weight of a convolution "
+                           "it does not fuse (compute.unfused_conv_bits), dequantized to float at every call. clip_s is paid per call by a layer whose "
                            "activations are narrower than 8 bits and are clamped to their k-bit range inside "
                            "an 8-bit container (onnxruntime's Clip between QuantizeLinear and DequantizeLinear). sign_s "
                            "is paid per call by a layer whose 1-bit activations are signed ({-1, +1} codes).",
             "properties": {"layer_s": _kind_map,
                            "step_s": _nonneg, "quant_s": _nonneg, "out_s": {"oneOf": [_nonneg, _kind_map]},
                            "im2col_s": _nonneg, "binary_s": _nonneg, "binary_out_s": _nonneg,
-                           "unpack_s": _nonneg, "clip_s": _nonneg, "sign_s": _nonneg},
+                           "unpack_s": _nonneg, "clip_s": _nonneg, "sign_s": _nonneg, "dequant_s": _nonneg},
         },
         "energy": {
             "type": "object", "additionalProperties": False,
@@ -267,6 +267,7 @@ class Profile:
         self.host_unpack: float = float(host.get("unpack_s", 0.0))
         self.host_clip: float = float(host.get("clip_s", 0.0))
         self.host_sign: float = float(host.get("sign_s", 0.0))
+        self.host_dequant: float = float(host.get("dequant_s", 0.0))
 
     @property
     def title(self) -> str:
@@ -587,8 +588,10 @@ PARAMETERS: tuple[tuple[str, str, str, str], ...] = (
     ("host.binary_out_s", "s per element", "sum correction of one output element of a 1-bit-weight layer", "all"),
     ("host.sign_s", "s per layer call", "turning a layer's signed 1-bit activations into {-1, +1} codes (the "
      "packed deployment's input layer on signed data); fitted only where the base profile has it", "all"),
-    ("host.unpack_s", "s per weight", "unpacking one weight stored below 8 bits, or of an unfused convolution, "
-     "at every call (e.g. onnxruntime's DequantizeLinear); fitted only where the base profile has it", "all"),
+    ("host.unpack_s", "s per weight", "unpacking one weight stored below 8 bits at every call (e.g. onnxruntime's "
+     "int4 DequantizeLinear); fitted only where the base profile has it", "all"),
+    ("host.dequant_s", "s per weight", "dequantizing one weight of a convolution the runtime does not fuse "
+     "(compute.unfused_conv_bits) at every call; fitted only where the base profile has it", "all"),
 )
 # structure choices 'bitscape calibrate' selects by cross-validation (not fitted numbers)
 STRUCTURES: tuple[tuple[str, str], ...] = (

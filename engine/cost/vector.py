@@ -296,7 +296,8 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
         h_fixed = h_fixed + np.where(binary, prof.host_binary, 0.0)
         h_per = h_per + np.where(binary, prof.host_binary_out * o_el, 0.0)
         if prof.host_unpack:
-            h_fixed = h_fixed + np.where((T["w_store"][wi] < 8) | uf, prof.host_unpack * weights, 0.0)
+            h_fixed = h_fixed + np.where(T["w_store"][wi] < 8, prof.host_unpack * weights, 0.0)
+        h_fixed = h_fixed + np.where(uf, prof.host_dequant * weights, 0.0)
         if prof.host_clip:
             h_fixed = h_fixed + np.where(ai < bit_index(8), prof.host_clip, 0.0)
         h_fixed = h_fixed + np.where(sign, prof.host_sign, 0.0)

@@ -102,14 +102,17 @@ def test_encode_plans_accepts_plan_objects(topos):
         LayerTable.from_layers(topo.layers).widened(np.full((1, 3), 2.0))
 
 
-@settings(max_examples=10, deadline=None)
-@given(seed=st.integers(0, 2 ** 31 - 1), batch=st.sampled_from([1, 16]), model=st.sampled_from(["resnet20", "cnn"]))
-def test_per_operand_rules_and_unpacking_match_scalar(topos, seed, batch, model):
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1), batch=st.sampled_from([1, 16]), model=st.sampled_from(["resnet20", "cnn"]),
+       integer=st.booleans())
+def test_per_operand_rules_and_unpacking_match_scalar(topos, seed, batch, model, integer):
     """A fixed profile whose unit follows the weight (compute.operand, compute.width_map) and that
-    unpacks narrow weights at every call (host.unpack_s) and clamps narrow activations (host.clip_s):
-    the sweep path agrees with the scalar one."""
+    unpacks narrow weights at every call (host.unpack_s), clamps narrow activations (host.clip_s) and
+    runs unfused convolutions in float (compute.unfused_conv_bits, compute.folds_bn): the sweep path
+    agrees with the scalar one."""
     from engine.benchmarks.cost import ort_base
-    prof = ort_base(integer=False).with_changes({"host.unpack_s": 3e-9, "host.clip_s": 2e-6})
+    prof = ort_base(integer=integer).with_changes({"host.unpack_s": 3e-9, "host.clip_s": 2e-6,
+                                                   "host.dequant_s": 5e-10})
     topo = topos[model]
     rng = np.random.default_rng(seed)
     plans = [_random_configs(topo, rng) for _ in range(4)]
@@ -170,3 +173,33 @@ def test_binary_terms_follow_the_kernel_row_on_the_cpu_profile():
             cost.append(cost_plan(topo.widened(cfgs), cfgs, p, 1).latency_s)
         extra[a] = cost[1] - cost[0]
     assert extra[1] == pytest.approx(1e-5) and extra[2] == pytest.approx(1e-5) and extra[8] == 0.0
+
+
+def test_unfused_convolutions_run_in_float_with_their_weights_dequantized_per_call():
+    """onnxruntime fuses a convolution into an integer kernel only when its output is requantized for
+    the next layer (after its batch norm is folded, in the integer form): ResNet-20's second convolution
+    of a block (its output meets the shortcut) runs in float, its weights dequantized at every call."""
+    from engine.benchmarks.cost import ort_base
+    from engine.cost.profiles import Profile
+    from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
+    topo = analyze(build_model("resnet20", (3, 32, 32), 10), (3, 32, 32))
+    cfgs = {x.name: LayerConfig(4, 4) for x in topo.layers}
+
+    def layers(prof):
+        return {x.name: x for x in cost_plan(topo.widened(cfgs), cfgs, prof, 1).layers}
+    for integer in (True, False):
+        prof = ort_base(integer=integer).with_changes({"host.dequant_s": 1e-9})
+        d = prof.to_dict()
+        del d["compute"]["unfused_conv_bits"]
+        fused, base = layers(Profile(d, "<all fused>")), layers(prof)
+        conv1, conv2 = base["layer1.0.conv1"], base["layer1.0.conv2"]
+        weights = next(x for x in topo.layers if x.name == "layer1.0.conv2").weights
+        assert conv2.compute_s > fused["layer1.0.conv2"].compute_s      # float rate
+        assert conv2.time_s - fused["layer1.0.conv2"].time_s > 1e-9 * weights
+        assert "not fused: runs in float" in conv2.note
+        if integer:   # its batch norm folded: the block's first convolution is an integer kernel
+            assert conv1.time_s == fused["layer1.0.conv1"].time_s and "not fused" not in conv1.note
+        else:         # the batch norm between it and the requantization keeps it in float
+            assert conv1.time_s > fused["layer1.0.conv1"].time_s
+        assert base["fc"].time_s == fused["fc"].time_s                # a matmul needs no requantization
