@@ -206,7 +206,8 @@ def rebuild(ev: Evaluation, data: Dataset | None = None) -> Run:
 
 
 def export_network(ev: Evaluation, kind: str, checkpoint=None) -> tuple[str, bytes, str]:
-    """(file name, bytes, note) of a point's network as ONNX (``onnx``) or a packed file (``packed``).
+    """(file name, bytes, note) of a point's network as ONNX (``onnx``; ``onnx-integer``: the integer
+    form, ``export onnx --integer``) or a packed file (``packed``).
 
     The network is the one its job saved (``checkpoint``, see engine.models.artifacts); nothing is
     trained here. A point without saved weights is refused with the reason.
@@ -223,7 +224,7 @@ def export_network(ev: Evaluation, kind: str, checkpoint=None) -> tuple[str, byt
         raise UserError(f"this point failed ({ev.reason}); there is no network to export")
     if checkpoint is None or not Path(checkpoint).is_file():
         raise UserError(NO_WEIGHTS)
-    if kind not in ("onnx", "packed"):
+    if kind not in ("onnx", "onnx-integer", "packed"):
         raise ValueError(f"unknown export kind {kind!r}")
     data = load_dataset(ev.dataset)
     applied, meta = load_planned(checkpoint, data)
@@ -233,13 +234,14 @@ def export_network(ev: Evaluation, kind: str, checkpoint=None) -> tuple[str, byt
     acc = ev.test_accuracy if ev.test_accuracy is not None else ev.val_accuracy
     note = "the job's saved weights" + (f" (test accuracy {acc:.4f})" if acc is not None else "")
     stem = f"{ev.model}-{ev.dataset}-{ev.provenance.get('plan_hash', 'plan')}"
-    if kind == "onnx":
+    if kind in ("onnx", "onnx-integer"):
         from engine.export.onnx import onnx_model_bytes
+        integer = kind == "onnx-integer"
         blob = onnx_model_bytes(applied, data.input_shape, ev.plan, ev.model, ev.dataset,
                                 check_inputs=data.x_val[:64],
                                 extra_metadata={"status": ev.status, "test_accuracy": ev.test_accuracy,
-                                                "settings": ev.settings})
-        return f"{stem}.onnx", blob, note
+                                                "settings": ev.settings}, integer=integer)
+        return (f"{stem}.integer.onnx" if integer else f"{stem}.onnx"), blob, note
     from engine.deploy import deploy, save_packed
     net = deploy(applied, meta={"plan": ev.plan, "model": ev.model, "dataset": ev.dataset})
     fd, tmp = tempfile.mkstemp(suffix=".safetensors")

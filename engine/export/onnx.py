@@ -88,13 +88,11 @@ def onnx_model_bytes(applied, input_shape: tuple[int, ...], plan: Plan | dict | 
     runs those convolutions and matmuls in int8 instead of float). The int32 bias rounds the
     engine's float bias, so activations near a rounding boundary can move one level: folded
     layers are checked within that rounding's bound, a network with one is not held to the
-    engine's logits (``verify`` measures its agreement), and the metadata key ``bitscape.bias``
-    says so.
+    engine's logits (``verify`` measures its agreement), and the metadata keys ``bitscape.form``
+    and ``bitscape.bias`` say so.
     """
     model = applied.model
-    extra = dict(extra_metadata or {})
-    if integer:
-        extra["bias"] = "int32 at the accumulator's scale, batch norm folded into quantized convolutions"
+    extra = {**(extra_metadata or {}), "form": "integer" if integer else "faithful"}
     four = any(aq.active and aq.bits == 4 for m in model.modules() if isinstance(m, QUANT_LAYERS)
                for aq in act_quantizers(m))
     built, note = None, "int4 where 4-bit" if four and act_int4 else "int8/uint8"
@@ -110,6 +108,11 @@ def onnx_model_bytes(applied, input_shape: tuple[int, ...], plan: Plan | dict | 
         built = build_onnx(model, input_shape, applied.configs,
                            metadata_for(applied.configs, plan, model_id, dataset_id, {**extra, "act_containers": note}),
                            act_int4=False, integer=integer)
+    folded = sorted(built.slack)
+    e = built.model.metadata_props.add()
+    e.key, e.value = "bitscape.bias", (f"int32 at the accumulator's scale in the convolutions with their batch "
+                                       f"norm folded in ({', '.join(folded)}); float elsewhere" if folded
+                                       else "float, added after each product")
     if check_inputs is None:
         check_inputs = torch.randn(8, *input_shape, generator=torch.Generator().manual_seed(0))
     check_layers(built, model, check_inputs, applied.configs, net_tol=None if built.slack else 5e-2)

@@ -52,7 +52,7 @@ def run_onnx(args) -> int:
     md = read_metadata(ex.data)
     out = {"out": args.out, "bytes": len(ex.data), "opset": OPSET, "model": ex.meta["model"],
            "dataset": ex.meta["dataset"], "activation_containers": md.get("bitscape.act_containers", ""),
-           "bias": md.get("bitscape.bias", "float, as the engine computes it")}
+           "form": md.get("bitscape.form", ""), "bias": md.get("bitscape.bias", "")}
     if args.verify:
         out.update(verify(ex.data, ex.applied.model, ex.dataset.x_test, ex.dataset.y_test).to_dict())
     if args.json:

@@ -493,7 +493,8 @@ class Workspace(param.Parameterized):
         return self.points.to_csv(index=False)
 
     def export_selected(self, kind: str) -> bytes | None:
-        """The selected point's network as ONNX (``onnx``) or a packed file (``packed``).
+        """The selected point's network as ONNX (``onnx``, or ``onnx-integer``: the form integer
+        runtimes fuse) or a packed file (``packed``).
 
         The network is the one its job saved beside the store (nothing is retrained here).
         Returns None, with the reason in ``message``, on failure.

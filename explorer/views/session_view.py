@@ -69,6 +69,9 @@ class SessionView(pn.viewable.Viewer):
                                             label="Frontier (HTML)", width=140)
         self.onnx = pn.widgets.FileDownload(callback=lambda: self._network("onnx"), filename="bitscape-model.onnx",
                                             label="Selected point: ONNX", width=180)
+        self.onnx_int = pn.widgets.FileDownload(callback=lambda: self._network("onnx-integer"),
+                                                filename="bitscape-model.integer.onnx",
+                                                label="ONNX, integer form", width=170)
         self.packed = pn.widgets.FileDownload(callback=lambda: self._network("packed"),
                                               filename="bitscape-model.packed.safetensors",
                                               label="Selected point: packed model", width=210)
@@ -154,5 +157,5 @@ class SessionView(pn.viewable.Viewer):
                          self.link, pn.Row(self.link_input, pn.Column(pn.Spacer(height=18), self.copy)),
                          pn.Row(self.export_file, self.import_file),
                          pn.pane.Markdown("**Downloads**"), pn.Row(self.csv, self.png, self.html),
-                         pn.Row(self.onnx, self.packed),
+                         pn.Row(self.onnx, self.onnx_int, self.packed),
                          sizing_mode="stretch_width")

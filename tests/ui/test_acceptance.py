@@ -206,6 +206,12 @@ def test_an_analysts_session(served, page, browser, tmp_path):
     inp = sess.get_inputs()[0]
     out = sess.run(None, {inp.name: np.zeros((1, 1, 8, 8), dtype=np.float32)})[0]
     assert out.shape == (1, 10)
+    with page.expect_download(timeout=300_000) as dl:      # the integer form, as integer runtimes fuse it
+        page.get_by_text("ONNX, integer form").click()
+    integer = onnx.load(dl.value.path())
+    assert {p.key: p.value for p in integer.metadata_props}["bitscape.form"] == "integer"
+    sess = ort.InferenceSession(dl.value.path(), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {inp.name: np.zeros((1, 1, 8, 8), dtype=np.float32)})[0].shape == (1, 10)
 
     # save the session and open its share link in a second browser context: read-only
     page.get_by_placeholder("e.g. lenet5 4-bit study").fill("acceptance study")

@@ -39,6 +39,9 @@ def test_job_saves_its_network_and_the_onnx_reproduces_its_accuracy(workspace, m
     pred = predict_onnx(blob, data.x_test).argmax(1)
     onnx_accuracy = float((pred == data.y_test.numpy()).sum()) / len(data.y_test)
     assert onnx_accuracy == pytest.approx(ev.test_accuracy, abs=1e-12), (onnx_accuracy, ev.test_accuracy)
+    integer = ws.export_selected("onnx-integer")       # lenet5 has no batch norm: the same predictions
+    assert integer is not None and integer != blob, ws.message
+    assert (predict_onnx(integer, data.x_test).argmax(1) == pred).all()
     packed = ws.export_selected("packed")
     assert packed is not None and len(packed) > 1000, ws.message
 
@@ -52,7 +55,7 @@ def test_point_without_saved_weights_is_refused_without_training(workspace, monk
     ws.add_evaluation(ev)
     _no_training(monkeypatch)
     ws.select(ev.key, load=False)
-    for kind in ("onnx", "packed"):
+    for kind in ("onnx", "onnx-integer", "packed"):
         assert ws.export_selected(kind) is None
         assert ws.message == f"export refused: {NO_WEIGHTS}"
 
