@@ -58,5 +58,8 @@ def test_should_stop_cancels_in_flight_jobs_and_submits_nothing_more():
     assert len(seen) >= 2
     mine = [j for j in runner.jobs() if j.session == sid]
     assert mine and all(j.done for j in mine)      # nothing of it left queued or running
-    assert any(j.state == "cancelled" for j in mine)
+    # every job either landed (and was reported) or was cancelled in flight; which of the two depends
+    # on how fast the workers were, so a run where all had landed before the stop cancels none
+    for j in mine:
+        assert j.state == "cancelled" or (j.state == "done" and j.key in seen), (j.state, j.key)
     assert len(mine) < 12 and len(store.evaluations(session=sid)) == len(seen)
