@@ -151,7 +151,8 @@ SCHEMA: dict[str, Any] = {
                            "sum correction of the popcount result). unpack_s is paid per call for each weight a "
                            "layer stores below 8 bits and the runtime unpacks at every call (onnxruntime's int4 "
                            "DequantizeLinear), whatever the batch; dequant_s for each weight of a convolution "
-                           "it does not fuse (compute.unfused_conv_bits), dequantized to float at every call. clip_s is paid per call by a layer whose "
+                           "it does not fuse (compute.unfused_conv_bits), dequantized to float at every call. "
+                           "clip_s is paid per call by a layer whose "
                            "activations are narrower than 8 bits and are clamped to their k-bit range inside "
                            "an 8-bit container (onnxruntime's Clip between QuantizeLinear and DequantizeLinear). sign_s "
                            "is paid per call by a layer whose 1-bit activations are signed ({-1, +1} codes).",

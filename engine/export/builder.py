@@ -82,7 +82,8 @@ def build_onnx(model: nn.Module, input_shape: tuple[int, ...], configs: dict[str
     try:
         gm = _trace(model, tuple(input_shape))
         mods = dict(gm.named_modules())
-        b = _Builder(act_int4=act_int4, integer=integer, bn_after=bn_after(gm) if integer else {}, modules=mods)
+        b = _Builder(act_int4=act_int4, integer=integer, bn_after=bn_after(gm, mods) if integer else {},
+                     modules=mods)
         b.used.update({INPUT_NAME, OUTPUT_NAME})
         env: dict[str, Any] = {}
         out_value = None

@@ -35,9 +35,9 @@ class Folded:
     slack: np.ndarray       # float32 (out_channels,): |folded - engine| bound from the bias rounding
 
 
-def bn_after(gm: torch.fx.GraphModule) -> dict[str, str]:
-    """Convolution module -> the batch norm module that is its output's only user (and takes nothing else)."""
-    mods = dict(gm.named_modules())
+def bn_after(gm: torch.fx.GraphModule, mods: dict[str, nn.Module]) -> dict[str, str]:
+    """Convolution module -> the batch norm module that is its output's only user (and takes nothing
+    else); ``mods``: the traced modules by name."""
     out = {}
     for node in gm.graph.nodes:
         if node.op != "call_module" or not isinstance(mods[node.target], nn.Conv2d) or len(node.users) != 1:

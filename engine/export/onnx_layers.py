@@ -111,11 +111,7 @@ def _folded_conv(b: _Builder, mod, x: str, px, attrs: dict) -> str | None:
     f = fold(pw, None if mod.bias is None else _f32(mod.bias), b.modules[bn_name], px)
     if f is None:
         return None
-    elem = T.UINT8 if f.zero_point else T.INT8
-    cq = b.const(f"{b.scope}.weight_quantized", (f.codes + f.zero_point).astype(np.uint8 if f.zero_point else np.int8))
-    s = b.const(f"{b.scope}.weight_scale", f.scale)
-    zp = b.typed_const(f"{b.scope}.weight_zero_point", np.full(f.scale.shape, f.zero_point, np.int64), elem)
-    wn = b.op("DequantizeLinear", [cq, s, zp], "weight/DequantizeLinear", axis=0)
+    wn = qdq.emit_codes(b, "weight", f.codes, f.scale, T.UINT8 if f.zero_point else T.INT8, f.zero_point)
     bq = b.const(f"{b.scope}.bias_quantized", f.bias)
     bs = b.const(f"{b.scope}.bias_scale", f.bias_scale)
     bz = b.const(f"{b.scope}.bias_zero_point", np.zeros(f.bias.shape, np.int32))

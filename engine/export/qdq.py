@@ -176,8 +176,8 @@ def _emit_act(b: _Builder, x: str, p: ActQ | None, tag: str = "aq") -> str:
 def _weight_type(p: WeightQ, integer: bool = False) -> tuple[int, int]:
     """(ONNX element type, zero point) of stored weight codes.
 
-    4-bit codes are int4 (int8 in the integer form: onnxruntime fuses int8 weights only). Codes needing the full signed 8-bit range (-128..127) are stored
-    as uint8 with zero point 128: onnxruntime fuses int8-weight QDQ matmuls into u8s8
+    4-bit codes are int4 (int8 in the integer form: onnxruntime fuses int8 weights only). Codes
+    needing the full signed 8-bit range (-128..127) are stored as uint8 with zero point 128: onnxruntime fuses int8-weight QDQ matmuls into u8s8
     integer kernels whose int16 pair sums saturate on CPUs without AVX-VNNI, while u8u8
     kernels are exact. Narrower codes are int8 (their pair sums cannot saturate).
     """
@@ -192,19 +192,26 @@ def _weight_type(p: WeightQ, integer: bool = False) -> tuple[int, int]:
 def _emit_weight(b: _Builder, name: str, w: torch.Tensor, wq, transpose: bool = False) -> str:
     """Float weight constant, or integer codes -> DequantizeLinear. ``transpose`` swaps the
     first two axes (for MatMul), moving the per-channel axis to 1."""
-    from onnx import TensorProto as T
     p = weight_params(wq, w, b.scope) if wq is not None else None
     if p is None:
         arr = _f32(w)
         return b.const(f"{b.scope}.{name}", arr.T.copy() if transpose else arr)
     codes = p.codes.T.copy() if transpose else p.codes
     elem, offset = _weight_type(p, b.integer)
+    return emit_codes(b, name, codes, p.scale, elem, offset, axis=1 if transpose else 0)
+
+
+def emit_codes(b: _Builder, name: str, codes: np.ndarray, scale: np.ndarray, elem: int, offset: int,
+               axis: int = 0) -> str:
+    """Integer weight ``codes`` stored as ``elem`` with zero point ``offset`` -> DequantizeLinear
+    (per channel on ``axis`` where ``scale`` has one entry a channel)."""
+    from onnx import TensorProto as T
     if elem in (T.INT8, T.UINT8):
         cq = b.const(f"{b.scope}.{name}_quantized", (codes.astype(np.int16) + offset).astype(
             np.uint8 if elem == T.UINT8 else np.int8))
     else:
         cq = b.typed_const(f"{b.scope}.{name}_quantized", codes, elem)
-    s = b.const(f"{b.scope}.{name}_scale", p.scale.astype(np.float32))
-    zp = b.typed_const(f"{b.scope}.{name}_zero_point", np.full(p.scale.shape, offset, dtype=np.int64), elem)
-    attrs = {"axis": 1 if transpose else 0} if p.scale.ndim else {}
+    s = b.const(f"{b.scope}.{name}_scale", scale.astype(np.float32))
+    zp = b.typed_const(f"{b.scope}.{name}_zero_point", np.full(scale.shape, offset, dtype=np.int64), elem)
+    attrs = {"axis": axis} if scale.ndim else {}
     return b.op("DequantizeLinear", [cq, s, zp], f"{name}/DequantizeLinear", **attrs)
