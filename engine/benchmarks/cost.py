@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "uniform W1A1..W8A8 plans, predict random mixed plans (lenet5, cnn, resnet20)")
     parser.add_argument("--random", type=int, default=None, metavar="N",
                         help="--mixed: random mixed plans per model (default 200; 20 with --quick)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="--mixed: seed of the random mixed plans (default 0; another seed draws a fresh set "
+                             "to check a cost-model change on plans it was not developed on)")
     parser.add_argument("--targets", default="packed,onnxruntime,onnxruntime-integer",
                         help="--mixed: comma-separated targets")
     parser.add_argument("--save-measurements", default=None, metavar="DIR",
@@ -465,6 +468,7 @@ def ort_base(integer: bool = False):
     fp32 = c["float_macs_per_s"]
     d["host"]["clip_s"] = 1e-7          # activations below 8 bits pass a Clip node (engine.export.qdq)
     d["host"]["binary_s"] = d["host"]["binary_out_s"] = 0.0    # 1-bit codes are plain int8 here
+    d["host"]["pool_s"] = 1e-10         # max-pooling uint8 codes: compares slower the wider the codes
     d["combine"] = "sum"
     if integer:
         d["compute"] = {"class": "fixed", "float_bits": 32, "rates": {"7": int8, "8": int8, "32": fp32},
@@ -550,13 +554,14 @@ def repeatability(df1, df2, target: str, uniform: set, pred_rows=None, pred=None
 
 def validate_mixed(targets=("packed", "onnxruntime"), models=MIXED_MODELS, n_random=20, repeats=3, seed=0,
                    progress=None, save_dir=None, twice: bool = False, stat: str = "median",
-                   min_time: float = 0.0, instances: int = 1, from_dir=None) -> dict:
-    """Measure uniform and mixed plans in the same interleaved rounds, then ``score_mixed`` per target;
-    ``twice``: time them all again and report ``repeatability`` beside; ``from_dir``: time nothing,
-    score what ``save_dir`` wrote there earlier."""
+                   min_time: float = 0.0, instances: int = 1, from_dir=None, plan_seed: int = 0) -> dict:
+    """Measure uniform and mixed plans (``plan_seed``: the random ones') in the same interleaved rounds,
+    then ``score_mixed`` per target (``seed``: its folds); ``twice``: time them all again and report
+    ``repeatability`` beside; ``from_dir``: time nothing, score what ``save_dir`` wrote there earlier."""
     from engine.cost.measure import uniform_plans
     say = progress or (lambda m: None)
-    out = {"targets": list(targets), "random": n_random, "repeats": repeats, "stat": stat, "min_time": min_time,
+    out = {"targets": list(targets), "random": n_random, "plan_seed": plan_seed, "repeats": repeats, "stat": stat,
+           "min_time": min_time,
            "instances": instances,
            "results": [],
            "skipped": []}
@@ -571,7 +576,7 @@ def validate_mixed(targets=("packed", "onnxruntime"), models=MIXED_MODELS, n_ran
                 continue
             df, plans, df2 = saved
         else:
-            timed = _time_mixed(model, dataset, uni, targets, n_random, repeats, seed, say, save_dir, twice, stat,
+            timed = _time_mixed(model, dataset, uni, targets, n_random, repeats, plan_seed, say, save_dir, twice, stat,
                                 min_time, instances, out["skipped"])
             if timed is None:
                 continue
@@ -666,7 +671,8 @@ def run_mixed(args) -> int:
         raise UserError(f"--from-measurements: {src!r} is not a folder")
     r = validate_mixed(targets, models, n, args.repeats or cfg["repeats"], progress=say,
                        save_dir=args.save_measurements, twice=getattr(args, "repeatability", False),
-                       stat=getattr(args, "stat", "min"), min_time=min_time, instances=instances, from_dir=src)
+                       stat=getattr(args, "stat", "min"), min_time=min_time, instances=instances, from_dir=src,
+                       plan_seed=getattr(args, "seed", 0))
     r["machine"] = machine()
     r["loadavg"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     r["targets_set"] = {"median_abs_error": MIXED_TARGET_ERROR, "spearman": MIXED_TARGET_SPEARMAN}
@@ -677,7 +683,8 @@ def run_mixed(args) -> int:
         print(f"uniform -> mixed: calibrate on W1A1..W8A8, predict the random mixed plans measured in {src} "
               "(re-scored: nothing timed now)")
     else:
-        print(f"uniform -> mixed: calibrate on W1A1..W8A8, predict {n} random mixed plans, batch 1, {r['stat']}s "
+        print(f"uniform -> mixed: calibrate on W1A1..W8A8, predict {n} random mixed plans (seed {r['plan_seed']}), "
+              f"batch 1, {r['stat']}s "
               f"of {args.repeats or cfg['repeats']} runs of >= {min_time * 1e3:g} ms, mean of {instances} "
               f"instance(s); {r['machine']}; load average {r['loadavg']}")
     for s in r["skipped"]:

@@ -198,7 +198,7 @@ SERIAL_TIE = ["compute.efficiency.1", "compute.efficiency.2"]
 def _names_host(prof: Profile, term: str) -> bool:
     """Does the base's host section name ``term``? Runtime-specific terms (unpack_s: narrow weights
     unpacked at every call; clip_s: narrow activations clamped; sign_s: signed 1-bit activations
-    made {-1, +1} codes) are fitted only where it does."""
+    made {-1, +1} codes; pool_s: max-pooling integer codes) are fitted only where it does."""
     return term in (prof.data.get("host") or {})
 
 
@@ -254,6 +254,8 @@ def default_params(prof: Profile, rows: Sequence[Row], structure: dict | None = 
         params += ["host.dequant_s"] if unfused_convs and _names_host(prof, "dequant_s") else []
         signed = any(c[0].signed_in and c[2] == bit_index(1) for c in cells)
         params += ["host.sign_s"] if signed and _names_host(prof, "sign_s") else []
+        pooled = any(c[0].pooled for c in cells)
+        params += ["host.pool_s"] if pooled and _names_host(prof, "pool_s") else []
     else:
         params.append("compute.overhead_s")
     if s.get("fit.kinds"):   # the kind with the most MACs is the reference the per-width efficiencies set

@@ -30,6 +30,7 @@ class Geom(NamedTuple):
     nm_dims: tuple
     signed_in: bool = False  # its input activations can be negative (signed codes)
     requant: str = "unknown"  # LayerInfo.requantized: "direct", "after_bn", "none", "unknown"
+    pooled: bool = False      # LayerInfo.pooled: its output is max-pooled as the next layer's codes
 
     @property
     def depthwise(self) -> bool:
@@ -79,6 +80,7 @@ def geometry(layer) -> Geom:
     signed = _get(layer, "signed_input")   # unknown (an older topology): the layer reading the data is
     signed = _get(layer, "is_input", False) if signed is None else signed
     requant = _get(layer, "requantized", "unknown")
+    pooled = bool(_get(layer, "pooled", False))
     positions = oh * ow * steps
     if kind == "conv2d":
         reduction = cin // g * kh * kw
@@ -100,4 +102,5 @@ def geometry(layer) -> Geom:
     gemm_n = {"lstm": 4, "gru": 3}.get(kind, 1) * cout
     weights = gemm_n * reduction
     return Geom(str(name), kind, cin, cout, kh, kw, g, positions, gemm_n, cin_g, reduction,
-                weights, weights * positions, act_in, act_out, bool(bias), nm_dims, bool(signed), str(requant))
+                weights, weights * positions, act_in, act_out, bool(bias), nm_dims, bool(signed), str(requant),
+                pooled)

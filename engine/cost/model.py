@@ -13,7 +13,7 @@ from typing import Iterable, Mapping, Sequence
 
 from engine.cost.formulas import E_ADD_BIT_PJ, FLOAT, k_tiles, nm_bits_per_weight
 from engine.cost.geometry import Geom, geometry
-from engine.cost.profiles import Profile, bit_index, load_profile
+from engine.cost.profiles import BITS, Profile, bit_index, load_profile
 
 
 @dataclass(slots=True)
@@ -181,7 +181,7 @@ def _numbers(g: Geom, wi: int, ai: int, nm, density: float, ni: int, prof: Profi
     w_tiles = math.ceil(w_all / prof.w_buf) if prof.w_buf else 1
     bw = prof.bw * prof.mem_eff if prof.bw else 0.0
     a_buf, tf, summed = prof.a_buf, prof.traffic_factor, prof.combine == "sum"
-    h_fixed, h_per = host_terms(g, wi, ai, prof, sign, uf) if prof.host else (0.0, 0.0)
+    h_fixed, h_per = host_terms(g, wi, ai, prof, sign, uf, ni) if prof.host else (0.0, 0.0)
     out = []
     for bb in ((batch, 1) if batch != 1 else (1,)):
         compute = -(-(bb * g.positions) // tm) * tm * per_row
@@ -209,7 +209,7 @@ def _numbers(g: Geom, wi: int, ai: int, nm, density: float, ni: int, prof: Profi
 
 
 def host_terms(g: Geom, wi: int, ai: int, prof: Profile, sign: bool = False,
-               unfused_conv: bool = False) -> tuple[float, float]:
+               unfused_conv: bool = False, ni: int = _FLOAT) -> tuple[float, float]:
     """(fixed seconds per layer call, seconds per sample) of the profile's host terms: the per-kind
     call cost plus per-time-step cost (LSTM), and per sample the activation quantization (elements
     entering the GEMMs; an LSTM re-quantizes h every step), the rescale/epilogue (GEMM output
@@ -217,7 +217,8 @@ def host_terms(g: Geom, wi: int, ai: int, prof: Profile, sign: bool = False,
     correction of their {-1, +1} codes; weights stored below 8 bits add their per-call unpacking,
     those of an unfused convolution (``unfused_conv``) their dequantization (host.dequant_s),
     activations below 8 bits their clamp (host.clip_s), signed 1-bit activations their {-1, +1}
-    codes (host.sign_s; ``sign``)."""
+    codes (host.sign_s; ``sign``); an output max-pooled as the next layer's ``ni``-bit codes, per
+    element and bit (host.pool_s)."""
     lstm = g.kind in ("lstm", "gru")  # recurrent: per-step calls, hidden state re-quantized each step
     fixed = prof.host_layer.get("lstm" if lstm else g.kind, 0.0) + (prof.host_step * g.positions if lstm else 0.0)
     q_el = 0 if ai == 8 else g.act_in + (g.act_out if lstm else 0)
@@ -235,6 +236,8 @@ def host_terms(g: Geom, wi: int, ai: int, prof: Profile, sign: bool = False,
         fixed += prof.host_clip
     if sign:
         fixed += prof.host_sign
+    if prof.host_pool and g.pooled and ni != _FLOAT:
+        per += prof.host_pool * g.act_out * BITS[ni]
     return fixed, per
 
 

@@ -155,11 +155,15 @@ SCHEMA: dict[str, Any] = {
                            "clip_s is paid per call by a layer whose "
                            "activations are narrower than 8 bits and are clamped to their k-bit range inside "
                            "an 8-bit container (onnxruntime's Clip between QuantizeLinear and DequantizeLinear). sign_s "
-                           "is paid per call by a layer whose 1-bit activations are signed ({-1, +1} codes).",
+                           "is paid per call by a layer whose 1-bit activations are signed ({-1, +1} codes). pool_s is "
+                           "paid per sample for each element and code bit of a layer's output that a max-pool "
+                           "takes as the next layer's integer codes (onnxruntime's uint8 MaxPool, whose "
+                           "compares are data-dependent: its time grows with the codes' width).",
             "properties": {"layer_s": _kind_map,
                            "step_s": _nonneg, "quant_s": _nonneg, "out_s": {"oneOf": [_nonneg, _kind_map]},
                            "im2col_s": _nonneg, "binary_s": _nonneg, "binary_out_s": _nonneg,
-                           "unpack_s": _nonneg, "clip_s": _nonneg, "sign_s": _nonneg, "dequant_s": _nonneg},
+                           "unpack_s": _nonneg, "clip_s": _nonneg, "sign_s": _nonneg, "dequant_s": _nonneg,
+                           "pool_s": _nonneg},
         },
         "energy": {
             "type": "object", "additionalProperties": False,
@@ -269,6 +273,7 @@ class Profile:
         self.host_clip: float = float(host.get("clip_s", 0.0))
         self.host_sign: float = float(host.get("sign_s", 0.0))
         self.host_dequant: float = float(host.get("dequant_s", 0.0))
+        self.host_pool: float = float(host.get("pool_s", 0.0))
 
     @property
     def title(self) -> str:
@@ -593,6 +598,9 @@ PARAMETERS: tuple[tuple[str, str, str, str], ...] = (
      "int4 DequantizeLinear); fitted only where the base profile has it", "all"),
     ("host.dequant_s", "s per weight", "dequantizing one weight of a convolution the runtime does not fuse "
      "(compute.unfused_conv_bits) at every call; fitted only where the base profile has it", "all"),
+    ("host.pool_s", "s per element and bit", "max-pooling one output element of a layer as the next layer's "
+     "integer codes, per code bit (onnxruntime's uint8 MaxPool: data-dependent compares, slower on wider "
+     "codes); fitted only where the base profile has it", "all"),
 )
 # structure choices 'bitscape calibrate' selects by cross-validation (not fitted numbers)
 STRUCTURES: tuple[tuple[str, str], ...] = (

@@ -14,7 +14,7 @@ import numpy as np
 
 from engine.cost.formulas import E_ADD_BIT_PJ, FLOAT
 from engine.cost.geometry import KIND_GROUPS, REQUANT, _get, geometry
-from engine.cost.profiles import NB, Profile, bit_index, load_profile
+from engine.cost.profiles import BITS, NB, Profile, bit_index, load_profile
 
 _KIND = {"conv2d": 0, "linear": 1, "lstm": 2, "gru": 3}
 
@@ -44,6 +44,7 @@ class LayerTable:
     in_rep: np.ndarray = field(default=None)
     signed_in: np.ndarray = field(default=None)       # input activations can be negative
     requant: np.ndarray = field(default=None)         # index into REQUANT (geometry's requant)
+    pooled: np.ndarray = field(default=None)          # output max-pooled as the next layer's codes
     group: np.ndarray = field(default=None)           # index into KIND_GROUPS (per-kind efficiency)
 
     @property
@@ -69,6 +70,7 @@ class LayerTable:
             bias=np.array([g.bias for g in geoms], dtype=bool),
             signed_in=np.array([g.signed_in for g in geoms], dtype=bool),
             requant=np.array([REQUANT.index(g.requant) for g in geoms], dtype=np.int64),
+            pooled=np.array([g.pooled for g in geoms], dtype=bool),
             group=np.array([KIND_GROUPS.index(g.group) for g in geoms], dtype=np.int64),
         )
         del conv
@@ -301,6 +303,9 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
         if prof.host_clip:
             h_fixed = h_fixed + np.where(ai < bit_index(8), prof.host_clip, 0.0)
         h_fixed = h_fixed + np.where(sign, prof.host_sign, 0.0)
+        if prof.host_pool:
+            h_per = h_per + np.where(table.pooled & (a_next != NB - 1),
+                                     prof.host_pool * act_out * np.asarray(BITS, dtype=float)[a_next], 0.0)
 
     def times(bb: int):
         m = bb * table.positions

@@ -45,6 +45,8 @@ class LayerInfo:
     requantized: str = "unknown"      # its output goes to one next layer's input quantizer only: "direct"
                                       # (through ReLU, max-pool, reshapes), "after_bn" (a batch norm first),
                                       # or not ("none"); "unknown": not analyzed (an older topology)
+    pooled: bool = False              # on that way its output passes a max-pool, which a runtime then runs
+                                      # on the next layer's integer codes
     in_space: int = -1
     out_space: int = -1
 
@@ -445,8 +447,8 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
         elif out_shape is not None and len(out_shape) > 1:
             state[node] = _T(new_space(out_shape[1], fixed=f"it comes from {node.name}"), 1)
 
-    for name, how in _requantized(gm, modules, set(infos)).items():
-        infos[name].requantized = how
+    for name, (how, pooled) in _requantized(gm, modules, set(infos)).items():
+        infos[name].requantized, infos[name].pooled = how, pooled
 
     # canonical spaces: roots only, ids re-pointed
     roots = {sid: sp for sid, sp in spaces.items() if find(sid) == sid}
@@ -463,17 +465,18 @@ _KEEP_FUNCS = {F.relu, torch.relu, F.max_pool2d, torch.flatten, F.dropout}
 _KEEP_METHODS = {"relu", "view", "reshape", "flatten", "contiguous"}
 
 
-def _requantized(gm: torch.fx.GraphModule, modules: dict, layers: set[str]) -> dict[str, str]:
+def _requantized(gm: torch.fx.GraphModule, modules: dict, layers: set[str]) -> dict[str, tuple[str, bool]]:
     """Per layer, whether its output reaches exactly one next layer (whose input quantizer then takes
     it) through a chain of single-use ops a runtime fuses into the requantization (ReLU, max-pool,
     reshapes): "direct", "after_bn" (a batch norm right after the layer, which a runtime must fold
-    first), or "none" (an add, a fan-out, the network output...). Integer runtimes run a convolution
-    as an integer kernel only when its output is requantized."""
-    out: dict[str, str] = {}
+    first), or "none" (an add, a fan-out, the network output...); and whether that chain passes a
+    max-pool. Integer runtimes run a convolution as an integer kernel only when its output is
+    requantized, and then max-pool the next layer's codes."""
+    out: dict[str, tuple[str, bool]] = {}
     for node in gm.graph.nodes:
         if node.op != "call_module" or node.target not in layers:
             continue
-        cur, how = node, "direct"
+        cur, how, pooled = node, "direct", False
         while True:
             if len(cur.users) != 1:
                 how = "none"
@@ -488,8 +491,9 @@ def _requantized(gm: torch.fx.GraphModule, modules: dict, layers: set[str]) -> d
                       or (u.op == "call_method" and u.target in _KEEP_METHODS)):
                 how = "none"
                 break
+            pooled = pooled or isinstance(mod, nn.MaxPool2d) or (u.op == "call_function" and u.target is F.max_pool2d)
             cur = u
-        out[node.target] = how
+        out[node.target] = (how, pooled and how != "none")
     return out
 
 
