@@ -10,4 +10,5 @@ BENCHMARKS = {
     "search": "engine.benchmarks.search",
     "study": "engine.benchmarks.study",
     "runtime": "engine.benchmarks.runtime",
+    "pool": "engine.benchmarks.pool",
 }

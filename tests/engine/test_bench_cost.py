@@ -103,9 +103,12 @@ def test_mixed_protocol_as_the_readme_runs_it_then_rescored_from_its_measurement
     def cli(*args):
         return subprocess.run([str(bitscape), "bench", "cost", "--mixed", "--quick",
                                "--models", "lenet5:digits", *args], capture_output=True, text=True, timeout=900)
-    r = cli("--random", "6", "--repeats", "3", "--min-time", "0.001", "--repeatability",
+    r = cli("--random", "6", "--repeats", "3", "--min-time", "0.001", "--repeatability", "--seed", "5",
             "--save-measurements", str(tmp_path))
     assert r.returncode == 0, r.stderr
+    assert "random mixed plans (seed 5)" in r.stdout
+    names = {p["plan"].get("name") for p in json.loads((tmp_path / "lenet5-digits.plans.json").read_text()).values()}
+    assert {f"random 5:{i}" for i in range(6)} <= names
     lines = [x for x in r.stdout.splitlines() if x.strip().startswith(("packed", "onnxruntime"))]
     assert [x.split()[0] for x in lines] == ["packed", "onnxruntime", "onnxruntime-integer"]
     assert "repeatability: run 1 vs run 2 Spearman" in r.stdout and "/3 met" in r.stdout

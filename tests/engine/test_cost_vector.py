@@ -108,11 +108,11 @@ def test_encode_plans_accepts_plan_objects(topos):
 def test_per_operand_rules_and_unpacking_match_scalar(topos, seed, batch, model, integer):
     """A fixed profile whose unit follows the weight (compute.operand, compute.width_map) and that
     unpacks narrow weights at every call (host.unpack_s), clamps narrow activations (host.clip_s) and
-    runs unfused convolutions in float (compute.unfused_conv_bits, compute.folds_bn): the sweep path
-    agrees with the scalar one."""
+    runs unfused convolutions in float (compute.unfused_conv_bits, compute.folds_bn) and max-pools
+    integer codes (host.pool_s): the sweep path agrees with the scalar one."""
     from engine.benchmarks.cost import ort_base
     prof = ort_base(integer=integer).with_changes({"host.unpack_s": 3e-9, "host.clip_s": 2e-6,
-                                                   "host.dequant_s": 5e-10})
+                                                   "host.dequant_s": 5e-10, "host.pool_s": 4e-10})
     topo = topos[model]
     rng = np.random.default_rng(seed)
     plans = [_random_configs(topo, rng) for _ in range(4)]
@@ -155,6 +155,30 @@ def test_a_clamp_is_paid_per_layer_below_8_activation_bits():
     for a in (1, 4, 7):
         assert cost[(1e-6, a)] - cost[(0.0, a)] == pytest.approx(1e-6, rel=1e-6)
     assert cost[(1e-6, 8)] == cost[(0.0, 8)] and cost[(1e-6, 32)] == cost[(0.0, 32)]
+
+
+def test_a_max_pool_over_codes_is_paid_per_element_and_bit_of_the_next_layers_codes():
+    """The CNN max-pools conv2's output as conv3's codes (onnxruntime's uint8 MaxPool): host.pool_s
+    per conv2 output element and conv3 activation bit, per sample; nothing where conv3 runs in float
+    or for a layer whose output is not pooled (conv3)."""
+    from engine.benchmarks.cost import ort_base
+    from engine.models.zoo import build_model
+    from engine.plans.graph import analyze
+    topo = analyze(build_model("cnn", (1, 28, 28), 10), (1, 28, 28))
+    conv2 = next(x for x in topo.layers if x.name == "conv2")
+    n = conv2.out_channels * conv2.out_hw[0] * conv2.out_hw[1]
+
+    def extra(a3, batch=1, a4=8):
+        t = []
+        for s in (0.0, 1e-10):
+            cfgs = {x.name: LayerConfig(8, {"conv3": a3, "conv4": a4}.get(x.name, 8)) for x in topo.layers}
+            t.append(cost_plan(topo.widened(cfgs), cfgs, ort_base().with_changes({"host.pool_s": s}), batch))
+        return {x.name: y.time_s - x.time_s for x, y in zip(t[0].layers, t[1].layers)}
+    for a in (1, 3, 8):
+        assert extra(a)["conv2"] == pytest.approx(1e-10 * n * a, rel=1e-6)
+        assert extra(a)["conv3"] == 0.0 and extra(a)["conv1"] == 0.0
+    assert extra(2, batch=16)["conv2"] == pytest.approx(16 * 1e-10 * n * 2, rel=1e-6)
+    assert extra(32)["conv2"] == 0.0
 
 
 def test_binary_terms_follow_the_kernel_row_on_the_cpu_profile():

@@ -18,6 +18,16 @@ def test_chains_of_relu_pool_and_reshape_reach_the_next_layer():
     assert [cnn[f"conv{i}"] for i in range(1, 5)] == ["after_bn"] * 4 and cnn["fc1"] == "direct"
 
 
+def test_outputs_max_pooled_on_their_way_to_the_next_layer_are_marked_pooled():
+    pooled = {m: {x.name for x in analyze(build_model(m, s, 10), s).layers if x.pooled}
+              for m, s in (("lenet5", (1, 8, 8)), ("cnn", (1, 28, 28)), ("resnet20", (3, 32, 32)))}
+    assert pooled == {"lenet5": {"conv1", "conv2"}, "cnn": {"conv2", "conv4"}, "resnet20": set()}
+    topo = analyze(build_model("cnn", (1, 28, 28), 10), (1, 28, 28))
+    d = topo.to_dict()["layers"][1]
+    assert LayerInfo.from_dict(d).pooled and geometry(d).pooled
+    assert [x.pooled for x in topo.widened({})] == [x.pooled for x in topo.layers]
+
+
 def test_residual_adds_and_fan_out_stop_requantization():
     r = _requant("resnet20", (3, 32, 32))
     assert r["conv1"] == "none"                      # the stem's ReLU feeds a block and its shortcut

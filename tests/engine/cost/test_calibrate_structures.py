@@ -127,3 +127,25 @@ def test_ort_unpacking_learned_on_uniform_plans_carries_to_4bit_weights_in_mixed
     test = rows_from_frame(dm, pmm, "onnxruntime", "total")
     meas = np.array([r.seconds for r in test])
     assert np.all(np.abs(predict_all(test, cal.profile) / meas - 1) < 0.02)
+
+
+@pytest.mark.slow
+def test_ort_max_pool_over_codes_learned_on_uniform_plans_carries_to_one_narrow_layer():
+    """Among the uniform plans only the pooled layers' code width grows one bit a plan: host.pool_s
+    (per pooled element and code bit) is learned from them and prices one narrow layer after a pool."""
+    base = B.ort_base(integer=False)
+    one, one_plans = frame(uniform_plans([8]), base, "onnxruntime")
+    assert "host.pool_s" in default_params(base, rows_from_frame(one, one_plans, "onnxruntime", "total"))
+    truth = base.with_changes({"compute.efficiency.4": 0.5, "compute.efficiency.8": 0.5, "host.pool_s": 2e-9})
+    df, pm = frame(uniform_plans(range(1, 9)), truth, "onnxruntime")
+    tie = next(s for s in structures(base) if s.get("fit.tie") and s.get("combine") == "max")
+    cal = calibrate(base, rows_from_frame(df, pm, "onnxruntime", "both"), structure=tie)
+    assert cal.params["host.pool_s"] == pytest.approx(2e-9, rel=0.1)
+    mixed = [Plan(default=LayerConfig(8, 8), layers={n: {"w_bits": 8, "a_bits": a}}, name=f"a{a} {n}")
+             for n in ("conv2", "fc1") for a in (1, 4)]
+    dm, pmm = frame(mixed, truth, "onnxruntime")
+    test = rows_from_frame(dm, pmm, "onnxruntime", "total")
+    meas = np.array([r.seconds for r in test])
+    assert np.all(np.abs(predict_all(test, cal.profile) / meas - 1) < 0.02)
+    # the packed runtime pools in its own way: its base names no pool term, so none is fitted
+    assert "host.pool_s" not in default_params(B.packed_base(), test)
