@@ -452,8 +452,10 @@ def ort_base(integer: bool = False):
     convolution taking signed 1-bit activations (GreaterOrEqual + Where in float) runs unfused in
     float with its batch norm (host.sign_s prices the extra nodes), and so does one whose output is
     not requantized for the next layer (ResNet's second convolution of a block, whose output meets
-    the shortcut; compute.unfused_conv_bits), its int8 weights dequantized at every call
-    (host.dequant_s). The fit sets the efficiencies and host terms.
+    the shortcut; compute.unfused_conv_bits) or is clamped in float as the next layer's signed narrow
+    codes (MobileNetV2's last projection; compute.clamps_signed_in_float), its int8 weights dequantized
+    at every call (host.dequant_s). Both forms max-pool the next layer's uint8 codes (host.pool_s).
+    The fit sets the efficiencies and host terms.
 
     ``integer=False``: the faithful form, whose weights are int4 at exactly 4 bits and int8
     otherwise, its batch norms float nodes (so a convolution followed by one is not fused). Measured on lenet5, only a 4-bit weight changes its time
@@ -474,7 +476,8 @@ def ort_base(integer: bool = False):
         d["compute"] = {"class": "fixed", "float_bits": 32, "rates": {"7": int8, "8": int8, "32": fp32},
                         "efficiency": {"7": 1.0, "8": 1.0, "32": 1.0}, "overhead_s": 0.0, "operand": "w",
                         "width_map": {str(b): 7 for b in range(1, 7)}, "storage_widths": [8, 32],
-                        "signed_binary_conv_bits": 32, "unfused_conv_bits": 32, "folds_bn": True}
+                        "signed_binary_conv_bits": 32, "unfused_conv_bits": 32, "folds_bn": True,
+                        "clamps_signed_in_float": True}
         d["host"]["dequant_s"] = 2e-10  # an unfused convolution's int8 weights are dequantized at every call
         d["name"], d["title"] = "cpu-ort", "Host CPU, onnxruntime QDQ, integer form (INT8 u8s8 / u8u8, FP32)"
         return Profile(d, "<onnxruntime base>")

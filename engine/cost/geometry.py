@@ -31,6 +31,7 @@ class Geom(NamedTuple):
     signed_in: bool = False  # its input activations can be negative (signed codes)
     requant: str = "unknown"  # LayerInfo.requantized: "direct", "after_bn", "none", "unknown"
     pooled: bool = False      # LayerInfo.pooled: its output is max-pooled as the next layer's codes
+    next_signed: bool = False  # LayerInfo.next_signed: the next layer reads its output as signed codes
 
     @property
     def depthwise(self) -> bool:
@@ -81,6 +82,7 @@ def geometry(layer) -> Geom:
     signed = _get(layer, "is_input", False) if signed is None else signed
     requant = _get(layer, "requantized", "unknown")
     pooled = bool(_get(layer, "pooled", False))
+    next_signed = bool(_get(layer, "next_signed", False))
     positions = oh * ow * steps
     if kind == "conv2d":
         reduction = cin // g * kh * kw
@@ -103,4 +105,4 @@ def geometry(layer) -> Geom:
     weights = gemm_n * reduction
     return Geom(str(name), kind, cin, cout, kh, kw, g, positions, gemm_n, cin_g, reduction,
                 weights, weights * positions, act_in, act_out, bool(bias), nm_dims, bool(signed), str(requant),
-                pooled)
+                pooled, next_signed)

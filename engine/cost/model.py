@@ -125,15 +125,18 @@ def signed_binary(g: Geom, ai: int, prof: Profile) -> tuple[bool, int]:
 
 
 _FLOAT = bit_index(FLOAT)
+_INT8 = bit_index(8)
 
 
 def unfused(g: Geom, ni: int, prof: Profile) -> bool:
     """A convolution the runtime cannot fuse into an integer kernel (``compute.unfused_conv_bits``): its
-    output is not requantized for the next layer, directly or (``compute.folds_bn``) after a batch norm."""
+    output is not requantized for the next layer, directly or (``compute.folds_bn``) after a batch norm,
+    or (``compute.clamps_signed_in_float``) the next layer's signed narrow codes are clamped in float first."""
     if not prof.unfused_conv_bits or g.kind != "conv2d" or g.requant == "unknown":
         return False
     fused = g.requant == "direct" or (g.requant == "after_bn" and prof.folds_bn)
-    return not fused or ni == _FLOAT
+    clamped = prof.clamps_signed and g.next_signed and ni < _INT8
+    return not fused or clamped or ni == _FLOAT
 
 
 def _numbers(g: Geom, wi: int, ai: int, nm, density: float, ni: int, prof: Profile, batch: int) -> tuple:
@@ -274,6 +277,8 @@ def _note(g: Geom, cfg, prof: Profile, wi: int, ai: int, nums: tuple, bound: str
     if unfused(g, ni, prof):
         msgs.append("not fused: runs in float" if prof.unfused_conv_bits == FLOAT
                     else f"not fused: runs at {prof.unfused_conv_bits} bits")
+    if prof.host_pool and g.pooled and ni != _FLOAT:
+        msgs.append(f"max-pooled as the next layer's {BITS[ni]}-bit codes (slower the wider)")
     if g.depthwise:
         msgs.append(f"depthwise: {g.kh}x{g.kw} reduction per channel, no GEMM padding")
     if nm:

@@ -106,6 +106,10 @@ SCHEMA: dict[str, Any] = {
                 # whether the runtime's model has batch norms folded into the convolutions before them
                 # (a batch norm between a convolution and the requantization stops fusion otherwise)
                 "folds_bn": {"type": "boolean"},
+                # whether the runtime's model clamps signed activations narrower than 8 bits in float
+                # before their QuantizeLinear (the integer export): the convolution producing them is then
+                # not fused
+                "clamps_signed_in_float": {"type": "boolean"},
                 # compute efficiency per layer kind, on top of the per-width one (default 1)
                 "kind_efficiency": {"type": "object", "additionalProperties": False,
                                     "properties": {k: _pos for k in KIND_GROUPS}},
@@ -225,6 +229,7 @@ class Profile:
         self.signed_binary_conv_bits: int | None = c.get("signed_binary_conv_bits")
         self.unfused_conv_bits: int | None = c.get("unfused_conv_bits")
         self.folds_bn: bool = bool(c.get("folds_bn", False))
+        self.clamps_signed: bool = bool(c.get("clamps_signed_in_float", False))
         ke = c.get("kind_efficiency", {})
         self.kind_eff: dict = {k: float(ke.get(k, 1.0)) for k in KIND_GROUPS}
         tile = c.get("tile", {})
@@ -576,6 +581,9 @@ PARAMETERS: tuple[tuple[str, str, str, str], ...] = (
     ("compute.folds_bn", "true/false", "the runtime's model has each batch norm folded into the convolution "
      "before it (onnxruntime on the integer export: true); otherwise a batch norm after a convolution "
      "leaves it unfused (with compute.unfused_conv_bits)", "all"),
+    ("compute.clamps_signed_in_float", "true/false", "the runtime's model clamps a layer's signed activations "
+     "narrower than 8 bits in float before their QuantizeLinear (onnxruntime on the integer export: true), so "
+     "the convolution that produces them is not fused (with compute.unfused_conv_bits)", "all"),
     ("compute.overhead_s", "s per layer call", "fixed time added to every layer (launch, call cost)", "all"),
     ("memory.bytes_per_s", "bytes/s", "peak off-chip (or last-level) bandwidth", "all"),
     ("memory.efficiency", "fraction of peak (may exceed 1)", "scales the bandwidth: memory time = bytes / (bw x eff)",

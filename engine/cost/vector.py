@@ -45,6 +45,7 @@ class LayerTable:
     signed_in: np.ndarray = field(default=None)       # input activations can be negative
     requant: np.ndarray = field(default=None)         # index into REQUANT (geometry's requant)
     pooled: np.ndarray = field(default=None)          # output max-pooled as the next layer's codes
+    next_signed: np.ndarray = field(default=None)     # the next layer reads the output as signed codes
     group: np.ndarray = field(default=None)           # index into KIND_GROUPS (per-kind efficiency)
 
     @property
@@ -71,6 +72,7 @@ class LayerTable:
             signed_in=np.array([g.signed_in for g in geoms], dtype=bool),
             requant=np.array([REQUANT.index(g.requant) for g in geoms], dtype=np.int64),
             pooled=np.array([g.pooled for g in geoms], dtype=bool),
+            next_signed=np.array([g.next_signed for g in geoms], dtype=bool),
             group=np.array([KIND_GROUPS.index(g.group) for g in geoms], dtype=np.int64),
         )
         del conv
@@ -229,6 +231,8 @@ def cost_batch(table: LayerTable, plans: PlanArrays, profile, batch: int | None 
     if prof.unfused_conv_bits:
         req = table.requant
         fused = (req == REQUANT.index("direct")) | ((req == REQUANT.index("after_bn")) & prof.folds_bn)
+        if prof.clamps_signed:
+            fused = fused & ~(table.next_signed & (a_next < bit_index(8)))
         uf = conv & (req != REQUANT.index("unknown")) & ~(fused & (a_next != NB - 1))
         ac = np.where(uf, bit_index(prof.unfused_conv_bits), ai)
     else:

@@ -47,6 +47,7 @@ class LayerInfo:
                                       # or not ("none"); "unknown": not analyzed (an older topology)
     pooled: bool = False              # on that way its output passes a max-pool, which a runtime then runs
                                       # on the next layer's integer codes
+    next_signed: bool | None = None   # that next layer reads it as signed codes; None: no such layer / unknown
     in_space: int = -1
     out_space: int = -1
 
@@ -447,8 +448,9 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
         elif out_shape is not None and len(out_shape) > 1:
             state[node] = _T(new_space(out_shape[1], fixed=f"it comes from {node.name}"), 1)
 
-    for name, (how, pooled) in _requantized(gm, modules, set(infos)).items():
+    for name, (how, pooled, nxt) in _requantized(gm, modules, set(infos)).items():
         infos[name].requantized, infos[name].pooled = how, pooled
+        infos[name].next_signed = infos[nxt].signed_input if nxt else None
 
     # canonical spaces: roots only, ids re-pointed
     roots = {sid: sp for sid, sp in spaces.items() if find(sid) == sid}
@@ -465,14 +467,14 @@ _KEEP_FUNCS = {F.relu, torch.relu, F.max_pool2d, torch.flatten, F.dropout}
 _KEEP_METHODS = {"relu", "view", "reshape", "flatten", "contiguous"}
 
 
-def _requantized(gm: torch.fx.GraphModule, modules: dict, layers: set[str]) -> dict[str, tuple[str, bool]]:
+def _requantized(gm: torch.fx.GraphModule, modules: dict, layers: set[str]) -> dict[str, tuple[str, bool, str | None]]:
     """Per layer, whether its output reaches exactly one next layer (whose input quantizer then takes
     it) through a chain of single-use ops a runtime fuses into the requantization (ReLU, max-pool,
     reshapes): "direct", "after_bn" (a batch norm right after the layer, which a runtime must fold
-    first), or "none" (an add, a fan-out, the network output...); and whether that chain passes a
-    max-pool. Integer runtimes run a convolution as an integer kernel only when its output is
-    requantized, and then max-pool the next layer's codes."""
-    out: dict[str, tuple[str, bool]] = {}
+    first), or "none" (an add, a fan-out, the network output...); whether that chain passes a
+    max-pool; and that next layer's name. Integer runtimes run a convolution as an integer kernel only
+    when its output is requantized, and then max-pool the next layer's codes."""
+    out: dict[str, tuple[str, bool, str | None]] = {}
     for node in gm.graph.nodes:
         if node.op != "call_module" or node.target not in layers:
             continue
@@ -484,6 +486,7 @@ def _requantized(gm: torch.fx.GraphModule, modules: dict, layers: set[str]) -> d
             u = next(iter(cur.users))
             mod = modules.get(u.target) if u.op == "call_module" else None
             if mod is not None and u.target in layers and u.args and u.args[0] is cur:
+                cur = u
                 break
             if cur is node and isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 how = "after_bn"
@@ -493,7 +496,8 @@ def _requantized(gm: torch.fx.GraphModule, modules: dict, layers: set[str]) -> d
                 break
             pooled = pooled or isinstance(mod, nn.MaxPool2d) or (u.op == "call_function" and u.target is F.max_pool2d)
             cur = u
-        out[node.target] = (how, pooled and how != "none")
+        reached = how != "none"
+        out[node.target] = (how, pooled and reached, str(cur.target) if reached else None)
     return out
 
 

@@ -103,13 +103,14 @@ def test_encode_plans_accepts_plan_objects(topos):
 
 
 @settings(max_examples=12, deadline=None)
-@given(seed=st.integers(0, 2 ** 31 - 1), batch=st.sampled_from([1, 16]), model=st.sampled_from(["resnet20", "cnn"]),
-       integer=st.booleans())
+@given(seed=st.integers(0, 2 ** 31 - 1), batch=st.sampled_from([1, 16]),
+       model=st.sampled_from(["resnet20", "cnn", "mobilenetv2"]), integer=st.booleans())
 def test_per_operand_rules_and_unpacking_match_scalar(topos, seed, batch, model, integer):
     """A fixed profile whose unit follows the weight (compute.operand, compute.width_map) and that
     unpacks narrow weights at every call (host.unpack_s), clamps narrow activations (host.clip_s) and
-    runs unfused convolutions in float (compute.unfused_conv_bits, compute.folds_bn) and max-pools
-    integer codes (host.pool_s): the sweep path agrees with the scalar one."""
+    runs unfused convolutions in float (compute.unfused_conv_bits, compute.folds_bn,
+    compute.clamps_signed_in_float) and max-pools integer codes (host.pool_s): the sweep path agrees
+    with the scalar one."""
     from engine.benchmarks.cost import ort_base
     prof = ort_base(integer=integer).with_changes({"host.unpack_s": 3e-9, "host.clip_s": 2e-6,
                                                    "host.dequant_s": 5e-10, "host.pool_s": 4e-10})
@@ -174,6 +175,9 @@ def test_a_max_pool_over_codes_is_paid_per_element_and_bit_of_the_next_layers_co
             cfgs = {x.name: LayerConfig(8, {"conv3": a3, "conv4": a4}.get(x.name, 8)) for x in topo.layers}
             t.append(cost_plan(topo.widened(cfgs), cfgs, ort_base().with_changes({"host.pool_s": s}), batch))
         return {x.name: y.time_s - x.time_s for x, y in zip(t[0].layers, t[1].layers)}
+    cfgs = {x.name: LayerConfig(8, 3) for x in topo.layers}
+    notes = {x.name: x.note for x in cost_plan(topo.widened(cfgs), cfgs, ort_base(), 1).layers}
+    assert "max-pooled as the next layer's 3-bit codes" in notes["conv2"] and "max-pooled" not in notes["conv3"]
     for a in (1, 3, 8):
         assert extra(a)["conv2"] == pytest.approx(1e-10 * n * a, rel=1e-6)
         assert extra(a)["conv3"] == 0.0 and extra(a)["conv1"] == 0.0

@@ -176,8 +176,8 @@ def test_batch_normed_zoo_models_export_in_integer_form(model_id, dataset, unfus
     """ResNet-20 (residual adds: only the first convolution of a block is requantized) and MobileNetV2
     (depthwise and pointwise convolutions) pass the layer-by-layer check in integer form; onnxruntime
     runs the requantized convolutions as integer kernels -- all but MobileNetV2's last projection,
-    whose output (a linear bottleneck, signed) is clamped in float before the head's QuantizeLinear
-    (a known gap: the cost model counts it as fused)."""
+    whose output (a linear bottleneck, signed) is clamped in float before the head's QuantizeLinear;
+    the cost model's onnxruntime-integer base counts the same convolutions unfused."""
     src = model_source(model_id, dataset, random_weights=True, calib_size=16)
     prep = prepare_plan(src, Plan.uniform(5, 5))
     blob = onnx_model_bytes(prep.applied, src.input_shape, integer=True, check_inputs=torch.from_numpy(src.sample[:4]))
@@ -185,3 +185,8 @@ def test_batch_normed_zoo_models_export_in_integer_form(model_id, dataset, unfus
     requantized = {x.name for x in prep.applied.topology.layers if x.requantized == "after_bn"}
     assert requantized and set(built.output_of) >= requantized
     assert _ort_ops(blob).count("QLinearConv") == len(requantized) - unfused
+    from engine.benchmarks.cost import ort_base
+    from engine.cost.model import cost_plan
+    topo = prep.applied.topology
+    costed = cost_plan(topo.layers, prep.applied.configs, ort_base(integer=True), 1).layers
+    assert sum("not fused" in x.note for x in costed if x.name in requantized) == unfused

@@ -28,6 +28,17 @@ def test_outputs_max_pooled_on_their_way_to_the_next_layer_are_marked_pooled():
     assert [x.pooled for x in topo.widened({})] == [x.pooled for x in topo.layers]
 
 
+def test_the_next_layer_reading_signed_codes_is_marked():
+    """MobileNetV2's last projection (a linear bottleneck, no ReLU) feeds the head's convolution, which
+    reads it as signed codes; every requantized output of lenet5 and the CNN passes a ReLU first."""
+    mnv2 = analyze(build_model("mobilenetv2", (1, 28, 28), 10), (1, 28, 28)).layers
+    assert [x.name for x in mnv2 if x.next_signed] == ["blocks.5.project"]
+    for m, s in (("lenet5", (1, 8, 8)), ("cnn", (1, 28, 28))):
+        layers = analyze(build_model(m, s, 10), s).layers
+        assert not any(x.next_signed for x in layers)
+        assert all(x.next_signed is None for x in layers if x.requantized == "none")
+
+
 def test_residual_adds_and_fan_out_stop_requantization():
     r = _requant("resnet20", (3, 32, 32))
     assert r["conv1"] == "none"                      # the stem's ReLU feeds a block and its shortcut
