@@ -164,3 +164,22 @@ def test_measure_cli_instances_and_min_time_as_a_subprocess(tmp_path):
         r = run(*bad)
         assert r.returncode == 2 and flag in r.stderr and "Traceback" not in r.stderr
         assert (tmp_path / "m.csv").read_text() == before
+
+
+@pytest.mark.fashion
+def test_a_narrow_plan_exports_for_timing_when_checked_on_the_data_it_is_timed_on():
+    """Random plan 71 of seed 1 on the CNN (conv4 at 2-bit activations, fc1 at 2-bit weights) passes
+    every layer's check, but on standard-normal inputs a few activations sit on rounding boundaries and
+    the 2-bit layers compound them past the end-to-end tolerance; ``measure`` checks the export on the
+    dataset's inputs it times, as ``export`` does on validation data."""
+    import torch
+
+    from engine.cost.measure import model_source, ort_bytes, prepare_plan, random_plans
+    from engine.export import ExportError, onnx_model_bytes
+    src = model_source("cnn", "fashion-mnist", random_weights=True, calib_size=16)
+    assert src.weights == "baseline"
+    prep = prepare_plan(src, random_plans(src.names, 200, 1)[71])
+    assert len(ort_bytes(prep)) > 0 and len(ort_bytes(prep, integer=True)) > 0
+    with pytest.raises(ExportError, match="the network's output differs"):
+        onnx_model_bytes(prep.applied, src.input_shape, prep.plan,
+                         check_inputs=torch.randn(8, *src.input_shape, generator=torch.Generator().manual_seed(0)))
