@@ -12,7 +12,10 @@ from .common import print_json
 
 def register(sub) -> None:
     p = sub.add_parser("calibrate", help="fit an accelerator profile to measured latencies; write the fitted profile")
-    p.add_argument("--profile", required=True, help="base profile: a name (see 'bitscape profiles') or a .json path")
+    p.add_argument("--profile", default=None,
+                   help="base profile: a measured runtime's base (packed, onnxruntime, onnxruntime-integer: what "
+                        "it runs per width, before any fit), a name (see 'bitscape profiles') or a .json path; "
+                        "default: the base of the rows' target")
     p.add_argument("--measurements", required=True, metavar="CSV", help="rows written by 'bitscape measure'")
     p.add_argument("--plans", default=None, metavar="JSON",
                    help="the measured plans by hash (default: <CSV name>.plans.json beside the CSV)")
@@ -39,10 +42,24 @@ def _q(q: dict) -> str:
     return f"median |error| {q['median_abs_error']:.1%}, Spearman {rho_s} (n={q['n']})"
 
 
+def _base(profile: str | None, target: str | None, df):
+    """The base profile: a runtime's base by its target name, a named or file profile, or (none given)
+    the base of the rows' one target."""
+    from engine.cost import load_profile
+    from engine.cost.bases import BASES
+    if profile is None:
+        targets = sorted(set(df["target"])) if target is None else [target]
+        if len(targets) != 1 or targets[0] not in BASES:
+            raise UserError(f"name a base profile with --profile (the rows' target{'s' if len(targets) > 1 else ''} "
+                            f"{', '.join(map(repr, targets))} {'have' if len(targets) > 1 else 'has'} no built-in "
+                            f"base; built-in: {', '.join(BASES)}; or any of 'bitscape profiles')")
+        profile = targets[0]
+    return BASES[profile]() if profile in BASES else load_profile(profile)
+
+
 def run(args) -> int:
     from pathlib import Path
 
-    from engine.cost import load_profile
     from engine.cost.calibrate_measured import (
         calibrate,
         file_hash,
@@ -59,8 +76,8 @@ def run(args) -> int:
     out = Path(args.out)
     if out.suffix != ".json":
         raise UserError(f"--out must name a .json file (got {args.out!r})")
-    base = load_profile(args.profile)
     df = read_rows(args.measurements)
+    base = _base(args.profile, args.target, df)
     side = Path(args.plans) if args.plans else plans_path(args.measurements)
     if not side.is_file():
         raise UserError(f"plans file {str(side)!r} does not exist (it is written by 'bitscape measure' beside "

@@ -85,6 +85,25 @@ def test_cli_fit_warns_at_a_bound_and_cost_loads_the_profile(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["profile"] == "fitted-bismo"
 
 
+def test_cli_base_defaults_to_the_rows_target_and_says_when_it_cannot(tmp_path, capsys):
+    from engine.cost.bases import ort_base
+    df, plans = synthetic(ort_base(integer=True), target="onnxruntime-integer", batches=(1,))
+    csv = tmp_path / "m.csv"
+    df.to_csv(csv, index=False)
+    (tmp_path / "m.plans.json").write_text(json.dumps(plans))
+    assert main(["calibrate", "--measurements", str(csv), "--out", str(tmp_path / "f.json")]) == 0
+    capsys.readouterr()
+    d = json.loads((tmp_path / "f.json").read_text())
+    assert d["compute"]["width_map"] == ort_base(integer=True).to_dict()["compute"]["width_map"]
+    assert d["compute"]["clamps_signed_in_float"] is True
+    df["target"] = "torch-cuda"
+    df.to_csv(csv, index=False)
+    assert main(["calibrate", "--measurements", str(csv), "--out", str(tmp_path / "g.json")]) == 2
+    err = capsys.readouterr().err
+    assert "name a base profile with --profile" in err and "'torch-cuda'" in err and "Traceback" not in err
+    assert not (tmp_path / "g.json").exists()
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["calibrate", "--profile", "bismo", "--measurements", str(tmp_path / "none.csv"),
                  "--out", str(tmp_path / "f.json")]) == 2
@@ -113,7 +132,8 @@ def test_readme_commands_as_subprocesses(tmp_path):
     """measure, calibrate and cost run as subprocesses exactly as the README writes them (measure with
     one random plan and one repeat, to stay small)."""
     cmds = {c[1]: c[2:] for c in readme_commands()}
-    assert cmds["measure"][0:2] == ["--model", "lenet5"] and "calibrate" in cmds and "cost" in cmds
+    calibrations = [c[2:] for c in readme_commands() if c[1] == "calibrate"]
+    assert cmds["measure"][0:2] == ["--model", "lenet5"] and len(calibrations) == 2 and "cost" in cmds
 
     def run(name, args):
         r = subprocess.run([sys.executable, "-m", "explorer.cli", name, *args], cwd=tmp_path, env=dict(os.environ),
@@ -126,8 +146,15 @@ def test_readme_commands_as_subprocesses(tmp_path):
     df = pd.read_csv(tmp_path / "m.csv")
     assert list(df.columns) == COLUMNS and set(df["target"]) == {"packed", "onnxruntime"}
     assert df["plan_hash"].nunique() == 9 and len(df) == 2 * 9 * (len(LENET) + 1)
-    r = run("calibrate", cmds["calibrate"])
-    assert "held-out" in r.stdout and (tmp_path / "fitted.json").is_file()
+    for args in calibrations:
+        r = run("calibrate", args)
+        assert "held-out" in r.stdout
+    assert (tmp_path / "fitted.json").is_file()
+    # the second, with no --profile, starts from onnxruntime's own base (int4 / int8 / float units on
+    # the weight's width), not the packed kernels'
+    ort = json.loads((tmp_path / "fitted-ort.json").read_text())
+    assert ort["compute"]["class"] == "fixed" and ort["compute"]["operand"] == "w"
+    assert "pool_s" in ort["host"] and json.loads((tmp_path / "fitted.json").read_text())["compute"]["class"] == "lut"
     (tmp_path / "plan.json").write_text(json.dumps({"version": 1, "default": {"w_bits": 4, "a_bits": 4}}))
     r = run("cost", cmds["cost"] + ["--json"])
     d = json.loads(r.stdout)
