@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.cost.bases import BASES, ort_base, packed_base  # noqa: F401  (the protocol's bases)
+from engine.cost.bases import BASES
 
 TARGET_MAPE = 0.25
 TARGET_SPEARMAN = 0.9

@@ -139,6 +139,11 @@ def unfused(g: Geom, ni: int, prof: Profile) -> bool:
     return not fused or clamped or ni == _FLOAT
 
 
+def pooled_bits(g: Geom, ni: int, prof: Profile) -> int:
+    """The width of the next layer's codes a max-pool takes this layer's output as (host.pool_s), 0 if none."""
+    return BITS[ni] if prof.host_pool and g.pooled and ni != _FLOAT else 0
+
+
 def _numbers(g: Geom, wi: int, ai: int, nm, density: float, ni: int, prof: Profile, batch: int) -> tuple:
     """The numeric part of one layer's cost (no strings): see LayerCost for the fields."""
     sign, ai = signed_binary(g, ai, prof)
@@ -239,8 +244,7 @@ def host_terms(g: Geom, wi: int, ai: int, prof: Profile, sign: bool = False,
         fixed += prof.host_clip
     if sign:
         fixed += prof.host_sign
-    if prof.host_pool and g.pooled and ni != _FLOAT:
-        per += prof.host_pool * g.act_out * BITS[ni]
+    per += prof.host_pool * g.act_out * pooled_bits(g, ni, prof)
     return fixed, per
 
 
@@ -277,8 +281,8 @@ def _note(g: Geom, cfg, prof: Profile, wi: int, ai: int, nums: tuple, bound: str
     if unfused(g, ni, prof):
         msgs.append("not fused: runs in float" if prof.unfused_conv_bits == FLOAT
                     else f"not fused: runs at {prof.unfused_conv_bits} bits")
-    if prof.host_pool and g.pooled and ni != _FLOAT:
-        msgs.append(f"max-pooled as the next layer's {BITS[ni]}-bit codes (slower the wider)")
+    if pooled_bits(g, ni, prof):
+        msgs.append(f"max-pooled as the next layer's {pooled_bits(g, ni, prof)}-bit codes (slower the wider)")
     if g.depthwise:
         msgs.append(f"depthwise: {g.kh}x{g.kw} reduction per channel, no GEMM padding")
     if nm:

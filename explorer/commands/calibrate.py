@@ -48,11 +48,11 @@ def _base(profile: str | None, target: str | None, df):
     from engine.cost import load_profile
     from engine.cost.bases import BASES
     if profile is None:
-        targets = sorted(set(df["target"])) if target is None else [target]
+        targets = [target] if target else sorted(set(df["target"]))
         if len(targets) != 1 or targets[0] not in BASES:
-            raise UserError(f"name a base profile with --profile (the rows' target{'s' if len(targets) > 1 else ''} "
-                            f"{', '.join(map(repr, targets))} {'have' if len(targets) > 1 else 'has'} no built-in "
-                            f"base; built-in: {', '.join(BASES)}; or any of 'bitscape profiles')")
+            raise UserError(f"name a base profile with --profile: no built-in base for the rows' target(s) "
+                            f"{', '.join(map(repr, targets))} (built-in: {', '.join(BASES)}; or any of "
+                            "'bitscape profiles')")
         profile = targets[0]
     return BASES[profile]() if profile in BASES else load_profile(profile)
 

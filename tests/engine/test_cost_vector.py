@@ -111,7 +111,7 @@ def test_per_operand_rules_and_unpacking_match_scalar(topos, seed, batch, model,
     runs unfused convolutions in float (compute.unfused_conv_bits, compute.folds_bn,
     compute.clamps_signed_in_float) and max-pools integer codes (host.pool_s): the sweep path agrees
     with the scalar one."""
-    from engine.benchmarks.cost import ort_base
+    from engine.cost.bases import ort_base
     prof = ort_base(integer=integer).with_changes({"host.unpack_s": 3e-9, "host.clip_s": 2e-6,
                                                    "host.dequant_s": 5e-10, "host.pool_s": 4e-10})
     topo = topos[model]
@@ -126,7 +126,7 @@ def test_per_operand_rules_and_unpacking_match_scalar(topos, seed, batch, model,
 
 
 def test_unpacking_is_paid_per_weight_at_4_bits_only():
-    from engine.benchmarks.cost import ort_base
+    from engine.cost.bases import ort_base
     from engine.models.zoo import build_model
     from engine.plans.graph import analyze
     topo = analyze(build_model("lenet5", (1, 8, 8), 10), (1, 8, 8))
@@ -143,7 +143,7 @@ def test_unpacking_is_paid_per_weight_at_4_bits_only():
 
 
 def test_a_clamp_is_paid_per_layer_below_8_activation_bits():
-    from engine.benchmarks.cost import ort_base
+    from engine.cost.bases import ort_base
     from engine.models.zoo import build_model
     from engine.plans.graph import analyze
     topo = analyze(build_model("lenet5", (1, 8, 8), 10), (1, 8, 8))
@@ -162,7 +162,7 @@ def test_a_max_pool_over_codes_is_paid_per_element_and_bit_of_the_next_layers_co
     """The CNN max-pools conv2's output as conv3's codes (onnxruntime's uint8 MaxPool): host.pool_s
     per conv2 output element and conv3 activation bit, per sample; nothing where conv3 runs in float
     or for a layer whose output is not pooled (conv3)."""
-    from engine.benchmarks.cost import ort_base
+    from engine.cost.bases import ort_base
     from engine.models.zoo import build_model
     from engine.plans.graph import analyze
     topo = analyze(build_model("cnn", (1, 28, 28), 10), (1, 28, 28))
@@ -207,7 +207,7 @@ def test_unfused_convolutions_run_in_float_with_their_weights_dequantized_per_ca
     """onnxruntime fuses a convolution into an integer kernel only when its output is requantized for
     the next layer (after its batch norm is folded, in the integer form): ResNet-20's second convolution
     of a block (its output meets the shortcut) runs in float, its weights dequantized at every call."""
-    from engine.benchmarks.cost import ort_base
+    from engine.cost.bases import ort_base
     from engine.cost.profiles import Profile
     from engine.models.zoo import build_model
     from engine.plans.graph import analyze

@@ -185,7 +185,7 @@ def test_batch_normed_zoo_models_export_in_integer_form(model_id, dataset, unfus
     requantized = {x.name for x in prep.applied.topology.layers if x.requantized == "after_bn"}
     assert requantized and set(built.output_of) >= requantized
     assert _ort_ops(blob).count("QLinearConv") == len(requantized) - unfused
-    from engine.benchmarks.cost import ort_base
+    from engine.cost.bases import ort_base
     from engine.cost.model import cost_plan
     topo = prep.applied.topology
     costed = cost_plan(topo.layers, prep.applied.configs, ort_base(integer=True), 1).layers

@@ -185,8 +185,9 @@ def test_bench_mixed_protocol_scores_synthetic_measurements():
     """bench cost --mixed's scoring, on rows a known packed-like profile generated: calibrated on the
     uniform plans only, it predicts the mixed ones (no timing involved)."""
     from engine.benchmarks import cost as B
-    truth = B.packed_base().with_changes({"compute.efficiency.default": 0.2, "compute.efficiency.1": 0.05,
-                                          "compute.efficiency.2": 0.1})
+    from engine.cost.bases import packed_base
+    truth = packed_base().with_changes({"compute.efficiency.default": 0.2, "compute.efficiency.1": 0.05,
+                                        "compute.efficiency.2": 0.1})
     df, plans = synthetic(truth, target="packed", batches=(1,))
     res = B.score_mixed(df, plans, "packed", {p.digest() for p in uniform_plans(range(1, 9))})
     assert res["mixed"]["n"] == 8 and res["bops"]["n"] == 8
@@ -213,7 +214,7 @@ def test_profile_with_per_operand_rules_calibrates_from_the_cli(tmp_path):
     and host.unpack_s: 'bitscape calibrate' run as a subprocess ties its INT units and learns the
     unpacking per weight; 'profiles --describe' names the fields; a width_map to a unit with no rate
     is a one-line error that writes nothing."""
-    from engine.benchmarks.cost import ort_base
+    from engine.cost.bases import ort_base
     base = ort_base(integer=False).to_dict()
     base["name"], base["title"] = "mine", "my onnxruntime machine"
     (tmp_path / "mine.json").write_text(json.dumps(base))

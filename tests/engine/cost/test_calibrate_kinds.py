@@ -5,8 +5,8 @@ norm unfused in float: the two kinds reach different rates)."""
 import numpy as np
 import pytest
 
-from engine.benchmarks import cost as B
 from engine.cost import LayerTable, cost_batch, cost_plan, encode_plans, load_profile
+from engine.cost.bases import ort_base
 from engine.cost.calibrate_measured import (
     calibrate,
     default_params,
@@ -60,7 +60,7 @@ def test_bad_kind_is_named():
 
 
 def test_per_kind_structures_need_two_kinds_and_leave_the_largest_as_reference():
-    base = B.ort_base(integer=False)
+    base = ort_base(integer=False)
     df, pm = frame(uniform_plans((4, 8)), base, "onnxruntime")
     rows = rows_from_frame(df, pm, "onnxruntime", "both")
     assert set(kind_groups(rows)) == {"conv", "linear"}
@@ -78,7 +78,7 @@ def test_per_kind_structures_need_two_kinds_and_leave_the_largest_as_reference()
 def test_per_kind_efficiency_is_selected_and_carries_to_mixed_plans():
     """Linear layers 5x slower than the convolutions: only the per-kind structure fits uniform plans and
     predicts plans that move bits between the kinds."""
-    base = B.ort_base(integer=False)
+    base = ort_base(integer=False)
     truth = base.with_changes({"compute.efficiency.4": 0.01, "compute.efficiency.8": 0.01,   # compute matters
                                "compute.kind_efficiency.linear": 0.2})
     df, pm = frame(uniform_plans(range(1, 9)), truth, "onnxruntime")

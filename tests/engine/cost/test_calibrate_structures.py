@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.benchmarks import cost as B
+from engine.cost.bases import ort_base, packed_base
 from engine.cost.calibrate_measured import (
     SERIAL_TIE,
     _fit,
@@ -36,20 +36,20 @@ def frame(plans, truth, target="packed"):
 
 
 def test_packed_structures_offer_the_tie_and_label_it():
-    cands = structures(B.packed_base())
+    cands = structures(packed_base())
     tied = [s for s in cands if s.get("fit.tie") == SERIAL_TIE]
     assert tied and len(tied) == len(cands) // 2
     assert "one efficiency for widths 1+2" in structure_label(tied[0])
     # onnxruntime's faithful form has no bit-serial kernel; its tie is one efficiency for INT4 and
     # INT8 (a 4-bit weight's extra time is its unpacking, host.unpack_s); the integer form has no
     # int4 weights, so nothing to tie
-    ort_ties = [s["fit.tie"] for s in structures(B.ort_base(integer=False)) if "fit.tie" in s]
+    ort_ties = [s["fit.tie"] for s in structures(ort_base(integer=False)) if "fit.tie" in s]
     assert ort_ties and all(t == ["compute.efficiency.4", "compute.efficiency.8"] for t in ort_ties)
-    assert not any("fit.tie" in s for s in structures(B.ort_base(integer=True)))
+    assert not any("fit.tie" in s for s in structures(ort_base(integer=True)))
 
 
 def test_tied_coefficient_is_one_parameter_written_to_both_paths():
-    base = B.packed_base()
+    base = packed_base()
     truth = base.with_changes({"compute.efficiency.default": 0.3, "compute.efficiency.1": 0.1,
                                "compute.efficiency.2": 0.1})
     df, pm = frame(uniform_plans(range(1, 9)), truth)
@@ -65,7 +65,7 @@ def test_tied_coefficient_is_one_parameter_written_to_both_paths():
 
 @pytest.mark.slow
 def test_tie_carries_1bit_weight_cost_to_mixed_plans():
-    base = B.packed_base()
+    base = packed_base()
     truth = base.with_changes({"compute.efficiency.default": 0.3, "compute.efficiency.1": 0.1,
                                "compute.efficiency.2": 0.1, "host.binary_s": 2e-5})
     df, pm = frame(uniform_plans(range(1, 9)), truth)
@@ -89,7 +89,7 @@ def test_packed_base_prices_the_int8_kernel_by_weight_digits_only():
     """The shipped cpu profile (the packed base): the int8 kernel reads weights as 4-bit digits, so
     W<=4 runs at one rate whatever a is, W5-8 at another; W<=2 A<=2 stays on the bit-serial kernel."""
     from engine.cost.profiles import bit_index
-    t = B.packed_base().tables
+    t = packed_base().tables
     rate = {(w, a): t.rate[bit_index(w)][bit_index(a)] for w in range(1, 9) for a in range(1, 9)}
     one = {rate[(w, a)] for w in range(1, 5) for a in range(1, 9) if not (w <= 2 and a <= 2)}
     two = {rate[(w, a)] for w in range(5, 9) for a in range(1, 9)}
@@ -100,11 +100,11 @@ def test_packed_base_prices_the_int8_kernel_by_weight_digits_only():
 
 def test_ort_base_follows_the_weight_width():
     from engine.cost.profiles import bit_index
-    t = B.ort_base(integer=False).tables
+    t = ort_base(integer=False).tables
     assert t.w_exec[bit_index(4)][bit_index(8)] == 4 and t.w_exec[bit_index(8)][bit_index(4)] == 8
     assert t.w_exec[bit_index(3)][bit_index(3)] == 8
     # the integer form: int8 codes within +-64 (u8s8) below 8 bits, full-range uint8 codes (u8u8) at 8
-    t = B.ort_base(integer=True).tables
+    t = ort_base(integer=True).tables
     assert t.w_exec[bit_index(4)][bit_index(8)] == 7 and t.w_exec[bit_index(1)][bit_index(1)] == 7
     assert t.w_exec[bit_index(8)][bit_index(2)] == 8
 
@@ -113,7 +113,7 @@ def test_ort_base_follows_the_weight_width():
 def test_ort_unpacking_learned_on_uniform_plans_carries_to_4bit_weights_in_mixed_plans():
     """Only W4A4 stores int4 weights among the uniform plans; with one efficiency for INT4 and INT8
     its extra time must go to host.unpack_s (per weight), which prices a 4-bit fc1 in a W8A8 plan."""
-    base = B.ort_base(integer=False)
+    base = ort_base(integer=False)
     truth = base.with_changes({"compute.efficiency.4": 0.5, "compute.efficiency.8": 0.5, "host.unpack_s": 4e-9,
                                "host.clip_s": 1.5e-6})
     df, pm = frame(uniform_plans(range(1, 9)), truth, "onnxruntime")
@@ -133,7 +133,7 @@ def test_ort_unpacking_learned_on_uniform_plans_carries_to_4bit_weights_in_mixed
 def test_ort_max_pool_over_codes_learned_on_uniform_plans_carries_to_one_narrow_layer():
     """Among the uniform plans only the pooled layers' code width grows one bit a plan: host.pool_s
     (per pooled element and code bit) is learned from them and prices one narrow layer after a pool."""
-    base = B.ort_base(integer=False)
+    base = ort_base(integer=False)
     one, one_plans = frame(uniform_plans([8]), base, "onnxruntime")
     assert "host.pool_s" in default_params(base, rows_from_frame(one, one_plans, "onnxruntime", "total"))
     truth = base.with_changes({"compute.efficiency.4": 0.5, "compute.efficiency.8": 0.5, "host.pool_s": 2e-9})
@@ -148,4 +148,4 @@ def test_ort_max_pool_over_codes_learned_on_uniform_plans_carries_to_one_narrow_
     meas = np.array([r.seconds for r in test])
     assert np.all(np.abs(predict_all(test, cal.profile) / meas - 1) < 0.02)
     # the packed runtime pools in its own way: its base names no pool term, so none is fitted
-    assert "host.pool_s" not in default_params(B.packed_base(), test)
+    assert "host.pool_s" not in default_params(packed_base(), test)
